@@ -1,0 +1,17 @@
+"""Errors that mean "bad input": the CLI turns them into exit code 2 with one `error:` line."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """Bad input or usage (unknown name, invalid value, missing or corrupt file)."""
+
+
+def unknown(kind: str, name: str, choices: Iterable[str]) -> UserError:
+    """`unknown model 'resnet21' (closest: resnet20, resnet18)`-style error."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    hint = f" (closest: {', '.join(close)})" if close else f" (choices: {', '.join(choices)})"
+    return UserError(f"unknown {kind} '{name}'{hint}")

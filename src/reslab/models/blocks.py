@@ -1,0 +1,147 @@
+"""Building blocks of the paper's section 3: residual learning F(x) + x with shortcuts A/B/C.
+
+Module names follow torchvision's resnet.py (conv1/bn1/conv2/bn2[/conv3/bn3], downsample) so its
+state_dicts load strictly. A block built with ``residual=False`` is the paper's "plain" counterpart:
+the same stacked layers, no shortcut.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SHORTCUTS = ("A", "B", "C")
+STRIDE_IN = ("3x3", "1x1")
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 (the paper's basic layer)."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution: the bottleneck's reduce/restore layers and the projection shortcut."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class PadShortcut(nn.Module):
+    """Option A (section 3.3): identity with stride-2 subsampling and zero-padded extra channels.
+
+    Parameter-free, so a plain net and its option-A ResNet have exactly the same parameter count.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.in_planes, self.out_planes, self.stride = in_planes, out_planes, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        extra = self.out_planes - self.in_planes
+        # F.pad pads the last dims first: (W_left, W_right, H_top, H_bottom, C_front, C_back).
+        return F.pad(x, (0, 0, 0, 0, 0, extra)) if extra else x
+
+    def extra_repr(self) -> str:
+        return f"{self.in_planes}, {self.out_planes}, stride={self.stride}"
+
+
+def make_shortcut(kind: str, in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
+    """The shortcut of one block; None means the plain identity x.
+
+    A: identity, zero-padding where dimensions grow.  B: projection (1x1 conv + BN) only where
+    dimensions change.  C: projection on every block.
+    """
+    changes = stride != 1 or in_planes != out_planes
+    if kind == "C" or (kind == "B" and changes):
+        return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
+    if kind == "A" and changes:
+        return PadShortcut(in_planes, out_planes, stride)
+    if kind not in SHORTCUTS:
+        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {kind!r}")
+    return None
+
+
+class _Block(nn.Module):
+    """What both blocks share: out = relu(F(x) + shortcut(x)), or relu(F(x)) for a plain block."""
+
+    expansion = 1
+    downsample: nn.Module | None
+
+    def __init__(self, residual: bool) -> None:
+        super().__init__()
+        self.residual = residual
+
+    def residual_branch(self, x: torch.Tensor) -> torch.Tensor:  # F(x), ending at the last BN
+        raise NotImplementedError
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        raise NotImplementedError
+
+    def merge(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Adds the shortcut to the branch output F(x), then the final ReLU."""
+        if self.residual:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = out + identity
+        return self.relu(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.merge(x, self.residual_branch(x))
+
+
+class BasicBlock(_Block):
+    """Two 3x3 layers (Fig. 2 / Fig. 5 left), used by resnet18/34 and the CIFAR nets."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
+                 stride_in: str = "3x3", residual: bool = True) -> None:
+        super().__init__(residual)
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = make_shortcut(shortcut, inplanes, planes, stride) if residual else None
+        self.stride = stride
+
+    def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out))
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+
+class Bottleneck(_Block):
+    """1x1 reduce, 3x3, 1x1 restore (Fig. 5 right), used by resnet50/101/152.
+
+    ``stride_in="3x3"`` puts the stride-2 on the 3x3 conv (torchvision "v1.5", 4.089 GMACs for
+    resnet50); ``"1x1"`` puts it on the first 1x1 conv as the paper and its Caffe models (3.858).
+    """
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
+                 stride_in: str = "3x3", residual: bool = True) -> None:
+        super().__init__(residual)
+        if stride_in not in STRIDE_IN:
+            raise ValueError(f"stride_in must be one of {STRIDE_IN}, got {stride_in!r}")
+        s1, s3 = (1, stride) if stride_in == "3x3" else (stride, 1)
+        self.conv1 = conv1x1(inplanes, planes, s1)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, s3)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        out_planes = planes * self.expansion
+        self.downsample = make_shortcut(shortcut, inplanes, out_planes, stride) if residual else None
+        self.stride = stride
+
+    def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3

@@ -1,0 +1,82 @@
+"""Name -> architecture. The ImageNet family of Table 1 and the CIFAR family of section 4.2,
+each in a residual ("resnetN") and a plain ("plainN") variant."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import unknown
+from .blocks import BasicBlock, Bottleneck
+from .resnet import ResNet
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    family: str               # "imagenet" | "cifar"
+    depth: int                # weighted layers, as the name says
+    block: type
+    layers: tuple[int, ...]
+    residual: bool
+
+    @property
+    def default_input(self) -> tuple[int, int, int, int]:
+        return (1, 3, 224, 224) if self.family == "imagenet" else (1, 3, 32, 32)
+
+    @property
+    def default_shortcut(self) -> str:
+        # The paper: option A on CIFAR (section 4.2); B for the ImageNet ResNets (Table 3).
+        return "A" if self.family == "cifar" else "B"
+
+
+_IMAGENET = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
+             50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3)),
+             152: (Bottleneck, (3, 8, 36, 3))}
+# 6n+2 layers: n blocks of two 3x3 layers in each of three stages.
+_CIFAR_N = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}
+
+
+def _build_registry() -> dict[str, Arch]:
+    archs = {}
+    for residual, prefix in ((True, "resnet"), (False, "plain")):
+        for depth, (block, layers) in _IMAGENET.items():
+            archs[f"{prefix}{depth}"] = Arch(f"{prefix}{depth}", "imagenet", depth, block, layers,
+                                             residual)
+        for depth, n in _CIFAR_N.items():
+            archs[f"{prefix}{depth}"] = Arch(f"{prefix}{depth}", "cifar", depth, BasicBlock,
+                                             (n, n, n), residual)
+    return archs
+
+
+REGISTRY: dict[str, Arch] = _build_registry()
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Registered architecture names, optionally of one family ("imagenet" or "cifar")."""
+    if family is not None and family not in ("imagenet", "cifar"):
+        raise unknown("family", family, ["imagenet", "cifar"])
+    return [a.name for a in REGISTRY.values() if family in (None, a.family)]
+
+
+def get_arch(name: str) -> Arch:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise unknown("model", name, REGISTRY) from None
+
+
+def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3,
+                 shortcut: str | None = None, stride_in: str = "3x3",
+                 zero_init_residual: bool = False) -> ResNet:
+    """Builds a registered architecture with He initialisation.
+
+    num_classes defaults to 1000 (ImageNet family) or 10 (CIFAR family); shortcut to the
+    paper's choice for the family (A for CIFAR, B for ImageNet).
+    """
+    arch = get_arch(name)
+    widths = (64, 128, 256, 512) if arch.family == "imagenet" else (16, 32, 64)
+    return ResNet(arch.block, arch.layers, widths=widths, stem=arch.family,
+                  num_classes=(num_classes if num_classes is not None
+                               else 1000 if arch.family == "imagenet" else 10),
+                  in_chans=in_chans, shortcut=shortcut or arch.default_shortcut,
+                  stride_in=stride_in, residual=arch.residual,
+                  zero_init_residual=zero_init_residual)
