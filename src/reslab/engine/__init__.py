@@ -1,0 +1,12 @@
+"""Training and evaluation: recipes, the loop, checkpoints, torchrun."""
+from .checkpoint import load_checkpoint, save_weights
+from .recipe import Recipe, load_recipe
+
+
+def fit(*args, **kwargs):  # noqa: D103 - see loop.fit; imported lazily (it pulls in the data layer)
+    from .loop import fit as _fit
+
+    return _fit(*args, **kwargs)
+
+
+__all__ = ["Recipe", "fit", "load_checkpoint", "load_recipe", "save_weights"]

@@ -106,19 +106,34 @@ def load_state(path: str | Path) -> dict[str, Any]:
         raise UserError(f"cannot load training state {path}: {str(e).splitlines()[0]}") from None
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
+                    architecture: str | None = None, **model_kwargs: Any
                     ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(model in eval mode, meta) from a run directory or a reslab safetensors file.
+    """(model in eval mode, meta) from a run directory or a weights file.
 
-    meta: architecture, kwargs, class_names, mean, std, input_size.
+    meta: architecture, kwargs, class_names, mean, std, input_size. A reslab safetensors file
+    describes itself. Any other weights file (torchvision/timm .pth, plain safetensors, training
+    checkpoints) needs `architecture` (and optionally create_model options such as num_classes;
+    by default the checkpoint's own head and stem sizes): see reslab.interop.
     """
+    import warnings
+
+    from ..interop import model_from_file, reslab_metadata
     from ..models import create_model
 
     file = resolve_ckpt_path(path)
+    if "architecture" not in (reslab_metadata(file) or {}):
+        if architecture is None:
+            raise UserError(f"{file} has no reslab metadata (architecture); pass "
+                            f"architecture=NAME or import it once with "
+                            f"`reslab import {file} --model NAME --out FILE.safetensors`")
+        model, meta, messages = model_from_file(file, architecture, **model_kwargs)
+        for message in messages:
+            warnings.warn(message, stacklevel=2)
+        return model.to(device).eval(), meta
     tensors, meta = read_weights(file)
-    if "architecture" not in meta:
-        raise UserError(f"{file} has no reslab metadata (architecture); "
-                        f"import it with `reslab import {file} --model NAME --out FILE`")
+    if architecture is not None and architecture != meta["architecture"]:
+        raise UserError(f"{file} holds a {meta['architecture']}, not a {architecture}")
     model = create_model(meta["architecture"], **meta.get("kwargs", {}))
     try:
         model.load_state_dict(tensors, strict=True)

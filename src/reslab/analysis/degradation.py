@@ -1,0 +1,159 @@
+"""The degradation experiment: Fig. 1 and Fig. 6 (section 4.2) on the CIFAR family.
+
+For each depth 6n+2 it trains plainN and resnetN with the same recipe and budget, each in
+OUT/<model>/ (a normal run directory), then writes OUT/degradation.json (INTERFACE.md schema) and
+OUT/degradation.png. The paper's finding: deeper plain nets have HIGHER training error (so it is
+not overfitting), deeper ResNets lower. Re-running the command skips finished runs and resumes
+interrupted ones, so a long sweep survives being stopped.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..engine.checkpoint import atomic_write_text
+from ..engine.logging import read_metrics
+from ..engine.recipe import Recipe, coerce, read_toml
+from ..errors import UserError
+from ..models import REGISTRY, get_arch
+
+# Options that change where or how fast a run goes, not what it learns: a finished run is reused
+# even if they differ.
+MACHINERY = ("device", "workers", "tensorboard")
+
+
+def cifar_depths() -> list[int]:
+    return sorted({a.depth for a in REGISTRY.values() if a.family == "cifar"})
+
+
+def sweep_models(depths: Sequence[int]) -> list[str]:
+    """plainN and resnetN for each depth, in the order they are trained."""
+    allowed = cifar_depths()
+    bad = [d for d in depths if d not in allowed]
+    if bad:
+        raise UserError(f"depth {bad[0]} is not a CIFAR-family depth 6n+2 "
+                        f"(choices: {', '.join(map(str, allowed))})")
+    if not depths:
+        raise UserError("give at least one depth")
+    return [f"{kind}{d}" for d in dict.fromkeys(depths) for kind in ("plain", "resnet")]
+
+
+def config_diff(r: Recipe, run_dir: Path) -> list[str]:
+    """The recipe fields where run_dir/config.toml differs from r (machinery ignored)."""
+    try:
+        stored = coerce(read_toml(run_dir / "config.toml"))
+    except UserError as e:
+        return [f"unreadable config.toml ({e})"]
+    return [f"{f.name} {getattr(stored, f.name)!r} != {getattr(r, f.name)!r}"
+            for f in fields(Recipe)
+            if f.name not in MACHINERY and getattr(stored, f.name) != getattr(r, f.name)]
+
+
+def check_reusable(r: Recipe, run_dir: Path) -> bool:
+    """Whether run_dir holds a run of r; UserError when it holds one of another config (a run
+    directory is never overwritten)."""
+    if not (run_dir / "config.toml").is_file():
+        return False
+    diff = config_diff(r, run_dir)
+    if diff:
+        raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diff)}); "
+                        "use another --out or remove it")
+    return True
+
+
+def _silent(_msg: str) -> None:
+    pass
+
+
+def train_or_reuse(r: Recipe, run_dir: Path, *, quiet: bool = False,
+                   say: Callable[[str], None] = _silent) -> str:
+    """Trains r into run_dir unless it is finished there: "skipped", "resumed" or "trained"."""
+    from ..engine import state as run_state
+    from ..engine.loop import fit
+
+    if check_reusable(r, run_dir):
+        if (run_dir / "model.safetensors").is_file():
+            say(f"{r.model}: finished in {run_dir}, skipped")
+            return "skipped"
+        if run_state.exists(run_dir):
+            say(f"{r.model}: resuming the interrupted run in {run_dir}")
+            fit(r, run_dir, resume=True, quiet=quiet)
+            return "resumed"
+    say(f"{r.model}: training into {run_dir}")
+    fit(r, run_dir, quiet=quiet)
+    return "trained"
+
+
+def _error(row: dict[str, Any] | None) -> float | None:
+    return None if row is None else 1.0 - float(row["top1"])
+
+
+def summarize_run(model: str, run_dir: Path) -> dict[str, Any]:
+    """One entry of degradation.json's runs, read back from run_dir/metrics.jsonl.
+
+    curve: one point per evaluation, train_error the running error over that epoch's training
+    batches (the paper's thin curves), test_error the per-epoch test evaluation (val when the
+    run holds out a validation split, since test is then evaluated only at the end).
+    """
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no metrics.jsonl")
+    rows = read_metrics(path)
+    train = {r["step"]: r for r in rows if r.get("split") == "train"}
+    evals = ([r for r in rows if r.get("split") == "test" and not r.get("final")]
+             or [r for r in rows if r.get("split") == "val"])
+    finals = [r for r in rows if r.get("split") == "test" and r.get("final")]
+    by_step = {r["step"]: r for r in evals}
+    if not by_step and finals:
+        by_step = {finals[-1]["step"]: finals[-1]}
+    arch = get_arch(model)
+    last_train = train[max(train)] if train else None
+    last_test = finals[-1] if finals else (by_step[max(by_step)] if by_step else None)
+    return {"model": model, "depth": arch.depth, "residual": arch.residual,
+            "final_train_error": _error(last_train), "final_test_error": _error(last_test),
+            "curve": [{"step": s, "train_error": _error(train.get(s)),
+                       "test_error": _error(by_step[s])} for s in sorted(by_step)]}
+
+
+def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: Recipe, *,
+                    quiet: bool = False, say: Callable[[str], None] | None = None
+                    ) -> dict[str, Any]:
+    """Trains the sweep (Fig. 6) and writes OUT/degradation.json and OUT/degradation.png."""
+    out = Path(out)
+    say = say or _silent
+    models = sweep_models(depths)
+    base = recipe.replace(data=data)
+    recipes = {m: base.replace(model=m) for m in models}
+    for model, r in recipes.items():  # refuse before training anything, not halfway through
+        check_reusable(r, out / model)
+    shared = {k: v for k, v in base.to_dict().items() if k != "model"}
+    result: dict[str, Any] = {"dataset": data, "recipe": shared, "runs": []}
+    for i, (model, r) in enumerate(recipes.items(), 1):
+        say(f"[{i}/{len(models)}] {model}")
+        train_or_reuse(r, out / model, quiet=quiet, say=say)
+        result["runs"].append(summarize_run(model, out / model))
+        write_results(result, out)  # after every run: a long sweep shows its results so far
+    return result
+
+
+def write_results(result: dict[str, Any], out: Path) -> None:
+    from .plots import degradation_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "degradation.json", json.dumps(result, indent=2) + "\n")
+    degradation_figure(result["runs"], out / "degradation.png",
+                       title=f"plain vs ResNet on {result['dataset']} (Fig. 6)")
+
+
+def percent(v: float | None) -> str:
+    """An error or accuracy fraction as a percentage with 2 decimals ("-" when missing)."""
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def results_table(result: dict[str, Any]) -> list[list[str]]:
+    """Rows [model, depth, final train error %, final test error %] for text and reports."""
+    return [[r["model"], str(r["depth"]), percent(r["final_train_error"]),
+             percent(r["final_test_error"])] for r in result["runs"]]

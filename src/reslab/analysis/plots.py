@@ -1,0 +1,113 @@
+"""Every figure reslab draws; the only module that imports matplotlib.
+
+matplotlib is imported inside the functions (keeps `import reslab` fast) and used through its
+object API (Figure + the Agg canvas): no pyplot global state, no backend switch, safe in threads
+and headless. Figures are written atomically like every other run file.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..engine.checkpoint import atomic_write
+
+
+def _figure(ncols: int, width: float = 5.0, height: float = 3.6) -> tuple[Any, list[Any]]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return Path(path)
+
+
+def curves_figure(rows: Sequence[dict[str, Any]], path: str | Path,
+                  title: str | None = None) -> Path:
+    """Loss and error (%) against the iteration, from a run's metrics.jsonl rows.
+
+    Training loss is drawn thin; evaluation rows per split ("train" running error over the
+    epoch, as the paper's training curves, "val", "test") as lines with markers.
+    """
+    fig, (loss_ax, err_ax) = _figure(2)
+    steps = [r["step"] for r in rows if "split" not in r and "loss" in r]
+    if steps:
+        loss_ax.plot(steps, [r["loss"] for r in rows if "split" not in r and "loss" in r],
+                     lw=0.8, color="0.6", label="train (batch)")
+    for i, split in enumerate(("train", "val", "test")):
+        evals = [r for r in rows if r.get("split") == split and not r.get("final")]
+        if not evals:
+            continue
+        x = [r["step"] for r in evals]
+        style = dict(color=f"C{i}", marker="o", ms=3, label=split)
+        loss_ax.plot(x, [r["loss"] for r in evals], **style)
+        err_ax.plot(x, [100 * (1 - r["top1"]) for r in evals],
+                    ls="--" if split == "train" else "-", **style)
+    loss_ax.set(xlabel="iteration", ylabel="loss", title="loss")
+    err_ax.set(xlabel="iteration", ylabel="top-1 error (%)", title="error")
+    for ax in (loss_ax, err_ax):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def degradation_figure(runs: Sequence[dict[str, Any]], path: str | Path,
+                       title: str | None = None) -> Path:
+    """Fig. 6: plain nets (left) and ResNets (right); dashed training error, bold test error,
+    one colour per depth. runs: degradation.json's runs."""
+    fig, axes = _figure(2)
+    depths = sorted({r["depth"] for r in runs})
+    colour = {d: f"C{i % 10}" for i, d in enumerate(depths)}
+    for ax, residual, name in ((axes[0], False, "plain"), (axes[1], True, "ResNet")):
+        for run in sorted((r for r in runs if r["residual"] == residual),
+                          key=lambda r: r["depth"]):
+            curve = run["curve"]
+            c = colour[run["depth"]]
+            x = [p["step"] for p in curve]
+            dots = {"marker": "o", "ms": 3} if len(curve) < 30 else {}  # short runs: visible
+            ax.plot(x, [_pct(p["train_error"]) for p in curve], ls="--", lw=1, color=c, **dots)
+            ax.plot(x, [_pct(p["test_error"]) for p in curve], lw=2.2, color=c,
+                    label=f"{name}-{run['depth']}", **dots)
+        ax.set(xlabel="iteration", ylabel="error (%)", title=name)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(title="bold: test, dashed: train", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _pct(v: float | None) -> float:
+    return float("nan") if v is None else 100 * v
+
+
+def responses_figure(responses: dict[str, Sequence[float]], path: str | Path,
+                     title: str | None = None) -> Path:
+    """Fig. 7: the std of each 3x3 layer's response, in layer order (left) and sorted in
+    descending order (right), one line per model."""
+    fig, (left, right) = _figure(2)
+    for label, stds in responses.items():
+        # Plain nets dashed, ResNets solid, so the two kinds read apart as in Fig. 7.
+        style = {"marker": ".", "lw": 1, "label": label,
+                 "ls": "--" if label.startswith("plain") else "-"}
+        x = range(1, len(stds) + 1)
+        left.plot(x, stds, **style)
+        right.plot(x, sorted(stds, reverse=True), **style)
+    left.set(xlabel="layer index (original)", ylabel="std", title="layer responses")
+    right.set(xlabel="layer index (sorted by magnitude)", ylabel="std", title="sorted")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if responses:
+            ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -1,0 +1,265 @@
+"""Run reports: Markdown (report.md, beside its PNGs) and a self-contained HTML page.
+
+A report is built once as a list of blocks (heading, paragraph, table, image) and rendered to
+both formats, so the two never disagree and no Markdown library is needed. The engine calls
+`write_run_report` at the end of every run; `reslab report` combines one or more run
+directories, including degradation sweeps (degradation.json) and layer responses
+(responses.json).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engine.checkpoint import atomic_write_text
+from ..engine.logging import read_metrics
+from ..engine.recipe import read_toml
+from ..errors import UserError
+from .degradation import percent as _pct
+
+# The published numbers ours are put beside (/work/shared/reference/paper-facts.md), as top-1
+# errors (fractions) keyed by dataset, then model ("*": any model on that dataset).
+PAPER_REFERENCE: dict[str, dict[str, tuple[float, str]]] = {
+    "cifar10": {m: (e / 100, "paper Table 6, CIFAR-10 test error") for m, e in {
+        "resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
+        "resnet110": 6.43, "resnet1202": 7.93}.items()},
+    "fashion-mnist": {"*": (1 - 0.949, "Fashion-MNIST benchmark, ResNet18 (accuracy 0.949)")},
+    "imagenet": {m: (e / 100, "paper Tables 2-4, ImageNet val 10-crop top-1 error") for m, e in {
+        "plain18": 27.94, "plain34": 28.54, "resnet18": 27.88, "resnet34": 24.52,
+        "resnet50": 22.85, "resnet101": 21.75, "resnet152": 21.43}.items()},
+}
+
+
+def paper_reference(model: str, data: str) -> tuple[float, str] | None:
+    """(published top-1 error, source) for this model on this dataset, if the paper has one."""
+    key = "imagenet" if "imagenet" in data.lower() else data
+    table = PAPER_REFERENCE.get(key, {})
+    return table.get(model) or table.get("*")
+
+
+@dataclass
+class Doc:
+    """Report blocks, rendered to Markdown or HTML. Images are paths to PNG files."""
+
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def heading(self, level: int, text: str) -> None:
+        self.blocks.append(("h", (level, text)))
+
+    def para(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, header: list[str], rows: list[list[Any]]) -> None:
+        self.blocks.append(("table", (header, [[str(c) for c in r] for r in rows])))
+
+    def image(self, path: Path, alt: str) -> None:
+        self.blocks.append(("img", (Path(path), alt)))
+
+    def markdown(self, base: Path) -> str:
+        """Markdown with image links relative to the directory `base` the file is written to."""
+        out = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                out.append(f"{'#' * value[0]} {value[1]}")
+            elif kind == "p":
+                out.append(value)
+            elif kind == "table":
+                header, rows = value
+                lines = [header, ["---"] * len(header), *rows]
+                out.append("\n".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |"
+                                     for r in lines))
+            else:
+                rel = Path(os.path.relpath(value[0].resolve(), base.resolve())).as_posix()
+                out.append(f"![{value[1]}]({rel})")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        """One HTML page with the images embedded as base64 data URIs."""
+        esc = html.escape
+        body = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                body.append(f"<h{value[0]}>{esc(value[1])}</h{value[0]}>")
+            elif kind == "p":
+                body.append(f"<p>{esc(value)}</p>")
+            elif kind == "table":
+                header, rows = value
+                head = "".join(f"<th>{esc(c)}</th>" for c in header)
+                cells = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
+                                for r in rows)
+                body.append(f"<table><tr>{head}</tr>{cells}</table>")
+            elif value[0].is_file():
+                data = base64.b64encode(value[0].read_bytes()).decode("ascii")
+                body.append(f'<img alt="{esc(value[1])}" src="data:image/png;base64,{data}">')
+        return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{esc(title)}"
+                f"</title><style>{_CSS}</style></head><body>\n" + "\n".join(body)
+                + "\n</body></html>\n")
+
+
+_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:3px 8px;text-align:left}img{max-width:100%}")
+
+
+SPLITS = ("train", "val", "test")
+
+
+def final_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The last evaluation row of each split; for test the final one (after training)."""
+    last: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        split = r.get("split")
+        if split is None or (split == "test" and last.get("test", {}).get("final")
+                             and not r.get("final")):
+            continue
+        last[split] = r
+    return dict(sorted(last.items(), key=lambda kv: SPLITS.index(kv[0])
+                       if kv[0] in SPLITS else len(SPLITS)))
+
+
+def _metrics_row(split: str, r: dict[str, Any]) -> list[Any]:
+    top5 = _pct(1 - r["top5"]) if "top5" in r else "-"
+    return [split, _pct(r["top1"]), _pct(1 - r["top1"]), top5, f"{r['loss']:.4f}",
+            r.get("n", "-")]
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.toml"
+    return read_toml(path) if path.is_file() else {}
+
+
+def _run_line(model: str, data: str, steps: int, run_dir: Path) -> str:
+    """"resnet20 on cifar10, 64000 iterations in 1234 s." plus skipped images (summary.json)."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    line = f"{model} on {data}, {steps} iterations"
+    if summary.get("wall_s") is not None:
+        line += f" in {summary['wall_s']:.1f} s"
+    if summary.get("skipped_images"):
+        line += f"; {summary['skipped_images']} unreadable images skipped"
+    return line + "."
+
+
+def _run_section(doc: Doc, run_dir: Path) -> dict[str, Any]:
+    """Final metrics beside the paper's, and the curves. Returns a one-line summary."""
+    config = _read_config(run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    model, data = str(config.get("model", "?")), str(config.get("data", "?"))
+    last = final_metrics(rows)
+    steps = max((r["step"] for r in rows), default=0)
+    doc.para(_run_line(model, data, steps, run_dir))
+    doc.table(["split", "top-1 acc %", "top-1 err %", "top-5 err %", "loss", "images"],
+              [_metrics_row(split, r) for split, r in last.items()])
+    ref = paper_reference(model, data)
+    test = last.get("test")
+    if ref is not None:
+        ours = _pct(1 - test["top1"]) if test else "-"
+        doc.table(["", "top-1 error %"], [[ref[1], _pct(ref[0])], ["this run (test)", ours]])
+    if (run_dir / "curves.png").is_file():
+        doc.image(run_dir / "curves.png", "loss and error curves")
+    return {"run": run_dir.resolve().name, "model": model, "data": data, "steps": steps,
+            "test_error": _pct(1 - test["top1"]) if test else "-",
+            "paper_error": _pct(ref[0]) if ref else "-"}
+
+
+def _responses_section(doc: Doc, run_dir: Path, level: int) -> None:
+    """Fig. 7 for the models in run_dir/responses.json."""
+    from .plots import responses_figure
+
+    responses = json.loads((run_dir / "responses.json").read_text())
+    png = run_dir / "responses.png"
+    responses_figure(responses, png)  # redrawn: responses.json may be newer than the figure
+    doc.heading(level + 1, "Layer responses (Fig. 7)")
+    doc.para("Std of each 3x3 layer's output after BN, before the addition/ReLU.")
+    doc.table(["model", "layers", "mean std", "max std"],
+              [[k, len(v), f"{sum(v) / max(len(v), 1):.4f}", f"{max(v, default=0):.4f}"]
+               for k, v in responses.items()])
+    doc.image(png, "layer responses")
+
+
+def _degradation_section(doc: Doc, run_dir: Path, level: int) -> None:
+    """Fig. 6: the sweep's table and figure (redrawn if missing)."""
+    from .degradation import results_table, write_results
+
+    result = json.loads((run_dir / "degradation.json").read_text())
+    if not (run_dir / "degradation.png").is_file():
+        write_results(result, run_dir)
+    doc.heading(level + 1, "Degradation: plain vs ResNet (Fig. 6)")
+    doc.para(f"Dataset {result['dataset']}; every run with the same recipe and budget. "
+             "The paper: deeper plain nets have higher training error, deeper ResNets lower.")
+    doc.table(["model", "depth", "final train error %", "final test error %"],
+              results_table(result))
+    doc.image(run_dir / "degradation.png", "degradation curves")
+
+
+def add_run(doc: Doc, run_dir: Path, level: int = 1) -> dict[str, Any] | None:
+    """Appends everything run_dir holds; the run summary when it is a training run."""
+    has = {name: (run_dir / name).is_file()
+           for name in ("metrics.jsonl", "responses.json", "degradation.json")}
+    if not any(has.values()):
+        raise UserError(f"{run_dir} is not a run directory (no metrics.jsonl, "
+                        "degradation.json or responses.json)")
+    doc.heading(level, run_dir.resolve().name)
+    summary = _run_section(doc, run_dir) if has["metrics.jsonl"] else None
+    if has["responses.json"]:
+        _responses_section(doc, run_dir, level)
+    if has["degradation.json"]:
+        _degradation_section(doc, run_dir, level)
+    config = _read_config(run_dir)
+    if config:
+        doc.heading(level + 1, "Config")
+        doc.table(["key", "value"], [[k, v if isinstance(v, str) else json.dumps(v)]
+                                     for k, v in sorted(config.items())])
+    return summary
+
+
+def draw_curves(run_dir: Path) -> None:
+    from .plots import curves_figure
+
+    if (run_dir / "metrics.jsonl").is_file():
+        curves_figure(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png",
+                      title=run_dir.resolve().name)
+
+
+def write_run_report(run_dir: str | Path) -> None:
+    """The run's curves.png and report.md (called by the engine at the end of every run)."""
+    run_dir = Path(run_dir)
+    draw_curves(run_dir)
+    doc = Doc()
+    add_run(doc, run_dir)
+    atomic_write_text(run_dir / "report.md", doc.markdown(run_dir))
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> tuple[Path, Path]:
+    """Markdown and HTML report of one or more run directories; returns (md, html) paths.
+
+    out: FILE.md or FILE.html (the other one beside it); default RUN/report.md for one run,
+    ./report.md for several.
+    """
+    dirs = [Path(d) for d in run_dirs]
+    for d in dirs:
+        if not d.is_dir():
+            raise UserError(f"not a directory: {d}")
+    out = Path(out) if out else (dirs[0] / "report.md" if len(dirs) == 1 else Path("report.md"))
+    md, page = out.with_suffix(".md"), out.with_suffix(".html")
+    sections, summaries = Doc(), []
+    for d in dirs:
+        draw_curves(d)
+        summaries.append(add_run(sections, d, level=1 if len(dirs) == 1 else 2))
+    doc = Doc()
+    runs = [s for s in summaries if s]
+    if len(dirs) > 1:
+        doc.heading(1, "reslab report")
+    if len(runs) > 1:
+        doc.table(["run", "model", "data", "iterations", "test top-1 err %", "paper %"],
+                  [list(s.values()) for s in runs])
+    doc.blocks += sections.blocks
+    md.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(md, doc.markdown(md.parent))
+    atomic_write_text(page, doc.html(md.stem if len(dirs) > 1 else dirs[0].resolve().name))
+    return md, page

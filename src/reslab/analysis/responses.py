@@ -1,0 +1,165 @@
+"""Layer responses, section 4.2 "Analysis of Layer Responses" and Fig. 7.
+
+"The responses are the outputs of each 3x3 layer, after BN and before other nonlinearity
+(ReLU/addition)." For a ResNet the response of a block's last 3x3 layer is its residual function
+F(x); small responses mean the residual functions stay close to zero, i.e. the identity
+preconditioning of section 3.1 is reasonable (seed notes, Q&A 1).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..models import BasicBlock, Bottleneck, ResNet
+
+
+def response_layers(model: ResNet) -> list[nn.BatchNorm2d]:
+    """The BN that follows every 3x3 conv, in forward order.
+
+    CIFAR stem conv1/bn1 (3x3; the ImageNet stem's 7x7 is not counted), then per basic block
+    bn1 and bn2, per bottleneck only bn2 (its 1x1 layers are not 3x3 layers). resnet20 has 19,
+    resnet56 55, resnet110 109: every weighted layer but the fc.
+    """
+    layers = [model.bn1] if model.conv1.kernel_size == (3, 3) else []
+    for block in model.blocks():
+        if isinstance(block, Bottleneck):
+            layers.append(block.bn2)
+        elif isinstance(block, BasicBlock):
+            layers += [block.bn1, block.bn2]
+        else:
+            raise TypeError(f"unknown block type {type(block).__name__}")
+    return layers
+
+
+class _Moments:
+    """Streaming mean and variance: each batch's moments (float32, on the model's device, no
+    sync) merged in float64 with Chan et al.'s pairwise formula."""
+
+    def __init__(self) -> None:
+        self.n: int = 0
+        self.mean: torch.Tensor | float = 0.0
+        self.m2: torch.Tensor | float = 0.0
+
+    def add(self, t: torch.Tensor) -> None:
+        var, mean = torch.var_mean(t.detach().float(), correction=0)
+        n, total = t.numel(), self.n + t.numel()
+        delta = mean.double() - self.mean
+        self.m2 = self.m2 + var.double() * n + delta * delta * (self.n * n / total)
+        self.mean = self.mean + delta * (n / total)
+        self.n = total
+
+    def std(self) -> float:
+        return math.sqrt(float(self.m2) / self.n) if self.n else float("nan")
+
+
+def _inputs(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
+    for b in batches:
+        yield b[0] if isinstance(b, (tuple, list)) else b
+
+
+@torch.no_grad()
+def layer_responses(model: ResNet, batches: Iterable[Any]) -> list[float]:
+    """The std of each 3x3 layer's response (response_layers order) over all the images.
+
+    Definition: for one layer, the population standard deviation (ddof 0) of every element of
+    its BN output, pooled over images, channels and positions, N*C*H*W values; the model is in
+    eval mode, so BN uses its running statistics as at test time. batches yield x or (x, y),
+    already normalised as in training.
+    """
+    layers = response_layers(model)
+    moments = [_Moments() for _ in layers]
+    # The hook reduces immediately: the in-place ReLU after bn1 overwrites the tensor later.
+    hooks = [bn.register_forward_hook(lambda _m, _i, out, acc=acc: acc.add(out))
+             for bn, acc in zip(layers, moments)]
+    was_training = model.training
+    model.eval()
+    try:
+        for x in _inputs(batches):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if moments and moments[0].n == 0:
+        raise UserError("no images to measure layer responses on")
+    return [m.std() for m in moments]
+
+
+def take_images(batches: Iterable[Any], max_images: int | None) -> Iterator[torch.Tensor]:
+    """The inputs of the batches, stopping after max_images (None: all)."""
+    left = max_images
+    for x in _inputs(batches):
+        if left is not None:
+            if left <= 0:
+                return
+            x, left = x[:left], left - len(x[:left])
+        yield x
+
+
+def _path_name(path: Path) -> str:
+    # A run directory, or RUN/model.safetensors, is named by the run; other files by their stem.
+    if path.is_dir():
+        return path.resolve().name
+    return path.resolve().parent.name if path.stem in ("model", "best") else path.stem
+
+
+def model_labels(paths: list[str], metas: list[dict[str, Any]]) -> list[str]:
+    """Unique labels: the architectures when they differ, else the run names (-2, -3 if equal)."""
+    archs = [str(m.get("architecture", "model")) for m in metas]
+    if len(set(archs)) == len(archs):
+        return archs
+    seen: dict[str, int] = {}
+    labels = []
+    for name in (_path_name(Path(p)) for p in paths):
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return labels
+
+
+# The data options that change what a model sees: a checkpoint is measured on the images as they
+# were prepared for it in training (its run's config.toml), else with the loader's defaults.
+DATA_OPTIONS = ("normalize", "image_size", "val_split", "seed")
+
+
+def training_data_options(ckpt: str | Path) -> dict[str, Any]:
+    """The DATA_OPTIONS of the run a checkpoint belongs to ({} without a config.toml)."""
+    from ..engine.checkpoint import resolve_ckpt_path
+    from ..engine.recipe import read_toml
+
+    config = resolve_ckpt_path(ckpt).parent / "config.toml"
+    if not config.is_file():
+        return {}
+    values = read_toml(config)
+    return {k: values[k] for k in DATA_OPTIONS if k in values}
+
+
+def compute_responses(ckpts: list[str], data: str, *, data_dir: str | None = None,
+                      split: str = "test", max_images: int | None = None,
+                      batch_size: int = 256, device: str = "cpu") -> dict[str, list[float]]:
+    """{label: stds in layer order} for each checkpoint on the split of `data` (Fig. 7)."""
+    from ..data import load_data
+    from ..engine.checkpoint import load_checkpoint
+
+    loaded = [load_checkpoint(c, device) for c in ckpts]
+    datasets: dict[str, Any] = {}  # one load per distinct preparation
+    out = {}
+    for ckpt, label, (model, _) in zip(ckpts, model_labels(ckpts, [m for _, m in loaded]),
+                                       loaded):
+        options = training_data_options(ckpt)
+        key = json.dumps(options, sort_keys=True)
+        if key not in datasets:
+            datasets[key] = load_data(data, data_dir=data_dir, augment="none", **options)
+        dataset = datasets[key]
+        if model.conv1.in_channels != dataset.in_chans:
+            raise UserError(f"{label} takes {model.conv1.in_channels}-channel images; "
+                            f"{data} has {dataset.in_chans}")
+        batches = dataset.eval_batches(split, batch_size, torch.device(device))
+        out[label] = layer_responses(model, take_images(batches, max_images))
+    return out

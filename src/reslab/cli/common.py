@@ -1,0 +1,101 @@
+"""Helpers shared by the subcommands: model options, the --input shape, JSON output, and building
+a model for shape-only analysis."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+from ..analysis.macs import InputTooSmall, Shape
+from ..errors import UserError
+from ..models import create_model, get_arch
+from ..models.blocks import SHORTCUTS, STRIDE_IN
+from ..models.resnet import ResNet
+
+T = TypeVar("T")
+INPUT_HINT = "expected NxCxHxW, e.g. 1x3x224x224"
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The create_model options as flags; each defaults to None, meaning "the model's default"."""
+    g = parser.add_argument_group("model options")
+    g.add_argument("--num-classes", type=int, metavar="N",
+                   help="classifier outputs (default 1000 ImageNet family, 10 CIFAR family)")
+    g.add_argument("--in-chans", type=int, metavar="C", help="input channels (default 3)")
+    g.add_argument("--shortcut", choices=SHORTCUTS,
+                   help="section 3.3 option: A zero-pad, B project where shapes change, "
+                        "C project always (default A for CIFAR, B for ImageNet)")
+    g.add_argument("--stride-in", choices=STRIDE_IN,
+                   help="bottleneck stride on the 3x3 conv (torchvision, default) or on the "
+                        "first 1x1 conv (the paper)")
+    g.add_argument("--zero-init-residual", action="store_true", default=None,
+                   help="zero the last BN of each block so every block starts as the identity")
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The create_model keyword arguments of the options actually given on the command line."""
+    names = ("num_classes", "in_chans", "shortcut", "stride_in", "zero_init_residual")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def parse_input_shape(text: str) -> Shape:
+    """"1x3x224x224" -> (1, 3, 224, 224); "3x224x224" -> batch 1. Raises UserError."""
+    if not re.fullmatch(r"\s*\d+(\s*[xX]\s*\d+){2,3}\s*", text or ""):
+        raise UserError(f"invalid --input '{text}': {INPUT_HINT}")
+    dims = tuple(int(d) for d in re.split(r"[xX]", text))
+    if min(dims) < 1:
+        raise UserError(f"invalid --input '{text}': every dimension must be positive")
+    return dims if len(dims) == 4 else (1, *dims)
+
+
+def add_input_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", metavar="NxCxHxW", type=str, default=None,
+                        help="input shape, e.g. 1x3x224x224 or 3x32x32 (default: the model's "
+                             "usual input, 224x224 for ImageNet and 32x32 for CIFAR models)")
+
+
+def input_shape(args: argparse.Namespace) -> Shape:
+    """The --input shape, else the architecture's default input with --in-chans channels."""
+    if args.input is not None:
+        shape = parse_input_shape(args.input)
+    else:
+        n, _, h, w = get_arch(args.model).default_input
+        shape = (n, getattr(args, "in_chans", None) or 3, h, w)
+    chans = getattr(args, "in_chans", None) or 3
+    if shape[1] != chans:
+        raise UserError(f"--input has {shape[1]} channels but the model takes {chans} "
+                        f"(set --in-chans {shape[1]})")
+    return shape
+
+
+def analysis_model(name: str, **kwargs: Any) -> ResNet:
+    """A model on the "meta" device: right shapes and parameter counts, no memory, no init
+    time. Enough for MACs, summaries and traces, which only read shapes."""
+    with torch.device("meta"):
+        return create_model(name, **kwargs)
+
+
+def analyze(args: argparse.Namespace, fn: Callable[[ResNet, Shape], T]) -> T:
+    """Builds args.model with the given model options (meta device) and applies fn to it and
+    the --input shape; an input too small for the net becomes a UserError naming the model."""
+    model = analysis_model(args.model, **model_kwargs(args))
+    shape = input_shape(args)
+    try:
+        return fn(model, shape)
+    except InputTooSmall as e:
+        raise UserError(f"input {'x'.join(map(str, shape))} is too small for {args.model}: "
+                        f"{e.reason}") from None
+
+
+def print_json(obj: Any) -> None:
+    """Exactly one JSON object on stdout (INTERFACE.md: nothing else goes there)."""
+    if not isinstance(obj, dict):
+        raise TypeError("print_json prints one JSON object: pass a dict")
+    # default=str: paths and other plain values print as text rather than failing
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,70 @@
+"""`reslab degradation --data D --depths 20 32 44 56 --out DIR`: the paper's Fig. 1 and Fig. 6.
+
+Trains plainN and resnetN for every depth with the same recipe and budget (each a run directory
+DIR/<model>/), then writes DIR/degradation.json and DIR/degradation.png. Run the same command
+again to skip finished runs and resume interrupted ones. Every recipe field is a flag, as for
+`reslab train`; the default recipe is paper-cifar (section 4.2: 64k iterations, so give
+--iters or --epochs for a shorter budget).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from ..engine.recipe import Recipe
+
+# The sweep sets the model (and trains each from scratch); --data is its own required flag.
+NOT_FLAGS = ("model", "data", "weights")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("degradation", help="plain vs residual nets of several depths, same "
+                       "recipe and budget (paper Fig. 6)", description=__doc__)
+    p.add_argument("--data", required=True, help="dataset (as for train)")
+    p.add_argument("--depths", type=int, nargs="+", required=True, metavar="N",
+                   help="CIFAR-family depths 6n+2: 20 32 44 56 110 1202")
+    p.add_argument("--out", required=True, metavar="DIR", help="sweep directory")
+    p.add_argument("--recipe", default="paper-cifar", help="recipe name or TOML file "
+                   "(default paper-cifar)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true", help="print degradation.json on stdout")
+    g = p.add_argument_group("recipe overrides (as for reslab train)")
+    for f in fields(Recipe):
+        if f.name in NOT_FLAGS:
+            continue
+        boolean = str(f.type).startswith("bool")
+        g.add_argument("--" + f.name.replace("_", "-"), default=None, metavar=f.name.upper(),
+                       **({"nargs": "?", "const": "true"} if boolean else {}))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.degradation import results_table, run_degradation
+    from ..engine.recipe import load_recipe
+    from ..engine.state import Interrupted
+    from .common import print_json
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(Recipe) if f.name not in NOT_FLAGS}
+    recipe = load_recipe(args.recipe, {**overrides, "data": args.data})
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    try:
+        result = run_degradation(args.data, args.depths, Path(args.out), recipe,
+                                 quiet=args.quiet, say=say)
+    except Interrupted as e:
+        print(f"stopped by {e.signame} at step {e.step}; state saved. Run the same command "
+              "again to continue", file=sys.stderr)
+        return e.exit_code
+    if args.json:
+        print_json(result)
+        return 0
+    print(f"{'model':<12}{'depth':>6}{'train err %':>13}{'test err %':>12}")
+    for model, depth, train, test in results_table(result):
+        print(f"{model:<12}{depth:>6}{train:>13}{test:>12}")
+    print(f"wrote {Path(args.out) / 'degradation.json'} and degradation.png")
+    return 0

@@ -1,0 +1,50 @@
+"""`reslab eval CKPT --data D`: top-1/top-5 accuracy and loss of a trained model on a split."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="top-1/top-5 accuracy and loss of a checkpoint",
+                       description=__doc__)
+    p.add_argument("ckpt", metavar="CKPT", help="run directory or weights file")
+    p.add_argument("--data", help="dataset (default: the one the run was trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--crops", type=int, default=1, choices=(1, 10),
+                   help="1: centre; 10: four corners, centre and their flips (paper 3.4)")
+    p.add_argument("--scales", help="comma-separated shorter sides, e.g. 224,256,384,480,640: "
+                   "the paper's fully-convolutional multi-scale test, scores averaged")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--confusion", metavar="FILE.png", help="also write a confusion matrix")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.evaluate import evaluate_checkpoint
+
+    scales = _parse_scales(args.scales) if args.scales else None
+    result = evaluate_checkpoint(args.ckpt, data=args.data, data_dir=args.data_dir,
+                                 split=args.split, crops=args.crops, scales=scales,
+                                 batch_size=args.batch_size, device=args.device,
+                                 confusion_png=args.confusion)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{Path(args.ckpt)} on {result['data']} {result['split']} (n={result['n']}): "
+              f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}")
+    return 0
+
+
+def _parse_scales(text: str) -> list[int]:
+    try:
+        scales = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        scales = []
+    if not scales or min(scales) < 1:
+        raise ValueError(f"invalid --scales '{text}': expected sizes like 224,256,384")
+    return scales

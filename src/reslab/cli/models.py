@@ -1,0 +1,47 @@
+"""`reslab models`: every registered architecture with its depth, parameters and MACs at its
+default input (Table 1's FLOPs row for ImageNet, section 4.2's nets for CIFAR)."""
+from __future__ import annotations
+
+import argparse
+
+from ..analysis.macs import profile
+from ..analysis.summary import format_macs, format_shape, format_table
+from ..models import get_arch, list_models
+from .common import analysis_model, print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the architectures with depth, params and MACs",
+                       description="Every registered architecture: depth, block, parameters "
+                                   "and MACs (multiply-adds of conv and fc layers) at its "
+                                   "default input, with its default options.")
+    p.add_argument("--family", choices=("imagenet", "cifar"), help="only this family")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def describe(name: str) -> dict:
+    """One architecture as a dict: the facts of the registry plus params and MACs."""
+    arch = get_arch(name)
+    model = analysis_model(name)
+    prof = profile(model, arch.default_input)
+    return {"name": name, "family": arch.family, "depth": arch.depth,
+            "block": "bottleneck" if arch.block.expansion == 4 else "basic",
+            "residual": arch.residual, "layers": list(arch.layers),
+            "shortcut": arch.default_shortcut if arch.residual else None,
+            "input_shape": list(arch.default_input), "params": prof.params, "macs": prof.macs}
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = [describe(name) for name in list_models(args.family)]
+    if args.json:
+        print_json({"models": rows})
+        return 0
+    headers = ["name", "family", "depth", "block", "blocks", "shortcut", "input", "params",
+               "MACs"]
+    table = [[r["name"], r["family"], str(r["depth"]), r["block"],
+              ",".join(map(str, r["layers"])), r["shortcut"] or "none (plain)",
+              format_shape(r["input_shape"]), f"{r['params']:,}", format_macs(r["macs"])]
+             for r in rows]
+    print(format_table(headers, table, right=(2, 7, 8)))
+    return 0

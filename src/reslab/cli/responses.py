@@ -1,0 +1,58 @@
+"""`reslab responses CKPT... --data D`: the paper's Fig. 7 (section 4.2).
+
+The std of every 3x3 layer's output after BN and before the addition/ReLU, over the images of a
+split; one curve per model, in layer order and sorted. Each CKPT that is a run directory also
+gets a responses.json, so `reslab report` shows it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("responses", help="std of each 3x3 layer's response (paper Fig. 7)",
+                       description=__doc__)
+    p.add_argument("ckpts", nargs="+", metavar="CKPT", help="run directories or weights files")
+    p.add_argument("--data", required=True, help="dataset (as for train)")
+    p.add_argument("--data-dir", help="where the dataset files are")
+    p.add_argument("--split", default="test", help="split to measure on (default test)")
+    p.add_argument("--max-images", type=int, metavar="N", help="use only the first N images")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default cpu)")
+    p.add_argument("--out", metavar="FILE.png", help="write the figure here")
+    p.add_argument("--json", action="store_true",
+                   help="print {model: [std per layer]} on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.responses import compute_responses
+    from ..engine.checkpoint import atomic_write_text
+    from ..engine.setup import select_device
+    from .common import print_json
+
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"invalid --max-images {args.max_images}: must be >= 1")
+    responses = compute_responses(args.ckpts, args.data, data_dir=args.data_dir,
+                                  split=args.split, max_images=args.max_images,
+                                  batch_size=args.batch_size,
+                                  device=str(select_device(args.device)))
+    for ckpt, (label, stds) in zip(args.ckpts, responses.items()):
+        if Path(ckpt).is_dir():
+            atomic_write_text(Path(ckpt) / "responses.json", json.dumps({label: stds}) + "\n")
+    if args.out:
+        from ..analysis.plots import responses_figure
+
+        responses_figure(responses, args.out, title=f"layer responses on {args.data} "
+                         f"{args.split} (Fig. 7)")
+    if args.json:
+        print_json(responses)
+        return 0
+    for label, stds in responses.items():
+        print(f"{label}: {len(stds)} layers, std mean {sum(stds) / len(stds):.4f}, "
+              f"min {min(stds):.4f}, max {max(stds):.4f}")
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,25 @@
+"""`reslab trace MODEL`: the seed notes' layer-by-layer trace (numbered weighted layers, their
+modules and output shapes, stage separators)."""
+from __future__ import annotations
+
+import argparse
+
+from ..analysis.trace import render_trace, trace
+from .common import add_input_option, add_model_options, analyze
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trace", help="layer-by-layer trace of the output shapes",
+                       description="Runs one forward and prints every weighted layer numbered "
+                                   "from 1 with its module and output shape, plus the max-pool, "
+                                   "shortcut projection (downsample), average pool and flatten "
+                                   "lines and the stage separators, as in the seed notes.")
+    p.add_argument("model", metavar="MODEL", help="architecture name (see `reslab models`)")
+    add_input_option(p)
+    add_model_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(render_trace(analyze(args, trace)))
+    return 0

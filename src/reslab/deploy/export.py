@@ -1,0 +1,106 @@
+"""Export to ONNX, TorchScript or a torch.export program, with a dynamic batch dimension and a
+numerical parity check of the written file against the PyTorch model."""
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError, unknown
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+FORMATS = ("onnx", "torchscript", "pt2")
+PARITY_BATCHES = (1, 3)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: dict[int, float] = field(default_factory=dict)  # batch size -> difference
+    tolerance: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(d <= self.tolerance for d in self.max_abs_diff.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "format": self.format, "ok": self.ok,
+                "tolerance": self.tolerance,
+                "max_abs_diff": {str(k): v for k, v in self.max_abs_diff.items()}}
+
+
+def _meta_json(meta: dict[str, Any]) -> str:
+    keys = ("architecture", "kwargs", "class_names", "mean", "std", "input_size")
+    return json.dumps({k: meta[k] for k in keys if k in meta})
+
+
+def _onnx(model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, Any]) -> Runner:
+    try:
+        import onnxruntime as ort
+        import onnxscript  # noqa: F401 - the dynamo exporter needs it; fail early and clearly
+    except ImportError as e:
+        raise UserError(f"ONNX export needs onnx, onnxscript and onnxruntime ({e.name} is "
+                        "missing): pip install 'reslab[export]'") from None
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(model, (example,), input_names=["input"],
+                                output_names=["logits"], dynamic_shapes=({0: batch},),
+                                dynamo=True, verbose=False)
+    # Deployment code finds preprocessing and class names in the file itself.
+    program.model.metadata_props["reslab"] = _meta_json(meta)
+    program.save(str(out))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+
+def _torchscript(model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, Any]
+                 ) -> Runner:
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.export but still the format many
+        # C++ and mobile runtimes load; the warnings say nothing about this model.
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, str(out), _extra_files={"reslab.json": _meta_json(meta)})
+        return torch.jit.load(str(out))
+
+
+def _pt2(model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, Any]) -> Runner:
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(out), extra_files={"reslab.json": _meta_json(meta)})
+    return torch.export.load(str(out)).module()
+
+
+_WRITERS = {"onnx": _onnx, "torchscript": _torchscript, "pt2": _pt2}
+
+
+@torch.no_grad()
+def export_model(model: nn.Module, meta: dict[str, Any], out: str | Path, fmt: str = "onnx"
+                 ) -> ExportResult:
+    """Writes model (CPU, eval, fp32) to out and checks the file's outputs against PyTorch on
+    random inputs of batch 1 and 3 (the file has a dynamic batch dimension)."""
+    if fmt not in _WRITERS:
+        raise unknown("export format", fmt, FORMATS)
+    model = model.cpu().float().eval()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shape = tuple(int(s) for s in meta["input_size"])
+    g = torch.Generator().manual_seed(0)
+    # Batch 2 when tracing: exporters specialise a dimension of size 1 to a constant.
+    run = _WRITERS[fmt](model, torch.randn(2, *shape, generator=g), out, meta)
+    result = ExportResult(out, fmt)
+    scale = 1.0
+    for n in PARITY_BATCHES:
+        x = torch.randn(n, *shape, generator=g)
+        ref = model(x)
+        result.max_abs_diff[n] = float((run(x) - ref).abs().max())
+        scale = max(scale, float(ref.abs().max()))
+    # fp32 kernels of different runtimes differ by rounding, relative to the logits' size.
+    result.tolerance = 1e-4 * scale
+    return result

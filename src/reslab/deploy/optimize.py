@@ -1,0 +1,85 @@
+"""Inference-time rewrites that keep the function: BN folded into the convolutions,
+channels-last memory, and torch.compile where it measurably helps."""
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections import Counter
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+CompileMode = bool | Literal["auto"]
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Folds every BatchNorm2d that only consumes a Conv2d's output into that conv, in place.
+
+    The conv gets the BN's affine map of its running statistics (weight * gamma / sigma, plus a
+    bias) and the BN becomes nn.Identity, so module names and the model's methods keep working.
+    Pairs come from the traced data flow, not from names. Needs eval mode: folding freezes the
+    running statistics.
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (it uses running statistics)")
+    graph = torch.fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+            continue
+        src = node.args[0]
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module"
+                and isinstance(modules[src.target], nn.Conv2d) and len(src.users) == 1
+                and calls[src.target] == 1 and calls[node.target] == 1):
+            fused = fuse_conv_bn_eval(modules[src.target], modules[node.target])
+            model.set_submodule(src.target, fused)
+            model.set_submodule(node.target, nn.Identity())
+    return model
+
+
+def _images_per_second(model: nn.Module, x: torch.Tensor, iters: int = 3) -> float:
+    with torch.inference_mode():
+        model(x)  # warm-up: kernel selection, weight reordering, compilation
+        start = time.perf_counter()
+        for _ in range(iters):
+            model(x)
+    return iters * x.shape[0] / (time.perf_counter() - start)
+
+
+def optimize_for_inference(model: nn.Module, example_input: torch.Tensor, *,
+                           compile: CompileMode = "auto", channels_last: bool = True
+                           ) -> nn.Module:
+    """A faster copy of model for inference (the original is left untouched).
+
+    BN is folded into the convolutions; on 4-D inputs the weights go channels-last (oneDNN and
+    cuDNN convolutions run fastest in NHWC). compile: True always uses torch.compile (inductor,
+    with weight freezing), False never, "auto" times both on example_input and keeps the
+    faster. The result is still the model's class, with the same outputs up to fp32 rounding;
+    its `optimized_with` dict says what was applied.
+    """
+    fast = fold_batchnorm(copy.deepcopy(model).eval())
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+    fast.optimized_with = {"bn_folded": True, "channels_last": channels_last,
+                           "compiled": False}
+    if compile is False:
+        return fast
+    compiled = copy.deepcopy(fast)
+    # nn.Module.compile compiles in place, so the result stays a ResNet with its methods.
+    # Freezing lets inductor constant-fold and pre-pack the weights: the main win on CPU.
+    compiled.compile(options={"freezing": True})
+    compiled.optimized_with = {**fast.optimized_with, "compiled": True}
+    if compile is True:
+        return compiled
+    try:
+        faster = _images_per_second(compiled, example_input) > _images_per_second(
+            fast, example_input)
+    except Exception as e:  # noqa: BLE001 - no compiler, unsupported backend: stay eager
+        warnings.warn(f"torch.compile failed, using the eager model: {str(e).splitlines()[0]}",
+                      stacklevel=2)
+        return fast
+    return compiled if faster else fast

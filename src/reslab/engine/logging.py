@@ -1,0 +1,107 @@
+"""Progress on the terminal (a bar) or in logs (plain periodic lines), and metrics.jsonl."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Progress:
+    """A tqdm bar on a terminal; a plain line every `every_s` seconds otherwise; nothing if quiet."""
+
+    def __init__(self, total: int, initial: int = 0, *, quiet: bool = False,
+                 every_s: float = 10.0, desc: str = "train") -> None:
+        self.total, self.step, self.quiet, self.every_s = total, initial, quiet, every_s
+        self.start, self.last_print = time.perf_counter(), 0.0
+        self.initial = initial
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="it",
+                            dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, step: int, **stats: float) -> None:
+        if self.quiet:
+            return
+        done, self.step = step - self.step, step
+        text = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in stats.items()}
+        if self.bar is not None:
+            self.bar.update(done)
+            self.bar.set_postfix(text, refresh=False)
+            return
+        now = time.perf_counter() - self.start
+        if now - self.last_print >= self.every_s or step == self.total:
+            self.last_print = now
+            rate = (step - self.initial) / max(now, 1e-9)
+            eta = (self.total - step) / rate if rate > 0 else float("inf")
+            fields = " ".join(f"{k}={v}" for k, v in text.items())
+            print(f"step {step}/{self.total} {fields} eta {_hms(eta)}", file=sys.stderr,
+                  flush=True)
+
+    def write(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _hms(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl (flushed and fsynced per write, so a
+    killed run keeps every line it reported). A resumed run first drops lines past its step."""
+
+    def __init__(self, path: Path | None, resume_step: int | None = None) -> None:
+        self.path = path
+        if path is None:
+            return
+        if resume_step is not None and path.exists():
+            kept = [ln for ln in path.read_text().splitlines()
+                    if ln.strip() and _step_of(ln) <= resume_step]
+            from .checkpoint import atomic_write_text
+
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+        elif path.exists():
+            path.unlink()
+
+    def log(self, **row: Any) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Every row of a metrics.jsonl (torn last lines of a killed run are skipped)."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

@@ -1,0 +1,195 @@
+"""Training recipes: a frozen dataclass, loaded from TOML (configs/) and overridden from the CLI.
+
+The resolved recipe is saved as the run's config.toml, so `--resume` and reports see exactly what
+ran.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ..data.augment import AUGMENTS, NORMALIZE
+from ..errors import UserError, unknown
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+CHOICES = {
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("step", "cosine", "onecycle", "plateau", "constant"),
+    "augment": AUGMENTS,
+    "normalize": NORMALIZE,
+    "amp": ("off", "bf16", "fp16"),
+    "stride_in": ("3x3", "1x1"),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines a training run. Iteration counts are optimizer steps."""
+
+    # what
+    model: str = "resnet20"
+    data: str = "digits"
+    data_dir: str | None = None
+    shortcut: str | None = None          # None: the family's default (A for CIFAR, B ImageNet)
+    stride_in: str = "3x3"
+    zero_init_residual: bool = False
+    weights: str | None = None           # initialise from a checkpoint (head replaced if needed)
+    image_size: int | None = None        # None: the dataset's native size
+    # how long: epochs, or iters when given (iters wins)
+    epochs: float = 1.0
+    iters: int | None = None
+    batch_size: int = 128
+    # optimizer (section 3.4: SGD, momentum 0.9, weight decay 1e-4)
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    decay_all: bool = False              # True: decay BN/bias too, as the paper; False: weights only
+    label_smoothing: float = 0.0
+    # schedule
+    schedule: str = "step"
+    milestones: list[int] = field(default_factory=list)   # iterations where lr is multiplied
+    gamma: float = 0.1
+    warmup_iters: int = 0                # linear warm-up from warmup_lr
+    warmup_lr: float = 0.0
+    warmup_until_error: float | None = None  # resnet110: lr warmup_lr until train error < this
+    plateau_patience: int = 2            # epochs without val improvement before lr * gamma
+    ema: float = 0.0                     # EMA decay of the weights (0: off)
+    # data
+    augment: str = "crop-flip"
+    pad: int = 4
+    normalize: str = "channel"
+    val_split: int = 0
+    tta_flip: bool = False               # average with the horizontal flip at evaluation
+    workers: int = 4
+    # machinery
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    save_every: int = 0                  # iterations between resumable states (0: epoch ends)
+    eval_every: int = 1                  # epochs between evaluations
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise UserError(f"invalid {name} '{value}' (choices: {', '.join(choices)})")
+        positive = {"batch_size": self.batch_size, "lr": self.lr, "epochs": self.epochs}
+        if self.iters is not None:
+            positive["iters"] = self.iters
+        for name, value in positive.items():
+            if not value > 0:
+                raise UserError(f"invalid {name} {value}: must be > 0")
+        nonneg = {"weight_decay": self.weight_decay, "momentum": self.momentum,
+                  "warmup_iters": self.warmup_iters, "warmup_lr": self.warmup_lr,
+                  "val_split": self.val_split, "save_every": self.save_every,
+                  "pad": self.pad, "workers": self.workers, "label_smoothing": self.label_smoothing}
+        for name, value in nonneg.items():
+            if value < 0:
+                raise UserError(f"invalid {name} {value}: must be >= 0")
+        if not 0 <= self.ema < 1:
+            raise UserError(f"invalid ema {self.ema}: must be in [0, 1)")
+        if not self.label_smoothing < 1:
+            raise UserError(f"invalid label_smoothing {self.label_smoothing}: must be < 1")
+        if self.eval_every < 1:
+            raise UserError(f"invalid eval_every {self.eval_every}: must be >= 1")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Options for create_model (num_classes/in_chans come from the data)."""
+        kw: dict[str, Any] = {"stride_in": self.stride_in}
+        if self.shortcut is not None:
+            kw["shortcut"] = self.shortcut
+        if self.zero_init_residual:
+            kw["zero_init_residual"] = True
+        return kw
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def replace(self, **changes: Any) -> Recipe:
+        return coerce(self.to_dict() | changes)
+
+
+def _field_types() -> dict[str, str]:
+    return {f.name: str(f.type) for f in fields(Recipe)}
+
+
+def coerce(values: dict[str, Any]) -> Recipe:
+    """A Recipe from loosely typed values (TOML or CLI strings); unknown keys are an error."""
+    types = _field_types()
+    out = {}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key not in types:
+            raise unknown("recipe key", key, types)
+        out[key] = _convert(key, types[key], value)
+    return Recipe(**out)
+
+
+def _convert(key: str, type_name: str, value: Any) -> Any:
+    if value is None or (isinstance(value, str) and value.lower() == "none"
+                         and "None" in type_name):
+        return None
+    try:
+        if type_name.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if type_name.startswith("list"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [int(float(v)) for v in items if str(v).strip()]
+        if type_name.startswith("int"):
+            f = float(value)
+            if f != int(f):
+                raise ValueError(value)
+            return int(f)
+        if type_name.startswith("float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"invalid value for {key}: {value!r}") from None
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"invalid TOML in {path}: {e}") from None
+    except OSError as e:
+        raise UserError(f"cannot read recipe {path}: {e.strerror}") from None
+
+
+def load_recipe(name_or_file: str = "demo", overrides: dict[str, Any] | None = None) -> Recipe:
+    """A named recipe (configs/NAME.toml) or a TOML file, with overrides applied on top."""
+    path = Path(name_or_file)
+    if not (name_or_file.endswith(".toml") or path.is_file()):
+        path = CONFIG_DIR / f"{name_or_file}.toml"
+        if not path.is_file():
+            raise unknown("recipe", name_or_file, recipe_names())
+    values = read_toml(path)
+    values.pop("description", None)
+    return coerce(values | {k: v for k, v in (overrides or {}).items() if v is not None})
+
+
+def save_recipe(path: str | Path, recipe: Recipe) -> None:
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(path, tomli_w.dumps(recipe.to_dict()))

@@ -1,0 +1,87 @@
+"""The pieces a run is assembled from: device, seeds, model, optimizer, EMA."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..models import create_model
+from .recipe import Recipe
+
+
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; `cuda` under torchrun means cuda:LOCAL_RANK."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{name}' requested but CUDA is not available")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+    elif name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' requested but MPS is not available")
+    elif name != "cpu" and not name.startswith(("cuda", "mps")):
+        raise UserError(f"invalid device '{name}' (choices: auto, cpu, cuda, cuda:N, mps)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        # Bit-exact reruns: no nondeterministic kernels, no autotuned algorithm choice.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def build_model(r: Recipe, num_classes: int, in_chans: int) -> nn.Module:
+    return create_model(r.model, num_classes=num_classes, in_chans=in_chans, **r.model_kwargs())
+
+
+def build_optimizer(r: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD as section 3.4 (or AdamW). Unless decay_all (the paper), weight decay applies to
+    conv/fc weights only: decaying BN scales and biases only fights the normalisation."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 or r.decay_all else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": r.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if r.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=r.lr)
+    return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov)
+
+
+class EMA:
+    """Exponential moving average of the weights (buffers copied), evaluated in place of them."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v, 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            self.shadow[k].copy_(v)

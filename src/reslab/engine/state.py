@@ -1,0 +1,129 @@
+"""The resumable training state in RUN/state/: everything that makes a resumed run continue
+bit-identically (weights, optimizer, schedule, step, every RNG), saved as plain tensors and
+containers so torch.load(weights_only=True) reads it; and the signals that ask for a save."""
+from __future__ import annotations
+
+import json
+import random
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_write_text, load_state, save_state
+from .recipe import Recipe, coerce, read_toml
+from .schedule import ScheduleState
+
+if TYPE_CHECKING:
+    from .loop import Run
+
+STATE_FILE = Path("state") / "last.pt"
+
+
+def exists(out: Path) -> bool:
+    return (out / STATE_FILE).is_file()
+
+
+def stored_recipe(out: Path) -> Recipe:
+    """The config.toml of the run being resumed (the run continues as it started)."""
+    return coerce(read_toml(out / "config.toml"))
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_pos": random.getstate()[2],
+             "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": np_state[2]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate((3, tuple(s["python"]), s["python_pos"]))
+    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"]))
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save(run: Run, out: Path) -> None:
+    """Writes state/last.pt atomically: a kill at any moment leaves the previous one intact."""
+    save_state(out / STATE_FILE, {
+        "step": run.step,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "schedule": run.sched.to_dict(),
+        "best_val": run.best_val,
+        "train_tally": run.train_tally.state(),
+        "rng": _rng_state(),
+    })
+
+
+def restore(run: Run, out: Path) -> None:
+    s = load_state(out / STATE_FILE)
+    try:
+        run.model.load_state_dict(s["model"])
+        run.optimizer.load_state_dict(s["optimizer"])
+        run.scaler.load_state_dict(s["scaler"])
+        if run.ema is not None and s["ema"] is not None:
+            run.ema.load_state_dict(s["ema"])
+        run.sched = ScheduleState(**s["schedule"])
+        run.step, run.best_val = int(s["step"]), float(s["best_val"])
+        run.train_tally.load(s["train_tally"])
+        _set_rng_state(s["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise_bad_state(out, e)
+
+
+def raise_bad_state(out: Path, e: Exception) -> None:
+    from ..errors import UserError
+
+    raise UserError(f"cannot resume from {out / STATE_FILE}: "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def write_summary(out: Path, summary: dict[str, Any]) -> None:
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived: the state was saved and the run stops cleanly."""
+
+    def __init__(self, signame: str | None, step: int) -> None:
+        super().__init__(f"{signame or 'signal'} at step {step}")
+        self.signame, self.step, self.out = signame, step, None
+
+    def with_out(self, out: Path | None) -> Interrupted:
+        self.out = out
+        return self
+
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.signame == "SIGTERM" else 130
+
+
+class StopSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (then saves and exits)."""
+
+    def __init__(self) -> None:
+        self.requested, self.signame = False, None
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested, self.signame = True, signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

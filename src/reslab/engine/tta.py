@@ -1,0 +1,114 @@
+"""The paper's test-time evaluation modes (section 3.4): 10-crop and fully-convolutional
+multi-scale testing. Both average softmax scores over views.
+
+The functions return log of the averaged probabilities: usable wherever logits are (argmax,
+top-k and cross-entropy all give the averaged-score answers, since softmax(log p) = p).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _offset(full: int, crop: int) -> int:
+    # Same rounding as torchvision's center_crop, so 1-crop matches folder evaluation.
+    return int(round((full - crop) / 2.0))
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre size x size window of a (N, C, H, W) batch."""
+    h, w = x.shape[-2:]
+    _check_size(h, w, size)
+    top, left = _offset(h, size), _offset(w, size)
+    return x[..., top:top + size, left:left + size]
+
+
+def ten_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(10, N, C, size, size): top-left, top-right, bottom-left, bottom-right, centre (as
+    torchvision's five_crop), then the horizontal flip of each of those five, in that order."""
+    h, w = x.shape[-2:]
+    _check_size(h, w, size)
+    crops = [x[..., :size, :size], x[..., :size, w - size:], x[..., h - size:, :size],
+             x[..., h - size:, w - size:], center_crop(x, size)]
+    crops += [c.flip(-1) for c in crops]
+    return torch.stack(crops)
+
+
+def _check_size(h: int, w: int, size: int) -> None:
+    if size > min(h, w):
+        raise ValueError(f"crop {size} is larger than the {h}x{w} image")
+
+
+def mean_probs(logits: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Average of the softmax scores of several views' logits (N, K), in float32."""
+    total, n = None, 0
+    for z in logits:
+        p = F.softmax(z.float(), dim=1)
+        total, n = (p if total is None else total + p), n + 1
+    if total is None:
+        raise ValueError("no views to average")
+    return total / n
+
+
+def _log(p: torch.Tensor) -> torch.Tensor:
+    return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
+
+
+@torch.no_grad()
+def tta_logits(model: Model, x: torch.Tensor, crops: int = 1, crop_size: int | None = None
+               ) -> torch.Tensor:
+    """log of the softmax scores averaged over the views of a normalised batch (N, C, H, W).
+
+    crops=1: the centre crop_size crop (the whole image when crop_size is None);
+    crops=10: the paper's 10-crop. The crops run one at a time to bound memory.
+    """
+    size = crop_size or min(x.shape[-2:])
+    if crops == 1:
+        return _log(mean_probs([model(center_crop(x, size))]))
+    if crops == 10:
+        return _log(mean_probs(model(c) for c in ten_crop(x, size)))
+    raise ValueError(f"crops must be 1 or 10, got {crops}")
+
+
+def resize_shorter(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The batch resized (bilinear, antialiased) so its shorter side is size, aspect kept."""
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    out = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if out == (h, w):
+        return x
+    return F.interpolate(x, size=out, mode="bilinear", antialias=True, align_corners=False)
+
+
+@torch.no_grad()
+def multiscale_probs(model: Model, views: Iterable[torch.Tensor], flip: bool = False
+                     ) -> torch.Tensor:
+    """Softmax scores averaged over the same images at several scales, each seen whole
+    (fully-convolutional: the global average pool takes any size); flip adds mirrored views."""
+    def logits() -> Iterator[torch.Tensor]:
+        for v in views:
+            yield model(v)
+            if flip:
+                yield model(v.flip(-1))
+    return mean_probs(logits())
+
+
+def multiscale_logits(model: Model, batches_per_scale: list[Iterable[tuple[torch.Tensor,
+                                                                          torch.Tensor]]],
+                      flip: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(log averaged scores, labels) per batch from one loader per scale, e.g. shorter sides
+    {224, 256, 384, 480, 640}. The loaders must yield the same images in the same order."""
+    for group in zip(*batches_per_scale, strict=True):
+        y = group[0][1]
+        if any(not torch.equal(g[1], y) for g in group[1:]):
+            raise ValueError("the per-scale loaders disagree on the labels: not the same images")
+        yield _log(multiscale_probs(model, (x for x, _ in group), flip=flip)), y
+
+
+def scales_of(x: torch.Tensor, sizes: Iterable[int]) -> list[torch.Tensor]:
+    """The batch at each shorter-side size, for `multiscale_probs` on an in-memory batch."""
+    return [resize_shorter(x, s) for s in sizes]

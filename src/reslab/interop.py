@@ -1,0 +1,235 @@
+"""Weights from elsewhere: reslab and plain safetensors, torchvision/timm state_dicts, training
+checkpoints (DDP, torch.compile, timm's train.py), loaded without ever executing pickled code.
+
+Key names: our ResNet uses torchvision's module names, and timm's ResNet (resnet18..152, default
+stem) uses the same ones (conv1, bn1, layerN.i.convK/bnK, downsample.0/1, fc): timm's extra
+modules (act*, aa, drop_block, se=None) hold no parameters. The CIFAR ResNets of akamaster's
+reproduction name the classifier `linear`; it is renamed to `fc`.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import safe_open
+from torch import nn
+
+from .engine.checkpoint import read_weights
+from .errors import UserError
+from .models import create_model, get_arch, list_models
+from .models.blocks import Bottleneck
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Where training scripts keep the weights inside a checkpoint dict, in order of preference.
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "state_dict_ema", "model_ema")
+# DDP wraps the model as `module`, torch.compile as `_orig_mod`: neither is part of the network.
+_PREFIXES = ("module.", "_orig_mod.")
+# Harmless classes that popular scripts pickle next to the weights (timm's train.py saves its
+# argparse Namespace as `args`): plain attribute bags, they cannot run code when unpickled.
+_SAFE_EXTRA = [argparse.Namespace]
+_HEAD = ("fc.weight", "fc.bias")
+
+StateDict = dict[str, torch.Tensor]
+
+
+def load_state_dict_any(path: str | Path) -> tuple[StateDict, dict[str, Any] | None]:
+    """(state_dict, reslab metadata or None) of any supported weights file, prefixes stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    if _is_safetensors(path):
+        tensors, meta = read_weights(path)
+        return _clean(tensors), (meta if "architecture" in meta else None)
+    return _clean(_find_state_dict(_safe_torch_load(path), path)), None
+
+
+def reslab_metadata(path: str | Path) -> dict[str, str] | None:
+    """The raw safetensors metadata of path, or None when it is not a safetensors file."""
+    path = Path(path)
+    if not _is_safetensors(path):
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"cannot read checkpoint {path}: not a valid safetensors file ({e})") from None
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors starts with a little-endian u64 header length, then the JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and n <= path.stat().st_size - 8
+
+
+def _safe_torch_load(path: Path) -> Any:
+    try:
+        with torch.serialization.safe_globals(_SAFE_EXTRA):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - zip/pickle readers raise many types on bad files
+        text = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:  # a class or function reference: what weights_only exists to refuse
+            raise UserError(
+                f"refusing to load {path}: unpickling it needs {found.group(1)}, and a pickle "
+                "that is more than tensors can run arbitrary code. If you trust the file, "
+                f"convert it once: python -c \"import torch; c = torch.load('{path}', "
+                "weights_only=False); torch.save(c.state_dict() if hasattr(c, 'state_dict') "
+                "else c.get('state_dict', c), 'weights.pth')\" and use weights.pth") from None
+        reason = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+        line = text.splitlines()[0] if text else ""
+        first = reason.group(1) if reason else f"{type(e).__name__}: {line}"
+        raise UserError(f"cannot read {path}: not a safetensors or PyTorch checkpoint "
+                        f"({first})") from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _find_state_dict(obj: Any, path: Path) -> StateDict:
+    """The weights inside a plain state_dict or a training checkpoint dict (searched nested)."""
+    if _is_state_dict(obj):
+        return obj
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            if key in obj:
+                try:
+                    return _find_state_dict(obj[key], path)
+                except UserError:
+                    continue
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise UserError(f"no state_dict in {path} (top-level keys: {keys})")
+    raise UserError(f"no state_dict in {path}: it holds a {type(obj).__name__}")
+
+
+def _clean(state: StateDict) -> StateDict:
+    """Strips wrapper prefixes and maps known foreign names to ours."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    if "linear.weight" in out and "fc.weight" not in out:  # akamaster's CIFAR ResNets
+        for part in ("weight", "bias"):
+            if f"linear.{part}" in out:
+                out[f"fc.{part}"] = out.pop(f"linear.{part}")
+    return out
+
+
+def guess_architecture(state: StateDict) -> str | None:
+    """The registered residual architecture whose block layout matches the state_dict's keys."""
+    counts = []
+    for stage in range(1, 5):
+        idx = {int(m.group(1)) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        if idx:
+            counts.append(max(idx) + 1)
+    bottleneck = any(k.startswith("layer1.0.conv3.") for k in state)
+    for name in list_models():
+        arch = get_arch(name)
+        if (arch.residual and tuple(arch.layers) == tuple(counts)
+                and (arch.block is Bottleneck) == bottleneck):
+            return name
+    return None
+
+
+def apply_state_dict(model: nn.Module, state: StateDict, source: str,
+                     target: str = "the model") -> list[str]:
+    """Loads state into model strictly, except: a head of another size stays freshly initialised
+    (fine-tuning), a 3-channel stem is summed for a 1-channel model, and missing BN
+    num_batches_tracked counters are kept. Returns messages saying what was adapted."""
+    own = model.state_dict()
+    state, messages, fresh = dict(state), [], set()
+    if (all(k in state and k in own for k in _HEAD)
+            and state["fc.weight"].shape != own["fc.weight"].shape):
+        old, new = state.pop("fc.weight").shape, own["fc.weight"].shape
+        state.pop("fc.bias")
+        fresh = set(_HEAD)
+        messages.append(f"head replaced: {source} has {old[0]} classes, the model {new[0]}; "
+                        "fc is freshly initialised for fine-tuning")
+    messages += _adapt_stem(own, state)
+    _check_match(own, state, f"{source} does not match {target}", skip=fresh)
+    # Old checkpoints lack BN's num_batches_tracked (unused in eval): keep the model's.
+    model.load_state_dict({k: state.get(k, own[k]) for k in own}, strict=True)
+    return messages
+
+
+def _adapt_stem(own: StateDict, state: StateDict) -> list[str]:
+    """RGB weights for a grayscale model: the summed kernel responds to gray as RGB did."""
+    w, mine = state.get("conv1.weight"), own.get("conv1.weight")
+    if w is None or mine is None or w.dim() != 4 or w.shape == mine.shape:
+        return []
+    same_kernel = (w.shape[0], *w.shape[2:]) == (mine.shape[0], *mine.shape[2:])
+    if mine.shape[1] == 1 and w.shape[1] == 3 and same_kernel:
+        state["conv1.weight"] = w.sum(dim=1, keepdim=True)
+        return ["stem adapted: 3-channel conv1 summed over its input channels for 1-channel input"]
+    return []
+
+
+def _check_match(own: StateDict, state: StateDict, what: str, skip: set[str]) -> None:
+    missing = [k for k in own if k not in state and k not in skip
+               and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    problems = ([f"shape {s}" for s in shapes[:3]] + [f"missing {k}" for k in missing[:3]]
+                + [f"unexpected {k}" for k in unexpected[:3]])
+    if problems:
+        guess = guess_architecture(state)
+        hint = f" (its keys look like {guess})" if guess else ""
+        raise UserError(f"{what}{hint}: {'; '.join(problems)}")
+
+
+def init_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Initialises model from any supported weights file (fine-tuning); returns messages."""
+    state, _ = load_state_dict_any(path)
+    return apply_state_dict(model, state, str(path))
+
+
+def default_meta(architecture: str, kwargs: dict[str, Any], num_classes: int, in_chans: int
+                 ) -> dict[str, Any]:
+    """reslab metadata for imported weights: class names "0".."K-1", ImageNet mean/std for
+    3-channel input (what torchvision, timm and the common CIFAR reproductions trained with),
+    0.5/0.5 otherwise, and the family's input size."""
+    family = get_arch(architecture).family
+    rgb = in_chans == 3
+    size = 224 if family == "imagenet" else 32
+    return {"architecture": architecture, "kwargs": kwargs,
+            "class_names": [str(i) for i in range(num_classes)],
+            "mean": list(IMAGENET_MEAN) if rgb else [0.5] * in_chans,
+            "std": list(IMAGENET_STD) if rgb else [0.5] * in_chans,
+            "input_size": [in_chans, size, size]}
+
+
+def model_from_file(path: str | Path, architecture: str, **model_kwargs: Any
+                    ) -> tuple[nn.Module, dict[str, Any], list[str]]:
+    """(model, reslab meta, messages): builds `architecture` and loads any weights file into it.
+
+    num_classes and in_chans default to the checkpoint's own (head and stem shapes)."""
+    state, meta = load_state_dict_any(path)
+    kwargs = {k: v for k, v in model_kwargs.items() if v is not None}
+    if "fc.weight" in state:
+        kwargs.setdefault("num_classes", int(state["fc.weight"].shape[0]))
+    if "conv1.weight" in state and state["conv1.weight"].dim() == 4:
+        kwargs.setdefault("in_chans", int(state["conv1.weight"].shape[1]))
+    model = create_model(architecture, **kwargs)
+    messages = apply_state_dict(model, state, str(path), architecture)
+    new_meta = default_meta(architecture, kwargs, model.fc.out_features, model.conv1.in_channels)
+    if meta and not messages:  # a reslab file used as is keeps what its training recorded
+        new_meta.update({k: meta[k] for k in ("class_names", "mean", "std", "input_size")
+                         if k in meta})
+    return model.eval(), new_meta, messages

@@ -1,0 +1,122 @@
+"""Model surgery: grow a trained net into a deeper one that computes the same function.
+
+Section 1 of the paper: "There exists a solution by construction to the deeper model: the added
+layers are identity mapping, and the other layers are copied from the learned shallower model."
+`grow` builds that solution. The stem, the head and every existing block are copied; the added
+blocks go after the existing blocks of each stage (the first block of a stage, which
+downsamples, is always a copied one), so every added block maps C channels to C channels at
+stride 1 and can be made the identity:
+
+- residual block: out = relu(x + F(x)). Zeroing the last BN's scale AND shift makes F(x) = 0 in
+  train and eval mode alike, and relu(x) = x because x is itself a block output (post-ReLU).
+  Its other layers keep their He initialisation, so gradients reach them as soon as training
+  moves the zeroed BN (the zero_init_residual trick of arXiv 1706.02677).
+- plain basic block: out = relu(BN2(W2 * relu(BN1(W1 * x)))). With Dirac (identity) kernels and
+  identity BNs this is relu(relu(x)) = x, exactly the paper's construction, but only while BN
+  uses its running statistics (eval mode): in training the batch statistics re-normalise, so the
+  identity is not kept once training resumes. That a solver does not find this solution is the
+  degradation problem (Fig. 1).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .blocks import BasicBlock, Bottleneck
+from .registry import REGISTRY, Arch, create_model, get_arch
+from .resnet import ResNet
+
+BLOCK_NAMES = {BasicBlock: "basic", Bottleneck: "bottleneck"}
+
+
+def infer_arch(model: ResNet) -> Arch:
+    """The registry entry a ResNet was built as (family, block type, blocks per stage, residual)."""
+    block = type(model.blocks()[0])
+    layers = tuple(len(stage) for _, stage in model.stages())
+    residual = model.block_options["residual"]
+    for arch in REGISTRY.values():
+        if (arch.family, arch.block, arch.layers, arch.residual) == (
+                model.stem_kind, block, layers, residual):
+            return arch
+    raise UserError(f"not a registered architecture: {model.stem_kind} stem, "
+                    f"{BLOCK_NAMES.get(block, block.__name__)} blocks {layers}")
+
+
+def grow(model: ResNet, to: str, *, shortcut: str | None = None,
+         stride_in: str | None = None) -> ResNet:
+    """A deeper ResNet `to` that computes exactly model's function (eval mode), section 1.
+
+    shortcut/stride_in, when given, must equal the model's own options (a grown net keeps them:
+    changing a copied block's shortcut would change its function). The result is in the same
+    train/eval mode as model, on the CPU. Raises UserError when no such construction exists.
+    """
+    src, dst = infer_arch(model), get_arch(to)
+    check_growable(src, dst, model.block_options, shortcut=shortcut, stride_in=stride_in)
+    opts = model.block_options
+    deeper = create_model(to, num_classes=model.num_classes, in_chans=model.conv1.in_channels,
+                          shortcut=opts["shortcut"], stride_in=opts["stride_in"])
+    # Every tensor of the shallow net has the same name and shape in the deeper one (layerK.i
+    # for i < its block count), so one load copies stem, head and the existing blocks.
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    missing, unexpected = deeper.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected  # guaranteed by check_growable's stage comparison
+    for (_, old), (_, new) in zip(model.stages(), deeper.stages()):
+        for block in list(new)[len(old):]:
+            make_identity(block)
+    return deeper.train(model.training)
+
+
+def check_growable(src: Arch, dst: Arch, options: dict, *, shortcut: str | None = None,
+                   stride_in: str | None = None) -> None:
+    """UserError with the reason when `src` cannot be grown into `dst` exactly."""
+    what = f"cannot grow {src.name} into {dst.name}"
+    if src.family != dst.family:
+        raise UserError(f"{what}: different families ({src.family} vs {dst.family}) have "
+                        "different stems and stage widths")
+    if src.residual != dst.residual:
+        kinds = {True: "residual", False: "plain"}
+        raise UserError(f"{what}: a {kinds[src.residual]} net grows only into a "
+                        f"{kinds[src.residual]} net (adding or removing shortcuts changes "
+                        "the function of the copied blocks)")
+    if src.block is not dst.block:
+        raise UserError(f"{what}: different block types ({BLOCK_NAMES[src.block]} vs "
+                        f"{BLOCK_NAMES[dst.block]}), so the trained blocks cannot be copied")
+    if dst.depth <= src.depth or any(d < s for s, d in zip(src.layers, dst.layers)):
+        raise UserError(f"{what}: the target must be deeper, with at least as many blocks in "
+                        f"every stage ({src.layers} -> {dst.layers})")
+    if not src.residual and src.block is Bottleneck:
+        raise UserError(f"{what}: a plain bottleneck squeezes 4p channels through p, so an "
+                        "added plain bottleneck block cannot be the identity")
+    for name, wanted in (("shortcut", shortcut), ("stride_in", stride_in)):
+        if wanted is not None and wanted != options[name]:
+            raise UserError(f"{what}: {name} {wanted} differs from the trained net's "
+                            f"{options[name]} (the copied blocks would compute another function)")
+
+
+@torch.no_grad()
+def make_identity(block: BasicBlock | Bottleneck) -> None:
+    """Makes a stride-1, same-width block compute the identity on non-negative inputs."""
+    if block.residual:
+        bn = block.last_bn()
+        bn.weight.zero_()  # F(x) = 0 * x_hat + 0, whatever the statistics
+        bn.bias.zero_()
+        if block.downsample is not None:  # option C projects every shortcut: make it x
+            conv, proj_bn = block.downsample
+            nn.init.dirac_(conv.weight)
+            identity_bn(proj_bn)
+        return
+    if not isinstance(block, BasicBlock):
+        raise UserError("a plain bottleneck block cannot be made the identity")
+    for conv, bn in ((block.conv1, block.bn1), (block.conv2, block.bn2)):
+        nn.init.dirac_(conv.weight)  # 3x3 kernel with a single 1 at the centre of channel c->c
+        identity_bn(bn)
+
+
+@torch.no_grad()
+def identity_bn(bn: nn.BatchNorm2d) -> None:
+    """BN computing y = x with its running statistics: (x - 0) / sqrt((1 - eps) + eps) * 1 + 0."""
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0 - bn.eps)
+    bn.weight.fill_(1.0)
+    bn.bias.zero_()

@@ -1,0 +1,123 @@
+"""The training loop: run directory, metrics, exact resume after SIGKILL/SIGTERM, torchrun."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reslab.engine.loop import fit
+from reslab.engine.recipe import load_recipe
+
+TINY = {"model": "resnet20", "data": "synthetic", "batch_size": 32, "lr": 0.05,
+        "schedule": "cosine", "workers": 0, "device": "cpu", "deterministic": True}
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "reslab", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _train_args(out: Path, iters: int, save_every: int = 0) -> list[str]:
+    args = ["train", "--recipe", "fast", "--out", str(out), "--iters", str(iters), "--quiet"]
+    for k, v in TINY.items():
+        args += [f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v)]
+    return args + (["--save-every", str(save_every)] if save_every else [])
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_fit_writes_the_run_directory(tmp_path):
+    r = load_recipe("fast", {**TINY, "epochs": 2})
+    summary = fit(r, tmp_path, quiet=True)
+    for name in ("config.toml", "model.safetensors", "state/last.pt", "metrics.jsonl",
+                 "curves.png", "report.md"):
+        assert (tmp_path / name).is_file(), name
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all("step" in row and "epoch" in row for row in rows)
+    evals = [row for row in rows if "split" in row]
+    assert {row["split"] for row in evals} == {"train", "test"}
+    assert all({"top1", "top5", "loss"} <= row.keys() for row in evals)
+    assert all({"loss", "lr", "img_s"} <= row.keys() for row in rows if "split" not in row)
+    assert summary["steps"] == 2 * (512 // 32)
+    assert rows[-1]["final"] is True and rows[-1]["top1"] == summary["test"]["top1"]
+    # The weights were saved with the metadata eval/predict need.
+    from reslab import load_checkpoint
+
+    model, meta = load_checkpoint(tmp_path)
+    assert meta["architecture"] == "resnet20" and meta["kwargs"]["num_classes"] == 10
+    assert len(meta["mean"]) == meta["input_size"][0]
+
+
+def test_training_learns_synthetic_classes(tmp_path):
+    summary = fit(load_recipe("fast", {**TINY, "epochs": 3, "lr": 0.1}), None, quiet=True)
+    assert summary["test"]["top1"] > 0.5  # 10 classes: chance is 0.1
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout
+        time.sleep(0.01)
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    iters = 48
+    whole = _cli(*_train_args(tmp_path / "whole", iters))
+    assert whole.wait() == 0, whole.communicate()
+    killed = _cli(*_train_args(tmp_path / "killed", iters, save_every=4))
+    _wait_for(tmp_path / "killed" / "state" / "last.pt", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    state = torch.load(tmp_path / "killed/state/last.pt", weights_only=True)
+    assert 0 < state["step"] < iters  # it was killed mid-run
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    resumed = _cli("train", "--resume", "--out", str(tmp_path / "killed"), "--quiet")
+    assert resumed.wait() == 0, resumed.communicate()
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The metrics log of the resumed run has each step once.
+    steps = [json.loads(ln)["step"] for ln in
+             (tmp_path / "killed/metrics.jsonl").read_text().splitlines()
+             if "split" not in json.loads(ln)]
+    assert steps == sorted(set(steps))
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    proc = _cli(*_train_args(tmp_path / "run", 400, save_every=2))
+    _wait_for(tmp_path / "run" / "state" / "last.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert "stopped by SIGTERM at step" in err and "reslab train --resume --out" in err
+    assert "Traceback" not in err
+
+
+def test_resume_without_state_is_a_clean_error(tmp_path):
+    from reslab.cli import main
+
+    assert main(["train", "--resume", "--out", str(tmp_path / "none"), "--quiet"]) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "-m", "reslab", *_train_args(out, 6)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    finals = [row for row in rows if row.get("final")]
+    assert len(finals) == 1 and finals[0]["n"] == 128  # every test image once, one writer
+    assert (out / "model.safetensors").is_file()

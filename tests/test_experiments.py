@@ -1,0 +1,317 @@
+"""The paper's experiments: growing a net by construction (section 1), layer responses (Fig. 7),
+the degradation sweep (Fig. 6) and run reports."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from reslab.analysis.responses import layer_responses, response_layers
+from reslab.cli import main
+from reslab.engine.checkpoint import load_checkpoint, save_weights
+from reslab.errors import UserError
+from reslab.models import create_model
+from reslab.models.surgery import grow
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BN scales, shifts and running statistics, as after training."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+META = {"architecture": "resnet20", "kwargs": {"num_classes": 4, "in_chans": 3},
+        "class_names": ["a", "b", "c", "d"], "mean": [0.5] * 3, "std": [0.25] * 3,
+        "input_size": [3, 16, 16]}
+
+
+@pytest.fixture
+def resnet20_ckpt(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "r20.safetensors"
+    save_weights(path, randomize(create_model("resnet20", num_classes=4)), META)
+    return path
+
+
+# --- grow: section 1's construction -------------------------------------------------------
+
+@pytest.mark.parametrize("small, big, size, kw", [
+    ("resnet20", "resnet56", 16, {}),
+    ("resnet18", "resnet34", 64, {}),
+    ("resnet50", "resnet101", 64, {}),
+    ("resnet20", "resnet32", 16, {"shortcut": "C"}),  # projection shortcuts made the identity
+    ("plain20", "plain32", 16, {}),  # Dirac kernels + identity BN (eval mode only)
+])
+def test_grow_computes_the_same_function(small: str, big: str, size: int, kw: dict) -> None:
+    torch.manual_seed(0)
+    model = randomize(create_model(small, num_classes=10, **kw))
+    deeper = grow(model, big)
+    assert len(deeper.blocks()) > len(model.blocks()) and not deeper.training
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected, got = model(x), deeper(x)
+    assert expected.abs().max() > 0.1  # a non-trivial function
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_grown_residual_blocks_are_the_identity_in_training_too() -> None:
+    torch.manual_seed(0)
+    model = randomize(create_model("resnet20")).train()
+    deeper = grow(model, "resnet32")
+    added = deeper.layer2[3]
+    x = torch.rand(4, 32, 8, 8)  # a block input is post-ReLU
+    assert added.training and torch.equal(added(x), x)
+    # Only the last BN is zeroed: the other layers keep He init so training moves them.
+    assert torch.equal(added.bn2.weight, torch.zeros(32)) and added.conv1.weight.std() > 0.01
+    assert torch.equal(deeper.layer2[2].conv1.weight, model.layer2[2].conv1.weight)
+
+
+@pytest.mark.parametrize("small, big, kw, reason", [
+    ("resnet20", "resnet34", {}, "different families (cifar vs imagenet) have different stems "
+     "and stage widths"),
+    ("resnet56", "resnet20", {}, "the target must be deeper, with at least as many blocks in "
+     "every stage ((9, 9, 9) -> (3, 3, 3))"),
+    ("resnet20", "resnet20", {}, "the target must be deeper, with at least as many blocks in "
+     "every stage ((3, 3, 3) -> (3, 3, 3))"),
+    ("resnet18", "resnet50", {}, "different block types (basic vs bottleneck), so the trained "
+     "blocks cannot be copied"),
+    ("plain20", "resnet32", {}, "a plain net grows only into a plain net (adding or removing "
+     "shortcuts changes the function of the copied blocks)"),
+    ("plain50", "plain101", {}, "a plain bottleneck squeezes 4p channels through p, so an added "
+     "plain bottleneck block cannot be the identity"),
+    ("resnet20", "resnet56", {"shortcut": "B"}, "shortcut B differs from the trained net's A "
+     "(the copied blocks would compute another function)"),
+])
+def test_grow_refusals(small: str, big: str, kw: dict, reason: str) -> None:
+    with torch.device("meta"):  # refusals look only at the structure
+        model = create_model(small)
+    with pytest.raises(UserError, match=re.escape(f"cannot grow {small} into {big}: {reason}")):
+        grow(model, big, **kw)
+
+
+def test_grow_cli_writes_a_loadable_checkpoint(resnet20_ckpt: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "r44.safetensors"
+    assert main(["grow", str(resnet20_ckpt), "--to", "resnet44", "--out", str(out),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["copied_blocks"] == 9 and summary["added_blocks"] == 12
+    assert summary["max_abs_logit_diff"] <= 1e-5
+    grown, meta = load_checkpoint(out)
+    small, _ = load_checkpoint(resnet20_ckpt)
+    assert meta["architecture"] == "resnet44" and len(grown.blocks()) == 21
+    for key in ("class_names", "mean", "std", "input_size"):
+        assert meta[key] == META[key]
+    # `reslab train --weights CKPT2` initialises through interop.init_weights: same function.
+    from reslab.interop import init_weights
+
+    fresh = create_model("resnet44", num_classes=4)
+    init_weights(fresh, str(out))
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x), small(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(fresh.eval()(x), small(x), atol=1e-5, rtol=0)
+
+
+def test_grow_cli_refusal_exits_2(resnet20_ckpt: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "x.safetensors"
+    assert main(["grow", str(resnet20_ckpt), "--to", "resnet50", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot grow resnet20 into resnet50: different families")
+    assert err.count("\n") == 1 and not out.exists()
+
+
+# --- layer responses: Fig. 7 --------------------------------------------------------------
+
+@pytest.mark.parametrize("name, count", [("resnet20", 19), ("plain20", 19), ("resnet56", 55),
+                                         ("resnet18", 16), ("resnet50", 16)])
+def test_one_response_per_3x3_layer(name: str, count: int) -> None:
+    with torch.device("meta"):
+        assert len(response_layers(create_model(name))) == count
+
+
+def test_responses_are_the_pooled_std_of_each_bn_output() -> None:
+    torch.manual_seed(0)
+    model = randomize(create_model("resnet20"))
+    batches = [torch.randn(3, 3, 16, 16), (torch.randn(5, 3, 16, 16), torch.zeros(5))]
+    stds = layer_responses(model, batches)
+    assert len(stds) == 19 and all(s > 0 for s in stds)
+    # Block layer1.1's second layer: its response is the residual branch F(x).
+    with torch.no_grad():
+        branch = torch.cat([model.forward_intermediates(b if torch.is_tensor(b) else b[0])
+                            .residuals["layer1.1"] for b in batches])
+    assert stds[4] == pytest.approx(branch.double().std(unbiased=False).item(), rel=1e-6)
+
+
+def test_response_of_a_zeroed_branch_is_zero() -> None:
+    torch.manual_seed(0)
+    deeper = grow(randomize(create_model("resnet20")), "resnet32")
+    stds = layer_responses(deeper, [torch.randn(4, 3, 16, 16)])
+    # layer1 blocks 3 and 4 were added: their second 3x3 layers are responses 8 and 10.
+    layers = response_layers(deeper)
+    for block in list(deeper.layer1)[3:]:
+        assert stds[layers.index(block.bn2)] == 0.0
+    assert stds[layers.index(deeper.layer1[2].bn2)] > 0
+
+
+# --- degradation: Fig. 6 ------------------------------------------------------------------
+
+DATA = "synthetic:64x3x8x8:4"
+BUDGET = ["--data", DATA, "--depths", "20", "--iters", "4", "--batch-size", "16",
+          "--device", "cpu", "--workers", "0", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sweep") / "deg"
+    assert main(["degradation", *BUDGET, "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def check_schema(result: dict) -> None:
+    """INTERFACE.md's degradation.json."""
+    assert result["dataset"] == DATA and isinstance(result["recipe"], dict)
+    assert [r["model"] for r in result["runs"]] == ["plain20", "resnet20"]
+    for run in result["runs"]:
+        assert set(run) == {"model", "depth", "residual", "final_train_error",
+                            "final_test_error", "curve"}
+        assert run["depth"] == 20 and run["residual"] == run["model"].startswith("resnet")
+        assert 0 <= run["final_train_error"] <= 1 and 0 <= run["final_test_error"] <= 1
+        assert run["curve"] and all(set(p) == {"step", "train_error", "test_error"}
+                                    and 0 <= p["train_error"] <= 1 and 0 <= p["test_error"] <= 1
+                                    for p in run["curve"])
+        assert run["curve"][-1]["step"] == 4
+
+
+def test_degradation_writes_json_png_and_run_reports(sweep: Path) -> None:
+    check_schema(json.loads((sweep / "degradation.json").read_text()))
+    assert (sweep / "degradation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for model in ("plain20", "resnet20"):  # the engine's write_run_report ran at each run end
+        assert (sweep / model / "report.md").is_file() and (sweep / model / "curves.png").is_file()
+
+
+def test_degradation_rerun_skips_finished_runs(sweep: Path, capsys: pytest.CaptureFixture) -> None:
+    weights = {m: (sweep / m / "model.safetensors").stat().st_mtime_ns
+               for m in ("plain20", "resnet20")}
+    assert main(["degradation", *BUDGET, "--out", str(sweep), "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    check_schema(result)
+    assert result == json.loads((sweep / "degradation.json").read_text())
+    assert f"plain20: finished in {sweep / 'plain20'}, skipped" in captured.err
+    assert "resnet20: finished" in captured.err and "training into" not in captured.err
+    assert weights == {m: (sweep / m / "model.safetensors").stat().st_mtime_ns for m in weights}
+
+
+def test_degradation_resumes_an_interrupted_run(sweep: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "deg"
+    shutil.copytree(sweep, out)
+    (out / "resnet20" / "model.safetensors").unlink()  # killed after its last saved state
+    assert main(["degradation", *BUDGET, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "resnet20: resuming the interrupted run" in err and "plain20: finished" in err
+    assert (out / "resnet20" / "model.safetensors").is_file()
+
+
+def test_degradation_never_overwrites_another_config(sweep: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    assert main(["degradation", *BUDGET, "--lr", "0.05", "--out", str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {sweep / 'plain20'} holds a run with another config "
+                          "(lr 0.1 != 0.05); use another --out or remove it")
+
+
+def test_degradation_rejects_non_cifar_depths(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    assert main(["degradation", "--data", DATA, "--depths", "20", "18", "--out",
+                 str(tmp_path / "d")]) == 2
+    assert capsys.readouterr().err == ("error: depth 18 is not a CIFAR-family depth 6n+2 "
+                                       "(choices: 20, 32, 44, 56, 110, 1202)\n")
+    assert not (tmp_path / "d").exists()
+
+
+# --- responses CLI and reports ------------------------------------------------------------
+
+def test_responses_cli_json_figure_and_run_files(sweep: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    runs = [tmp_path / m for m in ("plain20", "resnet20")]
+    for run in runs:
+        shutil.copytree(sweep / run.name, run)
+    png = tmp_path / "fig7.png"
+    assert main(["responses", *map(str, runs), "--data", DATA, "--max-images", "8",
+                 "--out", str(png), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result) == ["plain20", "resnet20"]
+    assert all(len(v) == 19 and all(s > 0 for s in v) for v in result.values())
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((runs[1] / "responses.json").read_text()) == {"resnet20": result["resnet20"]}
+    # Two checkpoints of one architecture are told apart by their run names.
+    assert main(["responses", str(runs[0]), str(runs[0] / "model.safetensors"), "--data", DATA,
+                 "--max-images", "4", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)) == ["plain20", "plain20-2"]
+
+
+def test_report_cli_writes_markdown_and_self_contained_html(sweep: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "rep" / "all.html"
+    assert main(["report", str(sweep), str(sweep / "plain20"), str(sweep / "resnet20"),
+                 "--out", str(out)]) == 0
+    md = out.with_suffix(".md")
+    assert capsys.readouterr().out == f"wrote {md} and {out}\n"
+    text = md.read_text()
+    assert "Degradation: plain vs ResNet (Fig. 6)" in text and "| plain20 | 20 |" in text
+    for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):  # relative links that resolve
+        assert (md.parent / link).is_file()
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<table>" in page
+    assert not re.search(r'src="(?!data:)', page)
+
+
+def write_run(run: Path, model: str, data: str, test_top1: float) -> None:
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text(f'model = "{model}"\ndata = "{data}"\nlr = 0.1\n')
+    rows = [{"step": 20, "epoch": 0.5, "loss": 2.0, "lr": 0.1, "img_s": 100.0},
+            {"step": 40, "epoch": 1.0, "split": "train", "top1": 0.5, "top5": 0.9, "loss": 1.5},
+            {"step": 40, "epoch": 1.0, "split": "test", "top1": 0.6, "top5": 0.95, "loss": 1.2},
+            {"step": 40, "epoch": 1.0, "split": "test", "final": True, "top1": test_top1,
+             "top5": 0.95, "loss": 1.2, "n": 100}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("model, data, paper", [
+    ("resnet56", "cifar10", "| paper Table 6, CIFAR-10 test error | 6.97 |"),
+    ("resnet20", "fashion-mnist", "| Fashion-MNIST benchmark, ResNet18 (accuracy 0.949) | 5.10 |"),
+    ("resnet20", "digits", None),
+])
+def test_run_report_puts_the_papers_numbers_beside_ours(tmp_path: Path, model: str, data: str,
+                                                        paper: str | None) -> None:
+    from reslab.analysis.report import write_run_report
+
+    write_run(tmp_path / "run", model, data, test_top1=0.9)
+    write_run_report(tmp_path / "run")
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert (tmp_path / "run" / "curves.png").is_file() and "![loss and error curves](curves.png)" in text
+    assert "| test | 90.00 | 10.00 | 5.00 | 1.2000 | 100 |" in text  # the final test row wins
+    if paper:
+        assert paper in text and "| this run (test) | 10.00 |" in text
+    else:
+        assert "paper" not in text
+
+
+def test_report_of_a_non_run_directory_exits_2(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err

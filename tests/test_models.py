@@ -1,0 +1,183 @@
+"""The model family against the paper (Table 1, Table 6, section 3.3) and torchvision."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from reslab.errors import UserError
+from reslab.models import REGISTRY, PadShortcut, create_model, get_arch, list_models
+
+# Too big to backpropagate in a fast suite: parameters and one tiny forward only.
+BIG = {"resnet152", "plain152", "resnet1202", "plain1202"}
+
+TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+                      "resnet101": 44_549_160, "resnet152": 60_192_808}
+# Table 6 (10 classes) as the paper prints it, and the exact counts behind it.
+CIFAR_PARAMS = {"resnet20": (269_722, "0.27"), "resnet32": (464_154, "0.46"),
+                "resnet44": (658_586, "0.66"), "resnet56": (853_018, "0.85"),
+                "resnet110": (1_727_962, "1.7"), "resnet1202": (19_421_274, "19.4")}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def meta_model(name: str, **kwargs) -> nn.Module:
+    """Shapes and counts only: no memory, no init time."""
+    with torch.device("meta"):
+        return create_model(name, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_input(name: str) -> torch.Tensor:
+    # Batch 2: train-mode BN needs two values per channel where ImageNet nets reach 1x1 maps.
+    size = 32 if get_arch(name).family == "imagenet" else 16
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def flush_denormals():
+    # Deep plain nets at init carry subnormal floats (the vanishing signals of section 4.1),
+    # which the CPU handles 10-20x slower: plain101 takes 12 s instead of 1 s without this.
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_whole_registry(name: str, flush_denormals: None) -> None:
+    torch.manual_seed(0)
+    model = create_model(name)
+    x = tiny_input(name)
+    expected = (2, 1000 if get_arch(name).family == "imagenet" else 10)
+    if name in BIG:
+        # Train mode (batch statistics): in eval mode a freshly initialised resnet1202 has BN
+        # running stats of 0/1, so 600 un-normalised residual additions overflow to inf.
+        with torch.no_grad():
+            out = model(x)
+        assert out.shape == expected and torch.isfinite(out).all()
+        return
+    out = model(x)
+    assert out.shape == expected and torch.isfinite(out).all()
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient reaches {missing[:3]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,count", TORCHVISION_PARAMS.items())
+def test_imagenet_param_counts_match_torchvision(name: str, count: int) -> None:
+    assert n_params(meta_model(name)) == count
+    with torch.device("meta"):
+        assert n_params(getattr(torchvision.models, name)()) == count
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_torchvision_state_dict_loads_strictly_and_outputs_match(name: str) -> None:
+    torch.manual_seed(0)
+    theirs = getattr(torchvision.models, name)().eval()
+    for m in theirs.modules():   # non-trivial BN statistics, so eval mode is really exercised
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    ours = create_model(name).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours(x) - theirs(x)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name,expected", CIFAR_PARAMS.items())
+def test_cifar_param_counts_as_table6(name: str, expected: tuple[int, str]) -> None:
+    count, table6 = expected
+    n = n_params(meta_model(name, num_classes=10))
+    millions = n / 1e6
+    assert n == count
+    assert (f"{millions:.2f}" if millions < 1 else f"{millions:.1f}") == table6
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152, 20, 32, 44, 56, 110, 1202])
+def test_plain_net_has_option_a_resnet_param_count(depth: int) -> None:
+    # Option A shortcuts are parameter-free, so the comparison of Fig. 4/6 is at equal size.
+    assert n_params(meta_model(f"plain{depth}")) == n_params(
+        meta_model(f"resnet{depth}", shortcut="A"))
+
+
+def _shortcuts(model: nn.Module) -> list[nn.Module | None]:
+    return [b.downsample for b in model.blocks()]
+
+
+def _is_projection(m: nn.Module | None) -> bool:
+    return (isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[0], nn.Conv2d)
+            and m[0].kernel_size == (1, 1) and isinstance(m[1], nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20"])
+def test_shortcut_options(name: str) -> None:
+    """Section 3.3: A pads where shapes change, B projects there, C projects everywhere."""
+    c = _shortcuts(meta_model(name, shortcut="C"))
+    assert all(_is_projection(m) for m in c)
+    changes = [m is not None for m in _shortcuts(meta_model(name, shortcut="B"))]
+    assert all(_is_projection(m) for m in _shortcuts(meta_model(name, shortcut="B")) if m)
+    a = _shortcuts(meta_model(name, shortcut="A"))
+    assert [m is not None for m in a] == changes
+    assert all(isinstance(m, PadShortcut) for m in a if m is not None)
+    assert all(m is None for m in _shortcuts(meta_model("plain" + name[6:])))
+
+
+def test_in_chans_one() -> None:
+    for name, size in (("resnet20", 16), ("resnet18", 32)):
+        model = create_model(name, in_chans=1, num_classes=7).eval()
+        assert model.conv1.in_channels == 1
+        with torch.no_grad():
+            assert model(torch.randn(2, 1, size, size)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20"])
+def test_zero_init_residual_makes_every_branch_zero(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, zero_init_residual=True)
+    size = 32 if name != "resnet20" else 16
+    inter = model.forward_intermediates(torch.randn(2, 3, size, size))
+    assert len(inter.residuals) == len(model.blocks())
+    assert all(torch.count_nonzero(r) == 0 for r in inter.residuals.values())
+    # Without it the branches are not zero, so the test can tell the two apart.
+    plain_init = create_model(name).forward_intermediates(torch.randn(2, 3, size, size))
+    assert all(torch.count_nonzero(r) > 0 for r in plain_init.residuals.values())
+
+
+def test_stride_in_places_the_stride() -> None:
+    paper, v15 = meta_model("resnet50", stride_in="1x1"), meta_model("resnet50")
+    for p_block, t_block in zip(paper.blocks(), v15.blocks()):
+        s = p_block.stride
+        assert p_block.conv1.stride == (s, s) and p_block.conv2.stride == (1, 1)
+        assert t_block.conv1.stride == (1, 1) and t_block.conv2.stride == (s, s)
+    assert sum(b.stride == 2 for b in paper.blocks()) == 3
+
+
+@pytest.mark.parametrize("kwargs", [dict(shortcut="D"), dict(stride_in="2x2"),
+                                    dict(num_classes=0), dict(in_chans=0)])
+def test_bad_options_raise_value_error(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        meta_model("resnet50", **kwargs)
+
+
+def test_zero_init_on_plain_net_and_unknown_names() -> None:
+    with pytest.raises(ValueError):
+        meta_model("plain20", zero_init_residual=True)
+    with pytest.raises(UserError, match=r"unknown model 'resnet21' \(closest: .*resnet20"):
+        create_model("resnet21")
+    with pytest.raises(UserError):
+        list_models("mnist")
+
+
+def test_registry_families() -> None:
+    assert len(REGISTRY) == 22
+    assert set(list_models("imagenet")) | set(list_models("cifar")) == set(list_models())
+    assert all(get_arch(n).family == "cifar" for n in list_models("cifar"))

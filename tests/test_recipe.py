@@ -1,0 +1,94 @@
+"""Recipes (TOML + overrides) and the schedules as functions of the iteration."""
+import math
+
+import pytest
+
+from reslab.engine.recipe import Recipe, coerce, load_recipe, recipe_names
+from reslab.engine.schedule import ScheduleState, lr_at, on_train_error, on_val_error
+from reslab.errors import UserError
+
+
+def test_named_recipes_exist_and_load():
+    assert {"demo", "fast", "paper-cifar", "paper-imagenet"} <= set(recipe_names())
+    for name in recipe_names():
+        assert isinstance(load_recipe(name), Recipe)
+
+
+def test_paper_cifar_is_the_papers_recipe():
+    r = load_recipe("paper-cifar")
+    assert (r.lr, r.momentum, r.weight_decay, r.batch_size) == (0.1, 0.9, 1e-4, 128)
+    assert (r.milestones, r.iters, r.schedule, r.normalize) == ([32000, 48000], 64000, "step",
+                                                                "pixel")
+    assert [lr_at(s, r.iters, r) for s in (0, 31999, 32000, 47999, 48000, 63999)] == \
+        pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_paper_imagenet_recipe_and_plateau_schedule():
+    r = load_recipe("paper-imagenet")
+    assert (r.batch_size, r.lr, r.weight_decay, r.schedule) == (256, 0.1, 1e-4, "plateau")
+    st = ScheduleState()
+    for err in (0.5, 0.4, 0.4, 0.4, 0.4):  # improves twice, then plateaus for patience=3 epochs
+        on_val_error(st, r, err)
+    assert lr_at(0, 10, r, st) == pytest.approx(0.01)
+
+
+def test_resnet110_warmup_until_training_error_below_80_percent():
+    r = load_recipe("paper-cifar", {"model": "resnet110", "warmup_lr": 0.01,
+                                    "warmup_until_error": 0.8})
+    st = ScheduleState()
+    assert lr_at(100, r.iters, r, st) == 0.01
+    on_train_error(st, r, 0.85)
+    assert lr_at(400, r.iters, r, st) == 0.01
+    on_train_error(st, r, 0.79)
+    assert lr_at(400, r.iters, r, st) == 0.1
+
+
+def test_cosine_and_onecycle_shapes():
+    r = coerce({"schedule": "cosine", "lr": 1.0})
+    assert lr_at(0, 100, r) == 1.0 and lr_at(50, 100, r) == pytest.approx(0.5)
+    assert lr_at(100, 100, r) == pytest.approx(0.0, abs=1e-12)
+    r = coerce({"schedule": "onecycle", "lr": 1.0})
+    assert lr_at(0, 100, r) == pytest.approx(0.1) and lr_at(25, 100, r) == pytest.approx(1.0)
+    assert lr_at(100, 100, r) == 0.0 and lr_at(62, 100, r) < lr_at(40, 100, r)
+
+
+def test_linear_warmup():
+    r = coerce({"schedule": "constant", "lr": 1.0, "warmup_iters": 10, "warmup_lr": 0.0})
+    assert [lr_at(s, 100, r) for s in (0, 5, 10, 50)] == pytest.approx([0.0, 0.5, 1.0, 1.0])
+
+
+def test_overrides_are_coerced_from_cli_strings():
+    r = load_recipe("fast", {"lr": "0.05", "milestones": "100,200", "nesterov": "false",
+                             "iters": "1e3", "batch_size": "64"})
+    assert (r.lr, r.milestones, r.nesterov, r.iters, r.batch_size) == \
+        (0.05, [100, 200], False, 1000, 64)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"lr": -0.1}, "invalid lr -0.1: must be > 0"),
+    ({"batch_size": 0}, "invalid batch_size 0: must be > 0"),
+    ({"epochs": -1}, "invalid epochs -1.0: must be > 0"),
+    ({"batch_size": "1.5"}, "invalid value for batch_size: '1.5'"),
+    ({"schedule": "linear"}, "invalid schedule 'linear' (choices: step, cosine, onecycle, "
+                             "plateau, constant)"),
+    ({"lrr": 0.1}, "unknown recipe key 'lrr' (closest: lr)"),
+    ({"nesterov": "maybe"}, "invalid value for nesterov: 'maybe'"),
+])
+def test_bad_values_are_user_errors(values, message):
+    with pytest.raises(UserError) as e:
+        coerce(values)
+    assert str(e.value) == message
+
+
+def test_unknown_recipe_name():
+    with pytest.raises(UserError, match=r"unknown recipe 'fats' \(closest: fast\)"):
+        load_recipe("fats")
+
+
+def test_recipe_roundtrip_through_toml(tmp_path):
+    from reslab.engine.recipe import read_toml, save_recipe
+
+    r = load_recipe("paper-cifar", {"seed": 3})
+    save_recipe(tmp_path / "c.toml", r)
+    assert coerce(read_toml(tmp_path / "c.toml")) == r
+    assert not math.isnan(r.lr)
