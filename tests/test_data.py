@@ -233,7 +233,7 @@ def test_bad_specs(spec, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"augment": "crop"}, "unknown augmentation 'crop' (closest: crop-flip)"),
+    ({"augment": "crops"}, "unknown augmentation 'crops' (closest: crop, crop-flip)"),
     ({"normalize": "pixels"}, "unknown normalization 'pixels' (closest: pixel)"),
     ({"val_split": -1}, "--val-split must be >= 0, got -1"),
     ({"val_split": 512}, "--val-split 512 leaves no training images: synthetic has 512"),

@@ -21,16 +21,6 @@ from reslab.models import BasicBlock, ResNet
 from reslab.engine.tta import (center_crop, multiscale_logits, multiscale_probs, scales_of,
                                ten_crop, tta_logits)
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, busy CPU the threads'
-    synchronisation makes each op wait for a descheduled peer (seconds instead of ms)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]
 
@@ -211,7 +201,8 @@ def images(tmp_path_factory) -> list[str]:
     files = {"rgb.jpg": Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8)),
              "gray.png": Image.fromarray(rng.integers(0, 255, (20, 20), np.uint8)),
              "rgba.png": Image.fromarray(rng.integers(0, 255, (40, 30, 4), np.uint8), "RGBA"),
-             "palette.png": Image.fromarray(rng.integers(0, 255, (9, 50, 3), np.uint8)).convert("P")}
+             "palette.png": Image.fromarray(rng.integers(0, 255, (9, 50, 3), np.uint8)
+                                            ).convert("P")}
     for name, img in files.items():
         img.save(d / name)
     return [str(d / name) for name in files]

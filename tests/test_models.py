@@ -39,17 +39,8 @@ def tiny_input(name: str) -> torch.Tensor:
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture
-def flush_denormals():
-    # Deep plain nets at init carry subnormal floats (the vanishing signals of section 4.1),
-    # which the CPU handles 10-20x slower: plain101 takes 12 s instead of 1 s without this.
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
-
-
 @pytest.mark.parametrize("name", list_models())
-def test_forward_backward_whole_registry(name: str, flush_denormals: None) -> None:
+def test_forward_backward_whole_registry(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name)
     x = tiny_input(name)

@@ -58,7 +58,8 @@ def reslab_metadata(path: str | Path) -> dict[str, str] | None:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"cannot read checkpoint {path}: not a valid safetensors file ({e})") from None
+        raise UserError(f"cannot read checkpoint {path}: not a valid safetensors file "
+                        f"({e})") from None
 
 
 def _is_safetensors(path: Path) -> bool:

@@ -56,14 +56,20 @@ def stage_of(name: str) -> str:
     return "head" if top in ("avgpool", "fc") else "stem"
 
 
+def _stride(module: nn.Module) -> int:
+    """The stride of a conv or pool (1 for anything else); ResNets stride H and W alike."""
+    if not isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
+        return 1
+    return module.stride if isinstance(module.stride, int) else module.stride[0]
+
+
 def output_stride(model: nn.Module) -> int:
     """How much the main path shrinks the map (32 for the ImageNet stem, 4 for CIFAR): the
     product of the strides outside the shortcuts, which run in parallel with the main path."""
     stride = 1
     for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)) and "downsample" not in name:
-            s = m.stride if isinstance(m.stride, int) else m.stride[0]
-            stride *= s
+        if "downsample" not in name:
+            stride *= _stride(m)
     return stride
 
 
@@ -99,13 +105,8 @@ def _size_guard(model: nn.Module, shape: Shape) -> list[Hook]:
                                     f"least {need}")
         return check
 
-    hooks = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-            s = m.stride if isinstance(m.stride, int) else m.stride[0]
-            if s > 1:
-                hooks.append((m, "pre", guard(name, s)))
-    return hooks
+    return [(m, "pre", guard(name, _stride(m))) for name, m in model.named_modules()
+            if _stride(m) > 1]
 
 
 def run_forward(model: nn.Module, shape: Shape, hooks: Iterable[Hook] = ()) -> torch.Tensor:

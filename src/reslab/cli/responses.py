@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="split to measure on (default test)")
     p.add_argument("--max-images", type=int, metavar="N", help="use only the first N images")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default cpu)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--out", metavar="FILE.png", help="write the figure here")
     p.add_argument("--json", action="store_true",
                    help="print {model: [std per layer]} on stdout")

@@ -20,12 +20,19 @@ FORMAT = "reslab-1"
 META_KEYS = ("architecture", "kwargs", "class_names", "mean", "std", "input_size")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Calls write(tmp_path), fsyncs, then renames onto path: readers see old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; result files follow the umask
     try:
         write(tmp)
         with open(tmp, "rb") as f:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..analysis.report import write_run_report
 from ..data import load_data
 from ..errors import UserError
 from . import state as run_state
@@ -245,9 +247,7 @@ def _finish(run: Run, log: MetricsLog, wall_s: float, val: dict | None) -> dict[
         save_weights(run.out / "model.safetensors", run.eval_model(), run.meta())
         run_state.write_summary(run.out, summary)
         try:
-            from ..analysis.report import write_run_report
-        except ImportError:  # analysis package being assembled
-            write_run_report = None
-        if write_run_report is not None:
             write_run_report(run.out)
+        except Exception as e:  # noqa: BLE001 - the weights are saved; a figure must not fail the run
+            warnings.warn(f"could not write the run report: {e}", stacklevel=1)
     return summary

@@ -15,6 +15,8 @@ from .recipe import Recipe
 
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """`auto` picks cuda, then mps, then cpu; `cuda` under torchrun means cuda:LOCAL_RANK."""
+    # Subnormal floats (deep plain nets' vanishing signals) are 10-20x slower on x86 CPUs.
+    torch.set_flush_denormal(True)
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
