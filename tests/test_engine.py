@@ -121,3 +121,19 @@ def test_torchrun_two_cpu_processes(tmp_path):
     finals = [row for row in rows if row.get("final")]
     assert len(finals) == 1 and finals[0]["n"] == 128  # every test image once, one writer
     assert (out / "model.safetensors").is_file()
+
+
+def test_tensorboard_flag(tmp_path, capsys):
+    """--tensorboard writes event files, or says how to install the package when it is absent."""
+    from reslab.cli import main
+
+    args = _train_args(tmp_path, 2) + ["--tensorboard"]
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        assert main(args) == 2
+        assert capsys.readouterr().err.strip() == ("error: --tensorboard needs the tensorboard "
+                                                    "package: pip install tensorboard")
+        return
+    assert main(args) == 0
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 from torch import nn
 
-from .engine.checkpoint import read_weights
+from .engine.checkpoint import read_weights, torch_load_safe, unpickle_failure
 from .errors import UserError
 from .models import create_model, get_arch, list_models
 from .models.blocks import Bottleneck
@@ -74,23 +74,18 @@ def _is_safetensors(path: Path) -> bool:
 
 def _safe_torch_load(path: Path) -> Any:
     try:
-        with torch.serialization.safe_globals(_SAFE_EXTRA):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load_safe(path, _SAFE_EXTRA)
     except Exception as e:  # noqa: BLE001 - zip/pickle readers raise many types on bad files
-        text = str(e)
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        if found:  # a class or function reference: what weights_only exists to refuse
+        needs, reason = unpickle_failure(e)
+        if needs:  # a class or function reference: what weights_only exists to refuse
             raise UserError(
-                f"refusing to load {path}: unpickling it needs {found.group(1)}, and a pickle "
+                f"refusing to load {path}: unpickling it needs {needs}, and a pickle "
                 "that is more than tensors can run arbitrary code. If you trust the file, "
                 f"convert it once: python -c \"import torch; c = torch.load('{path}', "
                 "weights_only=False); torch.save(c.state_dict() if hasattr(c, 'state_dict') "
                 "else c.get('state_dict', c), 'weights.pth')\" and use weights.pth") from None
-        reason = re.search(r"WeightsUnpickler error: \s*(.+)", text)
-        line = text.splitlines()[0] if text else ""
-        first = reason.group(1) if reason else f"{type(e).__name__}: {line}"
         raise UserError(f"cannot read {path}: not a safetensors or PyTorch checkpoint "
-                        f"({first})") from None
+                        f"({reason})") from None
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -22,7 +22,7 @@ from ..models import REGISTRY, get_arch
 
 # Options that change where or how fast a run goes, not what it learns: a finished run is reused
 # even if they differ.
-MACHINERY = ("device", "workers", "tensorboard")
+MACHINERY = ("device", "workers", "threads", "tensorboard")
 
 
 def cifar_depths() -> list[int]:

@@ -111,3 +111,21 @@ def responses_figure(responses: dict[str, Sequence[float]], path: str | Path,
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_confusion(cm: Any, class_names: Sequence[str], path: str | Path) -> Path:
+    """Confusion matrix (rows: true class, columns: predicted), counts written in the cells."""
+    counts = [[int(v) for v in row] for row in cm.tolist()]
+    k = len(class_names)
+    fig, (ax,) = _figure(1, width=max(4.0, 0.5 * k + 2), height=max(3.6, 0.5 * k + 1.5))
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true")
+    top = max(max(row) for row in counts) or 1
+    if k <= 30:
+        for i, row in enumerate(counts):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                        color="white" if v > top / 2 else "black")
+    return _save(fig, path)

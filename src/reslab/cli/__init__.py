@@ -50,6 +50,16 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {msg}".splitlines()[0], file=sys.stderr)
         return 2
+    except OSError as e:
+        # A full disk outside the checkpoint writer (metrics.jsonl, an exported file) is the
+        # user's to fix like any bad input; other OS errors stay unexpected.
+        from ..engine.checkpoint import disk_full_errno
+
+        if debug or disk_full_errno(e) is None:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write{where}: {os.strerror(disk_full_errno(e))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

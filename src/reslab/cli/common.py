@@ -3,6 +3,7 @@ a model for shape-only analysis."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -99,3 +100,29 @@ def print_json(obj: Any) -> None:
     # default=str: paths and other plain values print as text rather than failing
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (),
+                     help: dict[str, str] | None = None) -> None:
+    """Every Recipe field as a --flag (string-valued; the recipe coerces and validates it).
+    Booleans take an optional value: --deterministic means true, --nesterov false turns it off."""
+    from ..engine.recipe import Recipe
+
+    help = help or {}
+    g = parser.add_argument_group("recipe fields (override the recipe file)")
+    for f in dataclasses.fields(Recipe):
+        if f.name in skip:
+            continue
+        flag, text = "--" + f.name.replace("_", "-"), help.get(f.name, f"recipe field {f.name}")
+        if str(f.type).startswith("bool"):
+            g.add_argument(flag, nargs="?", const="true", default=None, metavar="BOOL", help=text)
+        else:
+            g.add_argument(flag, default=None, metavar=f.name.upper(), help=text)
+
+
+def recipe_overrides(args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The recipe fields given on the command line (None: not given)."""
+    from ..engine.recipe import Recipe
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)
+            if f.name not in skip}

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-from ..engine.recipe import Recipe
+from .common import add_recipe_flags, recipe_overrides
 
 # The sweep sets the model (and trains each from scratch); --data is its own required flag.
 NOT_FLAGS = ("model", "data", "weights")
@@ -30,13 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default paper-cifar)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print degradation.json on stdout")
-    g = p.add_argument_group("recipe overrides (as for reslab train)")
-    for f in fields(Recipe):
-        if f.name in NOT_FLAGS:
-            continue
-        boolean = str(f.type).startswith("bool")
-        g.add_argument("--" + f.name.replace("_", "-"), default=None, metavar=f.name.upper(),
-                       **({"nargs": "?", "const": "true"} if boolean else {}))
+    add_recipe_flags(p, skip=NOT_FLAGS)
     p.set_defaults(func=run)
 
 
@@ -46,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.state import Interrupted
     from .common import print_json
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(Recipe) if f.name not in NOT_FLAGS}
+    overrides = recipe_overrides(args, skip=NOT_FLAGS)
     recipe = load_recipe(args.recipe, {**overrides, "data": args.data})
 
     def say(msg: str) -> None:

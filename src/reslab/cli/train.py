@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from ..engine.recipe import Recipe, load_recipe
+from .common import add_recipe_flags, recipe_overrides
 
 # Flags whose meaning deserves a line in --help; the rest are documented by their recipe field.
 HELP = {
@@ -35,19 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print a final JSON summary on stdout")
-    for f in fields(Recipe):
-        flag = "--" + f.name.replace("_", "-")
-        if str(f.type).startswith("bool"):
-            p.add_argument(flag, nargs="?", const="true", default=None, metavar="BOOL",
-                           help=HELP.get(f.name, f"recipe field {f.name} (true/false)"))
-        else:
-            p.add_argument(flag, default=None, metavar=f.name.upper(),
-                           help=HELP.get(f.name, f"recipe field {f.name}"))
+    add_recipe_flags(p, help=HELP)
     p.set_defaults(func=run)
 
 
 def resolve(args: argparse.Namespace) -> Recipe:
-    overrides = {f.name: getattr(args, f.name) for f in fields(Recipe)}
+    overrides = recipe_overrides(args)
     name = args.recipe or ("fast" if args.model or args.data else "demo")
     return load_recipe(name, overrides)
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.checkpoint import atomic_write
 from ..errors import UserError, unknown
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -54,7 +55,7 @@ def _onnx(model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, An
                                 dynamo=True, verbose=False)
     # Deployment code finds preprocessing and class names in the file itself.
     program.model.metadata_props["reslab"] = _meta_json(meta)
-    program.save(str(out))
+    atomic_write(out, lambda tmp: program.save(tmp))
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
@@ -66,14 +67,16 @@ def _torchscript(model: nn.Module, example: torch.Tensor, out: Path, meta: dict[
         # C++ and mobile runtimes load; the warnings say nothing about this model.
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(out), _extra_files={"reslab.json": _meta_json(meta)})
+        atomic_write(out, lambda tmp: torch.jit.save(
+            traced, tmp, _extra_files={"reslab.json": _meta_json(meta)}))
         return torch.jit.load(str(out))
 
 
 def _pt2(model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, Any]) -> Runner:
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(out), extra_files={"reslab.json": _meta_json(meta)})
+    atomic_write(out, lambda tmp: torch.export.save(
+        program, tmp, extra_files={"reslab.json": _meta_json(meta)}))
     return torch.export.load(str(out)).module()
 
 

@@ -122,6 +122,9 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     if len(d.class_names) != meta["kwargs"]["num_classes"]:
         raise UserError(f"{spec} has {len(d.class_names)} classes but the model was trained "
                         f"for {meta['kwargs']['num_classes']}")
+    if d.in_chans != meta["kwargs"].get("in_chans", 3):
+        raise UserError(f"{spec} has {d.in_chans}-channel images but the model takes "
+                        f"{meta['kwargs'].get('in_chans', 3)}")
     d.mean, d.std = list(meta.get("mean", d.mean)), list(meta.get("std", d.std))
     size = d.input_size[1]
     if scales:

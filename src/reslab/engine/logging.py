@@ -67,10 +67,13 @@ class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl (flushed and fsynced per write, so a
     killed run keeps every line it reported). A resumed run first drops lines past its step."""
 
-    def __init__(self, path: Path | None, resume_step: int | None = None) -> None:
-        self.path = path
+    def __init__(self, path: Path | None, resume_step: int | None = None,
+                 tensorboard: bool = False) -> None:
+        self.path, self.tb = path, None
         if path is None:
             return
+        if tensorboard:
+            self.tb = _tensorboard_writer(path.parent / "tensorboard")
         if resume_step is not None and path.exists():
             kept = [ln for ln in path.read_text().splitlines()
                     if ln.strip() and _step_of(ln) <= resume_step]
@@ -87,6 +90,23 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self.tb is not None:
+            prefix = row.get("split", "train_step")
+            for key in ("loss", "lr", "img_s", "top1", "top5"):
+                if key in row:
+                    self.tb.add_scalar(f"{prefix}/{key}", row[key], row["step"])
+            self.tb.flush()
+
+
+def _tensorboard_writer(logdir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from ..errors import UserError
+
+        raise UserError("--tensorboard needs the tensorboard package: "
+                        "pip install tensorboard") from None
+    return SummaryWriter(str(logdir))
 
 
 def _step_of(line: str) -> int:

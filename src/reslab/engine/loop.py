@@ -37,6 +37,8 @@ class Run:
 
     def __init__(self, r: Recipe, out: Path | None, quiet: bool) -> None:
         self.r, self.quiet = r, quiet
+        if r.threads:
+            torch.set_num_threads(r.threads)
         probe = select_device(r.device)
         self.d = init_distributed(probe.type)
         self.device = select_device(r.device, self.d.local_rank)
@@ -64,6 +66,7 @@ class Run:
                             f"({self.data.num_examples('train')} images)")
         self.total = r.iters or max(1, math.ceil(r.epochs * self.steps_per_epoch))
         self.step, self.best_val, self.train_tally = 0, -1.0, Tally(self.device)
+        self.elapsed_before, self.started = 0.0, time.perf_counter()  # training seconds
         self.forward = self._wrap_model()
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(r.amp)
         self.amp_dtype = amp
@@ -77,6 +80,10 @@ class Run:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DDP(model, device_ids=ids)
         return torch.compile(model) if self.r.compile else model
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, across resumes (for time-to-accuracy)."""
+        return self.elapsed_before + time.perf_counter() - self.started
 
     def meta(self) -> dict[str, Any]:
         return {"architecture": self.r.model,
@@ -130,12 +137,14 @@ def _train(run: Run, resume: bool) -> dict[str, Any]:
     elif out is not None:
         out.mkdir(parents=True, exist_ok=True)
         save_recipe(out / "config.toml", r)
-    log = MetricsLog(out / "metrics.jsonl" if out else None, run.step if resume else None)
+    log = MetricsLog(out / "metrics.jsonl" if out else None, run.step if resume else None,
+                     tensorboard=r.tensorboard)
     progress = Progress(run.total, run.step, quiet=quiet_rank(run))
     for m in run.messages:
         progress.write(m)
     stop = run_state.StopSignal()
     started, seen, val = time.perf_counter(), 0, None
+    run.started = started
     try:
         while run.step < run.total:
             epoch, within = divmod(run.step, run.steps_per_epoch)
@@ -188,8 +197,11 @@ def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
         loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
     value = loss.item()
     if not math.isfinite(value):
-        raise NonFiniteLoss(f"loss is {value} at step {run.step + 1}; the last good state is "
-                            "kept in state/ (hint: lower --lr, or --amp off)")
+        kept = ("the last good state is kept in state/"
+                if run.out is not None and run_state.exists(run.out)
+                else "no state was saved before it")  # e.g. it diverged before --save-every
+        raise NonFiniteLoss(f"loss is {value} at step {run.step + 1}; {kept} "
+                            "(hint: lower --lr, or --amp off)")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
@@ -206,14 +218,14 @@ def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: boo
     r, epoch = run.r, run.step / run.steps_per_epoch
     train = run.train_tally.result(run.d)
     run.train_tally = Tally(run.device)
-    log.log(step=run.step, epoch=epoch, split="train", **train)
+    log.log(step=run.step, epoch=epoch, split="train", time_s=round(run.elapsed(), 2), **train)
     on_train_error(run.sched, r, 1 - train["top1"])
     val = None
     last = run.step == run.total
     if last or round(epoch) % r.eval_every == 0:
         split = "val" if "val" in run.data.splits else "test"
         val = run.evaluate(split)
-        log.log(step=run.step, epoch=epoch, split=split, **val)
+        log.log(step=run.step, epoch=epoch, split=split, time_s=round(run.elapsed(), 2), **val)
         progress.write(f"epoch {epoch:.2f} train top1 {train['top1']:.4f} loss "
                        f"{train['loss']:.4f} | {split} top1 {val['top1']:.4f} "
                        f"loss {val['loss']:.4f}")

@@ -6,6 +6,7 @@ ran.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -73,6 +74,7 @@ class Recipe:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
+    threads: int = 0                     # CPU intra-op threads (0: PyTorch's default, one per core)
     amp: str = "off"
     channels_last: bool = False
     compile: bool = False
@@ -94,7 +96,8 @@ class Recipe:
         nonneg = {"weight_decay": self.weight_decay, "momentum": self.momentum,
                   "warmup_iters": self.warmup_iters, "warmup_lr": self.warmup_lr,
                   "val_split": self.val_split, "save_every": self.save_every,
-                  "pad": self.pad, "workers": self.workers, "label_smoothing": self.label_smoothing}
+                  "pad": self.pad, "workers": self.workers, "threads": self.threads,
+                  "label_smoothing": self.label_smoothing}
         for name, value in nonneg.items():
             if value < 0:
                 raise UserError(f"invalid {name} {value}: must be >= 0")
@@ -140,6 +143,8 @@ def coerce(values: dict[str, Any]) -> Recipe:
 def _convert(key: str, type_name: str, value: Any) -> Any:
     if value is None or (isinstance(value, str) and value.lower() == "none"
                          and "None" in type_name):
+        if "None" not in type_name:
+            raise UserError(f"invalid value for {key}: None (it needs a value)")
         return None
     try:
         if type_name.startswith("bool"):
@@ -157,9 +162,12 @@ def _convert(key: str, type_name: str, value: Any) -> Any:
                 raise ValueError(value)
             return int(f)
         if type_name.startswith("float"):
-            return float(value)
+            f = float(value)
+            if not math.isfinite(f):  # inf/nan pass every range check below, then diverge
+                raise ValueError(value)
+            return f
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int("inf"), float(10**400)
         raise UserError(f"invalid value for {key}: {value!r}") from None
 
 
@@ -171,7 +179,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # TOML must be UTF-8
         raise UserError(f"invalid TOML in {path}: {e}") from None
     except OSError as e:
         raise UserError(f"cannot read recipe {path}: {e.strerror}") from None

@@ -59,6 +59,7 @@ def save(run: Run, out: Path) -> None:
         "ema": run.ema.state_dict() if run.ema is not None else None,
         "schedule": run.sched.to_dict(),
         "best_val": run.best_val,
+        "elapsed": run.elapsed(),
         "train_tally": run.train_tally.state(),
         "rng": _rng_state(),
     })
@@ -74,6 +75,7 @@ def restore(run: Run, out: Path) -> None:
             run.ema.load_state_dict(s["ema"])
         run.sched = ScheduleState(**s["schedule"])
         run.step, run.best_val = int(s["step"]), float(s["best_val"])
+        run.elapsed_before = float(s["elapsed"])
         run.train_tally.load(s["train_tally"])
         _set_rng_state(s["rng"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:

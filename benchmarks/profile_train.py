@@ -1,0 +1,246 @@
+"""Where the time goes in `reslab train` on the CPU: resnet20 on Fashion-MNIST, batch 128, the
+`fast` recipe's settings (channels-last + bf16 autocast) against fp32 NCHW.
+
+    python benchmarks/profile_train.py [--iters 30] [--profile-iters 8] [--no-eval]
+
+For each setting: the training step of reslab.engine.loop (same data pipeline, model, optimizer,
+schedule and loss) split by timers into data (batched augmentation on in-memory tensors),
+forward (with the loss), backward, optimizer (zero_grad, step) and bookkeeping (loss.item, the
+running accuracy tally); "other" is the rest of the iteration (Python glue). Then
+torch.profiler over a few steps groups the operators' own time by kind (convolutions, batch
+norm, casts and copies, ...), and one pass over the 10,000 test images times an evaluation.
+The once-per-process costs (imports, loading and decompressing the dataset) are timed too.
+Prints tables and writes docs/results/profile_train.json.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import statistics
+import time
+from pathlib import Path
+
+T_START = time.perf_counter()  # before the heavy imports: they are part of a run's start-up
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from common import (RESULTS, add_threads_option, apply_threads, print_table,  # noqa: E402
+                    save_results)
+from reslab.data import load_data  # noqa: E402
+from reslab.engine.evaluate import Tally, evaluate  # noqa: E402
+from reslab.engine.recipe import Recipe, load_recipe  # noqa: E402
+from reslab.engine.schedule import ScheduleState, lr_at  # noqa: E402
+from reslab.engine.setup import build_model, build_optimizer, select_device  # noqa: E402
+
+SETTINGS = {"channels_last + bf16 (fast)": {"channels_last": True, "amp": "bf16"},
+            "fp32 NCHW": {"channels_last": False, "amp": "off"}}
+PHASES = ("data", "forward", "backward", "optimizer", "bookkeeping", "other")
+# Operator kinds: the first pattern (re.search on the aten name) that matches wins.
+KINDS = (("conv backward", r"convolution_backward"),
+         ("conv forward", r"convolution|conv2d"),
+         ("batch norm", r"batch_norm"),
+         ("relu", r"relu|threshold_backward|clamp_min"),
+         ("optimizer", r"_foreach|sgd"),
+         ("casts and copies", r"^aten::(to|_to_copy|copy_|contiguous|clone)$"),
+         ("loss, pool, fc", r"cross_entropy|softmax|nll_loss|avg_pool|"
+                            r"^aten::(mean|linear|addmm|mm|t)$"),
+         ("shortcut (add, option-A pad/subsample)",
+          r"^aten::(add|add_|pad|constant_pad_nd|slice|cat)$"),
+         ("allocation, views", r"^aten::(empty\w*|view|reshape|as_strided|expand|transpose|"
+                               r"permute|zero_|zeros|fill_|zeros_like|empty_like)$"))
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--iters", type=int, default=30, help="timed iterations per setting")
+    p.add_argument("--warmup", type=int, default=5, help="untimed first iterations")
+    p.add_argument("--profile-iters", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation pass")
+    add_threads_option(p)
+    p.add_argument("--out", type=Path, default=RESULTS / "profile_train.json")
+    return p.parse_args()
+
+
+class Trainer:
+    """The loop's training step (reslab.engine.loop._train_step), phase by phase."""
+
+    def __init__(self, r: Recipe, data, device: torch.device) -> None:
+        self.r, self.data, self.device = r, data, device
+        torch.manual_seed(r.seed)
+        self.model = build_model(r, len(data.class_names), data.in_chans).to(device)
+        if r.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.opt = build_optimizer(r, self.model)
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(r.amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp is torch.float16)
+        self.sched, self.tally, self.step_no = ScheduleState(), Tally(device), 0
+        self.total = 1000
+        self.batches = data.train_batches(0, r.batch_size, device, seed=r.seed)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = next(self.batches)
+        if self.r.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step_no, self.total, self.r, self.sched)
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16,
+                            enabled=self.amp is not None):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.r.label_smoothing)
+        return logits, loss
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+
+    def update(self) -> None:
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.step_no += 1
+
+    def bookkeeping(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> float:
+        value = loss.item()
+        if not math.isfinite(value):
+            raise SystemExit(f"loss is {value}")
+        with torch.no_grad():
+            self.tally.add(logits.detach().float(), y, loss.detach() * len(y))
+        return value
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        logits, loss = self.forward(x, y)
+        self.bookkeeping(logits, y, loss)
+        self.backward(loss)
+        self.update()
+
+
+def timed_iterations(t: Trainer, iters: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per phase per iteration (the loop's order: the loss is read before backward)."""
+    for _ in range(warmup):  # oneDNN builds its kernels on the first iterations
+        t.step(*t.next_batch())
+    times: dict[str, list[float]] = {p: [] for p in PHASES + ("total",)}
+    clock = time.perf_counter
+    for _ in range(iters):
+        t0 = clock()
+        x, y = t.next_batch()
+        t1 = clock()
+        logits, loss = t.forward(x, y)
+        t2 = clock()
+        t.bookkeeping(logits, y, loss)
+        t3 = clock()
+        t.backward(loss)
+        t4 = clock()
+        t.update()
+        t5 = clock()
+        phase = {"data": t1 - t0, "forward": t2 - t1, "bookkeeping": t3 - t2,
+                 "backward": t4 - t3, "optimizer": t5 - t4}
+        for k, v in phase.items():
+            times[k].append(v)
+        times["total"].append(t5 - t0)
+        times["other"].append(0.0)  # set below from the per-iteration means
+    return times
+
+
+def kind_of(name: str) -> str:
+    return next((kind for kind, pattern in KINDS if re.search(pattern, name)), "other ops")
+
+
+def op_breakdown(t: Trainer, iters: int) -> dict[str, object]:
+    """Operators' own (self) CPU time by kind over `iters` steps, batches prepared beforehand
+    (the data phase is timed separately)."""
+    batches = [t.next_batch() for _ in range(iters)]
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for x, y in batches:
+            t.step(x, y)
+    wall_us = (time.perf_counter() - start) * 1e6
+    kinds: dict[str, float] = {}
+    ops = []
+    for e in prof.key_averages():
+        us = e.self_cpu_time_total
+        if us <= 0:
+            continue
+        kinds[kind_of(e.key)] = kinds.get(kind_of(e.key), 0.0) + us
+        ops.append((us, e.key))
+    in_ops = sum(kinds.values())
+    ops.sort(reverse=True)
+    return {"by_kind": [{"kind": k, "ms_per_iter": round(v / iters / 1e3, 2),
+                         "share": round(v / in_ops, 4)}
+                        for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])],
+            "top_ops": [{"op": name, "ms_per_iter": round(us / iters / 1e3, 2),
+                         "share": round(us / in_ops, 4)} for us, name in ops[:12]],
+            "ops_share_of_wall": round(in_ops / wall_us, 4),
+            "note": "self CPU time of the operators on the main thread; the rest of the "
+                    "profiled wall time (ops_share_of_wall below 1) is Python and dispatch "
+                    "outside operators, plus the profiler's own overhead"}
+
+
+def summarize(times: dict[str, list[float]], batch: int) -> list[dict[str, object]]:
+    mean = {k: statistics.fmean(v) for k, v in times.items()}
+    mean["other"] = max(0.0, mean["total"] - sum(mean[p] for p in PHASES if p != "other"))
+    rows = []
+    for p in PHASES + ("total",):
+        rows.append({"phase": p, "ms_mean": round(1e3 * mean[p], 2),
+                     "ms_median": round(1e3 * statistics.median(times[p]), 2)
+                     if p != "other" else None,
+                     "share": round(mean[p] / mean["total"], 4)})
+    rows[-1]["img_s"] = round(batch / mean["total"], 1)
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
+    apply_threads(args)
+    device = select_device("cpu")
+    base = load_recipe("fast", {"batch_size": args.batch_size})
+    imports_s = time.perf_counter() - T_START
+    t = time.perf_counter()
+    data = load_data(base.data, data_dir=base.data_dir, seed=base.seed, normalize=base.normalize,
+                     augment=base.augment, pad=base.pad, workers=base.workers)
+    load_s = time.perf_counter() - t
+    print(f"start-up: imports {imports_s:.1f} s, loading {data} {load_s:.1f} s", flush=True)
+    results = {}
+    for name, change in SETTINGS.items():
+        print(f"{name}: {args.warmup} + {args.iters} iterations, then {args.profile_iters} "
+              "profiled ...", flush=True)
+        r = base.replace(**change)
+        trainer = Trainer(r, data, device)
+        phases = summarize(timed_iterations(trainer, args.iters, args.warmup), args.batch_size)
+        ops = op_breakdown(trainer, args.profile_iters)
+        entry = {"phases": phases, "ops": ops}
+        if not args.no_eval:
+            t = time.perf_counter()
+            evaluate(trainer.model, data.eval_batches("test", max(256, r.batch_size), device),
+                     device=device, autocast_dtype=trainer.amp)
+            entry["test_eval_s"] = round(time.perf_counter() - t, 2)
+        results[name] = entry
+        print_table(f"{name}: per iteration, batch {args.batch_size} "
+                    f"({phases[-1]['img_s']} img/s)", phases,
+                    (("phase", "phase", ""), ("ms_mean", "ms mean", ".1f"),
+                     ("ms_median", "ms median", ".1f"), ("share", "share", ".1%")))
+        print_table(f"{name}: operators' own time by kind ({ops['ops_share_of_wall']:.0%} of "
+                    "the profiled wall time is inside operators)", ops["by_kind"],
+                    (("kind", "kind", ""), ("ms_per_iter", "ms/iter", ".1f"),
+                     ("share", "share", ".1%")))
+        if "test_eval_s" in entry:
+            print(f"one test-set evaluation (10,000 images): {entry['test_eval_s']:.1f} s "
+                  "(the fast recipe's test-time flip doubles it)")
+    fast, fp32 = (results[k]["phases"][-1]["ms_mean"] for k in SETTINGS)
+    print(f"\nchannels_last + bf16 vs fp32 NCHW: {fp32 / fast:.2f}x per iteration")
+    setup = {"model": base.model, "data": base.data, "batch_size": args.batch_size,
+             "iters": args.iters, "warmup": args.warmup, "profile_iters": args.profile_iters,
+             "recipe": "fast (lr schedule, nesterov SGD, label smoothing, crop-flip pad 2)",
+             "settings": SETTINGS, "device": "cpu"}
+    save_results("profile_train", setup, results, out=args.out,
+                 startup={"imports_s": round(imports_s, 2), "load_data_s": round(load_s, 2)},
+                 speedup_fast_vs_fp32=round(fp32 / fast, 3))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""`reslab bench` and the measurement helpers behind it and benchmarks/ (tiny sizes: the
+numbers are not checked, only the contract)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reslab.cli import main
+from reslab.deploy.bench import environment, format_table, matmul_peak_gflops
+
+ROW_KEYS = {"variant", "img_s", "ms_per_batch", "vs_baseline"}
+
+
+def _bench(capsys: pytest.CaptureFixture, *argv: str) -> dict:
+    assert main(["bench", *argv, "--json"]) == 0
+    out = capsys.readouterr().out
+    return json.loads(out)  # exactly one JSON object on stdout
+
+
+def test_bench_cifar_model_json(capsys: pytest.CaptureFixture) -> None:
+    r = _bench(capsys, "resnet20", "--batch-size", "2", "--iters", "1", "--rounds", "1")
+    assert {"model", "device", "input", "batch_size", "baseline", "inference", "training",
+            "speedup", "environment", "macs_per_image"} <= r.keys()
+    assert r["model"] == "resnet20" and r["input"] == [2, 3, 32, 32]
+    assert "torchvision has no resnet20" in r["baseline"]  # the conventional stand-in is named
+    assert len(r["inference"]) == 2 and len(r["training"]) == 2
+    for row in r["inference"] + r["training"]:
+        assert ROW_KEYS <= row.keys() and row["img_s"] > 0
+    assert r["inference"][0]["vs_baseline"] == 1.0 and r["inference"][0]["gflop_s"] > 0
+    assert {"code_version", "torch", "cpu", "threads", "date"} <= r["environment"].keys()
+
+
+def test_bench_imagenet_model_against_torchvision(capsys: pytest.CaptureFixture) -> None:
+    r = _bench(capsys, "resnet18", "--input", "2x3x64x64", "--iters", "1", "--rounds", "1")
+    assert r["baseline"].startswith("torchvision.models.resnet18")
+    assert [row["variant"] for row in r["inference"]][:2] == ["torchvision eager",
+                                                              "reslab eager"]
+    assert len(r["training"]) == 3
+
+
+def test_bench_bad_input_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "resnet99", "--json"]) == 2
+    assert main(["bench", "resnet20", "--iters", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+
+
+def test_helpers() -> None:
+    assert matmul_peak_gflops(n=64, repeats=1) > 0
+    table = format_table([{"a": "x", "b": 1.234}, {"a": "long name"}],
+                         [("a", "name", ""), ("b", "value", ".1f")])
+    lines = table.splitlines()
+    assert lines[0].split() == ["name", "value"] and lines[2].endswith("1.2")
+    assert lines[3].endswith("-")  # a missing value
+    assert environment()["threads"] >= 1

@@ -1,0 +1,53 @@
+"""`reslab eval`: the run's own data and statistics, 10-crop and multi-scale modes, errors."""
+import json
+
+import pytest
+
+from reslab.cli import main
+from reslab.engine.evaluate import evaluate_checkpoint
+from reslab.engine.loop import fit
+from reslab.engine.recipe import load_recipe
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    fit(load_recipe("fast", {"model": "resnet20", "data": "synthetic", "epochs": 2,
+                             "batch_size": 32, "device": "cpu", "amp": "off",
+                             "channels_last": False, "tta_flip": False}), out, quiet=True)
+    return out
+
+
+def test_eval_matches_the_runs_final_test_score(run_dir, capsys):
+    assert main(["eval", str(run_dir), "--json", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    final = json.loads((run_dir / "summary.json").read_text())["test"]
+    assert result["n"] == final["n"] == 128
+    assert result["top1"] == pytest.approx(final["top1"])
+    assert result["loss"] == pytest.approx(final["loss"], rel=1e-5)
+    assert {"top1", "top5", "loss", "n"} <= result.keys()
+
+
+def test_ten_crop_and_multiscale_modes_score_every_image(run_dir):
+    ten = evaluate_checkpoint(run_dir, crops=10, device="cpu")
+    multi = evaluate_checkpoint(run_dir, scales=[32, 40], device="cpu")
+    for r in (ten, multi):
+        assert r["n"] == 128 and 0 <= r["top1"] <= r["top5"] <= 1
+
+
+def test_eval_writes_a_confusion_matrix(run_dir, tmp_path):
+    png = tmp_path / "cm.png"
+    evaluate_checkpoint(run_dir, device="cpu", confusion_png=str(png))
+    assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--split", "val"], "error: split 'val' not available for synthetic (available: train, "
+                         "test; val needs --val-split in training)"),
+    (["--data", "digits"], "error: digits has 1-channel images but the model takes 3"),
+    (["--scales", "a,b"], "error: invalid --scales 'a,b': expected sizes like 224,256,384"),
+])
+def test_eval_errors(run_dir, capsys, args, message):
+    code = main(["eval", str(run_dir), "--device", "cpu", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1
