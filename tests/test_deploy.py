@@ -20,20 +20,12 @@ from reslab.engine.checkpoint import save_weights
 from reslab.models import BasicBlock, ResNet
 from reslab.engine.tta import (center_crop, multiscale_logits, multiscale_probs, scales_of,
                                ten_crop, tta_logits)
+from helpers import randomize_bn
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]
 
 
-def _randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
 
 
 # --- evaluation modes --------------------------------------------------------------------
@@ -99,7 +91,7 @@ def test_multiscale_averages_whole_images_over_scales():
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet50"])
 def test_fold_batchnorm_keeps_function(name):
-    model = _randomize_bn(create_model(name, num_classes=10))
+    model = randomize_bn(create_model(name, num_classes=10))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
@@ -112,7 +104,7 @@ def test_fold_batchnorm_keeps_function(name):
 
 
 def test_optimize_for_inference_same_outputs():
-    model = _randomize_bn(create_model("resnet18", num_classes=10))
+    model = randomize_bn(create_model("resnet18", num_classes=10))
     x = torch.randn(3, 3, 32, 32)
     fast = optimize_for_inference(model, x, compile=False)
     assert type(fast) is type(model) and fast.optimized_with["bn_folded"]
@@ -125,7 +117,7 @@ def test_optimize_for_inference_same_outputs():
 def test_optimize_with_compile_same_outputs():
     # A two-stage-deep ResNet keeps inductor's compile time (the cost here) to seconds.
     torch.manual_seed(0)
-    model = _randomize_bn(ResNet(BasicBlock, (1, 1), widths=(4, 8), stem="cifar", num_classes=3))
+    model = randomize_bn(ResNet(BasicBlock, (1, 1), widths=(4, 8), stem="cifar", num_classes=3))
     x = torch.randn(2, 3, 16, 16)
     fast = optimize_for_inference(model, x, compile=True)
     assert isinstance(fast, ResNet) and fast.optimized_with["compiled"]
@@ -172,7 +164,7 @@ def ckpt(tmp_path_factory) -> str:
     meta = {"architecture": "resnet20", "kwargs": {"num_classes": 10, "in_chans": 3},
             "class_names": CLASSES, "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26],
             "input_size": [3, 32, 32]}
-    save_weights(path, _randomize_bn(create_model("resnet20")), meta)
+    save_weights(path, randomize_bn(create_model("resnet20")), meta)
     return str(path)
 
 

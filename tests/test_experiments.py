@@ -16,19 +16,9 @@ from reslab.engine.checkpoint import load_checkpoint, save_weights
 from reslab.errors import UserError
 from reslab.models import create_model
 from reslab.models.surgery import grow
+from helpers import randomize_bn
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial BN scales, shifts and running statistics, as after training."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model.eval()
 
 
 META = {"architecture": "resnet20", "kwargs": {"num_classes": 4, "in_chans": 3},
@@ -40,7 +30,7 @@ META = {"architecture": "resnet20", "kwargs": {"num_classes": 4, "in_chans": 3},
 def resnet20_ckpt(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     path = tmp_path / "r20.safetensors"
-    save_weights(path, randomize(create_model("resnet20", num_classes=4)), META)
+    save_weights(path, randomize_bn(create_model("resnet20", num_classes=4)), META)
     return path
 
 
@@ -55,7 +45,7 @@ def resnet20_ckpt(tmp_path: Path) -> Path:
 ])
 def test_grow_computes_the_same_function(small: str, big: str, size: int, kw: dict) -> None:
     torch.manual_seed(0)
-    model = randomize(create_model(small, num_classes=10, **kw))
+    model = randomize_bn(create_model(small, num_classes=10, **kw))
     deeper = grow(model, big)
     assert len(deeper.blocks()) > len(model.blocks()) and not deeper.training
     x = torch.randn(2, 3, size, size)
@@ -67,7 +57,7 @@ def test_grow_computes_the_same_function(small: str, big: str, size: int, kw: di
 
 def test_grown_residual_blocks_are_the_identity_in_training_too() -> None:
     torch.manual_seed(0)
-    model = randomize(create_model("resnet20")).train()
+    model = randomize_bn(create_model("resnet20")).train()
     deeper = grow(model, "resnet32")
     added = deeper.layer2[3]
     x = torch.rand(4, 32, 8, 8)  # a block input is post-ReLU
@@ -144,7 +134,7 @@ def test_one_response_per_3x3_layer(name: str, count: int) -> None:
 
 def test_responses_are_the_pooled_std_of_each_bn_output() -> None:
     torch.manual_seed(0)
-    model = randomize(create_model("resnet20"))
+    model = randomize_bn(create_model("resnet20"))
     batches = [torch.randn(3, 3, 16, 16), (torch.randn(5, 3, 16, 16), torch.zeros(5))]
     stds = layer_responses(model, batches)
     assert len(stds) == 19 and all(s > 0 for s in stds)
@@ -157,7 +147,7 @@ def test_responses_are_the_pooled_std_of_each_bn_output() -> None:
 
 def test_response_of_a_zeroed_branch_is_zero() -> None:
     torch.manual_seed(0)
-    deeper = grow(randomize(create_model("resnet20")), "resnet32")
+    deeper = grow(randomize_bn(create_model("resnet20")), "resnet32")
     stds = layer_responses(deeper, [torch.randn(4, 3, 16, 16)])
     # layer1 blocks 3 and 4 were added: their second 3x3 layers are responses 8 and 10.
     layers = response_layers(deeper)

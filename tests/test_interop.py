@@ -14,25 +14,17 @@ from reslab import UserError, create_model, load_checkpoint
 from reslab.cli import main
 from reslab.engine.checkpoint import save_weights
 from reslab.interop import IMAGENET_MEAN, guess_architecture, init_weights, load_state_dict_any
+from helpers import randomize_bn
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def _randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
-    """Non-trivial running statistics, so a wrongly loaded BN shows in the outputs."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def tv18() -> torch.nn.Module:
     torch.manual_seed(0)
-    return _randomize_bn(torchvision.models.resnet18(num_classes=10))
+    return randomize_bn(torchvision.models.resnet18(num_classes=10))
 
 
 def _same_outputs(model: torch.nn.Module, ref: torch.nn.Module) -> None:
@@ -87,7 +79,7 @@ def test_plain_safetensors_through_load_checkpoint(tmp_path, tv18):
 
 
 def test_reslab_file_keeps_its_metadata(tmp_path):
-    model = _randomize_bn(create_model("resnet20"))
+    model = randomize_bn(create_model("resnet20"))
     meta = {"architecture": "resnet20", "kwargs": {"num_classes": 10},
             "class_names": list("abcdefghij"), "mean": [0.5] * 3, "std": [0.25] * 3, "input_size": [3, 32, 32]}
     save_weights(tmp_path / "r.safetensors", model, meta)
@@ -130,7 +122,7 @@ def test_architecture_mismatch_names_keys(tmp_path, tv18):
 
 
 def test_akamaster_cifar_checkpoint(tmp_path):
-    ref = _randomize_bn(create_model("resnet20"))
+    ref = randomize_bn(create_model("resnet20"))
     sd = {("module." + k).replace("module.fc.", "module.linear."): v
           for k, v in ref.state_dict().items()}
     torch.save({"state_dict": sd, "best_prec1": 91.7}, tmp_path / "resnet20.th")
