@@ -23,8 +23,12 @@ from reslab.deploy.bench import Column, environment, format_table, matmul_rates,
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 PYTHON = sys.executable
+try:  # before this process adds its own load
+    LOAD_AT_START: float | None = os.getloadavg()[0]
+except OSError:
+    LOAD_AT_START = None
 
-__all__ = ["ROOT", "RESULTS", "PYTHON", "Column", "add_threads_option", "apply_threads",
+__all__ = ["ROOT", "RESULTS", "PYTHON", "Column", "add_threads_option", "prepare",
            "measure_peak", "median", "print_table", "run_timed", "save_results"]
 
 
@@ -34,20 +38,26 @@ def add_threads_option(p: argparse.ArgumentParser) -> None:
                         "machine 1 thread is far less noisy than several")
 
 
-def apply_threads(args: argparse.Namespace) -> None:
-    """--threads for this process and, through OMP_NUM_THREADS, for the ones it starts."""
+def prepare(args: argparse.Namespace) -> None:
+    """Applies --threads (to this process and, through OMP_NUM_THREADS, to the ones it starts)
+    and warns when the machine is already busy: other processes' load makes every number
+    noisy, and multi-threaded ops wait for descheduled threads (1 thread suffers far less)."""
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    load, cpus = LOAD_AT_START, os.cpu_count() or 1
+    if load is not None and load > 0.5 * cpus:
+        print(f"warning: the machine is busy (load average {load:.1f} on {cpus} CPUs): "
+              "timings will be noisy", file=sys.stderr, flush=True)
 
 
 def save_results(name: str, setup: dict[str, Any], results: Any, *, out: Path | None = None,
                  **extra: Any) -> Path:
     """Writes docs/results/NAME.json (or `out`): {"environment", "setup", "results", ...}, the
     environment carrying the code version, torch version, CPU, threads and date."""
+    env = {**environment(root=ROOT), "load_avg_1min_at_start": LOAD_AT_START}
     path = write_json(out or RESULTS / f"{name}.json",
-                      {"environment": environment(root=ROOT), "setup": setup,
-                       "results": results, **extra})
+                      {"environment": env, "setup": setup, "results": results, **extra})
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return path
 

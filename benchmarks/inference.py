@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from common import (RESULTS, add_threads_option, apply_threads, measure_peak, print_table,
+from common import (RESULTS, add_threads_option, measure_peak, prepare, print_table,
                     save_results)
 from reslab import create_model
 from reslab.analysis.macs import count_macs
@@ -89,7 +89,7 @@ def variants_for(name: str, batch: int, args: argparse.Namespace,
 
 def main() -> None:
     args = parse_args()
-    apply_threads(args)
+    prepare(args)
     peaks = [measure_peak()]
     rows, agreement = [], {}
     for name in args.models:

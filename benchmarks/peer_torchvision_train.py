@@ -3,16 +3,18 @@ script, written the way the PyTorch tutorials and most repositories write one.
 
     python benchmarks/peer_torchvision_train.py [--iters 300] [--batch-size 128] [--workers 2]
 
-torchvision.datasets.FashionMNIST over the same idx files (decompressed into the layout
-torchvision expects, root/FashionMNIST/raw/, in a temporary directory: Debian's .gz files are
-recompressed, so their checksums differ from those torchvision's download step verifies, and it
-would try to download instead of extracting them), a DataLoader with per-sample PIL transforms (RandomCrop(28, padding=2),
-RandomHorizontalFlip, ToTensor, Normalize), an eager fp32 NCHW model, SGD with nesterov
-momentum, then one test-set evaluation. The model is reslab's resnet20 (built with
-reslab.create_model), since torchvision has no CIFAR-style resnet20: the architecture is then
-identical to what `reslab train` trains, and only the way of training differs. The
-hyper-parameters are the `fast` recipe's (lr 0.2 one-cycle, momentum 0.9 nesterov, weight
-decay 5e-4, label smoothing 0.1, batch 128), so both runs do the same arithmetic.
+torchvision.datasets.FashionMNIST over the same idx files, a DataLoader with per-sample PIL
+transforms (RandomCrop(28, padding=2), RandomHorizontalFlip, ToTensor, Normalize), an eager fp32
+NCHW model, SGD with nesterov momentum, then one test-set evaluation. The idx files are
+decompressed into the layout torchvision expects (root/FashionMNIST/raw/) in a temporary
+directory, as torchvision's own extraction would do: Debian's .gz files are recompressed, so
+their checksums differ from the ones torchvision's download step verifies, and it would try to
+download instead of extracting them.
+
+The model is reslab's resnet20 (reslab.create_model): torchvision has no CIFAR-style resnet20,
+and with the same architecture only the way of training differs. The hyper-parameters are the
+`fast` recipe's (lr 0.2 one-cycle, momentum 0.9 nesterov, weight decay 5e-4, label smoothing
+0.1, batch 128), so both runs do the same work.
 
 --workers: 2 by default, the conventional choice (one loader process per core). On a 2-core
 machine the loader processes compete with the training threads for the same cores; --workers 0

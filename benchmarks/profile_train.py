@@ -6,9 +6,9 @@
 For each setting: the training step of reslab.engine.loop (same data pipeline, model, optimizer,
 schedule and loss) split by timers into data (batched augmentation on in-memory tensors),
 forward (with the loss), backward, optimizer (zero_grad, step) and bookkeeping (loss.item, the
-running accuracy tally); "other" is the rest of the iteration (Python glue). Then
-torch.profiler over a few steps groups the operators' own time by kind (convolutions, batch
-norm, casts and copies, ...), and one pass over the 10,000 test images times an evaluation.
+running accuracy tally). Then torch.profiler over a few steps groups the operators' own time by
+kind (convolutions, batch norm, casts and copies, ...); the time outside operators is the
+Python overhead. One pass over the 10,000 test images times an evaluation.
 The once-per-process costs (imports, loading and decompressing the dataset) are timed too.
 Prints tables and writes docs/results/profile_train.json.
 """
@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import statistics
 import time
 from pathlib import Path
 
 T_START = time.perf_counter()  # before the heavy imports: they are part of a run's start-up
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop chatter on stderr
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from common import (RESULTS, add_threads_option, apply_threads, print_table,  # noqa: E402
+from common import (RESULTS, add_threads_option, prepare, print_table,  # noqa: E402
                     save_results)
 from reslab.data import load_data  # noqa: E402
 from reslab.engine.evaluate import Tally, evaluate  # noqa: E402
@@ -37,7 +39,7 @@ from reslab.engine.setup import build_model, build_optimizer, select_device  # n
 
 SETTINGS = {"channels_last + bf16 (fast)": {"channels_last": True, "amp": "bf16"},
             "fp32 NCHW": {"channels_last": False, "amp": "off"}}
-PHASES = ("data", "forward", "backward", "optimizer", "bookkeeping", "other")
+PHASES = ("data", "forward", "backward", "optimizer", "bookkeeping")
 # Operator kinds: the first pattern (re.search on the aten name) that matches wins.
 KINDS = (("conv backward", r"convolution_backward"),
          ("conv forward", r"convolution|conv2d"),
@@ -143,7 +145,6 @@ def timed_iterations(t: Trainer, iters: int, warmup: int) -> dict[str, list[floa
         for k, v in phase.items():
             times[k].append(v)
         times["total"].append(t5 - t0)
-        times["other"].append(0.0)  # set below from the per-iteration means
     return times
 
 
@@ -182,21 +183,21 @@ def op_breakdown(t: Trainer, iters: int) -> dict[str, object]:
 
 
 def summarize(times: dict[str, list[float]], batch: int) -> list[dict[str, object]]:
-    mean = {k: statistics.fmean(v) for k, v in times.items()}
-    mean["other"] = max(0.0, mean["total"] - sum(mean[p] for p in PHASES if p != "other"))
-    rows = []
-    for p in PHASES + ("total",):
-        rows.append({"phase": p, "ms_mean": round(1e3 * mean[p], 2),
-                     "ms_median": round(1e3 * statistics.median(times[p]), 2)
-                     if p != "other" else None,
-                     "share": round(mean[p] / mean["total"], 4)})
-    rows[-1]["img_s"] = round(batch / mean["total"], 1)
+    """Per phase: median and mean ms per iteration, and the share of the sum of the medians
+    (medians: the least disturbed by other processes on a shared machine)."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    phase_sum = sum(med[p] for p in PHASES)
+    rows = [{"phase": p, "ms_median": round(1e3 * med[p], 2),
+             "ms_mean": round(1e3 * statistics.fmean(times[p]), 2),
+             "share": round(med[p] / phase_sum, 4)} for p in PHASES + ("total",)]
+    rows[-1]["share"] = 1.0
+    rows[-1]["img_s"] = round(batch / med["total"], 1)
     return rows
 
 
 def main() -> None:
     args = parse_args()
-    apply_threads(args)
+    prepare(args)
     device = select_device("cpu")
     base = load_recipe("fast", {"batch_size": args.batch_size})
     imports_s = time.perf_counter() - T_START
@@ -222,17 +223,18 @@ def main() -> None:
         results[name] = entry
         print_table(f"{name}: per iteration, batch {args.batch_size} "
                     f"({phases[-1]['img_s']} img/s)", phases,
-                    (("phase", "phase", ""), ("ms_mean", "ms mean", ".1f"),
-                     ("ms_median", "ms median", ".1f"), ("share", "share", ".1%")))
-        print_table(f"{name}: operators' own time by kind ({ops['ops_share_of_wall']:.0%} of "
-                    "the profiled wall time is inside operators)", ops["by_kind"],
+                    (("phase", "phase", ""), ("ms_median", "ms median", ".1f"),
+                     ("ms_mean", "ms mean", ".1f"), ("share", "share", ".1%")))
+        print_table(f"{name}: operators' own time by kind ({ops['ops_share_of_wall']:.1%} of "
+                    "the profiled wall time is inside operators, the rest is Python)",
+                    ops["by_kind"],
                     (("kind", "kind", ""), ("ms_per_iter", "ms/iter", ".1f"),
                      ("share", "share", ".1%")))
         if "test_eval_s" in entry:
             print(f"one test-set evaluation (10,000 images): {entry['test_eval_s']:.1f} s "
                   "(the fast recipe's test-time flip doubles it)")
-    fast, fp32 = (results[k]["phases"][-1]["ms_mean"] for k in SETTINGS)
-    print(f"\nchannels_last + bf16 vs fp32 NCHW: {fp32 / fast:.2f}x per iteration")
+    fast, fp32 = (results[k]["phases"][-1]["ms_median"] for k in SETTINGS)
+    print(f"\nchannels_last + bf16 vs fp32 NCHW: {fp32 / fast:.2f}x per iteration (medians)")
     setup = {"model": base.model, "data": base.data, "batch_size": args.batch_size,
              "iters": args.iters, "warmup": args.warmup, "profile_iters": args.profile_iters,
              "recipe": "fast (lr schedule, nesterov SGD, label smoothing, crop-flip pad 2)",

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import (PYTHON, RESULTS, add_threads_option, apply_threads, print_table, run_timed,
+from common import (PYTHON, RESULTS, add_threads_option, prepare, print_table, run_timed,
                     save_results)
 
 COLUMNS = (("target", "target top1", ".2f"), ("reached", "reached", ""),
@@ -111,7 +111,7 @@ def train(args: argparse.Namespace, out: Path) -> float:
 
 def main() -> None:
     args = parse_args()
-    apply_threads(args)
+    prepare(args)
     if args.from_run:
         run_dir, wall = args.from_run, None
         rows, config = read_metrics(run_dir), run_config(run_dir)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import ast
 import builtins
+import dataclasses
 import errno
+import functools
 import io
 import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -35,7 +38,7 @@ from reslab.cli import train as train_cli
 from reslab.data import datasets
 from reslab.engine.checkpoint import load_checkpoint, load_state, read_weights, save_weights
 from reslab.engine.logging import MetricsLog, read_metrics
-from reslab.engine.recipe import coerce, load_recipe, save_recipe
+from reslab.engine.recipe import Recipe, coerce, load_recipe, save_recipe
 from reslab.errors import UserError
 from reslab.interop import load_state_dict_any
 from reslab.models import create_model
@@ -96,10 +99,23 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed weights differ"
 
 
-def r20_meta(**kwargs: object) -> dict:
-    return {"architecture": "resnet20", "kwargs": {"num_classes": 10, "in_chans": 3, **kwargs},
+def r20_meta() -> dict:
+    """reslab metadata of a resnet20 for 32x32 RGB images in 10 classes."""
+    return {"architecture": "resnet20", "kwargs": {"num_classes": 10, "in_chans": 3},
             "class_names": [str(i) for i in range(10)], "mean": [0.5] * 3, "std": [0.5] * 3,
             "input_size": [3, 32, 32]}
+
+
+# Every command that reads a checkpoint, as a function of (checkpoint, tmp dir, files, recipe).
+READERS: dict[str, Callable[[Path, Path, dict, Path], list]] = {
+    "eval": lambda c, tmp, f, r: ["eval", c, "--data", "synthetic", "--device", "cpu"],
+    "predict": lambda c, tmp, f, r: ["predict", c, f["red.png"], "--device", "cpu"],
+    "grow": lambda c, tmp, f, r: ["grow", c, "--to", "resnet56", "--out", tmp / "g.st"],
+    "export": lambda c, tmp, f, r: ["export", c, "--out", tmp / "m.onnx"],
+    "import": lambda c, tmp, f, r: ["import", c, "--model", "resnet20", "--out", tmp / "i.st"],
+    "train --weights": lambda c, tmp, f, r: train_argv(r, tmp / "run", "--iters", 1,
+                                                       "--weights", c),
+}
 
 
 @pytest.fixture(scope="module")
@@ -162,34 +178,23 @@ def plant(path: Path, fmt: str, marker: Path) -> Path:
         torch.save(obj, path)
     elif fmt == "legacy":  # torch.save's pre-1.6 format (a sequence of pickles)
         torch.save(obj, path, _use_new_zipfile_serialization=False)
-    else:  # a bare pickle of the payload
-        path.write_bytes(pickle.dumps(Payload(marker), protocol=2))
+    else:  # a bare pickle of the payload: "pickle2" or "pickle5" (the protocol)
+        path.write_bytes(pickle.dumps(Payload(marker), protocol=int(fmt[-1])))
     return path
 
 
-PAYLOAD_FORMATS = ("zip", "legacy", "pickle")
+PAYLOAD_FORMATS = ("zip", "legacy", "pickle2", "pickle5")
 # Each command given the poisoned file, and what its error must say. Commands that unpickle say
 # why they refuse (and how to convert a trusted file); the ones that need reslab metadata say
 # to import the file first (which then refuses).
 REFUSE = r"refusing to load .*unpickling it needs io\.open.*"
-POISONED: dict[str, tuple[Callable[[Path, Path, dict, Path], list], str]] = {
-    "eval": (lambda p, tmp, f, r: ["eval", p, "--data", "synthetic", "--device", "cpu"],
-             r"has no reslab metadata.*reslab import"),
-    "predict": (lambda p, tmp, f, r: ["predict", p, f["red.png"], "--device", "cpu"],
-                r"has no reslab metadata.*reslab import"),
-    "grow": (lambda p, tmp, f, r: ["grow", p, "--to", "resnet56", "--out", tmp / "g.st"],
-             r"has no reslab metadata.*reslab import"),
-    "export": (lambda p, tmp, f, r: ["export", p, "--out", tmp / "m.onnx"],
-               r"has no reslab metadata.*reslab import"),
-    "import": (lambda p, tmp, f, r: ["import", p, "--model", "resnet20", "--out", tmp / "i.st"],
-               REFUSE + "convert it once"),
-    "train --weights": (lambda p, tmp, f, r: train_argv(r, tmp / "run", "--iters", 1,
-                                                          "--weights", p),
-                        REFUSE + "convert it once"),
-    "train --resume": (lambda p, tmp, f, r: ["train", "--resume", "--out", p.parent.parent,
-                                             "--quiet"],
-                       r"refusing to load training state .*needs io\.open.*not one"),
-}
+NEEDS_IMPORT = r"has no reslab metadata.*reslab import"
+POISONED = {"eval": NEEDS_IMPORT, "predict": NEEDS_IMPORT, "grow": NEEDS_IMPORT,
+            "export": NEEDS_IMPORT, "import": REFUSE + "convert it once",
+            "train --weights": REFUSE + "convert it once",
+            "train --resume": r"refusing to load training state .*needs io\.open.*"
+                              r"not written by reslab"}
+assert set(POISONED) == set(READERS) | {"train --resume"}
 
 
 def test_the_payload_is_live(tmp_path: Path) -> None:
@@ -210,9 +215,14 @@ def test_a_pickle_payload_never_runs(command: str, fmt: str, tmp_path: Path, fil
         (run / "state").mkdir()
         path = plant(run / "state" / "last.pt", fmt, marker)
     else:
-        path = plant(tmp_path / ("weights.pth" if fmt == "pickle" else "weights.pt"), fmt, marker)
-    make_argv, expected = POISONED[command]
-    err = clean_error(capsys, make_argv(path, tmp_path, files, recipe))
+        path = plant(tmp_path / ("weights.pt" if fmt == "zip" else "weights.pth"), fmt, marker)
+    expected = POISONED[command]
+    if fmt == "pickle5" and expected != NEEDS_IMPORT:
+        # torch's restricted unpickler stops at protocol 5's framing, before any reference
+        expected = rf"{expected}|cannot (read|load training state) .*Unsupported operand"
+    argv = (["train", "--resume", "--out", path.parent.parent, "--quiet"]
+            if command == "train --resume" else READERS[command](path, tmp_path, files, recipe))
+    err = clean_error(capsys, argv)
     assert not marker.exists(), "the pickled payload ran"
     assert re.search(expected, err), err
 
@@ -228,80 +238,77 @@ def test_a_payload_is_refused_by_a_real_process(tmp_path: Path) -> None:
     assert len(err.splitlines()) == 1 and err.startswith("error: refusing to load"), err
 
 
-def _source_calls() -> list[tuple[str, ast.Call, str]]:
-    """(file, call node, called name) for every call in the reslab sources."""
+@functools.cache
+def _sources() -> list[tuple[str, ast.Module]]:
+    """(path relative to the package, syntax tree) of every reslab source file."""
     root = Path(reslab.__file__).parent
-    calls = []
-    for file in sorted(root.rglob("*.py")):
-        for node in ast.walk(ast.parse(file.read_text())):
-            if isinstance(node, ast.Call):
-                calls.append((str(file.relative_to(root)), node, ast.unparse(node.func)))
-    return calls
+    return [(str(f.relative_to(root)), ast.parse(f.read_text()))
+            for f in sorted(root.rglob("*.py"))]
+
+
+def _calls(tree: ast.AST) -> list[tuple[ast.Call, str]]:
+    return [(n, ast.unparse(n.func)) for n in ast.walk(tree) if isinstance(n, ast.Call)]
 
 
 def test_every_unpickling_in_the_sources_is_restricted() -> None:
-    """torch.load only with weights_only=True; no bare pickle.load; the one custom Unpickler
+    """torch.load only with weights_only=True; no bare pickle.load; every custom Unpickler
     restricts find_class; torch.jit/export.load only re-read the file export just wrote."""
-    calls = _source_calls()
-    loads = [(f, n) for f, n, name in calls if name == "torch.load"]
-    assert loads, "the scan found no torch.load: is it still looking at the sources?"
-    for file, node in loads:
-        flags = {k.arg: k.value for k in node.keywords}
-        assert isinstance(flags.get("weights_only"), ast.Constant) \
-            and flags["weights_only"].value is True, f"{file}:{node.lineno}"
-    for file, node, name in calls:
-        assert not re.fullmatch(r"(c?pickle|_pickle|dill|joblib|marshal)\.loads?", name), \
-            f"{file}:{node.lineno}: {name} runs whatever the file says"
-        if name in ("torch.jit.load", "torch.export.load"):
-            assert file == os.path.join("deploy", "export.py"), f"{file}:{node.lineno}: {name}"
-    root = Path(reslab.__file__).parent
-    for file in root.rglob("*.py"):
-        for node in ast.walk(ast.parse(file.read_text())):
+    loads = 0
+    for file, tree in _sources():
+        for node, name in _calls(tree):
+            where = f"{file}:{node.lineno}: {name}"
+            if name == "torch.load":
+                loads += 1
+                flag = {k.arg: k.value for k in node.keywords}.get("weights_only")
+                assert isinstance(flag, ast.Constant) and flag.value is True, where
+            assert not re.fullmatch(r"(c?pickle|_pickle|dill|joblib|marshal)\.loads?", name), \
+                f"{where} runs whatever the file says"
+            if name in ("torch.jit.load", "torch.export.load"):
+                assert file == os.path.join("deploy", "export.py"), where
+        for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef) and any("Unpickler" in ast.unparse(b)
                                                       for b in node.bases):
                 assert any(isinstance(f, ast.FunctionDef) and f.name == "find_class"
                            for f in node.body), f"{file}: {node.name} must restrict globals"
+    assert loads, "the scan found no torch.load: is it still looking at the sources?"
 
 
 # Writes that are not atomic, on purpose. metrics.jsonl is append-only, one fsynced line per
 # row: a kill leaves at most a torn last line, which read_metrics and a resume drop.
 APPEND_ONLY = {(os.path.join("engine", "logging.py"), "open")}
+# reslab's own savers named like raw writers (they write through atomic_write).
+OWN_SAVERS = {"run_state.save"}
 WRITE = re.compile(r"(^|\.)(save|savefig|save_file|write_text|write_bytes|dump|to_csv)$")
+
+
+def _open_mode(node: ast.Call, name: str) -> str:
+    """The mode of an open(path, mode) or path.open(mode) call ("r" when not a constant)."""
+    if name != "open" and not name.endswith(".open") or name == "os.open":
+        return ""
+    pos = 1 if name == "open" else 0
+    mode = {k.arg: k.value for k in node.keywords}.get(
+        "mode", node.args[pos] if len(node.args) > pos else None)
+    return str(mode.value) if isinstance(mode, ast.Constant) else "r"
 
 
 def test_every_file_write_in_the_sources_is_atomic() -> None:
     """Each write call sits inside the function handed to checkpoint.atomic_write (temporary
     file, fsync, rename), or is an allowed append-only log."""
-    root = Path(reslab.__file__).parent
     offenders = []
-    for file in sorted(root.rglob("*.py")):
-        rel = str(file.relative_to(root))
-        tree = ast.parse(file.read_text())
-        writers = {a.id for n in ast.walk(tree) if isinstance(n, ast.Call)
-                   and ast.unparse(n.func).endswith("atomic_write")
-                   for a in n.args if isinstance(a, ast.Name)}
+    for file, tree in _sources():
+        atomic = [n for n, name in _calls(tree) if name.endswith("atomic_write")]
+        named = {a.id for n in atomic for a in n.args if isinstance(a, ast.Name)}
         spans = [(n.lineno, n.end_lineno) for n in ast.walk(tree)
-                 if (isinstance(n, ast.Lambda) and _inside_atomic_write(tree, n))
-                 or (isinstance(n, ast.FunctionDef) and n.name in writers)]
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Call):
-                continue
-            name = ast.unparse(node.func)
-            mode = node.args[1] if name == "open" and len(node.args) > 1 else None
-            writes = WRITE.search(name) or (
-                isinstance(mode, ast.Constant) and set(str(mode.value)) & set("wax+"))
-            if not writes or name in ("run_state.save",):  # run_state.save: save_state
-                continue
+                 if (isinstance(n, ast.Lambda) and any(n in c.args for c in atomic))
+                 or (isinstance(n, ast.FunctionDef) and n.name in named)]
+        for node, name in _calls(tree):
+            writes = (WRITE.search(name) and name not in OWN_SAVERS) \
+                or set(_open_mode(node, name)) & set("wax+")
             inside = any(lo <= node.lineno <= hi for lo, hi in spans)
-            if not inside and (rel, name) not in APPEND_ONLY:
-                offenders.append(f"{rel}:{node.lineno}: {name}")
+            if writes and not inside and (file, name) not in APPEND_ONLY:
+                offenders.append(f"{file}:{node.lineno}: {name}")
     assert not offenders, ("write these through reslab.engine.checkpoint.atomic_write (or add "
                            f"an append-only log to APPEND_ONLY with the reason): {offenders}")
-
-
-def _inside_atomic_write(tree: ast.AST, lam: ast.Lambda) -> bool:
-    return any(isinstance(n, ast.Call) and ast.unparse(n.func).endswith("atomic_write")
-               and lam in n.args for n in ast.walk(tree))
 
 
 # --- 2. crash safety -------------------------------------------------------------------------
@@ -354,6 +361,7 @@ def test_sigkill_mid_checkpoint_then_resume_is_bit_identical(
 
 def test_sigint_saves_exits_cleanly_and_resumes_bit_identically(
         tmp_path: Path, recipe: Path, reference: Path) -> None:
+    """Ctrl-C: the state of the current step is saved, one line says how to continue."""
     out = tmp_path / "run"
     proc = popen("-m", "reslab", *train_argv(recipe, out))
     wait_for(out / "state" / "last.pt", proc)
@@ -387,6 +395,29 @@ def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_state(
         create_model("resnet20", num_classes=10).load_state_dict(state["model"])
 
 
+# Safe to unpickle but not a state reslab can resume: (name, change to the reference state).
+MALFORMED: dict[str, Callable[[dict], object]] = {
+    "not a dict": lambda s: [s],
+    "missing step": lambda s: {k: v for k, v in s.items() if k != "step"},
+    "weights of another net": lambda s: {**s, "model": create_model("resnet32").state_dict()},
+    "step not a number": lambda s: {**s, "step": "ten"},
+    "rng not tensors": lambda s: {**s, "rng": {**s["rng"], "numpy": "seed"}},
+    "rng too short": lambda s: {**s, "rng": {**s["rng"], "python": []}},
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_state_is_a_clean_error(case: str, tmp_path: Path, reference: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    (run / "state").mkdir(parents=True)
+    shutil.copy(reference / "config.toml", run / "config.toml")
+    state = load_state(reference / "state" / "last.pt")
+    torch.save(MALFORMED[case](state), run / "state" / "last.pt")
+    err = clean_error(capsys, ["train", "--resume", "--out", run, "--quiet"])
+    assert err.startswith(f"error: cannot resume from {run / 'state' / 'last.pt'}: "), err
+
+
 def test_metrics_log_drops_a_torn_last_line(tmp_path: Path) -> None:
     """metrics.jsonl is append-only (fsync per line): a kill mid-line leaves a torn last line,
     which readers skip and a resumed run removes."""
@@ -404,15 +435,15 @@ def test_metrics_log_drops_a_torn_last_line(tmp_path: Path) -> None:
 @pytest.fixture(params=["tmpfs", "simulated"])
 def full_disk(request: pytest.FixtureRequest, tmp_path: Path, reference: Path,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A folder whose disk fills up at the run's second state save: a real small tmpfs (room
-    for one state and a half) when this process may mount one, else torch.save raising ENOSPC
-    half-way through its second call."""
+    """A folder whose disk fills up at the run's second state save: a real small tmpfs with
+    room for one state and a half (skipped where mounting is not permitted), and a simulated
+    one where torch.save raises ENOSPC half-way through its second call."""
     disk = tmp_path / "disk"
     disk.mkdir()
     if request.param == "simulated":
         real, calls = torch.save, []
 
-        def save(obj, f, *args, **kwargs):
+        def save(obj: object, f: io.BufferedWriter, *args: object, **kwargs: object) -> None:
             calls.append(f)
             if len(calls) < 2:
                 return real(obj, f, *args, **kwargs)
@@ -424,9 +455,9 @@ def full_disk(request: pytest.FixtureRequest, tmp_path: Path, reference: Path,
         return
     size = (reference / "state" / "last.pt").stat().st_size * 3 // 2
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+                           capture_output=True, text=True) if shutil.which("mount") else None
+    if mount is None or mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount and mount.stderr.strip()}")
     try:
         yield disk
     finally:
@@ -447,16 +478,6 @@ def test_a_full_disk_keeps_the_previous_checkpoint(full_disk: Path, recipe: Path
 
 DAMAGED = ("truncated.safetensors", "random.safetensors", "truncated.pth", "random.pth",
            "empty.pth")
-# Every command that reads a checkpoint, as a function of (checkpoint, tmp dir, files, recipe).
-READERS: dict[str, Callable[[Path, Path, dict, Path], list]] = {
-    "eval": lambda c, tmp, f, r: ["eval", c, "--data", "synthetic", "--device", "cpu"],
-    "predict": lambda c, tmp, f, r: ["predict", c, f["red.png"], "--device", "cpu"],
-    "grow": lambda c, tmp, f, r: ["grow", c, "--to", "resnet56", "--out", tmp / "g.st"],
-    "export": lambda c, tmp, f, r: ["export", c, "--out", tmp / "m.onnx"],
-    "import": lambda c, tmp, f, r: ["import", c, "--model", "resnet20", "--out", tmp / "i.st"],
-    "train --weights": lambda c, tmp, f, r: train_argv(r, tmp / "run", "--iters", 1,
-                                                       "--weights", c),
-}
 
 
 @pytest.mark.parametrize("damaged", DAMAGED)
@@ -485,8 +506,8 @@ BAD_INPUT: dict[str, tuple[Callable[[Path, dict, Path], list], str]] = {
                     r"invalid lr -0\.1: must be > 0"),
     "zero batch": (lambda t, f, r: train_argv(r, t / "o", "--batch-size", 0),
                    r"invalid batch_size 0: must be > 0"),
-    "negative epochs": (lambda t, f, r: ["train", "--recipe", _toml(t, "epochs = -2"),
-                                         "--out", t / "o"], r"invalid epochs -2\.0: must be > 0"),
+    "negative epochs": (lambda t, f, r: train_argv(r, t / "o", "--epochs", "-2"),
+                        r"invalid epochs -2\.0: must be > 0"),
     "infinite lr": (lambda t, f, r: train_argv(r, t / "o", "--lr", "inf"),
                     r"invalid value for lr: 'inf'"),
     "batch larger than the data": (lambda t, f, r: train_argv(r, t / "o", "--batch-size", 4096),
@@ -528,6 +549,7 @@ BAD_INPUT: dict[str, tuple[Callable[[Path, dict, Path], list], str]] = {
                                 r"input 1x3x8x8 is too small for resnet50"),
     "trace input too small": (lambda t, f, r: ["trace", "resnet50", "--input", "1x3x8x8"],
                               r"input 1x3x8x8 is too small for resnet50"),
+    # resnet50 shrinks 8x8 digits to 1x1 maps: fine in batches, not for one image (torch's text)
     "batch norm sees one value": (lambda t, f, r: train_argv(r, t / "o", "--model", "resnet50",
                                                              "--data", "digits", "--iters", 1,
                                                              "--batch-size", 1),
@@ -588,8 +610,10 @@ def test_an_empty_data_dir_without_a_system_copy_is_a_clean_error(
 
 # --- property-based: only UserError comes out ------------------------------------------------
 
-FIELDS = [f for f in coerce({}).to_dict()] + ["data_dir", "weights", "iters", "image_size"]
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_subnormal=False), st.text(max_size=12),
+FIELDS = [f.name for f in dataclasses.fields(Recipe)]
+# No subnormal floats: the session flushes denormals (conftest), so they cannot be represented.
+FLOATS = st.floats(allow_subnormal=False)
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(), FLOATS, st.text(max_size=12),
                    st.sampled_from(["inf", "-inf", "nan", "1e999", "none", "-1", "0", "1.5",
                                     "true", "3x3", "cosine", "1,2,x"]),
                    st.lists(st.one_of(st.integers(), st.text(max_size=4)), max_size=3))
@@ -607,7 +631,7 @@ def test_coerce_raises_only_user_errors(values: dict) -> None:
 
 
 TOML_VALUES = st.recursive(
-    st.one_of(st.booleans(), st.integers(-2**63, 2**63 - 1), st.floats(allow_subnormal=False), st.text(max_size=8)),
+    st.one_of(st.booleans(), st.integers(-2**63, 2**63 - 1), FLOATS, st.text(max_size=8)),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
                                                                 max_size=3), max_leaves=6)
 
@@ -627,7 +651,7 @@ def test_load_recipe_raises_only_user_errors(tmp_path_factory: pytest.TempPathFa
         pass
 
 
-NUMBERS = st.one_of(st.text(max_size=10), st.floats(allow_subnormal=False).map(str), st.integers().map(str),
+NUMBERS = st.one_of(st.text(max_size=10), FLOATS.map(str), st.integers().map(str),
                     st.from_regex(r"-?[0-9]{0,3}\.?[0-9]{0,3}(e-?[0-9]{1,4})?", fullmatch=True),
                     st.sampled_from(["inf", "nan", "-0", "1_000", " 3 ", "0x10", "1e999"]))
 

@@ -55,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         # user's to fix like any bad input; other OS errors stay unexpected.
         from ..engine.checkpoint import disk_full_errno
 
-        if debug or disk_full_errno(e) is None:
+        code = disk_full_errno(e)
+        if debug or code is None:
             raise
         where = f" {e.filename}" if e.filename else ""
-        print(f"error: cannot write{where}: {os.strerror(disk_full_errno(e))}", file=sys.stderr)
+        print(f"error: cannot write{where}: {os.strerror(code)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -169,9 +169,9 @@ def load_state(path: str | Path) -> dict[str, Any]:
         if needs:
             raise UserError(
                 f"refusing to load training state {path}: unpickling it needs {needs}, and a "
-                "pickle that references code can run it; reslab writes states of tensors and "
-                "plain values only, so this file is not one (delete it to start the run "
-                "afresh)") from None
+                "pickle that references code can run it; reslab writes its states as tensors "
+                "and plain values only, so this file was not written by reslab (start the run "
+                "afresh without --resume)") from None
         raise UserError(f"cannot load training state {path}: {reason}") from None
 
 

@@ -66,6 +66,9 @@ def save(run: Run, out: Path) -> None:
 
 
 def restore(run: Run, out: Path) -> None:
+    # A kill during a save leaves its temporary file behind (the real file is intact).
+    for stale in (out / STATE_FILE).parent.glob(f".{STATE_FILE.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     s = load_state(out / STATE_FILE)
     try:
         run.model.load_state_dict(s["model"])
@@ -78,8 +81,8 @@ def restore(run: Run, out: Path) -> None:
         run.elapsed_before = float(s["elapsed"])
         run.train_tally.load(s["train_tally"])
         _set_rng_state(s["rng"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise_bad_state(out, e)
+    except (KeyError, IndexError, AttributeError, RuntimeError, ValueError, TypeError) as e:
+        raise_bad_state(out, e)  # AttributeError: e.g. a string where a tensor belongs
 
 
 def raise_bad_state(out: Path, e: Exception) -> None:
