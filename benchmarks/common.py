@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 PYTHON = sys.executable
 try:  # before this process adds its own load
-    LOAD_AT_START: float | None = os.getloadavg()[0]
+    LOAD_AT_START: float | None = round(os.getloadavg()[0], 2)
 except OSError:
     LOAD_AT_START = None
 
@@ -62,10 +62,14 @@ def save_results(name: str, setup: dict[str, Any], results: Any, *, out: Path | 
     return path
 
 
-def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> None:
-    env = environment(root=ROOT)
-    print(f"\n{title}\n({env['cpu']}, {env['threads']} threads, torch {env['torch']}, "
-          f"code {env['code_version']}, load average {env.get('load_avg_1min', '?')})")
+def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[Column], *,
+                machine: bool = True) -> None:
+    """The title, (with machine) a line on the CPU, threads, versions and load, the table."""
+    print(f"\n{title}")
+    if machine:
+        env = environment(root=ROOT)
+        print(f"({env['cpu']}, {env['threads']} threads, torch {env['torch']}, code "
+              f"{env['code_version']}, load average {env.get('load_avg_1min', '?')})")
     print(format_table(rows, columns))
 
 

@@ -3,14 +3,15 @@
 
     python benchmarks/profile_train.py [--iters 30] [--profile-iters 8] [--no-eval]
 
-For each setting: the training step of reslab.engine.loop (same data pipeline, model, optimizer,
-schedule and loss) split by timers into data (batched augmentation on in-memory tensors),
-forward (with the loss), backward, optimizer (zero_grad, step) and bookkeeping (loss.item, the
-running accuracy tally). Then torch.profiler over a few steps groups the operators' own time by
-kind (convolutions, batch norm, casts and copies, ...); the time outside operators is the
-Python overhead. One pass over the 10,000 test images times an evaluation.
-The once-per-process costs (imports, loading and decompressing the dataset) are timed too.
-Prints tables and writes docs/results/profile_train.json.
+For each setting (their iterations alternated, so that other load hits both alike): the
+training step of reslab.engine.loop (same data pipeline, model, optimizer, schedule and loss)
+split by timers into data (batched augmentation on in-memory tensors), forward (with the
+loss), backward, optimizer (zero_grad, step) and bookkeeping (loss.item, the running accuracy
+tally). Then torch.profiler over a few steps groups the operators' own time by kind
+(convolutions, batch norm, casts and copies, ...); the time outside operators is the Python
+overhead. One pass over the 10,000 test images times an evaluation, and the once-per-process
+costs (imports, loading and decompressing the dataset) are timed too. Prints tables and writes
+docs/results/profile_train.json.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from reslab.engine.setup import build_model, build_optimizer, select_device  # n
 SETTINGS = {"channels_last + bf16 (fast)": {"channels_last": True, "amp": "bf16"},
             "fp32 NCHW": {"channels_last": False, "amp": "off"}}
 PHASES = ("data", "forward", "backward", "optimizer", "bookkeeping")
-# Operator kinds: the first pattern (re.search on the aten name) that matches wins.
+# Operator kinds: the first pattern (re.search on the op's name, any case) that matches wins.
 KINDS = (("conv backward", r"convolution_backward"),
          ("conv forward", r"convolution|conv2d"),
          ("batch norm", r"batch_norm"),
@@ -49,8 +50,9 @@ KINDS = (("conv backward", r"convolution_backward"),
          ("casts and copies", r"^aten::(to|_to_copy|copy_|contiguous|clone)$"),
          ("loss, pool, fc", r"cross_entropy|softmax|nll_loss|avg_pool|"
                             r"^aten::(mean|linear|addmm|mm|t)$"),
-         ("shortcut (add, option-A pad/subsample)",
-          r"^aten::(add|add_|pad|constant_pad_nd|slice|cat)$"),
+         # add: the residual sum; add_: mostly autograd summing the gradients of the two
+         # paths where the shortcut branches off
+         ("residual adds, option-A pad", r"^aten::(add|add_|pad|constant_pad_nd|slice|cat)$"),
          ("allocation, views", r"^aten::(empty\w*|view|reshape|as_strided|expand|transpose|"
                                r"permute|zero_|zeros|fill_|zeros_like|empty_like)$"))
 
@@ -122,34 +124,43 @@ class Trainer:
         self.update()
 
 
-def timed_iterations(t: Trainer, iters: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per phase per iteration (the loop's order: the loss is read before backward)."""
-    for _ in range(warmup):  # oneDNN builds its kernels on the first iterations
-        t.step(*t.next_batch())
-    times: dict[str, list[float]] = {p: [] for p in PHASES + ("total",)}
+def timed_iteration(t: Trainer, times: dict[str, list[float]]) -> None:
+    """One iteration, its phases' seconds appended to `times` (the loop's order: the loss is
+    read before backward)."""
     clock = time.perf_counter
+    t0 = clock()
+    x, y = t.next_batch()
+    t1 = clock()
+    logits, loss = t.forward(x, y)
+    t2 = clock()
+    t.bookkeeping(logits, y, loss)
+    t3 = clock()
+    t.backward(loss)
+    t4 = clock()
+    t.update()
+    t5 = clock()
+    for phase, seconds in (("data", t1 - t0), ("forward", t2 - t1), ("bookkeeping", t3 - t2),
+                           ("backward", t4 - t3), ("optimizer", t5 - t4), ("total", t5 - t0)):
+        times[phase].append(seconds)
+
+
+def timed_iterations(trainers: dict[str, Trainer], iters: int, warmup: int
+                     ) -> dict[str, dict[str, list[float]]]:
+    """Seconds per phase per iteration of each trainer, the trainers' iterations alternated so
+    that other processes' load falls on all of them alike."""
+    for t in trainers.values():
+        for _ in range(warmup):  # oneDNN builds its kernels on the first iterations
+            t.step(*t.next_batch())
+    times = {name: {p: [] for p in PHASES + ("total",)} for name in trainers}
     for _ in range(iters):
-        t0 = clock()
-        x, y = t.next_batch()
-        t1 = clock()
-        logits, loss = t.forward(x, y)
-        t2 = clock()
-        t.bookkeeping(logits, y, loss)
-        t3 = clock()
-        t.backward(loss)
-        t4 = clock()
-        t.update()
-        t5 = clock()
-        phase = {"data": t1 - t0, "forward": t2 - t1, "bookkeeping": t3 - t2,
-                 "backward": t4 - t3, "optimizer": t5 - t4}
-        for k, v in phase.items():
-            times[k].append(v)
-        times["total"].append(t5 - t0)
+        for name, t in trainers.items():
+            timed_iteration(t, times[name])
     return times
 
 
 def kind_of(name: str) -> str:
-    return next((kind for kind, pattern in KINDS if re.search(pattern, name)), "other ops")
+    return next((kind for kind, pattern in KINDS if re.search(pattern, name, re.IGNORECASE)),
+                "other ops")
 
 
 def op_breakdown(t: Trainer, iters: int) -> dict[str, object]:
@@ -206,18 +217,20 @@ def main() -> None:
                      augment=base.augment, pad=base.pad, workers=base.workers)
     load_s = time.perf_counter() - t
     print(f"start-up: imports {imports_s:.1f} s, loading {data} {load_s:.1f} s", flush=True)
+    trainers = {name: Trainer(base.replace(**change), data, device)
+                for name, change in SETTINGS.items()}
+    print(f"{' and '.join(trainers)}: {args.warmup} + {args.iters} alternated iterations ...",
+          flush=True)
+    times = timed_iterations(trainers, args.iters, args.warmup)
     results = {}
-    for name, change in SETTINGS.items():
-        print(f"{name}: {args.warmup} + {args.iters} iterations, then {args.profile_iters} "
-              "profiled ...", flush=True)
-        r = base.replace(**change)
-        trainer = Trainer(r, data, device)
-        phases = summarize(timed_iterations(trainer, args.iters, args.warmup), args.batch_size)
+    for name, trainer in trainers.items():
+        print(f"{name}: {args.profile_iters} profiled iterations ...", flush=True)
+        phases = summarize(times[name], args.batch_size)
         ops = op_breakdown(trainer, args.profile_iters)
         entry = {"phases": phases, "ops": ops}
         if not args.no_eval:
             t = time.perf_counter()
-            evaluate(trainer.model, data.eval_batches("test", max(256, r.batch_size), device),
+            evaluate(trainer.model, data.eval_batches("test", max(256, args.batch_size), device),
                      device=device, autocast_dtype=trainer.amp)
             entry["test_eval_s"] = round(time.perf_counter() - t, 2)
         results[name] = entry
@@ -229,7 +242,7 @@ def main() -> None:
                     "the profiled wall time is inside operators, the rest is Python)",
                     ops["by_kind"],
                     (("kind", "kind", ""), ("ms_per_iter", "ms/iter", ".1f"),
-                     ("share", "share", ".1%")))
+                     ("share", "share", ".1%")), machine=False)
         if "test_eval_s" in entry:
             print(f"one test-set evaluation (10,000 images): {entry['test_eval_s']:.1f} s "
                   "(the fast recipe's test-time flip doubles it)")

@@ -33,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--recipe", default="fast")
     p.add_argument("--targets", nargs="+", type=float, default=[0.94, 0.95])
     p.add_argument("--train-args", default="",
-                   help="extra `reslab train` flags, e.g. '--epochs 6'")
+                   help="extra `reslab train` flags, e.g. --train-args='--epochs 6'")
     p.add_argument("--quick", action="store_true",
                    help="validation: --iters 60 (one evaluation, at the end)")
     p.add_argument("--from-run", type=Path, metavar="DIR",
@@ -74,7 +74,7 @@ def time_to_accuracy(rows: list[dict[str, Any]], targets: list[float]) -> dict[s
     reached = []
     for target in targets:
         hit = next((r for r in timed if r["top1"] >= target), None)
-        row = {"target": target, "reached": "yes" if hit else "not reached"}
+        row = {"target": target, "reached": "yes" if hit else "not reached (best shown)"}
         src = hit or best
         if src is not None:  # not reached: where the best value was
             row.update(time_s=src["time_s"], epoch=round(src["epoch"], 3), step=src["step"],
@@ -111,7 +111,8 @@ def train(args: argparse.Namespace, out: Path) -> float:
 
 def main() -> None:
     args = parse_args()
-    prepare(args)
+    if not args.from_run:  # threads and the busy-machine warning only matter when timing
+        prepare(args)
     if args.from_run:
         run_dir, wall = args.from_run, None
         rows, config = read_metrics(run_dir), run_config(run_dir)

@@ -43,9 +43,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--recipe", default="fast")
     p.add_argument("--reslab-args", default="--tta-flip false",
-                   help="extra `reslab train` flags (default: %(default)s)")
-    p.add_argument("--peer-workers", type=int, default=2,
-                   help="the peer's DataLoader processes (default 2, the conventional choice)")
+                   help="extra `reslab train` flags, as --reslab-args='...' (default: %(default)s)")
+    p.add_argument("--peer-workers", type=int, default=0,
+                   help="the peer's DataLoader processes (default 0, its fastest on a 2-core "
+                        "machine: see peer_torchvision_train.py)")
     add_threads_option(p)
     p.add_argument("--out", type=Path, default=RESULTS / "training.json")
     args = p.parse_args()

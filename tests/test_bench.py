@@ -2,7 +2,9 @@
 numbers are not checked, only the contract)."""
 from __future__ import annotations
 
+import importlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +21,7 @@ def _bench(capsys: pytest.CaptureFixture, *argv: str) -> dict:
 
 
 def test_bench_cifar_model_json(capsys: pytest.CaptureFixture) -> None:
-    r = _bench(capsys, "resnet20", "--batch-size", "2", "--iters", "1", "--rounds", "1")
+    r = _bench(capsys, "resnet20", "--batch-size", "2", "--iters", "1")
     assert {"model", "device", "input", "batch_size", "baseline", "inference", "training",
             "speedup", "environment", "macs_per_image"} <= r.keys()
     assert r["model"] == "resnet20" and r["input"] == [2, 3, 32, 32]
@@ -53,3 +55,23 @@ def test_helpers() -> None:
     assert lines[0].split() == ["name", "value"] and lines[2].endswith("1.2")
     assert lines[3].endswith("-")  # a missing value
     assert environment()["threads"] >= 1
+
+
+def test_time_to_accuracy_reads_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/time_to_accuracy.py: the first timed test evaluation at or above each target;
+    a target never reached reports the best evaluation instead."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    tta = importlib.import_module("time_to_accuracy")
+    rows = [{"step": 20, "epoch": 0.5, "loss": 1.0, "lr": 0.1, "img_s": 900.0},
+            {"step": 40, "epoch": 1.0, "split": "train", "time_s": 9.0, "top1": 0.8},
+            {"step": 40, "epoch": 1.0, "split": "test", "time_s": 10.0, "top1": 0.91},
+            {"step": 80, "epoch": 2.0, "split": "test", "time_s": 20.0, "top1": 0.945},
+            {"step": 120, "epoch": 3.0, "split": "test", "time_s": 30.0, "top1": 0.944},
+            {"step": 120, "epoch": 3.0, "split": "test", "final": True, "top1": 0.944}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)
+                                            + '{"step": 140, "epo')  # a run still writing
+    r = tta.time_to_accuracy(tta.read_metrics(tmp_path), [0.94, 0.95])
+    assert r["evaluations"] == 3 and r["final_test_top1"] == 0.944
+    hit, miss = r["targets"]
+    assert hit["reached"] == "yes" and hit["time_s"] == 20.0 and hit["step"] == 80
+    assert miss["reached"].startswith("not reached") and miss["top1"] == 0.945  # the best

@@ -246,7 +246,11 @@ def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: boo
 def _finish(run: Run, log: MetricsLog, wall_s: float, val: dict | None) -> dict[str, Any]:
     from .checkpoint import save_weights
 
-    test = run.evaluate("test") if "test" in run.data.splits else None
+    test = None
+    if "val" not in run.data.splits and val is not None:
+        test = val  # the last epoch's evaluation already scored the test split at this step
+    elif "test" in run.data.splits:
+        test = run.evaluate("test")
     if test is not None:
         log.log(step=run.step, epoch=run.step / run.steps_per_epoch, split="test", final=True,
                 **test)
