@@ -253,7 +253,7 @@ def _finish(run: Run, log: MetricsLog, wall_s: float, val: dict | None) -> dict[
         test = run.evaluate("test")
     if test is not None:
         log.log(step=run.step, epoch=run.step / run.steps_per_epoch, split="test", final=True,
-                **test)
+                time_s=round(run.elapsed(), 2), **test)
     summary = {"out": str(run.out) if run.out else None, "model": run.r.model,
                "data": run.r.data, "steps": run.step, "wall_s": round(wall_s, 2),
                "train": getattr(run, "last_train", None),
