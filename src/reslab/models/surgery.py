@@ -11,11 +11,10 @@ stride 1 and can be made the identity:
   train and eval mode alike, and relu(x) = x because x is itself a block output (post-ReLU).
   Its other layers keep their He initialisation, so gradients reach them as soon as training
   moves the zeroed BN (the zero_init_residual trick of arXiv 1706.02677).
-- plain basic block: out = relu(BN2(W2 * relu(BN1(W1 * x)))). With Dirac (identity) kernels and
-  identity BNs this is relu(relu(x)) = x, exactly the paper's construction, but only while BN
-  uses its running statistics (eval mode): in training the batch statistics re-normalise, so the
-  identity is not kept once training resumes. That a solver does not find this solution is the
-  degradation problem (Fig. 1).
+- plain net: refused. Without a shortcut there is no residual branch to zero; a plain block
+  copies its input only with hand-set identity kernels and running statistics, which batch
+  statistics undo as soon as training resumes. That a solver does not find the identity
+  mapping through plain layers is the degradation problem (Fig. 1), not a construction.
 """
 from __future__ import annotations
 
@@ -74,20 +73,19 @@ def check_growable(src: Arch, dst: Arch, options: dict, *, shortcut: str | None 
     if src.family != dst.family:
         raise UserError(f"{what}: different families ({src.family} vs {dst.family}) have "
                         "different stems and stage widths")
-    if src.residual != dst.residual:
-        kinds = {True: "residual", False: "plain"}
-        raise UserError(f"{what}: a {kinds[src.residual]} net grows only into a "
-                        f"{kinds[src.residual]} net (adding or removing shortcuts changes "
-                        "the function of the copied blocks)")
+    if not src.residual:
+        raise UserError(f"{what}: a plain net has no shortcuts, so an added block cannot be made "
+                        "the identity by zeroing its residual branch (section 1's construction "
+                        "needs F(x) + x)")
+    if not dst.residual:
+        raise UserError(f"{what}: a residual net grows only into a residual net (removing "
+                        "shortcuts changes the function of the copied blocks)")
     if src.block is not dst.block:
         raise UserError(f"{what}: different block types ({BLOCK_NAMES[src.block]} vs "
                         f"{BLOCK_NAMES[dst.block]}), so the trained blocks cannot be copied")
     if dst.depth <= src.depth or any(d < s for s, d in zip(src.layers, dst.layers)):
         raise UserError(f"{what}: the target must be deeper, with at least as many blocks in "
                         f"every stage ({src.layers} -> {dst.layers})")
-    if not src.residual and src.block is Bottleneck:
-        raise UserError(f"{what}: a plain bottleneck squeezes 4p channels through p, so an "
-                        "added plain bottleneck block cannot be the identity")
     for name, wanted in (("shortcut", shortcut), ("stride_in", stride_in)):
         if wanted is not None and wanted != options[name]:
             raise UserError(f"{what}: {name} {wanted} differs from the trained net's "
@@ -96,21 +94,14 @@ def check_growable(src: Arch, dst: Arch, options: dict, *, shortcut: str | None 
 
 @torch.no_grad()
 def make_identity(block: BasicBlock | Bottleneck) -> None:
-    """Makes a stride-1, same-width block compute the identity on non-negative inputs."""
-    if block.residual:
-        bn = block.last_bn()
-        bn.weight.zero_()  # F(x) = 0 * x_hat + 0, whatever the statistics
-        bn.bias.zero_()
-        if block.downsample is not None:  # option C projects every shortcut: make it x
-            conv, proj_bn = block.downsample
-            nn.init.dirac_(conv.weight)
-            identity_bn(proj_bn)
-        return
-    if not isinstance(block, BasicBlock):
-        raise UserError("a plain bottleneck block cannot be made the identity")
-    for conv, bn in ((block.conv1, block.bn1), (block.conv2, block.bn2)):
-        nn.init.dirac_(conv.weight)  # 3x3 kernel with a single 1 at the centre of channel c->c
-        identity_bn(bn)
+    """Makes a stride-1, same-width residual block compute the identity on non-negative inputs."""
+    bn = block.last_bn()
+    bn.weight.zero_()  # F(x) = 0 * x_hat + 0, whatever the statistics
+    bn.bias.zero_()
+    if block.downsample is not None:  # option C projects every shortcut: make it x
+        conv, proj_bn = block.downsample
+        nn.init.dirac_(conv.weight)
+        identity_bn(proj_bn)
 
 
 @torch.no_grad()
