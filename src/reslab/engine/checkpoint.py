@@ -20,7 +20,6 @@ from safetensors.torch import load_file, save_file, safe_open
 from ..errors import UserError
 
 FORMAT = "reslab-1"
-META_KEYS = ("architecture", "kwargs", "class_names", "mean", "std", "input_size")
 # A full disk or quota: the user's to fix (exit 2), not a reslab bug.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
