@@ -1,13 +1,16 @@
 """Helpers shared by the benchmark scripts: where results go, the JSON record (environment +
 setup + results), tables, timed subprocesses, and the machine's fp32 matmul peak.
 
-The measurement code itself lives in the package (reslab.deploy.bench), which `reslab bench`
-uses too; this module only adds what is specific to scripts run from the repository.
+The measurement code itself lives in the package (reslab.bench), which `reslab bench` uses too;
+this module adds what only scripts run from the repository need: the code version (git), the CPU
+model, the machine's matmul peak and the result files.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -18,7 +21,8 @@ from typing import Any
 
 import torch
 
-from reslab.deploy.bench import Column, environment, format_table, matmul_rates, write_json
+from reslab.bench import Column, format_table, seconds_per_call
+from reslab.bench import environment as _environment
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -30,6 +34,88 @@ except OSError:
 
 __all__ = ["ROOT", "RESULTS", "PYTHON", "Column", "add_threads_option", "prepare",
            "measure_peak", "median", "print_table", "run_timed", "save_results"]
+
+
+def cpu_name() -> str:
+    """The CPU model string (/proc/cpuinfo on Linux, else what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+
+def code_version(path: str | Path | None = None) -> str:
+    """`git rev-parse --short HEAD` of the checkout holding `path` (default: this package),
+    with "-dirty" when tracked files differ from it; "reslab X.Y.Z" outside a checkout."""
+    from reslab import __version__
+
+    where = str(path or Path(__file__).resolve().parent)
+    try:
+        rev = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"reslab {__version__}"
+    return rev.stdout.strip() + ("-dirty" if dirty else "")
+
+
+
+def environment(device: str | torch.device = "cpu", root: str | Path | None = None
+                ) -> dict[str, Any]:
+    """reslab.bench.environment plus the code version and the CPU model."""
+    return {**_environment(device), "code_version": code_version(root or ROOT),
+            "cpu": cpu_name()}
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    from reslab.io import atomic_write_text
+
+    path = Path(path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")  # creates parents
+    return path
+
+
+
+def matmul_rates(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu"
+                 ) -> dict[str, float]:
+    """fp32 n x n matrix-multiply rates in GFLOP/s (2n^3 per product, best of `repeats`, all of
+    torch's threads) of each GEMM torch can use: "torch.matmul" (the BLAS: MKL or OpenBLAS on
+    the CPU, cuBLAS on CUDA) and, on CPUs, "oneDNN" (the library behind torch's CPU
+    convolutions). They differ: on AMD CPUs MKL's sgemm runs at about half of oneDNN's rate
+    (MKL picks its AVX2 kernels on non-Intel CPUs), so the BLAS alone understates the peak
+    and convolutions would appear to exceed it."""
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device)
+    b = torch.randn(n, n, generator=g).to(device)
+    gemms: dict[str, Step] = {"torch.matmul": lambda: torch.matmul(a, b)}
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        # inductor's CPU linear op: oneDNN's fp32 GEMM (a @ b.T), weights as given
+        gemms["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [],
+                                                                      "")
+    rates = {}
+    for name, fn in gemms.items():
+        try:
+            fn()  # warm-up: thread pool start, kernel choice
+        except (RuntimeError, AttributeError, NotImplementedError):
+            continue  # an internal op this build lacks: the others still count
+        best = min(seconds_per_call(fn, 1, device) for _ in range(repeats))
+        rates[name] = 2 * n ** 3 / best / 1e9
+    return rates
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5,
+                       device: str | torch.device = "cpu") -> float:
+    """The machine's measured fp32 matrix-multiply peak: the best of `matmul_rates`. The
+    reference for how much of the hardware a network's convolutions use."""
+    return max(matmul_rates(n, repeats, device).values())
+
 
 
 def add_threads_option(p: argparse.ArgumentParser) -> None:
@@ -75,7 +161,7 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[Co
 
 def measure_peak(repeats: int = 5) -> dict[str, float]:
     """fp32 GEMM rates in GFLOP/s (2048 x 2048 products, best of `repeats`) of torch.matmul and
-    oneDNN (see reslab.deploy.bench.matmul_rates), printed; the peak is their maximum."""
+    oneDNN (see matmul_rates), printed; the peak is their maximum."""
     rates = matmul_rates(2048, repeats)
     print("fp32 matmul 2048x2048, best of {}: {}".format(
         repeats, ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in rates.items())), flush=True)

@@ -24,7 +24,7 @@ from common import (RESULTS, add_threads_option, measure_peak, prepare, print_ta
 from reslab import create_model
 from reslab.analysis.macs import count_macs
 from reslab.deploy import optimize_for_inference, quantize_int8
-from reslab.deploy.bench import Step, inference_step, time_steps, torchvision_twin
+from reslab.bench import Step, inference_step, time_steps, torchvision_twin
 
 BASELINE = "torchvision eager"
 COLUMNS = (("model", "model", ""), ("batch", "batch", "d"), ("variant", "variant", ""),

@@ -21,25 +21,26 @@ from common import add_threads_option, prepare, print_table, save_results  # noq
 
 from reslab.data import load_data  # noqa: E402
 from reslab.deploy import quantize_int8  # noqa: E402
-from reslab.deploy.bench import time_steps  # noqa: E402
-from reslab.engine.checkpoint import load_checkpoint  # noqa: E402
+from reslab.bench import time_steps  # noqa: E402
+from reslab.checkpoint import load_checkpoint  # noqa: E402
 from reslab.engine.evaluate import evaluate  # noqa: E402
-from reslab.engine.recipe import read_toml  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("run", help="a run directory (its config.toml names the dataset)")
+    p.add_argument("run", help="a run directory or weights file (its record names the dataset)")
     p.add_argument("--calibration-batches", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)
     add_threads_option(p)
     args = p.parse_args()
     prepare(args)
-    model, meta = load_checkpoint(args.run)
-    cfg = read_toml(Path(args.run) / "config.toml")
-    data = load_data(cfg["data"], data_dir=cfg.get("data_dir"), image_size=cfg.get("image_size"),
-                     normalize=cfg.get("normalize", "channel"))
-    data.mean, data.std = meta["mean"], meta["std"]
+    model, record = load_checkpoint(args.run)
+    trained, pre = record.data or {}, record.preprocess
+    if not trained:
+        raise SystemExit(f"{args.run} does not say what it was trained on")
+    data = load_data(trained["spec"], data_dir=trained.get("data_dir"),
+                     image_size=pre.input_size[-1], normalize=pre.normalize, stats=pre.stats(),
+                     crop_fraction=pre.crop_fraction)
     calib = (x for x, _ in itertools.islice(
         data.eval_batches("train", args.batch_size, "cpu"), args.calibration_batches))
     int8 = quantize_int8(model, calib)
@@ -50,14 +51,14 @@ def main() -> None:
         secs = time_steps({"fp32 eager": lambda: model(x), "int8": lambda: int8(x)}, rounds=3)
     rows = [{"variant": name, "top1": scores[name]["top1"], "img_s": len(x) / secs[name],
              "speedup": secs["fp32 eager"] / secs[name]} for name in scores]
-    print_table(f"int8 vs fp32 on {cfg['data']} test ({meta['architecture']}, batch "
+    print_table(f"int8 vs fp32 on {trained['spec']} test ({record.architecture}, batch "
                 f"{args.batch_size})", rows,
                 [("variant", "variant", ""), ("top1", "top-1", ".4f"), ("img_s", "img/s", ".0f"),
                  ("speedup", "vs fp32", ".2f")])
     drop = 100 * (scores["fp32 eager"]["top1"] - scores["int8"]["top1"])
     print(f"top-1 change: {-drop:+.2f} points")
-    save_results("int8_accuracy", {"run": str(args.run), "architecture": meta["architecture"],
-                                   "data": cfg["data"], "batch_size": args.batch_size,
+    save_results("int8_accuracy", {"run": str(args.run), "architecture": record.architecture,
+                                   "data": trained["spec"], "batch_size": args.batch_size,
                                    "calibration_batches": args.calibration_batches},
                  rows, top1_points_lost=round(drop, 3))
 

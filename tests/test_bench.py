@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reslab.cli import main
-from reslab.deploy.bench import environment, format_table, matmul_peak_gflops
+from reslab.bench import environment, format_table
 
 ROW_KEYS = {"variant", "img_s", "ms_per_batch", "vs_baseline"}
 
@@ -30,7 +30,7 @@ def test_bench_cifar_model_json(capsys: pytest.CaptureFixture) -> None:
     for row in r["inference"] + r["training"]:
         assert ROW_KEYS <= row.keys() and row["img_s"] > 0
     assert r["inference"][0]["vs_baseline"] == 1.0 and r["inference"][0]["gflop_s"] > 0
-    assert {"code_version", "torch", "cpu", "threads", "date"} <= r["environment"].keys()
+    assert {"reslab", "torch", "cpu", "threads", "date"} <= r["environment"].keys()
 
 
 def test_bench_imagenet_model_against_torchvision(capsys: pytest.CaptureFixture) -> None:
@@ -47,8 +47,15 @@ def test_bench_bad_input_is_a_usage_error(capsys: pytest.CaptureFixture) -> None
     assert capsys.readouterr().err.startswith("error:")
 
 
+def test_bench_sizes_are_bounded(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "resnet20", "--batch-size", str(10**9)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "error: invalid batch size 1000000000: must be between 1 and 65,536"
+    assert main(["bench", "resnet50", "--batch-size", "60000"]) == 2
+    assert "more than the 134,217,728 limit" in capsys.readouterr().err
+
+
 def test_helpers() -> None:
-    assert matmul_peak_gflops(n=64, repeats=1) > 0
     table = format_table([{"a": "x", "b": 1.234}, {"a": "long name"}],
                          [("a", "name", ""), ("b", "value", ".1f")])
     lines = table.splitlines()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from reslab.data import Data, load_data, open_image, preprocess, to_channels
 from reslab.data import augment as A
+from reslab.data import normalize as N
 from reslab.data import datasets as D
 from reslab.errors import UserError
 
@@ -348,10 +349,10 @@ def test_train_batches_are_normalised_crops_of_the_planned_images(normalize):
 def test_mean_std_channel_and_pixel():
     x = torch.randint(0, 256, (50, 3, 6, 5), dtype=torch.uint8)
     f = x.double() / 255
-    ch = A.compute_stats(x, "channel", chunk=7)
+    ch = N.compute_stats(x, "channel", chunk=7)
     assert np.allclose(ch.mean, f.mean((0, 2, 3)).tolist())
     assert np.allclose(ch.std, f.std((0, 2, 3), unbiased=False).tolist())
-    px = A.compute_stats(x, "pixel", chunk=7)
+    px = N.compute_stats(x, "pixel", chunk=7)
     assert torch.allclose(px.mean_image.double(), f.mean(0), atol=1e-6)
     assert np.allclose(px.std, [float((f - f.mean(0)).square().mean().sqrt())] * 3)
     data = load_data("synthetic:64x3x8x8:4", normalize="pixel", augment="none")

@@ -16,7 +16,8 @@ from torchvision.transforms.v2 import functional as TF
 from reslab import UserError, create_model
 from reslab.cli import main
 from reslab.deploy import export_model, fold_batchnorm, optimize_for_inference, quantize_int8
-from reslab.engine.checkpoint import save_weights
+from cli_helpers import legacy_record
+from reslab.record import save_weights
 from reslab.models import BasicBlock, ResNet
 from reslab.engine.tta import (center_crop, multiscale_logits, multiscale_probs, scales_of,
                                ten_crop, tta_logits)
@@ -164,7 +165,7 @@ def ckpt(tmp_path_factory) -> str:
     meta = {"architecture": "resnet20", "kwargs": {"num_classes": 10, "in_chans": 3},
             "class_names": CLASSES, "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26],
             "input_size": [3, 32, 32]}
-    save_weights(path, randomize_bn(create_model("resnet20")), meta)
+    save_weights(path, randomize_bn(create_model("resnet20")), legacy_record(meta))
     return str(path)
 
 

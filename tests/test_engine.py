@@ -36,8 +36,11 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_fit_writes_the_run_directory(tmp_path):
+    """fit writes the run; reslab.train (and `reslab train`) add the report."""
+    import reslab
+
     r = load_recipe("fast", {**TINY, "epochs": 2})
-    summary = fit(r, tmp_path, quiet=True)
+    summary = reslab.train(r, tmp_path, quiet=True)
     for name in ("config.toml", "model.safetensors", "state/last.pt", "metrics.jsonl",
                  "curves.png", "report.md"):
         assert (tmp_path / name).is_file(), name
@@ -53,8 +56,8 @@ def test_fit_writes_the_run_directory(tmp_path):
     from reslab import load_checkpoint
 
     model, meta = load_checkpoint(tmp_path)
-    assert meta["architecture"] == "resnet20" and meta["kwargs"]["num_classes"] == 10
-    assert len(meta["mean"]) == meta["input_size"][0]
+    assert meta.architecture == "resnet20" and meta.kwargs["num_classes"] == 10
+    assert len(meta.preprocess.mean) == meta.preprocess.input_size[0]
 
 
 def test_training_learns_synthetic_classes(tmp_path):

@@ -12,7 +12,9 @@ import torch
 
 from reslab.analysis.responses import layer_responses, response_layers
 from reslab.cli import main
-from reslab.engine.checkpoint import load_checkpoint, save_weights
+from cli_helpers import legacy_record
+from reslab.checkpoint import load_checkpoint
+from reslab.record import save_weights
 from reslab.errors import UserError
 from reslab.models import create_model
 from reslab.models.surgery import grow
@@ -30,7 +32,8 @@ META = {"architecture": "resnet20", "kwargs": {"num_classes": 4, "in_chans": 3},
 def resnet20_ckpt(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     path = tmp_path / "r20.safetensors"
-    save_weights(path, randomize_bn(create_model("resnet20", num_classes=4)), META)
+    save_weights(path, randomize_bn(create_model("resnet20", num_classes=4)),
+                 legacy_record(META))
     return path
 
 
@@ -100,9 +103,11 @@ def test_grow_cli_writes_a_loadable_checkpoint(resnet20_ckpt: Path, tmp_path: Pa
     assert summary["max_abs_logit_diff"] <= 1e-5
     grown, meta = load_checkpoint(out)
     small, _ = load_checkpoint(resnet20_ckpt)
-    assert meta["architecture"] == "resnet44" and len(grown.blocks()) == 21
-    for key in ("class_names", "mean", "std", "input_size"):
-        assert meta[key] == META[key]
+    assert meta.architecture == "resnet44" and len(grown.blocks()) == 21
+    assert list(meta.class_names) == META["class_names"]
+    pre = meta.preprocess
+    assert (list(pre.mean), list(pre.std), list(pre.input_size)) == \
+        (META["mean"], META["std"], META["input_size"])
     # `reslab train --weights CKPT2` initialises through interop.init_weights: same function.
     from reslab.interop import init_weights
 

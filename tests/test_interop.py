@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from reslab import UserError, create_model, load_checkpoint
 from reslab.cli import main
-from reslab.engine.checkpoint import save_weights
+from cli_helpers import legacy_record
+from reslab.record import save_weights
 from reslab.interop import IMAGENET_MEAN, guess_architecture, init_weights, load_state_dict_any
 from helpers import randomize_bn
 
@@ -74,17 +75,17 @@ def test_plain_safetensors_through_load_checkpoint(tmp_path, tv18):
         load_checkpoint(path)
     model, meta = load_checkpoint(path, architecture="resnet18")
     _same_outputs(model, tv18)
-    assert meta["class_names"] == [str(i) for i in range(10)]
-    assert meta["mean"] == list(IMAGENET_MEAN) and meta["input_size"] == [3, 224, 224]
+    assert list(meta.class_names) == [str(i) for i in range(10)]
+    assert meta.preprocess.mean == IMAGENET_MEAN and meta.preprocess.input_size == (3, 224, 224)
 
 
 def test_reslab_file_keeps_its_metadata(tmp_path):
     model = randomize_bn(create_model("resnet20"))
     meta = {"architecture": "resnet20", "kwargs": {"num_classes": 10},
             "class_names": list("abcdefghij"), "mean": [0.5] * 3, "std": [0.25] * 3, "input_size": [3, 32, 32]}
-    save_weights(tmp_path / "r.safetensors", model, meta)
+    save_weights(tmp_path / "r.safetensors", model, legacy_record(meta))
     _, got = load_state_dict_any(tmp_path / "r.safetensors")
-    assert got["class_names"] == meta["class_names"]
+    assert list(got.class_names) == meta["class_names"]
     loaded, got = load_checkpoint(tmp_path / "r.safetensors")  # unchanged path for reslab files
     _same_outputs(loaded, model)
     with pytest.raises(UserError, match="resnet20, not a resnet18"):
@@ -176,5 +177,5 @@ def test_cli_import_roundtrip(tmp_path, tv18, capsys):
     assert "wrote" in capsys.readouterr().out
     model, meta = load_checkpoint(out)
     _same_outputs(model, tv18)
-    assert meta["architecture"] == "resnet18" and meta["kwargs"]["num_classes"] == 10
-    assert meta["class_names"][3] == "class3" and meta["std"][0] == pytest.approx(0.229)
+    assert meta.architecture == "resnet18" and meta.kwargs["num_classes"] == 10
+    assert meta.class_names[3] == "class3" and meta.preprocess.std[0] == pytest.approx(0.229)

@@ -65,9 +65,16 @@ def test_overrides_are_coerced_from_cli_strings():
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"lr": -0.1}, "invalid lr -0.1: must be > 0"),
-    ({"batch_size": 0}, "invalid batch_size 0: must be > 0"),
-    ({"epochs": -1}, "invalid epochs -1.0: must be > 0"),
+    ({"lr": -0.1}, "invalid lr -0.1: must be in (0, 10]"),
+    ({"batch_size": 0}, "invalid batch_size 0: must be between 1 and 65,536"),
+    ({"epochs": -1}, "invalid epochs -1.0: must be in (0, 100000]"),
+    ({"gamma": -1}, "invalid gamma -1.0: must be in (0, 1]"),
+    ({"image_size": 100000}, "invalid image_size 100000: must be between 1 and 4,096"),
+    ({"pad": 1000000}, "invalid pad 1000000: must be between 0 and 256"),
+    ({"iters": "1e20"}, "invalid iters 100000000000000000000: must be between 1 and "
+                        "1,000,000,000"),
+    ({"momentum": 1.5}, "invalid momentum 1.5: must be in [0, 1)"),
+    ({"model": "resnet21"}, "unknown model 'resnet21' (closest: resnet32, resnet20, resnet18)"),
     ({"batch_size": "1.5"}, "invalid value for batch_size: '1.5'"),
     ({"schedule": "linear"}, "invalid schedule 'linear' (choices: step, cosine, onecycle, "
                              "plateau, constant)"),

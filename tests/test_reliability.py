@@ -33,10 +33,14 @@ from PIL import Image
 from safetensors.torch import load_file, save as safetensors_bytes
 
 import reslab
+from cli_helpers import clean_error, run_cli
 from reslab.cli import build_parser, main
 from reslab.cli import train as train_cli
 from reslab.data import datasets
-from reslab.engine.checkpoint import load_checkpoint, load_state, read_weights, save_weights
+from cli_helpers import legacy_record
+from reslab.checkpoint import load_checkpoint
+from reslab.engine.state import load_state
+from reslab.record import read_weights, save_weights
 from reslab.engine.logging import MetricsLog, read_metrics
 from reslab.engine.recipe import Recipe, coerce, load_recipe, save_recipe
 from reslab.errors import UserError
@@ -54,25 +58,6 @@ FUZZ = settings(max_examples=60, deadline=None,
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def run_cli(capsys: pytest.CaptureFixture, argv: list) -> tuple[int, list[str]]:
-    """main(argv) in this process: (exit code, stderr lines). Warnings count as stderr lines,
-    where a real process prints them (library deprecation notes aside, hidden there too)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for quiet in (DeprecationWarning, PendingDeprecationWarning, ResourceWarning):
-            warnings.simplefilter("ignore", quiet)
-        rc = main([str(a) for a in argv])
-    err = capsys.readouterr().err.splitlines()
-    return rc, [f"warning: {w.message}" for w in caught] + err
-
-
-def clean_error(capsys: pytest.CaptureFixture, argv: list) -> str:
-    """Runs argv, asserts exit 2 with exactly one `error:` line on stderr; returns that line."""
-    rc, err = run_cli(capsys, argv)
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), (rc, err)
-    return err[0]
-
 
 def train_argv(recipe: Path, out: Path, *extra: object) -> list[str]:
     return ["train", "--recipe", str(recipe), "--out", str(out), "--quiet",
@@ -138,12 +123,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Good and bad inputs: checkpoints (reslab, torchvision-style .pth, damaged), images."""
     d = tmp_path_factory.mktemp("files")
     good = d / "r20.safetensors"
-    save_weights(good, create_model("resnet20", num_classes=10), r20_meta())
+    save_weights(good, create_model("resnet20", num_classes=10), legacy_record(r20_meta()))
     pth = d / "r18.pth"
     torch.save(create_model("resnet18", num_classes=10).state_dict(), pth)
     # resnet32 tensors under resnet20 metadata: a checkpoint of another architecture
     other = d / "other-arch.safetensors"
-    save_weights(other, create_model("resnet32", num_classes=10), r20_meta())
+    save_weights(other, create_model("resnet32", num_classes=10), legacy_record(r20_meta()))
     blob, zipped = good.read_bytes(), pth.read_bytes()
     noise = np.random.default_rng(0).bytes(4096)
     damaged = {"truncated.safetensors": blob[:len(blob) // 2], "random.safetensors": noise,
@@ -307,7 +292,7 @@ def test_every_file_write_in_the_sources_is_atomic() -> None:
             inside = any(lo <= node.lineno <= hi for lo, hi in spans)
             if writes and not inside and (file, name) not in APPEND_ONLY:
                 offenders.append(f"{file}:{node.lineno}: {name}")
-    assert not offenders, ("write these through reslab.engine.checkpoint.atomic_write (or add "
+    assert not offenders, ("write these through reslab.io.atomic_write (or add "
                            f"an append-only log to APPEND_ONLY with the reason): {offenders}")
 
 
@@ -318,7 +303,7 @@ def test_every_file_write_in_the_sources_is_atomic() -> None:
 HANG_IN_SAVE = """
 import os, sys, time
 from pathlib import Path
-from reslab.engine import checkpoint
+from reslab import io as checkpoint
 from reslab.cli import main
 
 real, count = checkpoint.atomic_write, 0
@@ -382,9 +367,19 @@ def test_sigint_saves_exits_cleanly_and_resumes_bit_identically(
                                              (0, "no state was saved before it")])
 def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_state(
         save_every: int, kept: str, tmp_path: Path, recipe: Path,
-        capsys: pytest.CaptureFixture) -> None:
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss turns NaN at step 6 (a forced divergence: the recipe bounds keep real learning
+    rates far below what reliably diverges in 8 steps)."""
+    real, calls = torch.nn.functional.cross_entropy, []
+
+    def diverging(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 6 else loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", diverging)
     out = tmp_path / "run"
-    err = clean_error(capsys, train_argv(recipe, out, "--lr", "1e30", "--iters", 8,
+    err = clean_error(capsys, train_argv(recipe, out, "--iters", 8,
                                          "--save-every", save_every))
     found = re.fullmatch(rf"error: loss is (nan|inf) at step (\d+); {kept} "
                          r"\(hint: lower --lr, or --amp off\)", err)
@@ -469,7 +464,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint(full_disk: Path, recipe: Path
     out = full_disk / "run"
     err = clean_error(capsys, train_argv(recipe, out))
     target = out / "state" / "last.pt"
-    assert err == f"error: cannot write checkpoint {target}: No space left on device"
+    assert err == (f"error: cannot write training state {target}: No space left on device "
+                   "(free space or write somewhere else)")
     assert load_state(target)["step"] == SAVE_EVERY  # the first state, intact
     assert not list(target.parent.glob(".*.tmp"))  # the partial file is gone
 
@@ -503,11 +499,11 @@ BAD_INPUT: dict[str, tuple[Callable[[Path, dict, Path], list], str]] = {
     "recipe not TOML": (lambda t, f, r: ["train", "--recipe", _toml(t, "lr = = 1"),
                                          "--out", t / "o"], r"invalid TOML in .*x\.toml"),
     "negative lr": (lambda t, f, r: train_argv(r, t / "o", "--lr", "-0.1"),
-                    r"invalid lr -0\.1: must be > 0"),
+                    r"invalid lr -0\.1: must be in \(0, 10\]"),
     "zero batch": (lambda t, f, r: train_argv(r, t / "o", "--batch-size", 0),
-                   r"invalid batch_size 0: must be > 0"),
+                   r"invalid batch_size 0: must be between 1 and 65,536"),
     "negative epochs": (lambda t, f, r: train_argv(r, t / "o", "--epochs", "-2"),
-                        r"invalid epochs -2\.0: must be > 0"),
+                        r"invalid epochs -2\.0: must be in \(0, 100000\]"),
     "infinite lr": (lambda t, f, r: train_argv(r, t / "o", "--lr", "inf"),
                     r"invalid value for lr: 'inf'"),
     "batch larger than the data": (lambda t, f, r: train_argv(r, t / "o", "--batch-size", 4096),

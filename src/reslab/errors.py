@@ -15,3 +15,11 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> UserError:
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
     hint = f" (closest: {', '.join(close)})" if close else f" (choices: {', '.join(choices)})"
     return UserError(f"unknown {kind} '{name}'{hint}")
+
+
+def warn(message: str) -> None:
+    """One `warning:` line on stderr (not Python's warnings machinery: no source line, no
+    category, shown every time)."""
+    import sys
+
+    print(f"warning: {message}".splitlines()[0], file=sys.stderr, flush=True)

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import argparse
 import re
-import struct
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import safe_open
 from torch import nn
 
-from .engine.checkpoint import read_weights, torch_load_safe, unpickle_failure
 from .errors import UserError
+from .io import (is_safetensors, load_safetensors, regular_file, torch_load_safe,
+                 unpickle_failure)
+from .limits import MAX_CLASSES, MAX_IN_CHANS, check_int
 from .models import create_model, get_arch, list_models
 from .models.blocks import Bottleneck
+from .record import (MEAN_IMAGE_KEY, InvalidRecord, Preprocess, Record, is_reslab,
+                     parse_metadata)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,38 +39,25 @@ _HEAD = ("fc.weight", "fc.bias")
 StateDict = dict[str, torch.Tensor]
 
 
-def load_state_dict_any(path: str | Path) -> tuple[StateDict, dict[str, Any] | None]:
-    """(state_dict, reslab metadata or None) of any supported weights file, prefixes stripped."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    if _is_safetensors(path):
-        tensors, meta = read_weights(path)
-        return _clean(tensors), (meta if "architecture" in meta else None)
+def load_state_dict_any(path: str | Path, *, strict_record: bool = True
+                        ) -> tuple[StateDict, Record | None]:
+    """(state_dict, reslab record or None) of any supported weights file, prefixes stripped.
+
+    strict_record=False: a reslab file whose record is invalid or of an unusable old form gives
+    its weights and no record (for importing or fine-tuning, which bring their own)."""
+    path = regular_file(path, "checkpoint")
+    if is_safetensors(path):
+        tensors, raw = load_safetensors(path)
+        record = None
+        if is_reslab(raw):
+            try:
+                record = parse_metadata(raw, tensors, str(path))
+            except InvalidRecord:
+                if strict_record:
+                    raise
+        tensors.pop(MEAN_IMAGE_KEY, None)
+        return _clean(tensors), record
     return _clean(_find_state_dict(_safe_torch_load(path), path)), None
-
-
-def reslab_metadata(path: str | Path) -> dict[str, str] | None:
-    """The raw safetensors metadata of path, or None when it is not a safetensors file."""
-    path = Path(path)
-    if not _is_safetensors(path):
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"cannot read checkpoint {path}: not a valid safetensors file "
-                        f"({e})") from None
-
-
-def _is_safetensors(path: Path) -> bool:
-    """safetensors starts with a little-endian u64 header length, then the JSON header."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9:
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return head[8:9] == b"{" and n <= path.stat().st_size - 8
 
 
 def _safe_torch_load(path: Path) -> Any:
@@ -192,40 +180,52 @@ def _check_match(own: StateDict, state: StateDict, what: str, skip: set[str]) ->
 
 def init_weights(model: nn.Module, path: str | Path) -> list[str]:
     """Initialises model from any supported weights file (fine-tuning); returns messages."""
-    state, _ = load_state_dict_any(path)
+    state, _ = load_state_dict_any(path, strict_record=False)
     return apply_state_dict(model, state, str(path))
 
 
-def default_meta(architecture: str, kwargs: dict[str, Any], num_classes: int, in_chans: int
-                 ) -> dict[str, Any]:
-    """reslab metadata for imported weights: class names "0".."K-1", ImageNet mean/std for
-    3-channel input (what torchvision, timm and the common CIFAR reproductions trained with),
-    0.5/0.5 otherwise, and the family's input size."""
+def default_record(architecture: str, kwargs: dict[str, Any], num_classes: int, in_chans: int
+                   ) -> Record:
+    """The record of imported weights: class names "0".."K-1", ImageNet mean/std for 3-channel
+    input (what torchvision, timm and the common CIFAR reproductions trained with), 0.5/0.5
+    otherwise, the family's input size and evaluation crop; no training data known."""
     family = get_arch(architecture).family
     rgb = in_chans == 3
     size = 224 if family == "imagenet" else 32
-    return {"architecture": architecture, "kwargs": kwargs,
-            "class_names": [str(i) for i in range(num_classes)],
-            "mean": list(IMAGENET_MEAN) if rgb else [0.5] * in_chans,
-            "std": list(IMAGENET_STD) if rgb else [0.5] * in_chans,
-            "input_size": [in_chans, size, size]}
+    pre = Preprocess(input_size=(in_chans, size, size),
+                     mean=IMAGENET_MEAN if rgb else (0.5,) * in_chans,
+                     std=IMAGENET_STD if rgb else (0.5,) * in_chans,
+                     crop_fraction=224 / 256 if family == "imagenet" else 1.0)
+    return Record(architecture, {**kwargs, "num_classes": num_classes, "in_chans": in_chans},
+                  tuple(str(i) for i in range(num_classes)), pre)
 
 
 def model_from_file(path: str | Path, architecture: str, **model_kwargs: Any
-                    ) -> tuple[nn.Module, dict[str, Any], list[str]]:
-    """(model, reslab meta, messages): builds `architecture` and loads any weights file into it.
+                    ) -> tuple[nn.Module, Record, list[str]]:
+    """(model, record, messages): builds `architecture` and loads any weights file into it.
 
     num_classes and in_chans default to the checkpoint's own (head and stem shapes)."""
-    state, meta = load_state_dict_any(path)
+    state, record = load_state_dict_any(path, strict_record=False)
     kwargs = {k: v for k, v in model_kwargs.items() if v is not None}
     if "fc.weight" in state:
         kwargs.setdefault("num_classes", int(state["fc.weight"].shape[0]))
     if "conv1.weight" in state and state["conv1.weight"].dim() == 4:
         kwargs.setdefault("in_chans", int(state["conv1.weight"].shape[1]))
-    model = create_model(architecture, **kwargs)
+    check_model_kwargs(kwargs)
+    try:
+        model = create_model(architecture, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"cannot build {architecture} for {path}: {e}") from None
     messages = apply_state_dict(model, state, str(path), architecture)
-    new_meta = default_meta(architecture, kwargs, model.fc.out_features, model.conv1.in_channels)
-    if meta and not messages:  # a reslab file used as is keeps what its training recorded
-        new_meta.update({k: meta[k] for k in ("class_names", "mean", "std", "input_size")
-                         if k in meta})
-    return model.eval(), new_meta, messages
+    new = default_record(architecture, kwargs, model.fc.out_features, model.conv1.in_channels)
+    if record is not None and not messages:  # a reslab file used as is keeps its record
+        new = record.replace(architecture=architecture, kwargs=new.kwargs)
+    return model.eval(), new, messages
+
+
+def check_model_kwargs(kwargs: dict[str, Any]) -> None:
+    """Bounds on the sizes a model is built with (a forged head of 10**9 classes)."""
+    if "num_classes" in kwargs:
+        check_int("num_classes", kwargs["num_classes"], 1, MAX_CLASSES)
+    if "in_chans" in kwargs:
+        check_int("in_chans", kwargs["in_chans"], 1, MAX_IN_CHANS)

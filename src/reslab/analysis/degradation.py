@@ -1,7 +1,7 @@
 """The degradation experiment: Fig. 1 and Fig. 6 (section 4.2) on the CIFAR family.
 
 For each depth 6n+2 it trains plainN and resnetN with the same recipe and budget, each in
-OUT/<model>/ (a normal run directory), then writes OUT/degradation.json (INTERFACE.md schema) and
+OUT/<model>/ (a normal run directory), then writes OUT/degradation.json (README schema) and
 OUT/degradation.png. The paper's finding: deeper plain nets have HIGHER training error (so it is
 not overfitting), deeper ResNets lower. Re-running the command skips finished runs and resumes
 interrupted ones, so a long sweep survives being stopped.
@@ -14,11 +14,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..engine.checkpoint import atomic_write_text
+from ..io import atomic_write_text
 from ..engine.logging import read_metrics
 from ..engine.recipe import Recipe, coerce, read_toml
 from ..errors import UserError
 from ..models import REGISTRY, get_arch
+from .report import write_run_report
 
 # Options that change where or how fast a run goes, not what it learns: a finished run is reused
 # even if they differ.
@@ -70,10 +71,14 @@ def _silent(_msg: str) -> None:
 
 def train_or_reuse(r: Recipe, run_dir: Path, *, quiet: bool = False,
                    say: Callable[[str], None] = _silent) -> str:
-    """Trains r into run_dir unless it is finished there: "skipped", "resumed" or "trained"."""
+    """Trains r into run_dir unless it is finished there: "skipped", "resumed" or "trained".
+
+    A directory holding this recipe's run that died before its first saved state is started
+    afresh (its files are replaced); one holding another recipe's run is refused."""
     from ..engine import state as run_state
     from ..engine.loop import fit
 
+    mode = "trained"
     if check_reusable(r, run_dir):
         if (run_dir / "model.safetensors").is_file():
             say(f"{r.model}: finished in {run_dir}, skipped")
@@ -81,10 +86,12 @@ def train_or_reuse(r: Recipe, run_dir: Path, *, quiet: bool = False,
         if run_state.exists(run_dir):
             say(f"{r.model}: resuming the interrupted run in {run_dir}")
             fit(r, run_dir, resume=True, quiet=quiet)
-            return "resumed"
-    say(f"{r.model}: training into {run_dir}")
-    fit(r, run_dir, quiet=quiet)
-    return "trained"
+            mode = "resumed"
+    if mode == "trained":
+        say(f"{r.model}: training into {run_dir}")
+        fit(r, run_dir, overwrite=(run_dir / "config.toml").is_file(), quiet=quiet)
+    write_run_report(run_dir, strict=False)
+    return mode
 
 
 def _error(row: dict[str, Any] | None) -> float | None:
@@ -146,14 +153,3 @@ def write_results(result: dict[str, Any], out: Path) -> None:
     atomic_write_text(out / "degradation.json", json.dumps(result, indent=2) + "\n")
     degradation_figure(result["runs"], out / "degradation.png",
                        title=f"plain vs ResNet on {result['dataset']} (Fig. 6)")
-
-
-def percent(v: float | None) -> str:
-    """An error or accuracy fraction as a percentage with 2 decimals ("-" when missing)."""
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
-def results_table(result: dict[str, Any]) -> list[list[str]]:
-    """Rows [model, depth, final train error %, final test error %] for text and reports."""
-    return [[r["model"], str(r["depth"]), percent(r["final_train_error"]),
-             percent(r["final_test_error"])] for r in result["runs"]]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..engine.checkpoint import atomic_write
+from ..io import atomic_write
 
 
 def _figure(ncols: int, width: float = 5.0, height: float = 3.6) -> tuple[Any, list[Any]]:
@@ -41,7 +41,8 @@ def curves_figure(rows: Sequence[dict[str, Any]], path: str | Path,
         loss_ax.plot(steps, [r["loss"] for r in rows if "split" not in r and "loss" in r],
                      lw=0.8, color="0.6", label="train (batch)")
     for i, split in enumerate(("train", "val", "test")):
-        evals = [r for r in rows if r.get("split") == split and not r.get("final")]
+        evals = [r for r in rows if r.get("split") == split and not r.get("final")
+                 and "loss" in r and "top1" in r]
         if not evals:
             continue
         x = [r["step"] for r in evals]

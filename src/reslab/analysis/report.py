@@ -11,18 +11,19 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine.checkpoint import atomic_write_text
+from ..io import atomic_write_text, read_text
+from ..limits import MAX_FILE_BYTES
 from ..engine.logging import read_metrics
 from ..engine.recipe import read_toml
-from ..errors import UserError
-from .degradation import percent as _pct
+from ..errors import UserError, warn
 
-# The published numbers ours are put beside (/work/shared/reference/paper-facts.md), as top-1
+# The published numbers ours are put beside (docs/paper-numbers.md), as top-1
 # errors (fractions) keyed by dataset, then model ("*": any model on that dataset).
 PAPER_REFERENCE: dict[str, dict[str, tuple[float, str]]] = {
     "cifar10": {m: (e / 100, "paper Table 6, CIFAR-10 test error") for m, e in {
@@ -106,7 +107,62 @@ _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 
         "padding:3px 8px;text-align:left}img{max-width:100%}")
 
 
+def percent(v: float | None) -> str:
+    """An error or accuracy fraction as a percentage with 2 decimals ("-" when missing)."""
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def results_table(result: dict[str, Any]) -> list[list[str]]:
+    """Rows [model, depth, final train error %, final test error %] for text and reports."""
+    return [[r["model"], str(r["depth"]), percent(r["final_train_error"]),
+             percent(r["final_test_error"])] for r in result["runs"]]
+
+
 SPLITS = ("train", "val", "test")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A run's JSON file; UserError naming it when unreadable or not JSON."""
+    try:
+        return json.loads(read_text(path, what, MAX_FILE_BYTES))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is damaged: not JSON ({e.msg} at line {e.lineno})") \
+            from None
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_responses(path: Path) -> dict[str, list[float]]:
+    """responses.json: {model label: [std per layer]}; UserError when it is not that."""
+    obj = read_json(path, "responses file")
+    if not (isinstance(obj, dict) and obj and all(
+            isinstance(k, str) and isinstance(v, list) and v and all(map(_number, v))
+            for k, v in obj.items())):
+        raise UserError(f"responses file {path} is damaged: expected "
+                        "{\"model\": [std per layer, ...]} with finite numbers")
+    return obj
+
+
+def read_degradation(path: Path) -> dict[str, Any]:
+    """degradation.json (see reslab.analysis.degradation); UserError when it is not that."""
+    obj = read_json(path, "degradation file")
+    runs = obj.get("runs") if isinstance(obj, dict) else None
+    keys = {"model": str, "depth": int}
+    ok = isinstance(runs, list) and isinstance(obj.get("dataset"), str) and all(
+        isinstance(r, dict) and all(isinstance(r.get(k), t) for k, t in keys.items())
+        and all(r.get(k) is None or _number(r.get(k))
+                for k in ("final_train_error", "final_test_error"))
+        and isinstance(r.get("curve", []), list)
+        and all(isinstance(p, dict) and _number(p.get("step"))
+                and all(p.get(k) is None or _number(p.get(k))
+                        for k in ("train_error", "test_error")) for p in r.get("curve", []))
+        for r in runs)
+    if not ok:
+        raise UserError(f"degradation file {path} is damaged: expected {{\"dataset\", "
+                        "\"runs\": [{\"model\", \"depth\", \"final_train_error\", ...}]}")
+    return obj
 
 
 def final_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -114,8 +170,9 @@ def final_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     last: dict[str, dict[str, Any]] = {}
     for r in rows:
         split = r.get("split")
-        if split is None or (split == "test" and last.get("test", {}).get("final")
-                             and not r.get("final")):
+        if not isinstance(split, str) or "top1" not in r or "loss" not in r:
+            continue
+        if split == "test" and last.get("test", {}).get("final") and not r.get("final"):
             continue
         last[split] = r
     return dict(sorted(last.items(), key=lambda kv: SPLITS.index(kv[0])
@@ -123,8 +180,8 @@ def final_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _metrics_row(split: str, r: dict[str, Any]) -> list[Any]:
-    top5 = _pct(1 - r["top5"]) if "top5" in r else "-"
-    return [split, _pct(r["top1"]), _pct(1 - r["top1"]), top5, f"{r['loss']:.4f}",
+    top5 = percent(1 - r["top5"]) if "top5" in r else "-"
+    return [split, percent(r["top1"]), percent(1 - r["top1"]), top5, f"{r['loss']:.4f}",
             r.get("n", "-")]
 
 
@@ -136,12 +193,15 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
 def _run_line(model: str, data: str, steps: int, run_dir: Path) -> str:
     """"resnet20 on cifar10, 64000 iterations in 1234 s." plus skipped images (summary.json)."""
     path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary = read_json(path, "summary") if path.is_file() else {}
+    if not isinstance(summary, dict):
+        summary = {}
+    wall, skipped = summary.get("wall_s"), summary.get("skipped_images")
     line = f"{model} on {data}, {steps} iterations"
-    if summary.get("wall_s") is not None:
-        line += f" in {summary['wall_s']:.1f} s"
-    if summary.get("skipped_images"):
-        line += f"; {summary['skipped_images']} unreadable images skipped"
+    if isinstance(wall, (int, float)) and not isinstance(wall, bool):
+        line += f" in {wall:.1f} s"
+    if isinstance(skipped, int) and skipped:
+        line += f"; {skipped} unreadable images skipped"
     return line + "."
 
 
@@ -158,20 +218,20 @@ def _run_section(doc: Doc, run_dir: Path) -> dict[str, Any]:
     ref = paper_reference(model, data)
     test = last.get("test")
     if ref is not None:
-        ours = _pct(1 - test["top1"]) if test else "-"
-        doc.table(["", "top-1 error %"], [[ref[1], _pct(ref[0])], ["this run (test)", ours]])
+        ours = percent(1 - test["top1"]) if test else "-"
+        doc.table(["", "top-1 error %"], [[ref[1], percent(ref[0])], ["this run (test)", ours]])
     if (run_dir / "curves.png").is_file():
         doc.image(run_dir / "curves.png", "loss and error curves")
     return {"run": run_dir.resolve().name, "model": model, "data": data, "steps": steps,
-            "test_error": _pct(1 - test["top1"]) if test else "-",
-            "paper_error": _pct(ref[0]) if ref else "-"}
+            "test_error": percent(1 - test["top1"]) if test else "-",
+            "paper_error": percent(ref[0]) if ref else "-"}
 
 
 def _responses_section(doc: Doc, run_dir: Path, level: int) -> None:
     """Fig. 7 for the models in run_dir/responses.json."""
     from .plots import responses_figure
 
-    responses = json.loads((run_dir / "responses.json").read_text())
+    responses = read_responses(run_dir / "responses.json")
     png = run_dir / "responses.png"
     responses_figure(responses, png)  # redrawn: responses.json may be newer than the figure
     doc.heading(level + 1, "Layer responses (Fig. 7)")
@@ -184,11 +244,12 @@ def _responses_section(doc: Doc, run_dir: Path, level: int) -> None:
 
 def _degradation_section(doc: Doc, run_dir: Path, level: int) -> None:
     """Fig. 6: the sweep's table and figure (redrawn if missing)."""
-    from .degradation import results_table, write_results
+    from .plots import degradation_figure
 
-    result = json.loads((run_dir / "degradation.json").read_text())
+    result = read_degradation(run_dir / "degradation.json")
     if not (run_dir / "degradation.png").is_file():
-        write_results(result, run_dir)
+        degradation_figure(result["runs"], run_dir / "degradation.png",
+                           title=f"plain vs ResNet on {result['dataset']} (Fig. 6)")
     doc.heading(level + 1, "Degradation: plain vs ResNet (Fig. 6)")
     doc.para(f"Dataset {result['dataset']}; every run with the same recipe and budget. "
              "The paper: deeper plain nets have higher training error, deeper ResNets lower.")
@@ -226,13 +287,20 @@ def draw_curves(run_dir: Path) -> None:
                       title=run_dir.resolve().name)
 
 
-def write_run_report(run_dir: str | Path) -> None:
-    """The run's curves.png and report.md (called by the engine at the end of every run)."""
+def write_run_report(run_dir: str | Path, *, strict: bool = True) -> None:
+    """The run's curves.png and report.md (written by `reslab train` and `reslab.train` after
+    every run). strict=False: a failure is one warning line (the weights are saved already; a
+    figure must not fail the run)."""
     run_dir = Path(run_dir)
-    draw_curves(run_dir)
-    doc = Doc()
-    add_run(doc, run_dir)
-    atomic_write_text(run_dir / "report.md", doc.markdown(run_dir))
+    try:
+        draw_curves(run_dir)
+        doc = Doc()
+        add_run(doc, run_dir)
+        atomic_write_text(run_dir / "report.md", doc.markdown(run_dir))
+    except Exception as e:  # noqa: BLE001
+        if strict:
+            raise
+        warn(f"could not write the run report: {str(e).splitlines()[0] if str(e) else e!r}")
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> tuple[Path, Path]:

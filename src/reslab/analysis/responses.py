@@ -7,6 +7,7 @@ preconditioning of section 3.1 is reasonable (seed notes, Q&A 1).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Iterator
@@ -110,9 +111,8 @@ def _path_name(path: Path) -> str:
     return path.resolve().parent.name if path.stem in ("model", "best") else path.stem
 
 
-def model_labels(paths: list[str], metas: list[dict[str, Any]]) -> list[str]:
+def model_labels(paths: list[str], archs: list[str]) -> list[str]:
     """Unique labels: the architectures when they differ, else the run names (-2, -3 if equal)."""
-    archs = [str(m.get("architecture", "model")) for m in metas]
     if len(set(archs)) == len(archs):
         return archs
     seen: dict[str, int] = {}
@@ -123,39 +123,30 @@ def model_labels(paths: list[str], metas: list[dict[str, Any]]) -> list[str]:
     return labels
 
 
-# The data options that change what a model sees: a checkpoint is measured on the images as they
-# were prepared for it in training (its run's config.toml), else with the loader's defaults.
-DATA_OPTIONS = ("normalize", "image_size", "val_split", "seed")
-
-
-def training_data_options(ckpt: str | Path) -> dict[str, Any]:
-    """The DATA_OPTIONS of the run a checkpoint belongs to ({} without a config.toml)."""
-    from ..engine.checkpoint import resolve_ckpt_path
-    from ..engine.recipe import read_toml
-
-    config = resolve_ckpt_path(ckpt).parent / "config.toml"
-    if not config.is_file():
-        return {}
-    values = read_toml(config)
-    return {k: values[k] for k in DATA_OPTIONS if k in values}
-
-
 def compute_responses(ckpts: list[str], data: str, *, data_dir: str | None = None,
                       split: str = "test", max_images: int | None = None,
                       batch_size: int = 256, device: str = "cpu") -> dict[str, list[float]]:
-    """{label: stds in layer order} for each checkpoint on the split of `data` (Fig. 7)."""
+    """{label: stds in layer order} for each checkpoint on the split of `data` (Fig. 7).
+
+    Each model sees the images prepared as in its training (its record's preprocessing), and,
+    when `data` is the dataset it was trained on, the same val hold-out."""
+    from ..checkpoint import load_checkpoint
     from ..data import load_data
-    from ..engine.checkpoint import load_checkpoint
 
     loaded = [load_checkpoint(c, device) for c in ckpts]
     datasets: dict[str, Any] = {}  # one load per distinct preparation
     out = {}
-    for ckpt, label, (model, _) in zip(ckpts, model_labels(ckpts, [m for _, m in loaded]),
-                                       loaded):
-        options = training_data_options(ckpt)
-        key = json.dumps(options, sort_keys=True)
+    for label, (model, record) in zip(model_labels(ckpts, [r.architecture for _, r in loaded]), loaded):
+        pre, trained = record.preprocess, record.data or {}
+        same = trained.get("spec") == data
+        options = {"val_split": trained.get("val_split", 0) if same else 0,
+                   "seed": trained.get("seed", 0) if same else 0,
+                   "image_size": pre.input_size[-1], "normalize": pre.normalize,
+                   "crop_fraction": pre.crop_fraction}
+        key = json.dumps({**options, **pre.to_json()}, sort_keys=True) + _digest(pre.mean_image)
         if key not in datasets:
-            datasets[key] = load_data(data, data_dir=data_dir, augment="none", **options)
+            datasets[key] = load_data(data, data_dir=data_dir, augment="none",
+                                      stats=pre.stats(), **options)
         dataset = datasets[key]
         if model.conv1.in_channels != dataset.in_chans:
             raise UserError(f"{label} takes {model.conv1.in_channels}-channel images; "
@@ -163,3 +154,7 @@ def compute_responses(ckpts: list[str], data: str, *, data_dir: str | None = Non
         batches = dataset.eval_batches(split, batch_size, torch.device(device))
         out[label] = layer_responses(model, take_images(batches, max_images))
     return out
+
+
+def _digest(t: torch.Tensor | None) -> str:
+    return "" if t is None else hashlib.sha1(t.numpy().tobytes()).hexdigest()

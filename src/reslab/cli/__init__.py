@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from ..errors import UserError
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("RESLAB_DEBUG") == "1"
+    _ignore_file_size_signal()
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):
@@ -48,22 +50,46 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}".splitlines()[0], file=sys.stderr)
-        return 2
+        return _error(msg)
     except OSError as e:
-        # A full disk outside the checkpoint writer (metrics.jsonl, an exported file) is the
-        # user's to fix like any bad input; other OS errors stay unexpected.
-        from ..engine.checkpoint import disk_full_errno
+        # An OS error the user can fix (permission, read-only, full disk, file-size limit, a
+        # file where a directory belongs) is exit 2 like any bad input; others are bugs.
+        from ..io import path_error
 
-        code = disk_full_errno(e)
-        if debug or code is None:
+        err = path_error(e, e.filename or "a file", "use")
+        if debug or err is None:
             raise
-        where = f" {e.filename}" if e.filename else ""
-        print(f"error: cannot write{where}: {os.strerror(code)}", file=sys.stderr)
-        return 2
+        return _error(str(err))
+    except (MemoryError, RuntimeError) as e:
+        if debug or not _out_of_memory(e):
+            raise
+        return _error("out of memory: the batch, image size or model is too large for this "
+                      "machine; use a smaller --batch-size or --image-size")
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}".splitlines()[0], file=sys.stderr)
+    return 2
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, MemoryError) or "can't allocate memory" in text \
+        or "out of memory" in text.lower()
+
+
+def _ignore_file_size_signal() -> None:
+    """With a file-size limit (ulimit -f), the kernel kills a writer past it with SIGXFSZ;
+    ignored, the write fails with EFBIG instead, which becomes a clean error (and the atomic
+    writer keeps the previous file)."""
+    if hasattr(signal, "SIGXFSZ"):
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            pass
 
 
 def entry() -> None:

@@ -45,7 +45,7 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.bench import bench_model, format_table
+    from ..bench import bench_model, format_table
 
     for flag, value in (("--batch-size", args.batch_size), ("--iters", args.iters),
                         ("--rounds", args.rounds), ("--threads", args.threads)):

@@ -14,6 +14,7 @@ import torch
 
 from ..analysis.macs import InputTooSmall, Shape
 from ..errors import UserError
+from ..limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_IN_CHANS, check_int
 from ..models import create_model, get_arch
 from ..models.blocks import SHORTCUTS, STRIDE_IN
 from ..models.resnet import ResNet
@@ -41,7 +42,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The create_model keyword arguments of the options actually given on the command line."""
     names = ("num_classes", "in_chans", "shortcut", "stride_in", "zero_init_residual")
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if "num_classes" in kwargs:
+        check_int("--num-classes", kwargs["num_classes"], 1, MAX_CLASSES)
+    if "in_chans" in kwargs:
+        check_int("--in-chans", kwargs["in_chans"], 1, MAX_IN_CHANS)
+    return kwargs
 
 
 def parse_input_shape(text: str) -> Shape:
@@ -51,6 +57,12 @@ def parse_input_shape(text: str) -> Shape:
     dims = tuple(int(d) for d in re.split(r"[xX]", text))
     if min(dims) < 1:
         raise UserError(f"invalid --input '{text}': every dimension must be positive")
+    if max(dims[-2:]) > MAX_IMAGE_SIDE:
+        raise UserError(f"invalid --input '{text}': height and width must be between 1 and "
+                        f"{MAX_IMAGE_SIDE:,}")
+    if (len(dims) == 4 and dims[0] > MAX_BATCH) or dims[-3] > MAX_IN_CHANS:
+        raise UserError(f"invalid --input '{text}': at most {MAX_BATCH:,} images of "
+                        f"{MAX_IN_CHANS} channels")
     return dims if len(dims) == 4 else (1, *dims)
 
 
@@ -94,7 +106,7 @@ def analyze(args: argparse.Namespace, fn: Callable[[ResNet, Shape], T]) -> T:
 
 
 def print_json(obj: Any) -> None:
-    """Exactly one JSON object on stdout (INTERFACE.md: nothing else goes there)."""
+    """Exactly one JSON object on stdout (the command-line contract: nothing else goes there)."""
     if not isinstance(obj, dict):
         raise TypeError("print_json prints one JSON object: pass a dict")
     # default=str: paths and other plain values print as text rather than failing

@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.degradation import results_table, run_degradation
+    from ..analysis.degradation import run_degradation
+    from ..analysis.report import results_table
     from ..engine.recipe import load_recipe
     from ..engine.state import Interrupted
     from .common import print_json

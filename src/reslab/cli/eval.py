@@ -17,6 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="1: centre; 10: four corners, centre and their flips (paper 3.4)")
     p.add_argument("--scales", help="comma-separated shorter sides, e.g. 224,256,384,480,640: "
                    "the paper's fully-convolutional multi-scale test, scores averaged")
+    p.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
+                   help="average with the horizontally flipped image: auto (default) does what "
+                        "the run's reported numbers did (its record says), on, off")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--confusion", metavar="FILE.png", help="also write a confusion matrix")
@@ -30,13 +33,16 @@ def run(args: argparse.Namespace) -> int:
     scales = _parse_scales(args.scales) if args.scales else None
     result = evaluate_checkpoint(args.ckpt, data=args.data, data_dir=args.data_dir,
                                  split=args.split, crops=args.crops, scales=scales,
+                                 flip={"auto": None, "on": True, "off": False}[args.flip],
                                  batch_size=args.batch_size, device=args.device,
                                  confusion_png=args.confusion)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{Path(args.ckpt)} on {result['data']} {result['split']} (n={result['n']}): "
-              f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}")
+        view = ("multi-scale " + ",".join(map(str, scales)) if scales else "10-crop"
+                if args.crops == 10 else "centre view + flip" if result["flip"] else "centre view")
+        print(f"{Path(args.ckpt)} on {result['data']} {result['split']} (n={result['n']}, "
+              f"{view}): top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}")
     return 0
 
 

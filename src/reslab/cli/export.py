@@ -21,20 +21,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint, resolve_ckpt_path
     from ..deploy.export import export_model
-    from ..engine.checkpoint import load_checkpoint, resolve_ckpt_path
     from .common import print_json
 
     ckpt = resolve_ckpt_path(args.ckpt)
-    model, meta = load_checkpoint(ckpt)
-    result = export_model(model, meta, args.out, args.format)
+    model, record = load_checkpoint(ckpt)
+    result = export_model(model, record, args.out, args.format)
     if args.json:
-        print_json({"ckpt": str(ckpt), "architecture": meta["architecture"],
+        print_json({"ckpt": str(ckpt), "architecture": record.architecture,
                     **result.to_dict()})
     else:
         size = result.path.stat().st_size / 2**20
         diffs = ", ".join(f"batch {n}: {d:.2e}" for n, d in result.max_abs_diff.items())
-        print(f"exported {ckpt} ({meta['architecture']}) to {result.path} "
+        print(f"exported {ckpt} ({record.architecture}) to {result.path} "
               f"[{result.format}, {size:.1f} MiB, dynamic batch]")
         print(f"parity vs PyTorch, max abs diff: {diffs} "
               f"({'ok' if result.ok else 'FAILED'}, tolerance {result.tolerance:.1e})")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..limits import MAX_IMAGE_SIDE
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from .common import add_model_options
@@ -19,11 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-names", metavar="FILE|imagenet",
                    help="class names, one per line (default 0..K-1); 'imagenet' uses "
                         "torchvision's 1000 ImageNet categories")
-    p.add_argument("--mean", type=_floats, help="per-channel input mean, e.g. 0.5,0.5,0.5 "
-                   "(default ImageNet's for 3 channels, 0.5 otherwise)")
-    p.add_argument("--std", type=_floats, help="per-channel input std")
+    p.add_argument("--mean", type=_floats, help="per-channel input mean in [0, 1] pixel units, "
+                   "e.g. 0.5,0.5,0.5 (default ImageNet's for 3 channels, 0.5 otherwise)")
+    p.add_argument("--std", type=_floats, help="per-channel input std (positive)")
     p.add_argument("--input-size", type=int, metavar="PX",
-                   help="training resolution (default 224 ImageNet family, 32 CIFAR)")
+                   help=f"training resolution, 1..{MAX_IMAGE_SIDE} (default 224 ImageNet "
+                        "family, 32 CIFAR)")
     p.add_argument("--out", required=True, metavar="FILE.safetensors")
     p.set_defaults(func=run)
 
@@ -36,38 +39,55 @@ def _floats(text: str) -> list[float]:
 
 
 def _class_names(spec: str, k: int) -> list[str]:
+    from ..io import read_text
+    from ..limits import MAX_TEXT_BYTES
+
     if spec == "imagenet":
         from torchvision.models import ResNet50_Weights
 
         names = list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
     else:
-        path = Path(spec)
-        if not path.is_file():
-            raise ValueError(f"class names file not found: {path}")
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        text = read_text(spec, "class names file", MAX_TEXT_BYTES)
+        names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) != k:
         raise ValueError(f"--class-names gives {len(names)} names but the model has {k} classes")
     return names
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.checkpoint import save_weights
     from ..interop import model_from_file
+    from ..limits import check_float, check_image_side
+    from ..record import Record, save_weights
     from .common import model_kwargs
 
-    model, meta, messages = model_from_file(args.file, args.model, **model_kwargs(args))
+    if args.input_size is not None:
+        check_image_side("--input-size", args.input_size)
+    model, record, messages = model_from_file(args.file, args.model, **model_kwargs(args))
     k, c = model.fc.out_features, model.conv1.in_channels
-    if args.class_names:
-        meta["class_names"] = _class_names(args.class_names, k)
+    pre = record.preprocess
+    changes = {}
     for key in ("mean", "std"):
         value = getattr(args, key)
         if value is not None:
             if len(value) != c:
                 raise ValueError(f"--{key} needs {c} values (one per input channel)")
-            meta[key] = value
+            for v in value:
+                if key == "mean":
+                    check_float("--mean value", v, -10.0, 10.0)
+                else:
+                    check_float("--std value", v, 0.0, 10.0, lo_open=True)
+            changes[key] = tuple(value)
     if args.input_size:
-        meta["input_size"] = [c, args.input_size, args.input_size]
-    save_weights(args.out, model, meta)
+        changes["input_size"] = (c, args.input_size, args.input_size)
+    if changes and pre.normalize == "pixel":  # per-channel statistics replace the mean image
+        changes.update(normalize="channel", mean_image=None)
+    import dataclasses
+
+    record = record.replace(preprocess=dataclasses.replace(pre, **changes))
+    if args.class_names:
+        record = record.replace(class_names=tuple(_class_names(args.class_names, k)))
+    record = Record.from_json(record.to_json(), record.preprocess.mean_image, args.out)
+    save_weights(args.out, model, record)
     for message in messages:
         print(message)
     params = sum(p.numel() for p in model.parameters())

@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.responses import compute_responses
-    from ..engine.checkpoint import atomic_write_text
+    from ..io import atomic_write_text
     from ..engine.setup import select_device
     from .common import print_json
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..engine.recipe import Recipe, load_recipe
+from ..errors import UserError
 from .common import add_recipe_flags, recipe_overrides
 
 # Flags whose meaning deserves a line in --help; the rest are documented by their recipe field.
@@ -33,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "else fast")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATA-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out already holds a run: delete its files and start afresh")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print a final JSON summary on stdout")
     add_recipe_flags(p, help=HELP)
@@ -46,9 +49,13 @@ def resolve(args: argparse.Namespace) -> Recipe:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis.report import write_run_report
     from ..engine.loop import fit
     from ..engine.state import Interrupted
 
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite deletes it: "
+                        "give one of them")
     if args.resume:
         if not args.out:
             raise ValueError("--resume needs --out DIR (the run to continue)")
@@ -59,11 +66,14 @@ def run(args: argparse.Namespace) -> int:
         f"{recipe.model}-{recipe.data.replace(':', '_').replace('/', '_')}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        summary = fit(recipe, out, resume=args.resume, quiet=args.quiet)
+        summary = fit(recipe, out, resume=args.resume, overwrite=args.overwrite,
+                      quiet=args.quiet)
     except Interrupted as e:
         print(f"stopped by {e.signame} at step {e.step}; state saved. Continue with: "
               f"reslab train --resume --out {e.out}", file=sys.stderr)
         return e.exit_code
+    if summary.get("out"):  # under torchrun, rank 0 owns the run directory
+        write_run_report(out, strict=False)
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import math
 import os
 import pickle
 import warnings
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError, unknown
+from ..io import read_bytes, regular_file
+from ..limits import MAX_FILE_BYTES
 from .images import GRAY_MODES, probe_image
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic")
@@ -143,17 +147,26 @@ def _download(kind: str, root: Path) -> None:
 
 def read_idx(path: Path) -> np.ndarray:
     """An idx file (LeCun's MNIST format; .gz or raw) as a uint8 array: magic 0x0000 08 <ndim>,
-    ndim big-endian uint32 sizes, then the bytes."""
+    ndim big-endian uint32 sizes, then the bytes. At most MAX_FILE_BYTES are read (decompressed),
+    so a small .gz that inflates to gigabytes is refused instead of filling the memory."""
+    path = regular_file(path, "idx file")
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as exc:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read(MAX_FILE_BYTES + 1)
+        else:
+            raw = read_bytes(path, "idx file", MAX_FILE_BYTES)
+    except (OSError, EOFError, zlib.error) as exc:
         raise UserError(f"cannot read idx file '{path}': {exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise UserError(f"idx file '{path}' holds more than {MAX_FILE_BYTES:,} bytes "
+                        "(decompressed), the most reslab reads")
     ndim = raw[3] if len(raw) >= 4 else 0
     if raw[:3] != b"\x00\x00\x08" or not 1 <= ndim <= 4 or len(raw) < 4 + 4 * ndim:
         raise UserError(f"'{path}' is not an idx file of unsigned bytes")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
+    if data.size != math.prod(dims):  # Python ints: a forged header cannot overflow
         raise UserError(f"idx file '{path}' does not match its header: {data.size} bytes for "
                         f"shape {dims}")
     return data.reshape(dims)
@@ -231,6 +244,7 @@ class ArrayUnpickler(pickle.Unpickler):
 def load_pickle(path: Path) -> Any:
     """A trusted-format pickle (CIFAR batch) read through ArrayUnpickler; UserError otherwise.
     latin1 decodes Python 2 strings as numpy requires; keys may come back as str or bytes."""
+    path = regular_file(path, "pickled batch")
     try:
         with open(path, "rb") as f:
             return ArrayUnpickler(f, encoding="latin1").load()

@@ -7,6 +7,7 @@ In-memory datasets are evaluated full-frame, i.e. crop_fraction = 1.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from os import PathLike
 
@@ -16,6 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
+from ..io import regular_file
+from .normalize import Normalizer
 
 # 224 / 256: the paper's test crop of an image whose shorter side was resized to 256.
 FOLDER_CROP_FRACTION = 224 / 256
@@ -32,6 +35,9 @@ def open_image(path: str | PathLike) -> Image.Image:
     """Decodes an image file fully (any format PIL reads), EXIF orientation applied.
 
     Raises UserError naming the file when it is missing or not a readable image."""
+    if not os.path.lexists(path):
+        raise UserError(f"image '{path}' not found")
+    regular_file(path, "image")  # a FIFO or device would block the decoder
     try:
         with Image.open(path) as img:
             img.load()
@@ -46,6 +52,7 @@ def probe_image(path: str | PathLike) -> str:
     """The mode of an image file from its header only (cheap: no pixel decoding).
 
     Used to scan large folders; a truncated file can still pass and fail at decoding time."""
+    regular_file(path, "image")
     try:
         with Image.open(path) as img:
             return img.mode
@@ -131,8 +138,6 @@ def preprocess(images: Sequence[Image.Image], in_chans: int, input_size: Sequenc
 
     mean may be per channel or a per-pixel mean image (C, H, W) (normalize="pixel").
     crop_fraction: store `Data.crop_fraction` with the model and pass it; None guesses."""
-    from .augment import Normalizer  # augment does not import images; keep the cycle one-way
-
     size = (int(input_size[-2]), int(input_size[-1]))
     frac = default_crop_fraction(size) if crop_fraction is None else crop_fraction
     if not images:

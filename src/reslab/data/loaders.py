@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import UserError, unknown
-from .augment import (AUGMENTS, NORMALIZE, EpochPlan, Normalizer, Stats, compute_stats,
-                      epoch_generator, imagenet_batch, pad_fill, plan_epoch, window_batch)
+from ..limits import (MAX_DATASET_BYTES, MAX_PAD, MAX_WORKERS, check_image_side,
+                      check_int)
+from .augment import (AUGMENTS, EpochPlan, epoch_generator, imagenet_batch, pad_fill,
+                      plan_epoch, window_batch)
+from .normalize import NORMALIZE, Normalizer, Stats, compute_stats
 from .datasets import ArraySource, FolderSource, Split, load_source
 from .images import (FOLDER_CROP_FRACTION, eval_geometry, open_image, pil_to_uint8, scale_crop,
                      to_channels)
@@ -46,39 +48,26 @@ class Data:
         self.splits, self.skipped = splits, list(skipped)
         self.augment, self.pad, self.crop_fraction = augment, pad, crop_fraction
 
-    # mean, std and mean_image can be replaced (e.g. by a checkpoint's statistics when
-    # evaluating it); every batch produced afterwards uses the new values.
     def _normalizer(self) -> Normalizer:
         s = self._stats
         return Normalizer(s.mean_image if s.mean_image is not None else s.mean, s.std)
 
-    def _replace_stats(self, **change: object) -> None:
-        self._stats = replace(self._stats, **change)
-        self.normalize = self._normalizer()
+    @property
+    def stats(self) -> Stats:
+        """The normalisation statistics every batch is prepared with."""
+        return self._stats
 
     @property
     def mean(self) -> list[float]:
         return self._stats.mean
 
-    @mean.setter
-    def mean(self, value: Sequence[float]) -> None:
-        self._replace_stats(mean=[float(v) for v in value])
-
     @property
     def std(self) -> list[float]:
         return self._stats.std
 
-    @std.setter
-    def std(self, value: Sequence[float]) -> None:
-        self._replace_stats(std=[float(v) for v in value])
-
     @property
     def mean_image(self) -> torch.Tensor | None:
         return self._stats.mean_image
-
-    @mean_image.setter
-    def mean_image(self, value: torch.Tensor | None) -> None:
-        self._replace_stats(mean_image=None if value is None else torch.as_tensor(value).float())
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={self.num_examples(s)}" for s in self.splits)
@@ -314,7 +303,16 @@ def resize_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
 
 
 def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | None,
-                normalize: str, **kw) -> InMemoryData:
+                normalize: str, stats: Stats | None, crop_fraction: float | None,
+                **kw) -> InMemoryData:
+    if image_size:
+        n = len(src.train[1]) + (len(src.test[1]) if src.test is not None else 0)
+        size = n * src.train[0].shape[1] * image_size ** 2
+        if size > MAX_DATASET_BYTES:
+            raise UserError(f"image size {image_size} would make {src.name} {size / 2**30:.1f} "
+                            f"GiB in memory, more than the {MAX_DATASET_BYTES / 2**30:.0f} GiB "
+                            "limit; choose a smaller --image-size")
+
     def sized(split: Split) -> Split:
         return (resize_uint8(split[0], image_size) if image_size else split[0]), split[1]
 
@@ -327,11 +325,12 @@ def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | N
         arrays["test"] = sized(src.test)
     return InMemoryData(arrays, name=src.name, class_names=src.class_names,
                         input_size=tuple(x.shape[1:]), crop_fraction=1.0,
-                        stats=compute_stats(arrays["train"][0], normalize), **kw)
+                        stats=stats or compute_stats(arrays["train"][0], normalize), **kw)
 
 
 def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int | None,
-                 normalize: str, workers: int, **kw) -> FolderData:
+                 normalize: str, workers: int, stats: Stats | None, crop_fraction: float | None,
+                 **kw) -> FolderData:
     """Splits: train; val = the held-out images, else PATH/val; test = PATH/val, else the
     held-out images (one held-out set then answers to both names)."""
     items = {"train": src.train}
@@ -343,41 +342,51 @@ def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int |
     if "val" in items:
         items["test"] = src.val if src.val is not None else items["val"]
     size = image_size or 224
-    # Statistics from up to STATS_SAMPLE training images, decoded as evaluation decodes them.
-    pick = torch.randperm(len(items["train"]), generator=torch.Generator().manual_seed(seed))
+    crop = crop_fraction or FOLDER_CROP_FRACTION
+    if stats is None:
+        stats = _folder_stats(src, items["train"], size, seed, normalize, workers)
+    return FolderData(items, workers, name=src.name, class_names=src.class_names,
+                      input_size=(src.in_chans, size, size), crop_fraction=crop,
+                      stats=stats, skipped=src.skipped, **kw)
+
+
+def _folder_stats(src: FolderSource, train: list[tuple[str, int]], size: int, seed: int,
+                  normalize: str, workers: int) -> Stats:
+    """Statistics from up to STATS_SAMPLE training images, decoded as evaluation decodes them."""
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     pick = pick[:STATS_SAMPLE]
     spans = [(i, min(i + 64, len(pick))) for i in range(0, len(pick), 64)]
-    ds = FolderDataset(items["train"], src.in_chans, size, FOLDER_CROP_FRACTION)
+    ds = FolderDataset(train, src.in_chans, size, FOLDER_CROP_FRACTION)
     sample = [x for x, _ in decode_batches(ds, _KeyBatches(pick, None, spans),
                                            torch.device("cpu"), workers)]
-    return FolderData(items, workers, name=src.name, class_names=src.class_names,
-                      input_size=(src.in_chans, size, size), crop_fraction=FOLDER_CROP_FRACTION,
-                      stats=compute_stats(torch.cat(sample), normalize), skipped=src.skipped,
-                      **kw)
+    return compute_stats(torch.cat(sample), normalize)
 
 
 def load_data(spec: str, *, data_dir: str | None = None, val_split: int = 0, seed: int = 0,
               image_size: int | None = None, normalize: str = "channel",
-              augment: str = "crop-flip", pad: int = 4, workers: int = 4) -> Data:
-    """Loads the dataset a --data spec names (INTERFACE.md, Datasets), ready to batch.
+              augment: str = "crop-flip", pad: int = 4, workers: int = 4,
+              stats: Stats | None = None, crop_fraction: float | None = None) -> Data:
+    """Loads the dataset a --data spec names (README, Datasets), ready to batch.
 
     val_split: hold out that many training images as "val". image_size: resize in-memory data
     once at load time / the crop size for folders (default 224). normalize: "channel" (mean/std
     per channel) or "pixel" (the per-pixel mean image and a global std, paper section 4.2).
     augment: "crop-flip" (pad `pad` px, random crop, flip: section 4.2), "flip", "none", or
-    "imagenet" (scale augmentation in [256, 480]/224 x size, flip, colour: section 3.4)."""
+    "imagenet" (scale augmentation in [256, 480]/224 x size, flip, colour: section 3.4).
+    stats, crop_fraction: a checkpoint's preprocessing (reslab.record) to prepare the images
+    exactly as for that model, instead of measuring the training split."""
     if normalize not in NORMALIZE:
         raise unknown("normalization", normalize, NORMALIZE)
     if augment not in AUGMENTS:
         raise unknown("augmentation", augment, AUGMENTS)
-    for option, value, least in (("--val-split", val_split, 0), ("pad", pad, 0),
-                                 ("--workers", workers, 0),
-                                 ("image size", 1 if image_size is None else image_size, 1)):
-        if value < least:
-            raise UserError(f"{option} must be >= {least}, got {value}")
+    check_int("val_split", val_split, 0, 10**9)
+    check_int("pad", pad, 0, MAX_PAD)
+    check_int("workers", workers, 0, MAX_WORKERS)
+    if image_size is not None:
+        check_image_side("image size", image_size)
     src = load_source(spec, data_dir, workers)
     opts = dict(val_split=val_split, seed=seed, image_size=image_size, normalize=normalize,
-                augment=augment, pad=pad)
+                augment=augment, pad=pad, stats=stats, crop_fraction=crop_fraction)
     if isinstance(src, FolderSource):
         return _folder_data(src, workers=workers, **opts)
     return _array_data(src, **opts)

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.checkpoint import atomic_write
 from ..errors import UserError, unknown
+from ..io import atomic_write, ensure_dir
+from ..record import Record
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 FORMATS = ("onnx", "torchscript", "pt2")
@@ -37,12 +38,16 @@ class ExportResult:
                 "max_abs_diff": {str(k): v for k, v in self.max_abs_diff.items()}}
 
 
-def _meta_json(meta: dict[str, Any]) -> str:
-    keys = ("architecture", "kwargs", "class_names", "mean", "std", "input_size")
-    return json.dumps({k: meta[k] for k in keys if k in meta})
+def _meta_json(record: Record) -> str:
+    """The checkpoint record as JSON, with the per-pixel mean image (if any) as nested lists,
+    so a deployed file carries everything needed to prepare its input."""
+    obj = record.to_json()
+    if record.preprocess.mean_image is not None:
+        obj["preprocess"]["mean_image"] = record.preprocess.mean_image.round(decimals=6).tolist()
+    return json.dumps(obj)
 
 
-def _onnx(model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, Any]) -> Runner:
+def _onnx(model: nn.Module, example: torch.Tensor, out: Path, record: Record) -> Runner:
     try:
         import onnxruntime as ort
         import onnxscript  # noqa: F401 - the dynamo exporter needs it; fail early and clearly
@@ -54,13 +59,13 @@ def _onnx(model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, An
                                 output_names=["logits"], dynamic_shapes=({0: batch},),
                                 dynamo=True, verbose=False)
     # Deployment code finds preprocessing and class names in the file itself.
-    program.model.metadata_props["reslab"] = _meta_json(meta)
+    program.model.metadata_props["reslab"] = _meta_json(record)
     atomic_write(out, lambda tmp: program.save(tmp))
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
 
-def _torchscript(model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, Any]
+def _torchscript(model: nn.Module, example: torch.Tensor, out: Path, record: Record
                  ) -> Runner:
     with warnings.catch_warnings():
         # TorchScript is deprecated in favour of torch.export but still the format many
@@ -68,15 +73,15 @@ def _torchscript(model: nn.Module, example: torch.Tensor, out: Path, meta: dict[
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, example)
         atomic_write(out, lambda tmp: torch.jit.save(
-            traced, tmp, _extra_files={"reslab.json": _meta_json(meta)}))
+            traced, tmp, _extra_files={"reslab.json": _meta_json(record)}))
         return torch.jit.load(str(out))
 
 
-def _pt2(model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, Any]) -> Runner:
+def _pt2(model: nn.Module, example: torch.Tensor, out: Path, record: Record) -> Runner:
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     atomic_write(out, lambda tmp: torch.export.save(
-        program, tmp, extra_files={"reslab.json": _meta_json(meta)}))
+        program, tmp, extra_files={"reslab.json": _meta_json(record)}))
     return torch.export.load(str(out)).module()
 
 
@@ -84,7 +89,7 @@ _WRITERS = {"onnx": _onnx, "torchscript": _torchscript, "pt2": _pt2}
 
 
 @torch.no_grad()
-def export_model(model: nn.Module, meta: dict[str, Any], out: str | Path, fmt: str = "onnx"
+def export_model(model: nn.Module, record: Record, out: str | Path, fmt: str = "onnx"
                  ) -> ExportResult:
     """Writes model (CPU, eval, fp32) to out and checks the file's outputs against PyTorch on
     random inputs of batch 1 and 3 (the file has a dynamic batch dimension)."""
@@ -92,11 +97,13 @@ def export_model(model: nn.Module, meta: dict[str, Any], out: str | Path, fmt: s
         raise unknown("export format", fmt, FORMATS)
     model = model.cpu().float().eval()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shape = tuple(int(s) for s in meta["input_size"])
+    if out.is_dir():
+        raise UserError(f"cannot write {out}: it is a directory")
+    ensure_dir(out.parent)
+    shape = tuple(int(s) for s in record.preprocess.input_size)
     g = torch.Generator().manual_seed(0)
     # Batch 2 when tracing: exporters specialise a dimension of size 1 to a constant.
-    run = _WRITERS[fmt](model, torch.randn(2, *shape, generator=g), out, meta)
+    run = _WRITERS[fmt](model, torch.randn(2, *shape, generator=g), out, record)
     result = ExportResult(out, fmt)
     scale = 1.0
     for n in PARITY_BATCHES:

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.images import open_image, preprocess
+from ..engine.evaluate import flip_tta
+from ..record import Record
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -18,23 +20,27 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[i:i + size]
 
 
-def predict_files(model: nn.Module, meta: dict[str, Any], paths: Sequence[str | PathLike], *,
-                  topk: int = 5, batch_size: int = 32, device: str | torch.device = "cpu"
-                  ) -> list[dict[str, Any]]:
+def predict_files(model: nn.Module, record: Record, paths: Sequence[str | PathLike], *,
+                  topk: int = 5, batch_size: int = 32, device: str | torch.device = "cpu",
+                  flip: bool | None = None) -> list[dict[str, Any]]:
     """One result per file, in order: {"file", "top": [{"class", "index", "prob"}, ...]}.
 
-    meta (checkpoint metadata) gives the input channels and size, mean/std and class names;
-    every image, whatever its mode and size, is converted and resized to that. An unreadable
-    file raises UserError naming it (before any result is returned)."""
-    names = meta["class_names"]
-    in_chans, k = int(meta["input_size"][0]), max(1, min(topk, len(names)))
+    The record gives the input channels and size, the evaluation crop, the normalisation (per
+    channel or the per-pixel mean image) and the class names; every image, whatever its mode
+    and size, is prepared exactly as the run's evaluation prepared its images. An unreadable
+    file raises UserError naming it (before any result is returned). flip: average the logits
+    with the mirrored image's (default: as the run's evaluation did, its record says)."""
+    names, pre = record.class_names, record.preprocess
+    k = max(1, min(topk, len(names)))
+    mean = pre.mean_image if pre.mean_image is not None else pre.mean
     model = model.to(device).eval()
+    forward = flip_tta(model) if (pre.tta_flip if flip is None else flip) else model
     results = []
     for chunk in _chunks(list(paths), batch_size):
-        x = preprocess([open_image(p) for p in chunk], in_chans, meta["input_size"],
-                       meta["mean"], meta["std"], crop_fraction=meta.get("crop_fraction"))
+        x = preprocess([open_image(p) for p in chunk], pre.in_chans, pre.input_size, mean,
+                       pre.std, crop_fraction=pre.crop_fraction)
         with torch.inference_mode():
-            probs = F.softmax(model(x.to(device)).float(), dim=1).cpu()
+            probs = F.softmax(forward(x.to(device)).float(), dim=1).cpu()
         values, indices = probs.topk(k, dim=1)
         for path, vals, idx in zip(chunk, values.tolist(), indices.tolist()):
             results.append({"file": str(path), "top": [

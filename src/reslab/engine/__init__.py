@@ -1,5 +1,4 @@
-"""Training and evaluation: recipes, the loop, checkpoints, torchrun."""
-from .checkpoint import load_checkpoint, save_weights
+"""Training and evaluation: recipes, the loop, the run directory, torchrun."""
 from .recipe import Recipe, load_recipe
 
 
@@ -9,4 +8,4 @@ def fit(*args, **kwargs):  # noqa: D103 - see loop.fit; imported lazily (it pull
     return _fit(*args, **kwargs)
 
 
-__all__ = ["Recipe", "fit", "load_checkpoint", "load_recipe", "save_weights"]
+__all__ = ["Recipe", "fit", "load_recipe"]

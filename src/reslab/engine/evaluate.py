@@ -1,7 +1,7 @@
 """Top-1 / top-5 accuracy and loss over a split, summed across ranks."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..limits import MAX_BATCH, MAX_SCALES, check_image_side, check_int
 from .distributed import Dist, all_reduce_sum
 
 
 class Tally:
-    """Running sums of loss, top-1 and top-5 hits; `result()` gives the INTERFACE.md keys."""
+    """Running sums of loss, top-1 and top-5 hits; `result()` gives the metrics.jsonl keys."""
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
@@ -80,52 +81,55 @@ def confusion_matrix(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     return cm
 
 
-def _run_config(ckpt: str | Path) -> dict:
-    """The training config of a run directory (or of the run a weights file sits in), if any."""
-    from .recipe import read_toml
-
-    path = Path(ckpt)
-    cfg = (path if path.is_dir() else path.parent) / "config.toml"
-    return read_toml(cfg) if cfg.is_file() else {}
-
-
 def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
                         data_dir: str | None = None, split: str = "test", crops: int = 1,
-                        scales: list[int] | None = None, batch_size: int = 256,
-                        device: str = "auto", confusion_png: str | None = None
-                        ) -> dict[str, Any]:
+                        scales: list[int] | None = None, flip: bool | None = None,
+                        batch_size: int = 256, device: str = "auto",
+                        confusion_png: str | None = None) -> dict[str, Any]:
     """Scores a checkpoint on a split: centre view, the paper's 10-crop, or multi-scale.
 
-    Images are normalised with the checkpoint's mean/std; a run directory's config supplies
-    the dataset, its val hold-out and seed so `--split val` is the same split as in training.
-    """
+    Everything comes from the checkpoint's record (reslab.record): the images are prepared as in
+    its training (size, crop, mean/std or per-pixel mean), the dataset defaults to the one it was
+    trained on, with its val hold-out and seed so `--split val` is the same split as in training.
+    flip: average with the horizontal flip (default: as the run's reported numbers did)."""
+    from ..checkpoint import load_checkpoint
     from ..data import load_data
-    from .checkpoint import load_checkpoint
+    from ..errors import warn
     from .setup import select_device
     from .tta import multiscale_logits, tta_logits
 
+    check_int("batch size", batch_size, 1, MAX_BATCH)
+    if scales is not None:
+        if not 1 <= len(scales) <= MAX_SCALES:
+            raise UserError(f"give 1 to {MAX_SCALES} scales, got {len(scales)}")
+        for s in scales:
+            check_image_side("scale", s)
     dev = select_device(device)
-    model, meta = load_checkpoint(ckpt, device=dev)
-    cfg = _run_config(ckpt)
-    spec = data or cfg.get("data")
+    model, record = load_checkpoint(ckpt, device=dev)
+    trained = record.data or {}
+    spec = data or trained.get("spec")
     if not spec:
         raise UserError(f"--data is required: {ckpt} does not say what it was trained on")
-    same = spec == cfg.get("data")
-    d = load_data(spec, data_dir=data_dir or (cfg.get("data_dir") if same else None),
-                  val_split=cfg.get("val_split", 0) if same else 0,
-                  seed=cfg.get("seed", 0) if same else 0,
-                  image_size=cfg.get("image_size") if same else None,
-                  normalize=cfg.get("normalize", "channel") if same else "channel")
+    same = spec == trained.get("spec")
+    pre = record.preprocess
+    d = load_data(spec, data_dir=data_dir or (trained.get("data_dir") if same else None),
+                  val_split=trained.get("val_split", 0) if same else 0,
+                  seed=trained.get("seed", 0) if same else 0, image_size=pre.input_size[-1],
+                  normalize=pre.normalize, augment="none", stats=pre.stats(),
+                  crop_fraction=pre.crop_fraction)
     if split not in d.splits:
         raise UserError(f"split '{split}' not available for {spec} "
                         f"(available: {', '.join(d.splits)}; val needs --val-split in training)")
-    if len(d.class_names) != meta["kwargs"]["num_classes"]:
+    if len(d.class_names) != record.num_classes:
         raise UserError(f"{spec} has {len(d.class_names)} classes but the model was trained "
-                        f"for {meta['kwargs']['num_classes']}")
-    if d.in_chans != meta["kwargs"].get("in_chans", 3):
+                        f"for {record.num_classes}")
+    if d.in_chans != record.in_chans:
         raise UserError(f"{spec} has {d.in_chans}-channel images but the model takes "
-                        f"{meta['kwargs'].get('in_chans', 3)}")
-    d.mean, d.std = list(meta.get("mean", d.mean)), list(meta.get("std", d.std))
+                        f"{record.in_chans}")
+    if list(d.class_names) != list(record.class_names):
+        warn(f"{spec}'s classes ({_names(d.class_names)}) are not the ones the model was "
+             f"trained on ({_names(record.class_names)}); scoring by class index")
+    flip = pre.tta_flip if flip is None else flip
     size = d.input_size[1]
     if scales:
         result = evaluate_scored(multiscale_logits(
@@ -135,14 +139,20 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
         result = evaluate(model, batches, device=dev,
                           predict=lambda x: tta_logits(model, x, crops=10, crop_size=size))
     else:
-        result = evaluate(model, d.eval_batches(split, batch_size, dev), device=dev)
+        result = evaluate(model, d.eval_batches(split, batch_size, dev), device=dev,
+                          predict=flip_tta(model) if flip else None)
     if confusion_png:
         from ..analysis.plots import plot_confusion
 
         cm = confusion_matrix(model, d.eval_batches(split, batch_size, dev), len(d.class_names))
         plot_confusion(cm, d.class_names, confusion_png)
     return {"ckpt": str(ckpt), "data": spec, "split": split, "crops": crops,
-            "scales": scales, **result}
+            "scales": scales, "flip": bool(flip and not scales and crops == 1), **result}
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:4])
+    return shown + (", ..." if len(names) > 4 else "")
 
 
 def evaluate_scored(scored: Iterable[tuple[torch.Tensor, torch.Tensor]],

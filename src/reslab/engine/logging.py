@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -77,7 +78,7 @@ class MetricsLog:
         if resume_step is not None and path.exists():
             kept = [ln for ln in path.read_text().splitlines()
                     if ln.strip() and _step_of(ln) <= resume_step]
-            from .checkpoint import atomic_write_text
+            from ..io import atomic_write_text
 
             atomic_write_text(path, "".join(ln + "\n" for ln in kept))
         elif path.exists():
@@ -117,11 +118,27 @@ def _step_of(line: str) -> int:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Every row of a metrics.jsonl (torn last lines of a killed run are skipped)."""
+    """The well-formed rows of a metrics.jsonl: JSON objects whose "step" is a finite number
+    and whose metrics are finite numbers. Torn last lines of a killed run and damaged rows are
+    skipped; a file that cannot be read is a UserError."""
+    from ..io import read_text
+    from ..limits import MAX_FILE_BYTES
+
     rows = []
-    for line in Path(path).read_text().splitlines():
+    for line in read_text(path, "metrics file", MAX_FILE_BYTES).splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict) and _finite(row.get("step")) and all(
+                _finite(row[k]) for k in NUMERIC if k in row):
+            rows.append(row)
     return rows
+
+
+NUMERIC = ("epoch", "loss", "lr", "img_s", "top1", "top5", "n", "time_s")
+
+
+def _finite(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))

@@ -3,29 +3,31 @@
   1. assemble: device, process group, seeds, data, model, optimizer (and resume state)
   2. per iteration: lr -> forward/backward -> step -> EMA -> log
   3. per epoch end: evaluate -> checkpoint
-  4. finish: test set, weights, report
+  4. finish: test set, weights, summary (the caller writes the report: the engine knows
+     nothing of analysis)
 """
 from __future__ import annotations
 
 import math
+import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from ..analysis.report import write_run_report
 from ..data import load_data
 from ..errors import UserError
+from ..record import Preprocess, Record, save_weights
 from . import state as run_state
 from .distributed import broadcast_flag, cleanup, init_distributed
 from .evaluate import Tally, evaluate, flip_tta
 from .logging import MetricsLog, Progress
 from .recipe import Recipe, save_recipe
+from .rundir import RunLock, claim
 from .schedule import ScheduleState, lr_at, on_train_error, on_val_error
 from .setup import EMA, build_model, build_optimizer, seed_everything, select_device
+from .step import sgd_step
 
 
 class NonFiniteLoss(UserError):
@@ -85,13 +87,17 @@ class Run:
         """Seconds of training so far, across resumes (for time-to-accuracy)."""
         return self.elapsed_before + time.perf_counter() - self.started
 
-    def meta(self) -> dict[str, Any]:
-        return {"architecture": self.r.model,
-                "kwargs": {**self.r.model_kwargs(), "num_classes": len(self.data.class_names),
-                           "in_chans": self.data.in_chans},
-                "class_names": self.data.class_names, "mean": self.data.mean,
-                "std": self.data.std, "input_size": list(self.data.input_size),
-                "crop_fraction": self.data.crop_fraction, "normalize": self.r.normalize}
+    def record(self) -> Record:
+        """What the saved weights need to be used anywhere (reslab.record)."""
+        r, d = self.r, self.data
+        stats = d.stats
+        pre = Preprocess(input_size=tuple(d.input_size), mean=tuple(stats.mean),
+                         std=tuple(stats.std), normalize=r.normalize, mean_image=stats.mean_image,
+                         crop_fraction=d.crop_fraction, tta_flip=r.tta_flip)
+        kwargs = {**r.model_kwargs(), "num_classes": len(d.class_names), "in_chans": d.in_chans}
+        return Record(r.model, kwargs, tuple(d.class_names), pre,
+                      data={"spec": r.data, "data_dir": r.data_dir, "val_split": r.val_split,
+                            "seed": r.seed})
 
     def eval_model(self) -> torch.nn.Module:
         """The weights to evaluate and save: the EMA when enabled, else the live model."""
@@ -110,19 +116,30 @@ class Run:
                         autocast_dtype=self.amp_dtype, predict=predict)
 
 
-def fit(recipe: Recipe, out_dir: str | Path | None, *, resume: bool = False,
-        quiet: bool = False) -> dict[str, Any]:
-    """Trains as the recipe says; writes the run directory (INTERFACE.md) when out_dir is set.
+def fit(recipe: Recipe | None, out_dir: str | Path | None, *, resume: bool = False,
+        overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Trains as the recipe says; writes the run directory (docs/design.md) when out_dir is set.
 
-    With resume, continues from out_dir/state/ (the stored config wins over `recipe`).
-    Returns a summary: out, model, steps, wall_s, train, val, test.
+    A directory that already holds a run is refused unless `resume` (continue from its state/;
+    the stored config wins over `recipe`) or `overwrite` (its run files are deleted first). The
+    directory is locked while the run writes it. Returns a summary: out, model, steps, wall_s,
+    train, val, test; the caller writes the report (reslab.analysis.report.write_run_report).
     """
     out = Path(out_dir) if out_dir is not None else None
+    if resume and out is None:
+        raise UserError("resume needs the run directory to continue")
+    if out is None or int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 owns the run
+        return _fit(recipe, out, resume, quiet)
+    with RunLock(out):
+        claim(out, "resume" if resume else "overwrite" if overwrite else "new")
+        return _fit(recipe, out, resume, quiet)
+
+
+def _fit(recipe: Recipe | None, out: Path | None, resume: bool, quiet: bool) -> dict[str, Any]:
     if resume:
-        if out is None or not run_state.exists(out):
-            raise UserError(f"nothing to resume in {out}: no state/ directory "
-                            "(start the run without --resume)")
         recipe = run_state.stored_recipe(out)
+    if recipe is None:
+        raise UserError("a recipe is needed to start a run")
     run = Run(recipe, out, quiet)
     try:
         return _train(run, resume)
@@ -188,28 +205,24 @@ def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
     r = run.r
     for group in run.optimizer.param_groups:
         group["lr"] = lr_at(run.step, run.total, r, run.sched)
-    if r.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     run.model.train()
-    with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.bfloat16,
-                        enabled=run.amp_dtype is not None):
-        logits = run.forward(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
-    value = loss.item()
-    if not math.isfinite(value):
-        kept = ("the last good state is kept in state/"
-                if run.out is not None and run_state.exists(run.out)
-                else "no state was saved before it")  # e.g. it diverged before --save-every
-        raise NonFiniteLoss(f"loss is {value} at step {run.step + 1}; {kept} "
-                            "(hint: lower --lr, or --amp off)")
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
+
+    def check(value: float) -> None:
+        if not math.isfinite(value):
+            kept = ("the last good state is kept in state/"
+                    if run.out is not None and run_state.exists(run.out)
+                    else "no state was saved before it")  # e.g. it diverged before --save-every
+            raise NonFiniteLoss(f"loss is {value} at step {run.step + 1}; {kept} "
+                                "(hint: lower --lr, or --amp off)")
+
+    value, logits = sgd_step(run.forward, run.optimizer, run.scaler, x, y,
+                             amp_dtype=run.amp_dtype, channels_last=r.channels_last,
+                             label_smoothing=r.label_smoothing, check_loss=check)
     if run.ema is not None:
         run.ema.update(run.model)
     with torch.no_grad():
-        run.train_tally.add(logits.detach().float(), y, loss.detach() * len(y))
+        loss_sum = torch.tensor(value * len(y), device=logits.device)
+        run.train_tally.add(logits.float(), y, loss_sum)
     return value
 
 
@@ -234,9 +247,7 @@ def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: boo
             if val["top1"] > run.best_val:
                 run.best_val = val["top1"]
                 if run.out is not None:
-                    from .checkpoint import save_weights
-
-                    save_weights(run.out / "best.safetensors", run.eval_model(), run.meta())
+                    save_weights(run.out / "best.safetensors", run.eval_model(), run.record())
     run.last_train = train
     if run.out is not None and (full_epoch or last):
         run_state.save(run, run.out)
@@ -244,8 +255,6 @@ def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: boo
 
 
 def _finish(run: Run, log: MetricsLog, wall_s: float, val: dict | None) -> dict[str, Any]:
-    from .checkpoint import save_weights
-
     test = None
     if "val" not in run.data.splits and val is not None:
         test = val  # the last epoch's evaluation already scored the test split at this step
@@ -260,10 +269,6 @@ def _finish(run: Run, log: MetricsLog, wall_s: float, val: dict | None) -> dict[
                "val": val if "val" in run.data.splits else None, "test": test,
                "skipped_images": len(run.data.skipped)}
     if run.out is not None:
-        save_weights(run.out / "model.safetensors", run.eval_model(), run.meta())
+        save_weights(run.out / "model.safetensors", run.eval_model(), run.record())
         run_state.write_summary(run.out, summary)
-        try:
-            write_run_report(run.out)
-        except Exception as e:  # noqa: BLE001 - the weights are saved; a figure must not fail the run
-            warnings.warn(f"could not write the run report: {e}", stacklevel=1)
     return summary

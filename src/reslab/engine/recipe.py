@@ -14,8 +14,13 @@ from typing import Any
 
 import tomli_w
 
-from ..data.augment import AUGMENTS, NORMALIZE
+from ..data.augment import AUGMENTS
+from ..data.normalize import NORMALIZE
 from ..errors import UserError, unknown
+from ..io import read_text
+from ..limits import (MAX_BATCH, MAX_EPOCHS, MAX_ITERS, MAX_LR, MAX_PAD, MAX_SEED, MAX_TEXT_BYTES,
+                      MAX_THREADS, MAX_WORKERS, check_float, check_image_side, check_int)
+from ..models import REGISTRY
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -83,30 +88,38 @@ class Recipe:
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
+        """Every field checked once, here, where a recipe enters (TOML, flags, stored configs);
+        the limits (reslab.limits) are far beyond real use and name the value when hit."""
         for name, choices in CHOICES.items():
             value = getattr(self, name)
             if value not in choices:
                 raise UserError(f"invalid {name} '{value}' (choices: {', '.join(choices)})")
-        positive = {"batch_size": self.batch_size, "lr": self.lr, "epochs": self.epochs}
+        if self.model not in REGISTRY:
+            raise unknown("model", self.model, REGISTRY)
+        if not self.data:
+            raise UserError("invalid data '': name a dataset (e.g. digits, fashion-mnist)")
+        ints = {"batch_size": (1, MAX_BATCH), "warmup_iters": (0, MAX_ITERS),
+                "plateau_patience": (1, 100_000), "pad": (0, MAX_PAD),
+                "val_split": (0, 10**9), "workers": (0, MAX_WORKERS), "seed": (0, MAX_SEED),
+                "threads": (0, MAX_THREADS), "save_every": (0, MAX_ITERS),
+                "eval_every": (1, MAX_EPOCHS)}
         if self.iters is not None:
-            positive["iters"] = self.iters
-        for name, value in positive.items():
-            if not value > 0:
-                raise UserError(f"invalid {name} {value}: must be > 0")
-        nonneg = {"weight_decay": self.weight_decay, "momentum": self.momentum,
-                  "warmup_iters": self.warmup_iters, "warmup_lr": self.warmup_lr,
-                  "val_split": self.val_split, "save_every": self.save_every,
-                  "pad": self.pad, "workers": self.workers, "threads": self.threads,
-                  "label_smoothing": self.label_smoothing}
-        for name, value in nonneg.items():
-            if value < 0:
-                raise UserError(f"invalid {name} {value}: must be >= 0")
-        if not 0 <= self.ema < 1:
-            raise UserError(f"invalid ema {self.ema}: must be in [0, 1)")
-        if not self.label_smoothing < 1:
-            raise UserError(f"invalid label_smoothing {self.label_smoothing}: must be < 1")
-        if self.eval_every < 1:
-            raise UserError(f"invalid eval_every {self.eval_every}: must be >= 1")
+            ints["iters"] = (1, MAX_ITERS)
+        for name, (lo, hi) in ints.items():
+            check_int(name, getattr(self, name), lo, hi)
+        for m in self.milestones:
+            check_int("milestone", m, 0, MAX_ITERS)
+        if self.image_size is not None:
+            check_image_side("image_size", self.image_size)
+        # (lo, hi, lo_open, hi_open)
+        floats = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, True, False),
+                  "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, 1.0, False, True),
+                  "label_smoothing": (0.0, 1.0, False, True), "gamma": (0.0, 1.0, True, False),
+                  "warmup_lr": (0.0, MAX_LR, False, False), "ema": (0.0, 1.0, False, True)}
+        if self.warmup_until_error is not None:
+            floats["warmup_until_error"] = (0.0, 1.0, True, False)
+        for name, (lo, hi, lo_open, hi_open) in floats.items():
+            check_float(name, getattr(self, name), lo, hi, lo_open=lo_open, hi_open=hi_open)
 
     def model_kwargs(self) -> dict[str, Any]:
         """Options for create_model (num_classes/in_chans come from the data)."""
@@ -175,14 +188,14 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, what: str = "recipe") -> dict[str, Any]:
+    """A TOML file as a dict; UserError when missing, not a regular file, unreadable, too large
+    or not valid TOML."""
+    text = read_text(path, what, MAX_TEXT_BYTES)
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # TOML must be UTF-8
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise UserError(f"invalid TOML in {path}: {e}") from None
-    except OSError as e:
-        raise UserError(f"cannot read recipe {path}: {e.strerror}") from None
 
 
 def load_recipe(name_or_file: str = "demo", overrides: dict[str, Any] | None = None) -> Recipe:
@@ -198,6 +211,6 @@ def load_recipe(name_or_file: str = "demo", overrides: dict[str, Any] | None = N
 
 
 def save_recipe(path: str | Path, recipe: Recipe) -> None:
-    from .checkpoint import atomic_write_text
+    from ..io import atomic_write_text
 
     atomic_write_text(path, tomli_w.dumps(recipe.to_dict()))

@@ -36,6 +36,18 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def bf16_supported(device: str | torch.device) -> bool:
+    """Whether bf16 autocast runs natively (CPUs with AVX512-BF16/AMX, Ampere+ GPUs); where it
+    is emulated it is slower than fp32, so the fast training variant then stays fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

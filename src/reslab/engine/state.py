@@ -7,19 +7,61 @@ import json
 import random
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_text, load_state, save_state
+from ..errors import UserError
+from ..io import atomic_write_text, save_torch, torch_load_safe, unpickle_failure
 from .recipe import Recipe, coerce, read_toml
 from .schedule import ScheduleState
 
-if TYPE_CHECKING:
-    from .loop import Run
+
+
+class Run(Protocol):
+    """What the state is saved from and restored into (engine.loop.Run)."""
+    step: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: Any
+    sched: ScheduleState
+    best_val: float
+    elapsed_before: float
+    train_tally: Any
+
+    def elapsed(self) -> float: ...
 
 STATE_FILE = Path("state") / "last.pt"
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Resumable training state (tensors, numbers, strings, lists, dicts only: weights_only-safe)."""
+    save_torch(path, state, "training state")
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Loads a state written by save_state, never executing pickled code."""
+    try:
+        state = torch_load_safe(path)
+    except UserError:
+        raise
+    except FileNotFoundError:
+        raise UserError(f"no saved training state at {path}") from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        needs, reason = unpickle_failure(e)
+        if needs:
+            raise UserError(
+                f"refusing to load training state {path}: unpickling it needs {needs}, and a "
+                "pickle that references code can run it; reslab writes its states as tensors "
+                "and plain values only, so this file was not written by reslab (start the run "
+                "afresh without --resume)") from None
+        raise UserError(f"cannot load training state {path}: {reason}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"cannot resume from {path}: it holds a {type(state).__name__}, "
+                        "not a reslab training state")
+    return state
 
 
 def exists(out: Path) -> bool:
@@ -86,8 +128,6 @@ def restore(run: Run, out: Path) -> None:
 
 
 def raise_bad_state(out: Path, e: Exception) -> None:
-    from ..errors import UserError
-
     raise UserError(f"cannot resume from {out / STATE_FILE}: "
                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 

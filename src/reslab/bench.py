@@ -1,9 +1,9 @@
-"""Throughput measurement: the library part of `reslab bench` and of benchmarks/.
+"""Throughput measurement: `reslab bench` and the timing that benchmarks/ builds on.
 
-What lives here is what both need: a record of the environment a number was measured in, the
-machine's fp32 matrix-multiply peak (to state achieved GFLOP/s as a share of it), interleaved
-best-of-rounds timing, a training step as the engine runs it, and `bench_model`, the side-by-side
-of one model against torchvision's same architecture.
+Interleaved best-of-rounds timing, inference and training steps (the training step is the
+engine's own), and `bench_model`, the side-by-side of one model against torchvision's same
+architecture. Tooling that only the repository's benchmark scripts need (git version, the CPU
+model, the machine's matmul peak, result files) lives in benchmarks/common.py.
 
 Timing rule: variants are timed in interleaved rounds and each keeps its best round, so a burst
 of load from other processes hurts every variant alike instead of one (a shared machine is the
@@ -13,72 +13,44 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import math
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from .deploy.optimize import optimize_for_inference
+from .engine.setup import bf16_supported, select_device
+from .engine.step import sgd_step
+from .errors import UserError
+from .limits import MAX_BATCH, MAX_IN_CHANS, check_image_side, check_int
 
 Step = Callable[[], object]
+# Input values in one timed batch (2**27 fp32 = 512 MiB; resnet50 at 224 px: batch 891).
+MAX_BENCH_ELEMENTS = 2**27
 # (row key, header, format spec): a column of `format_table`.
 Column = tuple[str, str, str]
 
 
 # --- the environment a number was measured in ---------------------------------------------
 
-def cpu_name() -> str:
-    """The CPU model string (/proc/cpuinfo on Linux, else what platform knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def code_version(path: str | Path | None = None) -> str:
-    """`git rev-parse --short HEAD` of the checkout holding `path` (default: this package),
-    with "-dirty" when tracked files differ from it; "reslab X.Y.Z" outside a checkout."""
-    from .. import __version__
-
-    where = str(path or Path(__file__).resolve().parent)
-    try:
-        rev = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain",
-                                "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return f"reslab {__version__}"
-    return rev.stdout.strip() + ("-dirty" if dirty else "")
-
-
-def environment(device: str | torch.device = "cpu", root: str | Path | None = None
-                ) -> dict[str, Any]:
-    """Code version, library versions, CPU/GPU model, thread count, date: what a benchmark
-    number needs next to it to mean anything."""
+def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Library versions, CPU capability, thread count, date and load: what a throughput number
+    needs next to it to mean anything (benchmarks/ adds the code version and the CPU model)."""
     import torchvision
 
-    from .. import __version__
+    from . import __version__
 
     device = torch.device(device)
-    env = {"code_version": code_version(root), "reslab": __version__,
-           "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "python": platform.python_version(), "platform": platform.platform(),
-           "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-           "device": str(device),
+    env = {"reslab": __version__, "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "python": platform.python_version(),
+           "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "device": str(device),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -87,14 +59,6 @@ def environment(device: str | torch.device = "cpu", root: str | Path | None = No
     except OSError:
         pass
     return env
-
-
-def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
-    from ..engine.checkpoint import atomic_write_text
-
-    path = Path(path)
-    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")  # creates parents
-    return path
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
@@ -169,54 +133,7 @@ def time_steps(steps: dict[str, Step], *, iters: int | None = None, rounds: int 
     return best_of_rounds(steps, counts, rounds, device)
 
 
-def matmul_rates(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu"
-                 ) -> dict[str, float]:
-    """fp32 n x n matrix-multiply rates in GFLOP/s (2n^3 per product, best of `repeats`, all of
-    torch's threads) of each GEMM torch can use: "torch.matmul" (the BLAS: MKL or OpenBLAS on
-    the CPU, cuBLAS on CUDA) and, on CPUs, "oneDNN" (the library behind torch's CPU
-    convolutions). They differ: on AMD CPUs MKL's sgemm runs at about half of oneDNN's rate
-    (MKL picks its AVX2 kernels on non-Intel CPUs), so the BLAS alone understates the peak
-    and convolutions would appear to exceed it."""
-    device = torch.device(device)
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device)
-    b = torch.randn(n, n, generator=g).to(device)
-    gemms: dict[str, Step] = {"torch.matmul": lambda: torch.matmul(a, b)}
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        # inductor's CPU linear op: oneDNN's fp32 GEMM (a @ b.T), weights as given
-        gemms["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [],
-                                                                      "")
-    rates = {}
-    for name, fn in gemms.items():
-        try:
-            fn()  # warm-up: thread pool start, kernel choice
-        except (RuntimeError, AttributeError, NotImplementedError):
-            continue  # an internal op this build lacks: the others still count
-        best = min(seconds_per_call(fn, 1, device) for _ in range(repeats))
-        rates[name] = 2 * n ** 3 / best / 1e9
-    return rates
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5,
-                       device: str | torch.device = "cpu") -> float:
-    """The machine's measured fp32 matrix-multiply peak: the best of `matmul_rates`. The
-    reference for how much of the hardware a network's convolutions use."""
-    return max(matmul_rates(n, repeats, device).values())
-
-
 # --- what is timed ------------------------------------------------------------------------
-
-def bf16_supported(device: str | torch.device) -> bool:
-    """Whether bf16 autocast runs natively (CPUs with AVX512-BF16/AMX, Ampere+ GPUs); where it
-    is emulated it is slower than fp32, so the fast training variant then stays fp32."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available()
-                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
-
 
 def inference_step(model: nn.Module, x: torch.Tensor, *, channels_last: bool = False) -> Step:
     """One batch of inference; with channels_last the input is converted per call, as a user
@@ -231,22 +148,17 @@ def inference_step(model: nn.Module, x: torch.Tensor, *, channels_last: bool = F
 
 def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                   channels_last: bool = False, amp_dtype: torch.dtype | None = None) -> Step:
-    """One SGD step (forward, loss, backward, update) as the engine's loop does it: model and
-    batch channels-last when asked, autocast to amp_dtype, loss in fp32. The model trains in
+    """One SGD step exactly as the engine's loop runs it (reslab.engine.step.sgd_step): model
+    and batch channels-last when asked, autocast to amp_dtype, loss in fp32. The model trains in
     place (pass a copy)."""
     model.train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler(x.device.type, enabled=amp_dtype is torch.float16)
 
     def step() -> None:
-        inp = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        with torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16,
-                            enabled=amp_dtype is not None):
-            loss = F.cross_entropy(model(inp).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        sgd_step(model, opt, scaler, x, y, amp_dtype=amp_dtype, channels_last=channels_last)
     return step
 
 
@@ -300,10 +212,8 @@ def bench_model(name: str, *, batch_size: int | None = None,
     iters: timed calls per round (None: as many as fill about target_s). Returns a dict with
     `inference` and `training` rows (img_s, ms_per_batch, vs_baseline) and `speedup`.
     """
-    from ..analysis.macs import count_macs
-    from ..engine.setup import select_device
-    from ..models import create_model, get_arch
-    from .optimize import optimize_for_inference
+    from .analysis.macs import count_macs
+    from .models import create_model, get_arch
 
     arch = get_arch(name)
     shape = tuple(input_shape or arch.default_input)
@@ -313,9 +223,18 @@ def bench_model(name: str, *, batch_size: int | None = None,
         raise UserError(f"invalid input shape {shape}: expected (N,) C, H, W, all positive")
     n = batch_size or (shape[0] if input_shape and len(input_shape) == 4
                        else 16 if arch.family == "imagenet" else 128)
-    if n < 1 or rounds < 1 or (iters is not None and iters < 1):
-        raise UserError("batch size, iterations and rounds must be >= 1")
+    check_int("batch size", n, 1, MAX_BATCH)
+    check_int("rounds", rounds, 1, 100)
+    if iters is not None:
+        check_int("iterations", iters, 1, 10**6)
+    check_int("input channels", shape[1], 1, MAX_IN_CHANS)
+    for side in shape[2:]:
+        check_image_side("input size", side)
     shape = (n, *shape[1:])
+    if math.prod(shape) > MAX_BENCH_ELEMENTS:
+        raise UserError(f"a batch of {'x'.join(map(str, shape))} is {math.prod(shape):,} input "
+                        f"values, more than the {MAX_BENCH_ELEMENTS:,} limit (its activations "
+                        "would not fit in memory); use a smaller --batch-size or --input")
     dev = select_device(device)
 
     torch.manual_seed(0)

@@ -1,0 +1,101 @@
+"""The run directory has one owner: a new run does not silently mix with an old one, and two
+processes never write the same run.
+
+- `claim(out, mode)`: "new" refuses a directory that already holds a run's files, "resume" needs
+  the saved state, "overwrite" removes the old run's files (only those: a user's other files in
+  the directory stay) and starts afresh.
+- `RunLock`: an exclusive `flock` on OUT/.reslab.lock, holding the owner's pid. The kernel drops
+  the lock when its process dies, however it dies, so a stale lock file from a killed run is
+  simply taken over; a live holder is named in the error.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import UserError
+from ..io import ensure_dir, path_error
+
+# Everything a run writes into its directory (files, and the folders state/ and tensorboard/).
+RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "model.safetensors",
+             "best.safetensors", "state", "report.md", "report.html", "curves.png",
+             "responses.json", "responses.png", "confusion.png", "tensorboard")
+LOCK_FILE = ".reslab.lock"
+MODES = ("new", "resume", "overwrite")
+
+
+def run_files(out: Path) -> list[str]:
+    """The names of RUN_FILES present in out."""
+    return [name for name in RUN_FILES if os.path.lexists(out / name)]
+
+
+def claim(out: Path, mode: str) -> None:
+    """Checks (and for "overwrite" clears) out for a run started in `mode`; call it while
+    holding the RunLock."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    found = run_files(out)
+    if mode == "resume":
+        if not (out / "state" / "last.pt").is_file():
+            raise UserError(f"nothing to resume in {out}: no state/last.pt (start the run "
+                            "without --resume)")
+        return
+    if found and mode == "new":
+        raise UserError(f"{out} already holds a run ({', '.join(found[:4])}"
+                        f"{', ...' if len(found) > 4 else ''}); continue it with --resume, "
+                        "start afresh with --overwrite (deletes those files), or choose "
+                        "another --out")
+    for name in found:  # overwrite
+        path = out / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as e:
+            raise path_error(e, path, "remove the old run's") or e from None
+
+
+class RunLock:
+    """`with RunLock(out):` holds out's lock (see the module docstring)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.path, self.fd = out, out / LOCK_FILE, -1
+
+    def __enter__(self) -> RunLock:
+        ensure_dir(self.out, "run directory")
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as e:
+                raise path_error(e, self.path, "lock the run directory with") or e from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise UserError(f"run directory {self.out} is in use by process {holder} "
+                                "(another reslab run writes there); wait for it to finish or "
+                                "choose another --out") from None
+            try:  # the holder may have removed the file between our open and our lock
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,64 @@
+"""Bounds for every size and value a user can give (flags, recipe fields, checkpoint metadata,
+dataset headers, decompressed sizes), in one place.
+
+Each limit is far beyond any real use (the paper's largest test scale is 640 px, ImageNet-21k has
+21,841 classes) and far below what would exhaust memory or overflow an integer, so a typo such as
+`--image-size 100000` is an error naming the value and the limit instead of an allocator
+traceback minutes later.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .errors import UserError
+
+MAX_IMAGE_SIDE = 4096          # px: training, evaluation and prediction resolutions
+MAX_PAD = 256                  # px of padding for the random-crop augmentation
+MAX_CLASSES = 100_000          # classifier outputs
+MAX_IN_CHANS = 64              # input channels of a model
+MAX_BATCH = 65_536             # images in one batch
+MAX_SCALES = 16                # resolutions of a multi-scale test
+MAX_EPOCHS = 100_000
+MAX_ITERS = 10**9
+MAX_LR = 10.0                  # SGD's 0.1 and AdamW's 1e-3 are the usual orders
+MAX_WORKERS = 256
+MAX_THREADS = 1024
+MAX_SEED = 2**63 - 1
+MAX_CLASS_NAME = 1_000         # characters in one class name
+MAX_DATASET_BYTES = 8 * 2**30  # uint8 pixels of an in-memory dataset (after any resize)
+MAX_FILE_BYTES = 2 * 2**30     # bytes read from one dataset file (decompressed for .gz)
+MAX_TEXT_BYTES = 16 * 2**20    # a recipe, class-name list or run file read as text
+
+
+def check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    """value as an int within [lo, hi]; UserError naming the value and the limits."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            value = int(value)
+        else:
+            raise UserError(f"invalid {name} {value!r}: must be a whole number")
+    if not lo <= value <= hi:
+        raise UserError(f"invalid {name} {value}: must be between {lo} and {hi:,}")
+    return value
+
+
+def check_float(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
+                hi_open: bool = False) -> float:
+    """value as a finite float within the interval; UserError naming the value and the limits."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"invalid {name} {value!r}: must be a number") from None
+    if isinstance(value, bool) or not math.isfinite(f):
+        raise UserError(f"invalid {name} {value!r}: must be a finite number")
+    low_ok = f > lo if lo_open else f >= lo
+    high_ok = f < hi if hi_open else f <= hi
+    if not (low_ok and high_ok):
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise UserError(f"invalid {name} {value}: must be in {left}{lo:g}, {hi:g}{right}")
+    return f
+
+
+def check_image_side(name: str, value: Any, lo: int = 1) -> int:
+    return check_int(name, value, lo, MAX_IMAGE_SIDE)
