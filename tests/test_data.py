@@ -571,3 +571,37 @@ def test_per_pixel_mean_on_whole_images_is_centred_not_stretched():
     for w in range(17, 40):  # the cache of resized means stays small
         norm(torch.rand(1, 3, 16, w))
     assert len(norm._cache) <= 9
+
+
+def test_folder_per_pixel_mean_is_a_crop_size_image_used_by_train_and_eval(tmp_path):
+    """paper-imagenet's normalize="pixel" on an image folder: the mean image is measured at the
+    crop size on the evaluation geometry of the training images, and both the scale-augmented
+    training crops and the evaluation crops subtract exactly it (divided by one global std)."""
+    from reslab.data.images import FOLDER_CROP_FRACTION, eval_geometry, pil_to_uint8
+
+    root = aspect_folder(tmp_path / "px")
+    data = load_data(f"imagefolder:{root}", image_size=16, workers=0, normalize="pixel",
+                     augment="imagenet")
+
+    def raw(split):
+        return torch.stack([pil_to_uint8(eval_geometry(to_channels(open_image(p), 3), (16, 16),
+                                                       FOLDER_CROP_FRACTION))
+                            for p, _ in data._items[split]]).double() / 255
+
+    train = raw("train")
+    assert data.mean_image.shape == (3, 16, 16)
+    torch.testing.assert_close(data.mean_image.double(), train.mean(0), atol=1e-6, rtol=0)
+    std = float((train - train.mean(0)).square().mean().sqrt())
+    assert data.std == pytest.approx([std] * 3)
+    assert data.mean_image.std() > 0.01  # a real image, not a constant
+    x_eval, _ = collect(data.eval_batches("val", 4, CPU))
+    torch.testing.assert_close(x_eval.double(), (raw("val") - data.mean_image.double()) / std,
+                               atol=1e-5, rtol=0)
+    # Train: the same crops with the mean image replaced by zeros differ by exactly mean/std.
+    mean_image = data.mean_image
+    x_train = next(data.train_batches(0, 4, CPU, seed=1))[0]
+    data.mean_image = torch.zeros(3, 16, 16)
+    x_zero = next(data.train_batches(0, 4, CPU, seed=1))[0]
+    assert x_train.shape == (4, 3, 16, 16)
+    torch.testing.assert_close(x_zero - x_train, (mean_image / std).expand(4, -1, -1, -1),
+                               atol=1e-5, rtol=0)
