@@ -40,7 +40,11 @@ def compute_stats(x: torch.Tensor, mode: str, chunk: int = 4096) -> Stats:
     """Statistics of uint8 images (N, C, H, W), accumulated in float64 chunks to bound memory.
 
     "channel": per-channel mean and std. "pixel": the per-pixel mean image (the paper's CIFAR
-    protocol, section 4.2) and one global std of the pixels around it."""
+    protocol, section 4.2, and ImageNet's, section 3.4) and one global std of the pixels around
+    it. The paper only subtracts the mean; the division by one scalar is a uniform rescaling that
+    puts the input at unit variance (He init's assumption, and O(1) values for bf16/fp16), keeps
+    the relative scale of the colour channels, and is absorbed by the BN after conv1 (up to its
+    eps): the functions the net can compute are the same. See docs/paper-deviations.md."""
     n, c = x.shape[:2]
     s1 = torch.zeros(x.shape[1:], dtype=torch.float64)
     s2 = torch.zeros(x.shape[1:], dtype=torch.float64)
