@@ -398,7 +398,7 @@ def test_imagefolder_modes_sizes_and_corrupt_file(folder):
     x, y = collect(data.eval_batches("val", 3, CPU))
     assert x.shape == (10, 3, 32, 32) and sorted(y.tolist()) == [0] * 5 + [1] * 5
     big, _ = next(data.eval_batches("val", 3, CPU, resize=48))
-    assert big.shape == (3, 3, 48, 48)
+    assert big.shape == (1, 3, 48, 64)  # the whole 40x30 image (multi-scale test), then a 20x50
 
 
 def test_imagefolder_is_deterministic_across_workers_and_resume(folder):
@@ -489,3 +489,120 @@ def test_file_that_breaks_after_the_scan_is_replaced_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=message):
         x, y = collect(data.eval_batches("train", 4, CPU))
     assert x.shape == (4, 3, 16, 16) and y.tolist() == [0, 0, 1, 1]
+
+
+# ------------------------------------------------------------- multi-scale test on image folders
+def aspect_folder(root: Path) -> Path:
+    """val/ images of several aspect ratios (W x H), in order: a/0..a/3, b/0..b/2."""
+    rng = np.random.default_rng(3)
+    sizes = {"a": [(40, 30), (41, 30), (30, 40), (36, 36)], "b": [(50, 20), (40, 30), (41, 30)]}
+    for split in ("train", "val"):
+        for cls, whs in sizes.items():
+            (root / split / cls).mkdir(parents=True)
+            for i, (w, h) in enumerate(whs):
+                rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(rgb).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_multiscale_test_sees_whole_images_and_averages_scores_per_example(tmp_path):
+    """Section 3.4's fully-convolutional multi-scale test on an image folder: at each scale the
+    net sees the whole image (shorter side = scale, aspect kept, no crop), and each example's
+    softmax scores are averaged over the scales even though batches are cut differently."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from reslab.engine.tta import multiscale_logits
+
+    root = aspect_folder(tmp_path / "aspect")
+    data = load_data(f"imagefolder:{root}", image_size=16, workers=0, augment="none")
+    files = [p for p, _ in data._items["val"]]
+    labels = [label for _, label in data._items["val"]]
+    assert labels == [0, 0, 0, 0, 1, 1, 1]
+
+    def whole(path, s):  # the reference: PIL's whole image, shorter side s, normalised
+        img = TF.pil_to_tensor(TF.resize(open_image(path).convert("RGB"), [s], antialias=True))
+        return data.normalize(img[None].float() / 255)
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    seen = []
+    net.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    scales = [15, 30]
+    scored = list(multiscale_logits(net, [data.eval_batches("val", 3, CPU, resize=s)
+                                          for s in scales]))
+    # Spans of 3 images are split into runs of one shape: at 15 the 40x30 and 41x30 images are
+    # both 15x20 (one run), at 30 they are 30x40 and 30x41 (two runs). Nothing is cropped.
+    at15 = [(2, 3, 15, 20), (1, 3, 20, 15), (1, 3, 15, 15), (1, 3, 15, 37), (1, 3, 15, 20),
+            (1, 3, 15, 20)]
+    at30 = [(1, 3, 30, 40), (1, 3, 30, 41), (1, 3, 40, 30), (1, 3, 30, 30), (1, 3, 30, 75),
+            (1, 3, 30, 40), (1, 3, 30, 41)]
+    assert [x for x in seen if min(x[2:]) == 15] == at15
+    assert [x for x in seen if min(x[2:]) == 30] == at30 and len(seen) == len(at15) + len(at30)
+    # The batches are the whole images, exactly as PIL resizes them, labels in order.
+    for s in scales:
+        batches = list(data.eval_batches("val", 3, CPU, resize=s))
+        assert torch.cat([y for _, y in batches]).tolist() == labels
+        flat = [im[None] for x, _ in batches for im in x]
+        assert len(flat) == len(files)
+        for got, path in zip(flat, files):
+            torch.testing.assert_close(got, whole(path, s), atol=1e-5, rtol=0)
+    # Per example: log of the mean over scales of softmax(net(whole image)), labels in order.
+    logits = torch.cat([z for z, _ in scored])
+    assert torch.cat([t for _, t in scored]).tolist() == labels
+    assert [len(t) for _, t in scored] == [x[0] for x in at15]  # the first scale's batches
+    with torch.no_grad():
+        manual = torch.stack([torch.stack([torch.softmax(net(whole(p, s)), 1)[0] for s in scales])
+                              .mean(0) for p in files])
+    torch.testing.assert_close(logits.exp(), manual, atol=1e-5, rtol=0)
+
+
+def test_per_pixel_mean_on_whole_images_is_centred_not_stretched():
+    mean = torch.rand(3, 8, 8)
+    norm = A.Normalizer(mean, [0.5] * 3)
+    x = torch.rand(2, 3, 16, 23)  # a whole image of the multi-scale test, shorter side 16
+    square = torch.nn.functional.interpolate(mean[None], size=(16, 16), mode="bilinear",
+                                             align_corners=False)
+    expect = torch.cat([square[..., :1].expand(-1, -1, -1, 4), square,
+                        square[..., -1:].expand(-1, -1, -1, 3)], dim=-1)  # 7 columns: 4 + 3
+    torch.testing.assert_close(norm(x), (x - expect) / 0.5)
+    # The centre square of a whole image is normalised as a square image of its size is (the
+    # 10-crop's 256 x 256 centre), so cutting it before or after normalising agrees.
+    torch.testing.assert_close(norm(x)[..., 4:20], norm(x[..., 4:20].contiguous()))
+    for w in range(17, 40):  # the cache of resized means stays small
+        norm(torch.rand(1, 3, 16, w))
+    assert len(norm._cache) <= 9
+
+
+def test_folder_per_pixel_mean_is_a_crop_size_image_used_by_train_and_eval(tmp_path):
+    """paper-imagenet's normalize="pixel" on an image folder: the mean image is measured at the
+    crop size on the evaluation geometry of the training images, and both the scale-augmented
+    training crops and the evaluation crops subtract exactly it (divided by one global std)."""
+    from reslab.data.images import FOLDER_CROP_FRACTION, eval_geometry, pil_to_uint8
+
+    root = aspect_folder(tmp_path / "px")
+    data = load_data(f"imagefolder:{root}", image_size=16, workers=0, normalize="pixel",
+                     augment="imagenet")
+
+    def raw(split):
+        return torch.stack([pil_to_uint8(eval_geometry(to_channels(open_image(p), 3), (16, 16),
+                                                       FOLDER_CROP_FRACTION))
+                            for p, _ in data._items[split]]).double() / 255
+
+    train = raw("train")
+    assert data.mean_image.shape == (3, 16, 16)
+    torch.testing.assert_close(data.mean_image.double(), train.mean(0), atol=1e-6, rtol=0)
+    std = float((train - train.mean(0)).square().mean().sqrt())
+    assert data.std == pytest.approx([std] * 3)
+    assert data.mean_image.std() > 0.01  # a real image, not a constant
+    x_eval, _ = collect(data.eval_batches("val", 4, CPU))
+    torch.testing.assert_close(x_eval.double(), (raw("val") - data.mean_image.double()) / std,
+                               atol=1e-5, rtol=0)
+    # Train: the same crops with the mean image replaced by zeros differ by exactly mean/std.
+    mean_image = data.mean_image
+    x_train = next(data.train_batches(0, 4, CPU, seed=1))[0]
+    data.mean_image = torch.zeros(3, 16, 16)
+    x_zero = next(data.train_batches(0, 4, CPU, seed=1))[0]
+    assert x_train.shape == (4, 3, 16, 16)
+    torch.testing.assert_close(x_zero - x_train, (mean_image / std).expand(4, -1, -1, -1),
+                               atol=1e-5, rtol=0)

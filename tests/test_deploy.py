@@ -74,6 +74,17 @@ def test_tta_logits_average_softmax_scores():
         tta_logits(model, x, crops=5)
 
 
+def test_ten_crop_of_a_whole_image_takes_the_crops_of_its_centre_square():
+    """Folder images at a scale keep their aspect ratio; the 10-crop stays AlexNet's [21]:
+    corners and centre of the central square (shorter side 256 -> its 256 x 256 centre)."""
+    model, x = _linear_model(), torch.randn(2, 3, 8, 14)
+    square = x[..., 3:11]  # offset (14 - 8) / 2
+    manual = torch.stack([F.softmax(model(c), 1) for c in ten_crop(square, 6)]).mean(0)
+    torch.testing.assert_close(tta_logits(model, x, crops=10, crop_size=6).exp(), manual)
+    wrong = torch.stack([F.softmax(model(c), 1) for c in ten_crop(x, 6)]).mean(0)
+    assert (wrong - manual).abs().max() > 1e-4  # the corners of the whole image differ
+
+
 def test_multiscale_averages_whole_images_over_scales():
     model, x = _linear_model(), torch.randn(2, 3, 8, 12)
     views = scales_of(x, [4, 8, 16])
@@ -86,6 +97,18 @@ def test_multiscale_averages_whole_images_over_scales():
     assert torch.equal(labels, y)
     with pytest.raises(ValueError, match="labels"):
         list(multiscale_logits(model, [[(views[0], y)], [(views[1], y.flip(0))]]))
+    # Loaders may cut the same images into different batches: scores align per example.
+    x, y = torch.randn(5, 3, 8, 12), torch.tensor([0, 1, 2, 3, 4])
+    a, b = scales_of(x, [6, 10])
+    manual = torch.stack([F.softmax(model(a), 1), F.softmax(model(b), 1)]).mean(0)
+    got = list(multiscale_logits(model, [[(a[:2], y[:2]), (a[2:], y[2:])],
+                                         [(b[:1], y[:1]), (b[1:4], y[1:4]), (b[4:], y[4:])]]))
+    assert [len(t) for _, t in got] == [2, 3]
+    torch.testing.assert_close(torch.cat([z for z, _ in got]).exp(), manual)
+    with pytest.raises(ValueError, match="different numbers of images"):
+        list(multiscale_logits(model, [[(a, y)], [(b[:4], y[:4])]]))
+    with pytest.raises(ValueError, match="different numbers of images"):
+        list(multiscale_logits(model, [[(a[:4], y[:4])], [(b, y)]]))
 
 
 # --- optimisation and quantization ---------------------------------------------------------

@@ -140,3 +140,36 @@ def test_tensorboard_flag(tmp_path, capsys):
         return
     assert main(args) == 0
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_warmup_is_checked_every_iteration_on_the_batch_errors(monkeypatch):
+    """resnet110's warm-up (section 4.2) in the loop: each iteration reports its batch error,
+    and the lr switches the iteration after the window's mean falls below the threshold."""
+    from reslab.engine import evaluate, loop, schedule
+
+    monkeypatch.setattr(schedule, "WARMUP_WINDOW", 3)
+    errors, lrs, tallied = [], {}, []
+    real_batch, real_lr, real_add = loop.on_train_batch, loop.lr_at, evaluate.Tally.add
+
+    def spy_batch(state, r, err):
+        errors.append(err)
+        real_batch(state, r, err)
+
+    def spy_lr(step, *args):
+        lrs.setdefault(step, set()).add(real_lr(step, *args))  # once per param group
+        return real_lr(step, *args)
+
+    def spy_add(self, logits, y, loss_sum):  # the train tally sees every batch's logits
+        tallied.append((logits.argmax(1) != y).double().mean().item())
+        real_add(self, logits, y, loss_sum)
+
+    monkeypatch.setattr(loop, "on_train_batch", spy_batch)
+    monkeypatch.setattr(loop, "lr_at", spy_lr)
+    monkeypatch.setattr(evaluate.Tally, "add", spy_add)
+    r = load_recipe("fast", {**TINY, "schedule": "constant", "iters": 16, "lr": 0.05,
+                             "tta_flip": False, "warmup_lr": 0.01, "warmup_until_error": 0.8})
+    fit(r, None, quiet=True)
+    train = tallied[:16]  # then the test split's evaluation batches
+    ends = next(i for i in range(2, 16) if sum(train[i - 2:i + 1]) / 3 < 0.8)
+    assert errors == train[:ends + 1]  # measured every iteration while warm, then no more
+    assert lrs == {i: {0.01 if i <= ends else 0.05} for i in range(16)}

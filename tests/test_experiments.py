@@ -43,7 +43,7 @@ def resnet20_ckpt(tmp_path: Path) -> Path:
     ("resnet20", "resnet56", 16, {}),
     ("resnet18", "resnet34", 64, {}),
     ("resnet50", "resnet101", 64, {}),
-    ("resnet20", "resnet32", 16, {"shortcut": "C"}),  # projection shortcuts made the identity
+    ("resnet20", "resnet32", 16, {"shortcut": "B"}),  # projections only where shapes change
 ])
 def test_grow_computes_the_same_function(small: str, big: str, size: int, kw: dict) -> None:
     torch.manual_seed(0)
@@ -67,6 +67,50 @@ def test_grown_residual_blocks_are_the_identity_in_training_too() -> None:
     # Only the last BN is zeroed: the other layers keep He init so training moves them.
     assert torch.equal(added.bn2.weight, torch.zeros(32)) and added.conv1.weight.std() > 0.01
     assert torch.equal(deeper.layer2[2].conv1.weight, model.layer2[2].conv1.weight)
+
+
+@pytest.mark.parametrize("small, big, kw", [
+    ("resnet20", "resnet56", {}),
+    ("resnet20", "resnet32", {"shortcut": "B"}),
+    ("resnet18", "resnet34", {}),
+])
+def test_grown_net_computes_the_same_function_in_training_mode(small: str, big: str,
+                                                               kw: dict) -> None:
+    """Batch statistics too: the copied layers see the same inputs, the added blocks pass them."""
+    torch.manual_seed(0)
+    model = randomize_bn(create_model(small, num_classes=10, **kw)).train()
+    deeper = grow(model, big)
+    assert deeper.training
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = model(x), deeper(x)
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_grow_refuses_option_c_whose_projection_is_not_the_identity_in_training() -> None:
+    with torch.device("meta"):
+        model = create_model("resnet20", shortcut="C")
+    reason = ("with shortcut C every added block has a projection shortcut (1x1 conv + BN) whose "
+              "BN is the identity only with running statistics; in training mode it normalises "
+              "each batch, so the block is not the identity (options A and B have identity "
+              "shortcuts)")
+    for kw in ({}, {"shortcut": "C"}):
+        with pytest.raises(UserError) as e:
+            grow(model, "resnet32", **kw)
+        assert str(e.value) == f"cannot grow resnet20 into resnet32: {reason}"
+    # The reason, shown: a dirac 1x1 conv + a BN that is the identity with its running statistics
+    # copies x in eval mode, not in train mode (per-channel batch mean 0 instead of x's).
+    proj = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1, bias=False), torch.nn.BatchNorm2d(4))
+    with torch.no_grad():
+        torch.nn.init.dirac_(proj[0].weight)
+        proj[1].running_var.fill_(1 - proj[1].eps)
+    x = torch.rand(8, 4, 5, 5) + 1.0  # a post-ReLU block input, positive
+    with torch.no_grad():
+        torch.testing.assert_close(proj.eval()(x), x)
+        y = proj.train()(x)
+    assert (y - x).abs().max() > 0.5
+    torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("small, big, kw, reason", [

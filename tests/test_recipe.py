@@ -1,10 +1,13 @@
 """Recipes (TOML + overrides) and the schedules as functions of the iteration."""
+import io
 import math
 
 import pytest
+import torch
 
 from reslab.engine.recipe import Recipe, coerce, load_recipe, recipe_names
-from reslab.engine.schedule import ScheduleState, lr_at, on_train_error, on_val_error
+from reslab.engine.schedule import (WARMUP_WINDOW, ScheduleState, lr_at, on_train_batch,
+                                    on_val_error)
 from reslab.errors import UserError
 
 
@@ -26,21 +29,71 @@ def test_paper_cifar_is_the_papers_recipe():
 def test_paper_imagenet_recipe_and_plateau_schedule():
     r = load_recipe("paper-imagenet")
     assert (r.batch_size, r.lr, r.weight_decay, r.schedule) == (256, 0.1, 1e-4, "plateau")
+    assert (r.augment, r.image_size, r.normalize) == ("imagenet", 224, "pixel")  # section 3.4
     st = ScheduleState()
     for err in (0.5, 0.4, 0.4, 0.4, 0.4):  # improves twice, then plateaus for patience=3 epochs
         on_val_error(st, r, err)
     assert lr_at(0, 10, r, st) == pytest.approx(0.01)
 
 
-def test_resnet110_warmup_until_training_error_below_80_percent():
-    r = load_recipe("paper-cifar", {"model": "resnet110", "warmup_lr": 0.01,
-                                    "warmup_until_error": 0.8})
+def _warmup_recipe():
+    return load_recipe("paper-cifar", {"model": "resnet110", "warmup_lr": 0.01,
+                                       "warmup_until_error": 0.8})
+
+
+def _lrs_for(errors, r, st=None, start=0):
+    """The lr of each iteration when iteration i's batch error is errors[i]."""
+    st = st or ScheduleState()
+    lrs = []
+    for i, err in enumerate(errors, start):
+        lrs.append(lr_at(i, r.iters, r, st))
+        on_train_batch(st, r, err)
+    return lrs, st
+
+
+def test_resnet110_warmup_ends_the_first_iteration_the_running_error_is_below_80_percent():
+    r = _warmup_recipe()
+    assert WARMUP_WINDOW == 50
+    # 100 iterations at 90% error with one lucky 50% batch, then 60%: the mean of the last 50 is
+    # (0.9 * (50 - k) + 0.6 k) / 50 after k iterations at 60%, below 0.8 first at k = 17.
+    errors = [0.9] * 100 + [0.6] * 100
+    errors[60] = 0.5
+    lrs, st = _lrs_for(errors, r)
+    last_warm = 100 + 17 - 1  # iteration 116 measures the 17th 60% batch; 117 runs at lr
+    assert lrs[:last_warm + 1] == [0.01] * (last_warm + 1)
+    assert lrs[last_warm + 1:] == [0.1] * (len(errors) - last_warm - 1)
+    assert not st.warm and st.warm_errors == []
+    # One batch below 80% does not end it: the window must be full and its mean below 80%.
+    lrs, st = _lrs_for([0.1] * 49, r)
+    assert st.warm and lrs == [0.01] * 49 and len(st.warm_errors) == 49
+    on_train_batch(st, r, 0.1)
+    assert not st.warm and lr_at(50, r.iters, r, st) == 0.1
+    # Exactly at the threshold is not below it.
+    lrs, st = _lrs_for([0.8] * 200, r)
+    assert st.warm and set(lrs) == {0.01} and len(st.warm_errors) == WARMUP_WINDOW
+    # Without warmup_until_error nothing is recorded.
     st = ScheduleState()
-    assert lr_at(100, r.iters, r, st) == 0.01
-    on_train_error(st, r, 0.85)
-    assert lr_at(400, r.iters, r, st) == 0.01
-    on_train_error(st, r, 0.79)
-    assert lr_at(400, r.iters, r, st) == 0.1
+    on_train_batch(st, load_recipe("paper-cifar"), 0.1)
+    assert st.warm_errors == []
+
+
+def test_warmup_state_round_trips_for_an_exact_resume():
+    r = _warmup_recipe()
+    errors = [0.9 - 0.002 * i for i in range(200)]  # the window mean crosses 0.8 at some point
+    straight, _ = _lrs_for(errors, r)
+    assert 0.01 in straight and 0.1 in straight
+    for cut in (30, 60, 75):  # window not full, full, and around the switch
+        lrs, st = _lrs_for(errors[:cut], r)
+        buf = io.BytesIO()  # as state/last.pt stores it: torch.save, weights_only loading
+        torch.save({"schedule": st.to_dict()}, buf)
+        buf.seek(0)
+        restored = ScheduleState(**torch.load(buf, weights_only=True)["schedule"])
+        assert restored == st and restored.warm_errors is not st.warm_errors
+        rest, _ = _lrs_for(errors[cut:], r, restored, start=cut)
+        assert lrs + rest == straight
+    # A state saved before warm_errors existed still loads (and starts an empty window).
+    old = {"plateau_scale": 1.0, "plateau_best": math.inf, "plateau_bad_epochs": 0, "warm": True}
+    assert ScheduleState(**old).warm_errors == []
 
 
 def test_cosine_and_onecycle_shapes():

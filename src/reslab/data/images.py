@@ -3,7 +3,8 @@ geometry shared by folder evaluation and `reslab predict` (`preprocess`).
 
 Evaluation geometry follows the paper's single-crop test (section 3.4): the shorter side is resized
 to size / crop_fraction (256 for a 224 crop, crop_fraction = 224/256) and the centre square is cut.
-In-memory datasets are evaluated full-frame, i.e. crop_fraction = 1.
+In-memory datasets are evaluated full-frame, i.e. crop_fraction = 1. The multi-scale test (section
+3.4, fully convolutional) sees the whole image instead: `whole_image`, no crop.
 """
 from __future__ import annotations
 
@@ -106,6 +107,13 @@ def eval_geometry(img: Image.Image, size: tuple[int, int], crop_fraction: float)
     shorter = max(min(size), round(min(size) / crop_fraction))
     img = TF.resize(img, [shorter], antialias=True)
     return TF.center_crop(img, list(size))
+
+
+def whole_image(img: Image.Image, shorter: int) -> Image.Image:
+    """The whole image with its shorter side resized to `shorter`, aspect ratio kept, no crop:
+    the paper's fully-convolutional multi-scale test (section 3.4; global average pooling takes
+    any size). The longer side is int(shorter * long / short), as torchvision's resize."""
+    return TF.resize(img, [shorter], antialias=True)
 
 
 def scale_crop(img: Image.Image, size: int, seed: int) -> Image.Image:

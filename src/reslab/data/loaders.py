@@ -25,7 +25,7 @@ from .augment import (AUGMENTS, EpochPlan, epoch_generator, imagenet_batch, pad_
 from .normalize import NORMALIZE, Normalizer, Stats, compute_stats
 from .datasets import ArraySource, FolderSource, Split, load_source
 from .images import (FOLDER_CROP_FRACTION, eval_geometry, open_image, pil_to_uint8, scale_crop,
-                     to_channels)
+                     to_channels, whole_image)
 
 STATS_SAMPLE = 1000  # images decoded to measure a folder's mean/std: enough for 3 decimals
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -181,15 +181,16 @@ class InMemoryData(Data):
 
 class FolderDataset(Dataset):
     """Decodes one image file per (index, seed) key into a uint8 (C, size, size) tensor: the
-    paper's scale augmentation when `scale_aug` (seeded per example), else evaluation geometry.
+    paper's scale augmentation when `scale_aug` (seeded per example), else evaluation geometry;
+    with `whole`, the whole image with its shorter side = size, any aspect ratio (multi-scale).
 
     A file that fails to decode here (e.g. truncated after a header that the scan accepted) is
     replaced by the next readable one with a warning naming it, so a long run does not die."""
 
     def __init__(self, items: list[tuple[str, int]], in_chans: int, size: int,
-                 crop_fraction: float, scale_aug: bool = False) -> None:
+                 crop_fraction: float, scale_aug: bool = False, whole: bool = False) -> None:
         self.items, self.in_chans, self.size = items, in_chans, size
-        self.crop_fraction, self.scale_aug = crop_fraction, scale_aug
+        self.crop_fraction, self.scale_aug, self.whole = crop_fraction, scale_aug, whole
 
     def __len__(self) -> int:
         return len(self.items)
@@ -205,6 +206,8 @@ class FolderDataset(Dataset):
                 continue
             if self.scale_aug:
                 img = scale_crop(img, self.size, seed)
+            elif self.whole:
+                img = whole_image(img, self.size)
             else:
                 img = eval_geometry(img, (self.size, self.size), self.crop_fraction)
             return pil_to_uint8(img), label
@@ -226,15 +229,32 @@ class _KeyBatches(Sampler):
             yield list(zip(self.order[lo:hi].tolist(), seeds))
 
 
+def collate_runs(samples: list[tuple[torch.Tensor, int]]) -> list[Batch]:
+    """Whole images of several shapes cannot be stacked: one (x, y) per run of consecutive
+    samples of the same shape, in order (so the examples' order and labels stay aligned)."""
+    runs: list[Batch] = []
+    start = 0
+    for i in range(1, len(samples) + 1):
+        if i == len(samples) or samples[i][0].shape != samples[start][0].shape:
+            part = samples[start:i]
+            runs.append((torch.stack([x for x, _ in part]),
+                         torch.tensor([label for _, label in part])))
+            start = i
+    return runs
+
+
 def decode_batches(ds: FolderDataset, sampler: _KeyBatches, device: torch.device,
                    workers: int) -> Iterator[Batch]:
-    """uint8 (x, y) batches of `ds` in the sampler's order, decoded by `workers` processes."""
+    """uint8 (x, y) batches of `ds` in the sampler's order, decoded by `workers` processes.
+    With ds.whole, a sampler batch comes as several (x, y), one per run of one image shape."""
     # A private generator: DataLoader would otherwise draw its workers' base seed from the
     # global RNG and shift it (our randomness comes from the per-example seeds instead).
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers,
-                        pin_memory=device.type == "cuda", generator=torch.Generator())
-    for x, y in loader:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                        pin_memory=device.type == "cuda", generator=torch.Generator(),
+                        collate_fn=collate_runs if ds.whole else None)
+    for batch in loader:
+        for x, y in batch if ds.whole else [batch]:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 class FolderData(Data):
@@ -250,10 +270,10 @@ class FolderData(Data):
 
     def decode(self, items: list[tuple[str, int]], sampler: _KeyBatches, device: torch.device, *,
                size: int | None = None, crop_fraction: float | None = None,
-               scale_aug: bool = False) -> Iterator[Batch]:
+               scale_aug: bool = False, whole: bool = False) -> Iterator[Batch]:
         ds = FolderDataset(items, self.in_chans, size or self.input_size[-1],
                            self.crop_fraction if crop_fraction is None else crop_fraction,
-                           scale_aug)
+                           scale_aug, whole)
         return decode_batches(ds, sampler, device, self.workers)
 
     def _train_iter(self, plan: EpochPlan, spans: list[Span],
@@ -273,12 +293,14 @@ class FolderData(Data):
 
     def _eval_iter(self, split: str, batch_size: int, device: torch.device, rank: int,
                    world_size: int, resize: int | None) -> Iterator[Batch]:
-        """Shorter side to size/crop_fraction, centre crop; with resize: shorter side = resize,
-        centre resize x resize crop."""
+        """Shorter side to size/crop_fraction, centre crop; with resize: the whole image, shorter
+        side = resize, aspect ratio kept, no crop (the paper's fully-convolutional multi-scale
+        test, section 3.4; the 10-crop takes its 256 x 256 centre itself). Images of different
+        shapes cannot be stacked: a batch is then split into runs of one shape, in order."""
         order = torch.arange(rank, self._size(split), world_size)
         spans = [(i, min(i + batch_size, len(order))) for i in range(0, len(order), batch_size)]
         batches = self.decode(self._items[split], _KeyBatches(order, None, spans), device,
-                              size=resize, crop_fraction=1.0 if resize else None)
+                              size=resize, whole=resize is not None)
         for x, y in batches:
             yield self.normalize.from_uint8(x), y
 

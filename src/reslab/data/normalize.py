@@ -29,7 +29,11 @@ def compute_stats(x: torch.Tensor, mode: str, chunk: int = 4096) -> Stats:
     """Statistics of uint8 images (N, C, H, W), accumulated in float64 chunks to bound memory.
 
     "channel": per-channel mean and std. "pixel": the per-pixel mean image (the paper's CIFAR
-    protocol, section 4.2) and one global std of the pixels around it."""
+    protocol, section 4.2, and ImageNet's, section 3.4) and one global std of the pixels around
+    it. The paper only subtracts the mean; the division by one scalar is a uniform rescaling that
+    puts the input at unit variance (He init's assumption, and O(1) values for bf16/fp16), keeps
+    the relative scale of the colour channels, and is absorbed by the BN after conv1 (up to its
+    eps): the functions the net can compute are the same. See docs/paper-deviations.md."""
     n, c = x.shape[:2]
     s1 = torch.zeros(x.shape[1:], dtype=torch.float64)
     s2 = torch.zeros(x.shape[1:], dtype=torch.float64)
@@ -51,8 +55,8 @@ def compute_stats(x: torch.Tensor, mode: str, chunk: int = 4096) -> Stats:
 
 class Normalizer:
     """(x - mean) / std, with mean per channel (C,) or a per-pixel image (C, H, W) (bilinearly
-    resized when evaluating at another resolution). `from_uint8` fuses the /255 with it: one
-    multiply-add per element. Device copies are cached."""
+    resized when evaluating at another resolution, see `_fit_mean` for non-square inputs).
+    `from_uint8` fuses the /255 with it: one multiply-add per element. Device copies are cached."""
 
     def __init__(self, mean: Sequence[float] | torch.Tensor, std: Sequence[float]) -> None:
         mean = torch.as_tensor(mean, dtype=torch.float32)
@@ -64,14 +68,38 @@ class Normalizer:
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def _mean(self, device: torch.device, hw: tuple[int, ...]) -> torch.Tensor:
-        key = ("mean", str(device), hw)
+        resized = self.per_pixel and tuple(self.mean.shape[-2:]) != hw
+        key = ("mean", str(device), hw if resized else None)
         if key not in self._cache:
             mean = self.mean
-            if self.per_pixel and tuple(mean.shape[-2:]) != hw:
-                mean = F.interpolate(mean, size=hw, mode="bilinear", align_corners=False,
-                                     antialias=hw[0] < mean.shape[-2])
+            if resized:
+                mean = self._fit_mean(hw)
+                # Whole images (multi-scale test) come in many shapes: keep a few resized means.
+                old = [k for k in self._cache if k[0] == "mean" and k[2] is not None]
+                for k in old[:max(0, len(old) - 7)]:
+                    del self._cache[k]
             self._cache[key] = mean.to(device)
         return self._cache[key]
+
+    def _fit_mean(self, hw: tuple[int, ...]) -> torch.Tensor:
+        """The per-pixel mean for an input of size hw. A square mean image (measured on square
+        crops) on a non-square input, a whole image of the multi-scale test, is resized to the
+        shorter side and centred, its border values extended along the longer side: geometry
+        kept (no stretching), and the centre square gets exactly the mean a square input of
+        that size gets (the 10-crop's 256 x 256 centre of a whole image included)."""
+        mean = self.mean
+        h, w = mean.shape[-2:]
+        size = hw
+        if h == w and hw[0] != hw[1]:
+            size = (min(hw), min(hw))
+        if tuple(size) != (h, w):
+            mean = F.interpolate(mean, size=size, mode="bilinear", align_corners=False,
+                                 antialias=size[0] < h)
+        if tuple(size) != tuple(hw):
+            dh, dw = hw[0] - size[0], hw[1] - size[1]
+            top, left = int(round(dh / 2.0)), int(round(dw / 2.0))  # as torchvision's centre crop
+            mean = F.pad(mean, (left, dw - left, top, dh - top), mode="replicate")
+        return mean
 
     def _std(self, device: torch.device) -> torch.Tensor:
         return self._cache.setdefault(("std", str(device)), self.std.to(device))

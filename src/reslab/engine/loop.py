@@ -20,12 +20,12 @@ from ..data import load_data
 from ..errors import UserError
 from ..record import Preprocess, Record, save_weights
 from . import state as run_state
-from .distributed import broadcast_flag, cleanup, init_distributed
+from .distributed import all_reduce_sum, broadcast_flag, cleanup, init_distributed
 from .evaluate import Tally, evaluate, flip_tta
 from .logging import MetricsLog, Progress
 from .recipe import Recipe, save_recipe
 from .rundir import RunLock, claim
-from .schedule import ScheduleState, lr_at, on_train_error, on_val_error
+from .schedule import ScheduleState, lr_at, on_train_batch, on_val_error, warming_up
 from .setup import EMA, build_model, build_optimizer, seed_everything, select_device
 from .step import sgd_step
 
@@ -215,11 +215,20 @@ def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
             raise NonFiniteLoss(f"loss is {value} at step {run.step + 1}; {kept} "
                                 "(hint: lower --lr, or --amp off)")
 
+    warming = warming_up(run.sched, r)
     value, logits = sgd_step(run.forward, run.optimizer, run.scaler, x, y,
                              amp_dtype=run.amp_dtype, channels_last=r.channels_last,
                              label_smoothing=r.label_smoothing, check_loss=check)
+    if warming:
+        # resnet110's warm-up: this batch's error over all ranks (every rank must switch at the
+        # same iteration); one small transfer per step, during the warm-up only.
+        wrong = torch.stack([(logits.argmax(1) != y).sum().double(),
+                             torch.tensor(len(y), dtype=torch.float64, device=y.device)])
+        misses, seen = all_reduce_sum(wrong, run.d).tolist()
     if run.ema is not None:
         run.ema.update(run.model)
+    if warming:
+        on_train_batch(run.sched, r, misses / seen)
     with torch.no_grad():
         loss_sum = torch.tensor(value * len(y), device=logits.device)
         run.train_tally.add(logits.float(), y, loss_sum)
@@ -232,7 +241,6 @@ def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: boo
     train = run.train_tally.result(run.d)
     run.train_tally = Tally(run.device)
     log.log(step=run.step, epoch=epoch, split="train", time_s=round(run.elapsed(), 2), **train)
-    on_train_error(run.sched, r, 1 - train["top1"])
     val = None
     last = run.step == run.total
     if last or round(epoch) % r.eval_every == 0:

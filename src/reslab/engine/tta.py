@@ -64,13 +64,17 @@ def tta_logits(model: Model, x: torch.Tensor, crops: int = 1, crop_size: int | N
     """log of the softmax scores averaged over the views of a normalised batch (N, C, H, W).
 
     crops=1: the centre crop_size crop (the whole image when crop_size is None);
-    crops=10: the paper's 10-crop. The crops run one at a time to bound memory.
+    crops=10: the paper's 10-crop ("standard 10-crop testing [21]": AlexNet's corners and centre
+    of the central square, e.g. 224 crops of the 256 x 256 centre of an image whose shorter side
+    is 256; a non-square batch is first cut to its centre square). The crops run one at a time
+    to bound memory.
     """
     size = crop_size or min(x.shape[-2:])
     if crops == 1:
         return _log(mean_probs([model(center_crop(x, size))]))
     if crops == 10:
-        return _log(mean_probs(model(c) for c in ten_crop(x, size)))
+        square = center_crop(x, min(x.shape[-2:]))
+        return _log(mean_probs(model(c) for c in ten_crop(square, size)))
     raise ValueError(f"crops must be 1 or 10, got {crops}")
 
 
@@ -100,13 +104,55 @@ def multiscale_probs(model: Model, views: Iterable[torch.Tensor], flip: bool = F
 def multiscale_logits(model: Model, batches_per_scale: list[Iterable[tuple[torch.Tensor,
                                                                           torch.Tensor]]],
                       flip: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(log averaged scores, labels) per batch from one loader per scale, e.g. shorter sides
-    {224, 256, 384, 480, 640}. The loaders must yield the same images in the same order."""
-    for group in zip(*batches_per_scale, strict=True):
-        y = group[0][1]
-        if any(not torch.equal(g[1], y) for g in group[1:]):
-            raise ValueError("the per-scale loaders disagree on the labels: not the same images")
-        yield _log(multiscale_probs(model, (x for x, _ in group), flip=flip)), y
+    """(log averaged scores, labels) per batch of the first scale, from one loader per scale,
+    e.g. shorter sides {224, 256, 384, 480, 640}, each image seen whole.
+
+    The loaders must yield the same images in the same order, but may cut them into batches
+    differently: whole images of different aspect ratios come in runs of one shape, and two
+    images with the same shape at one scale may differ by a pixel at another. Scores are
+    therefore aligned per example, by position in that order, before they are averaged."""
+    streams = [_scored(model, batches, flip) for batches in batches_per_scale]
+    if not streams:
+        raise ValueError("no views to average")
+    pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in streams[1:]]
+    for p, y in streams[0]:
+        total = p.clone()
+        for stream, queue in zip(streams[1:], pending):
+            q, labels = _take(stream, queue, len(y))
+            if not torch.equal(labels, y):
+                raise ValueError("the per-scale loaders disagree on the labels: not the same "
+                                 "images")
+            total += q
+        yield _log(total / len(streams)), y
+    for stream, queue in zip(streams[1:], pending):
+        if queue or next(stream, None) is not None:
+            raise ValueError("the per-scale loaders yield different numbers of images")
+
+
+def _scored(model: Model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], flip: bool
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(softmax scores averaged over the flips, labels) per batch of one scale."""
+    for x, y in batches:
+        yield multiscale_probs(model, [x], flip=flip), y
+
+
+def _take(stream: Iterator[tuple[torch.Tensor, torch.Tensor]],
+          queue: list[tuple[torch.Tensor, torch.Tensor]], n: int
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next n examples' (scores, labels) of a stream, whatever its batches; the rest of
+    the last batch used stays in queue for the next call."""
+    have = sum(len(y) for _, y in queue)
+    while have < n:
+        item = next(stream, None)
+        if item is None:
+            raise ValueError("the per-scale loaders yield different numbers of images")
+        queue.append(item)
+        have += len(item[1])
+    p, y = torch.cat([q for q, _ in queue]), torch.cat([t for _, t in queue])
+    queue.clear()
+    if have > n:
+        queue.append((p[n:], y[n:]))
+    return p[:n], y[:n]
 
 
 def scales_of(x: torch.Tensor, sizes: Iterable[int]) -> list[torch.Tensor]:

@@ -28,6 +28,13 @@ class PadShortcut(nn.Module):
     """Option A (section 3.3): identity with stride-2 subsampling and zero-padded extra channels.
 
     Parameter-free, so a plain net and its option-A ResNet have exactly the same parameter count.
+    The paper does not say on which side the zeros go: they are appended after the input's
+    channels (out[:, :C_in] = x, out[:, C_in:] = 0), as fb.resnet.torch's option A concatenates
+    them. The side does not change what the net can learn: every layer is initialised i.i.d.
+    over channels, so padding elsewhere is the same net up to a permutation of channel indices;
+    it matters only when loading weights trained with another convention. The subsampling keeps
+    the top-left pixel of each stride x stride cell, the one a stride-2, padding-1 3x3 conv (the
+    residual branch) centres its output on. See docs/paper-deviations.md.
     """
 
     def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:

@@ -15,11 +15,18 @@ stride 1 and can be made the identity:
   copies its input only with hand-set identity kernels and running statistics, which batch
   statistics undo as soon as training resumes. That a solver does not find the identity
   mapping through plain layers is the degradation problem (Fig. 1), not a construction.
+- shortcut option C: refused, for the same reason. Every C block's shortcut is a projection,
+  1x1 conv + BN, so an added block is relu(BN_F(.) + BN_P(conv(x))). With running statistics a
+  dirac kernel and an identity BN make the projection x, but in train mode each BN normalises
+  with its batch statistics: each channel of BN_F + BN_P has batch mean beta_F + beta_P whatever
+  the input, while relu(.) = x needs the sum to equal x wherever x > 0, so for batches positive
+  in a channel its mean would have to follow x's. No weights make the block the identity once
+  training resumes (and the running statistics then drift from the identity too). Options A
+  and B keep identity shortcuts at stride 1, so their added blocks are exact in both modes.
 """
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..errors import UserError
 from .blocks import BasicBlock, Bottleneck
@@ -44,7 +51,8 @@ def infer_arch(model: ResNet) -> Arch:
 
 def grow(model: ResNet, to: str, *, shortcut: str | None = None,
          stride_in: str | None = None) -> ResNet:
-    """A deeper ResNet `to` that computes exactly model's function (eval mode), section 1.
+    """A deeper ResNet `to` that computes exactly model's function, in eval and train mode
+    (section 1).
 
     shortcut/stride_in, when given, must equal the model's own options (a grown net keeps them:
     changing a copied block's shortcut would change its function). The result is in the same
@@ -80,6 +88,11 @@ def check_growable(src: Arch, dst: Arch, options: dict, *, shortcut: str | None 
     if not dst.residual:
         raise UserError(f"{what}: a residual net grows only into a residual net (removing "
                         "shortcuts changes the function of the copied blocks)")
+    if options["shortcut"] == "C":
+        raise UserError(f"{what}: with shortcut C every added block has a projection shortcut "
+                        "(1x1 conv + BN) whose BN is the identity only with running statistics; "
+                        "in training mode it normalises each batch, so the block is not the "
+                        "identity (options A and B have identity shortcuts)")
     if src.block is not dst.block:
         raise UserError(f"{what}: different block types ({BLOCK_NAMES[src.block]} vs "
                         f"{BLOCK_NAMES[dst.block]}), so the trained blocks cannot be copied")
@@ -94,20 +107,10 @@ def check_growable(src: Arch, dst: Arch, options: dict, *, shortcut: str | None 
 
 @torch.no_grad()
 def make_identity(block: BasicBlock | Bottleneck) -> None:
-    """Makes a stride-1, same-width residual block compute the identity on non-negative inputs."""
+    """Makes a stride-1, same-width residual block with an identity shortcut (option A or B)
+    compute the identity on non-negative inputs, in train and eval mode."""
+    if block.downsample is not None:  # option C: see the module docstring
+        raise ValueError("a block with a projection shortcut cannot be made the identity")
     bn = block.last_bn()
     bn.weight.zero_()  # F(x) = 0 * x_hat + 0, whatever the statistics
-    bn.bias.zero_()
-    if block.downsample is not None:  # option C projects every shortcut: make it x
-        conv, proj_bn = block.downsample
-        nn.init.dirac_(conv.weight)
-        identity_bn(proj_bn)
-
-
-@torch.no_grad()
-def identity_bn(bn: nn.BatchNorm2d) -> None:
-    """BN computing y = x with its running statistics: (x - 0) / sqrt((1 - eps) + eps) * 1 + 0."""
-    bn.running_mean.zero_()
-    bn.running_var.fill_(1.0 - bn.eps)
-    bn.weight.fill_(1.0)
     bn.bias.zero_()
