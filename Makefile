@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/reslab train --recipe demo --out runs/demo
+	$(BIN)/reslab train --recipe demo --out runs/demo --overwrite
 	$(BIN)/reslab eval runs/demo --data digits
 
 bench: $(STAMP)

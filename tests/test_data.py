@@ -236,7 +236,7 @@ def test_bad_specs(spec, message):
 @pytest.mark.parametrize("kwargs, message", [
     ({"augment": "crops"}, "unknown augmentation 'crops' (closest: crop, crop-flip)"),
     ({"normalize": "pixels"}, "unknown normalization 'pixels' (closest: pixel)"),
-    ({"val_split": -1}, "--val-split must be >= 0, got -1"),
+    ({"val_split": -1}, "invalid val_split -1: must be between 0 and 1,000,000,000"),
     ({"val_split": 512}, "--val-split 512 leaves no training images: synthetic has 512"),
 ])
 def test_bad_options(kwargs, message):
@@ -359,8 +359,10 @@ def test_mean_std_channel_and_pixel():
     z, _ = collect(data.eval_batches("train", 64, CPU))
     assert abs(z.mean()) < 1e-5 and abs(z.std(unbiased=False) - 1) < 1e-4
     assert data.mean == pytest.approx(data.mean_image.mean((1, 2)).tolist())
-    # Replacing the statistics (a checkpoint's, when evaluating it) changes the batches.
-    data.mean_image, data.mean, data.std = None, [0.5] * 3, [0.25] * 3
+    # Given statistics (a checkpoint's, when evaluating it) replace the measured ones.
+    data = load_data("synthetic:64x3x8x8:4", normalize="pixel", augment="none",
+                     stats=N.Stats([0.5] * 3, [0.25] * 3))
+    assert data.mean_image is None
     z, _ = next(data.eval_batches("train", 64, CPU))
     raw = data._arrays["train"][0].float() / 255
     assert torch.allclose(z, (raw - 0.5) / 0.25, atol=1e-5)
@@ -601,8 +603,10 @@ def test_folder_per_pixel_mean_is_a_crop_size_image_used_by_train_and_eval(tmp_p
     # Train: the same crops with the mean image replaced by zeros differ by exactly mean/std.
     mean_image = data.mean_image
     x_train = next(data.train_batches(0, 4, CPU, seed=1))[0]
-    data.mean_image = torch.zeros(3, 16, 16)
-    x_zero = next(data.train_batches(0, 4, CPU, seed=1))[0]
+    zero = load_data(f"imagefolder:{root}", image_size=16, workers=0, normalize="pixel",
+                     augment="imagenet",
+                     stats=N.Stats(data.mean, data.std, torch.zeros(3, 16, 16)))
+    x_zero = next(zero.train_batches(0, 4, CPU, seed=1))[0]
     assert x_train.shape == (4, 3, 16, 16)
     torch.testing.assert_close(x_zero - x_train, (mean_image / std).expand(4, -1, -1, -1),
                                atol=1e-5, rtol=0)

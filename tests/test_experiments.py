@@ -220,7 +220,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def check_schema(result: dict) -> None:
-    """INTERFACE.md's degradation.json."""
+    """degradation.json as reslab.analysis.degradation documents it."""
     assert result["dataset"] == DATA and isinstance(result["recipe"], dict)
     assert [r["model"] for r in result["runs"]] == ["plain20", "resnet20"]
     for run in result["runs"]:

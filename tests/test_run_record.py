@@ -28,6 +28,10 @@ from reslab.errors import UserError
 from reslab.models import create_model
 from reslab.record import FORMAT, MEAN_IMAGE_KEY, read_weights, save_weights
 
+def cli(argv: list) -> int:
+    return main([str(a) for a in argv])
+
+
 TRAIN = ["train", "--recipe", "demo", "--data", "digits", "--epochs", "1", "--workers", "0",
          "--device", "cpu", "--quiet"]
 
@@ -39,7 +43,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for norm, extra in (("pixel", []), ("channel", ["--tta-flip"])):
-        assert main([*TRAIN, "--normalize", norm, "--out", root / norm, *extra]) == 0
+        assert cli([*TRAIN, "--normalize", norm, "--out", root / norm, *extra]) == 0
         out[norm] = root / norm
     return out
 
@@ -58,14 +62,14 @@ def test_pngs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], lis
 
 
 def _eval(capsys: pytest.CaptureFixture, ckpt: Path, *extra: str) -> dict:
-    rc = main(["eval", str(ckpt), "--device", "cpu", "--json", *extra])
+    rc = cli(["eval", str(ckpt), "--device", "cpu", "--json", *extra])
     out = capsys.readouterr().out
     assert rc == 0, out
     return json.loads(out)
 
 
 def _predict(capsys: pytest.CaptureFixture, ckpt: Path, paths: list[Path]) -> list[int]:
-    rc = main(["predict", str(ckpt), *map(str, paths), "--topk", "1", "--json",
+    rc = cli(["predict", str(ckpt), *map(str, paths), "--topk", "1", "--json",
                "--device", "cpu", "--batch-size", "128"])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -214,7 +218,7 @@ def test_first_format_files_load_or_say_how_to_convert(tmp_path: Path,
     old_pixel = write(tmp_path / "old_pixel.safetensors", normalize="pixel")
     err = clean_error(capsys, ["eval", old_pixel, "--data", "digits"])
     assert "format reslab-1" in err and "reslab import FILE --model ARCH --mean M --std S" in err
-    assert main(["import", old_pixel, "--model", "resnet20", "--mean", "0.3", "--std", "0.2",
+    assert cli(["import", old_pixel, "--model", "resnet20", "--mean", "0.3", "--std", "0.2",
                  "--input-size", "8", "--out", tmp_path / "new.safetensors"]) == 0
     capsys.readouterr()
     assert _eval(capsys, tmp_path / "new.safetensors", "--data", "digits")["n"] == 360
@@ -270,7 +274,7 @@ def test_overwrite_removes_the_old_runs_files_only(runs: dict, tmp_path: Path,
     (out / "best.safetensors").write_bytes((out / "model.safetensors").read_bytes())
     (out / "responses.json").write_text('{"old": [1.0]}')
     (out / "notes.txt").write_text("mine")
-    assert main([*TRAIN, "--model", "resnet32", "--epochs", "0.05", "--out", out,
+    assert cli([*TRAIN, "--model", "resnet32", "--epochs", "0.05", "--out", out,
                  "--overwrite"]) == 0
     assert not (out / "best.safetensors").exists() and not (out / "responses.json").exists()
     assert (out / "notes.txt").read_text() == "mine"
@@ -297,7 +301,7 @@ def test_a_locked_run_directory_is_refused_and_a_stale_lock_taken_over(
         holder.wait()
     # the holder died without cleaning up: its lock file stays, the kernel's lock does not
     assert (out / LOCK_FILE).read_text().strip() == str(holder.pid)
-    assert main([*TRAIN, "--epochs", "0.05", "--out", out]) == 0
+    assert cli([*TRAIN, "--epochs", "0.05", "--out", out]) == 0
     assert (out / "model.safetensors").is_file() and not (out / LOCK_FILE).exists()
 
 
@@ -472,7 +476,7 @@ def test_damaged_run_files_are_clean_errors(damage, message: str | None, runs: d
     shutil.copytree(runs["channel"], run)
     damage(run)
     if message is None:  # damaged rows are skipped: the report still renders
-        assert main(["report", run]) == 0
+        assert cli(["report", run]) == 0
         assert (run / "report.html").is_file()
         return
     assert clean_error(capsys, ["report", run]).startswith("error: " + message.format(d=run))
@@ -491,7 +495,7 @@ def test_eval_ignores_a_damaged_config(runs: dict, tmp_path: Path,
 def test_eval_on_other_classes_warns(runs: dict, capsys: pytest.CaptureFixture) -> None:
     rc, err = run_cli(capsys, ["eval", runs["channel"], "--data", "synthetic:64x1x8x8:10"])
     assert rc == 0
-    assert err == ["warning: synthetic's classes (class0, class1, class2, class3, ...) are not "
+    assert err == ["warning: synthetic:64x1x8x8:10's classes (class0, class1, class2, class3, ...) are not "
                    "the ones the model was trained on (0, 1, 2, 3, ...); scoring by class index"]
 
 

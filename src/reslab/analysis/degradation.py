@@ -108,7 +108,7 @@ def summarize_run(model: str, run_dir: Path) -> dict[str, Any]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run_dir} has no metrics.jsonl")
-    rows = read_metrics(path)
+    rows = [r for r in read_metrics(path) if "split" not in r or "top1" in r]
     train = {r["step"]: r for r in rows if r.get("split") == "train"}
     evals = ([r for r in rows if r.get("split") == "test" and not r.get("final")]
              or [r for r in rows if r.get("split") == "val"])

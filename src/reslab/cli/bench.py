@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ..errors import UserError
+from ..limits import MAX_THREADS, check_int
 from .common import parse_input_shape, print_json
 
 COLUMNS = (("variant", "variant", ""), ("img_s", "img/s", ".1f"),
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
                         ("--rounds", args.rounds), ("--threads", args.threads)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
+    if args.threads is not None:
+        check_int("--threads", args.threads, 1, MAX_THREADS)
     if args.threads:
         import torch
 

@@ -33,8 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.setup import select_device
     from .common import print_json
 
-    if args.max_images is not None and args.max_images < 1:
-        raise ValueError(f"invalid --max-images {args.max_images}: must be >= 1")
+    from ..limits import MAX_BATCH, check_int
+
+    if args.max_images is not None:
+        check_int("--max-images", args.max_images, 1, 10**9)
+    check_int("--batch-size", args.batch_size, 1, MAX_BATCH)
     responses = compute_responses(args.ckpts, args.data, data_dir=args.data_dir,
                                   split=args.split, max_images=args.max_images,
                                   batch_size=args.batch_size,

@@ -1,4 +1,4 @@
-"""Data: datasets -> batches (INTERFACE.md, Datasets).
+"""Data: datasets -> batches (README, Datasets).
 
 `load_data(spec, ...)` returns a `Data` whose `train_batches` / `eval_batches` yield normalised
 float32 (x, y) on the training device; `preprocess` prepares images for a trained model as

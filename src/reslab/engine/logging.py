@@ -113,7 +113,7 @@ def _tensorboard_writer(logdir: Path) -> Any:
 def _step_of(line: str) -> int:
     try:
         return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: Infinity
         return 1 << 62
 
 
