@@ -224,7 +224,8 @@ def check_schema(result: dict) -> None:
     assert result["dataset"] == DATA and isinstance(result["recipe"], dict)
     assert [r["model"] for r in result["runs"]] == ["plain20", "resnet20"]
     for run in result["runs"]:
-        assert set(run) == {"model", "depth", "residual", "final_train_error",
+        assert set(run) == {"model", "depth", "residual", "iterations", "train_seconds",
+                            "final_train_error",
                             "final_test_error", "curve"}
         assert run["depth"] == 20 and run["residual"] == run["model"].startswith("resnet")
         assert 0 <= run["final_train_error"] <= 1 and 0 <= run["final_test_error"] <= 1

@@ -506,8 +506,6 @@ BAD_INPUT: dict[str, tuple[Callable[[Path, dict, Path], list], str]] = {
                         r"invalid epochs -2\.0: must be in \(0, 100000\]"),
     "infinite lr": (lambda t, f, r: train_argv(r, t / "o", "--lr", "inf"),
                     r"invalid value for lr: 'inf'"),
-    "batch larger than the data": (lambda t, f, r: train_argv(r, t / "o", "--batch-size", 4096),
-                                   r"batch size 4096 is larger than the training set"),
     "imagefolder missing": (lambda t, f, r: train_argv(r, t / "o", "--data",
                                                        f"imagefolder:{t / 'nowhere'}"),
                             r"image folder '.*nowhere' not found"),

@@ -23,7 +23,7 @@ from .report import write_run_report
 
 # Options that change where or how fast a run goes, not what it learns: a finished run is reused
 # even if they differ.
-MACHINERY = ("device", "workers", "threads", "tensorboard")
+MACHINERY = ("recipe", "device", "workers", "threads", "tensorboard")
 
 
 def cifar_depths() -> list[int]:
@@ -119,10 +119,28 @@ def summarize_run(model: str, run_dir: Path) -> dict[str, Any]:
     arch = get_arch(model)
     last_train = train[max(train)] if train else None
     last_test = finals[-1] if finals else (by_step[max(by_step)] if by_step else None)
+    steps = max((r["step"] for r in rows), default=0)
     return {"model": model, "depth": arch.depth, "residual": arch.residual,
+            "iterations": steps, "train_seconds": _seconds(rows),
             "final_train_error": _error(last_train), "final_test_error": _error(last_test),
             "curve": [{"step": s, "train_error": _error(train.get(s)),
                        "test_error": _error(by_step[s])} for s in sorted(by_step)]}
+
+
+def _seconds(rows: list[dict[str, Any]]) -> float | None:
+    """Training seconds of a run (its last timed evaluation row; resumes included)."""
+    times = [r["time_s"] for r in rows if "time_s" in r]
+    return max(times) if times else None
+
+
+def budget(result: dict[str, Any]) -> str:
+    """"14,040 iterations (30 epochs) per run; 5.1 h of training in all": the sweep's cost."""
+    runs = result["runs"]
+    iters = max((r.get("iterations") or 0 for r in runs), default=0)
+    secs = sum(r.get("train_seconds") or 0 for r in runs)
+    epochs = result.get("epochs_per_run")
+    per = f" ({epochs:.3g} epochs)" if epochs else ""
+    return f"{iters:,} iterations{per} per run; {secs / 3600:.2f} h of training in all"
 
 
 def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: Recipe, *,
@@ -142,8 +160,20 @@ def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: R
         say(f"[{i}/{len(models)}] {model}")
         train_or_reuse(r, out / model, quiet=quiet, say=say)
         result["runs"].append(summarize_run(model, out / model))
+        summary = _read_summary(out / model)
+        if summary.get("steps") and summary.get("epochs"):
+            result["epochs_per_run"] = summary["epochs"]
+        result["budget"] = budget(result)
         write_results(result, out)  # after every run: a long sweep shows its results so far
     return result
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def write_results(result: dict[str, Any], out: Path) -> None:

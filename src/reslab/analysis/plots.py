@@ -114,7 +114,8 @@ def responses_figure(responses: dict[str, Sequence[float]], path: str | Path,
     return _save(fig, path)
 
 
-def plot_confusion(cm: Any, class_names: Sequence[str], path: str | Path) -> Path:
+def plot_confusion(cm: Any, class_names: Sequence[str], path: str | Path,
+                   title: str = "confusion matrix") -> Path:
     """Confusion matrix (rows: true class, columns: predicted), counts written in the cells."""
     counts = [[int(v) for v in row] for row in cm.tolist()]
     k = len(class_names)
@@ -122,7 +123,7 @@ def plot_confusion(cm: Any, class_names: Sequence[str], path: str | Path) -> Pat
     ax.imshow(counts, cmap="Blues")
     ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), class_names, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true")
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
     top = max(max(row) for row in counts) or 1
     if k <= 30:
         for i, row in enumerate(counts):

@@ -201,7 +201,9 @@ def _run_line(model: str, data: str, steps: int, run_dir: Path) -> str:
     if isinstance(wall, (int, float)) and not isinstance(wall, bool):
         line += f" in {wall:.1f} s"
     if isinstance(skipped, int) and skipped:
-        line += f"; {skipped} unreadable images skipped"
+        names = [str(n) for n in summary.get("skipped") or [] if isinstance(n, str)]
+        shown = f" ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})" if names else ""
+        line += f"; {skipped} unreadable images skipped{shown}"
     return line + "."
 
 

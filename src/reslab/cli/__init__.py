@@ -24,10 +24,17 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reslab", description="Deep residual learning (He et al. 2015), "
                      "reproducible and fast.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    parser.add_argument("--version", action="version", version=f"reslab {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         spec = importlib.util.find_spec(f"{__name__}.{name}")

@@ -114,18 +114,17 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def add_recipe_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (),
-                     help: dict[str, str] | None = None) -> None:
-    """Every Recipe field as a --flag (string-valued; the recipe coerces and validates it).
-    Booleans take an optional value: --deterministic means true, --nesterov false turns it off."""
-    from ..engine.recipe import Recipe
+def add_recipe_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """Every Recipe field as a --flag (string-valued; the recipe coerces and validates it), its
+    help generated from the field's description, choices, range and default. Booleans take an
+    optional value: --deterministic means true, --nesterov false turns it off."""
+    from ..engine.recipe import Recipe, field_help
 
-    help = help or {}
     g = parser.add_argument_group("recipe fields (override the recipe file)")
     for f in dataclasses.fields(Recipe):
-        if f.name in skip:
+        if f.name in skip or f.name == "recipe":  # --recipe names the file; the field records it
             continue
-        flag, text = "--" + f.name.replace("_", "-"), help.get(f.name, f"recipe field {f.name}")
+        flag, text = "--" + f.name.replace("_", "-"), field_help(f.name).replace("%", "%%")
         if str(f.type).startswith("bool"):
             g.add_argument(flag, nargs="?", const="true", default=None, metavar="BOOL", help=text)
         else:
@@ -137,4 +136,4 @@ def recipe_overrides(args: argparse.Namespace, *, skip: tuple[str, ...] = ()) ->
     from ..engine.recipe import Recipe
 
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)
-            if f.name not in skip}
+            if f.name not in skip and f.name != "recipe"}

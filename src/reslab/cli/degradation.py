@@ -60,5 +60,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'model':<12}{'depth':>6}{'train err %':>13}{'test err %':>12}")
     for model, depth, train, test in results_table(result):
         print(f"{model:<12}{depth:>6}{train:>13}{test:>12}")
+    print(f"budget: {result.get('budget', '-')}")
     print(f"wrote {Path(args.out) / 'degradation.json'} and degradation.png")
     return 0

@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "the run's reported numbers did (its record says), on, off")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
-    p.add_argument("--confusion", metavar="FILE.png", help="also write a confusion matrix")
+    p.add_argument("--confusion", metavar="FILE.png",
+                   help="also write the confusion matrix (centre view) as a PNG")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -42,8 +43,21 @@ def run(args: argparse.Namespace) -> int:
         view = ("multi-scale " + ",".join(map(str, scales)) if scales else "10-crop"
                 if args.crops == 10 else "centre view + flip" if result["flip"] else "centre view")
         print(f"{Path(args.ckpt)} on {result['data']} {result['split']} (n={result['n']}, "
-              f"{view}): top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}")
+              f"{view}): top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  "
+              f"loss {result['loss']:.4f}")
+        rows = result.get("per_class") or []
+        if 0 < len(rows) <= MAX_TABLE:
+            from ..bench import format_table
+
+            print(format_table(rows, PER_CLASS))
+        elif rows:
+            print(f"({len(rows)} classes: --json has the per-class metrics)")
     return 0
+
+
+MAX_TABLE = 100  # classes shown as a table; more (ImageNet's 1000) only in --json
+PER_CLASS = (("class", "class", ""), ("precision", "precision", ".3f"),
+             ("recall", "recall", ".3f"), ("f1", "f1", ".3f"), ("support", "support", "d"))
 
 
 def _parse_scales(text: str) -> list[int]:

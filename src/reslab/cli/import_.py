@@ -15,8 +15,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("import", help="convert a torchvision/timm/training checkpoint to reslab",
                        description=__doc__)
-    p.add_argument("file", metavar="FILE", help="weights file to convert")
-    p.add_argument("--model", required=True, help="architecture, e.g. resnet50")
+    p.add_argument("file", metavar="FILE", help="weights file to convert, or "
+                   "torchvision:NAME[.WEIGHTS] for torchvision's pretrained weights (from the "
+                   "torch hub cache, downloaded when missing)")
+    p.add_argument("--model", help="architecture, e.g. resnet50 (default for torchvision:NAME: "
+                   "NAME)")
     add_model_options(p)
     p.add_argument("--class-names", metavar="FILE|imagenet",
                    help="class names, one per line (default 0..K-1); 'imagenet' uses "
@@ -55,14 +58,23 @@ def _class_names(spec: str, k: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..interop import model_from_file
+    from ..errors import UserError
+    from ..interop import TORCHVISION, model_from_file, torchvision_weights
     from ..limits import check_float, check_image_side
     from ..record import Record, save_weights
     from .common import model_kwargs
 
     if args.input_size is not None:
         check_image_side("--input-size", args.input_size)
-    model, record, messages = model_from_file(args.file, args.model, **model_kwargs(args))
+    source, pretrained = args.file, None
+    if args.file.startswith(TORCHVISION):
+        source, pretrained = torchvision_weights(args.file)
+        args.model = args.model or pretrained.architecture
+    if not args.model:
+        raise UserError("--model is required: the architecture the weights are for")
+    model, record, messages = model_from_file(source, args.model, **model_kwargs(args))
+    if pretrained is not None and not messages:  # the weights' own classes and preprocessing
+        record = pretrained.replace(architecture=args.model, kwargs=record.kwargs)
     k, c = model.fc.out_features, model.conv1.in_channels
     pre = record.preprocess
     changes = {}

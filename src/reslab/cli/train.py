@@ -12,20 +12,6 @@ from ..engine.recipe import Recipe, load_recipe
 from ..errors import UserError
 from .common import add_recipe_flags, recipe_overrides
 
-# Flags whose meaning deserves a line in --help; the rest are documented by their recipe field.
-HELP = {
-    "model": "architecture (reslab models lists them)",
-    "data": "digits | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | synthetic",
-    "epochs": "training length in epochs (--iters wins when given)",
-    "iters": "training length in iterations",
-    "val_split": "hold out N training images for validation (the paper's 45k/5k)",
-    "weights": "initialise from a reslab, torchvision or timm checkpoint",
-    "save_every": "write the resumable state every N iterations (also each epoch end)",
-    "amp": "bf16 | fp16 | off (mixed precision)",
-    "device": "auto | cpu | cuda | cuda:N | mps",
-}
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a ResNet; writes a run directory",
                        description=__doc__)
@@ -38,14 +24,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="--out already holds a run: delete its files and start afresh")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print a final JSON summary on stdout")
-    add_recipe_flags(p, help=HELP)
+    add_recipe_flags(p)
     p.set_defaults(func=run)
 
 
 def resolve(args: argparse.Namespace) -> Recipe:
     overrides = recipe_overrides(args)
     name = args.recipe or ("fast" if args.model or args.data else "demo")
-    return load_recipe(name, overrides)
+    recipe = load_recipe(name, overrides)
+    if not args.data and name != "demo" and not args.quiet and not getattr(args, "json", False):
+        print(f"note: no --data given: training on {recipe.data}, the dataset of recipe "
+              f"{name}", file=sys.stderr)
+    return recipe
 
 
 def run(args: argparse.Namespace) -> int:

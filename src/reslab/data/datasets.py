@@ -8,7 +8,6 @@ import gzip
 import math
 import os
 import pickle
-import warnings
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError, unknown
+from ..errors import UserError, unknown, warn
 from ..io import read_bytes, regular_file
 from ..limits import MAX_FILE_BYTES
 from .images import GRAY_MODES, probe_image
@@ -324,7 +323,7 @@ def _probe_all(items: list[tuple[str, int]],
     good, modes, skipped = [], set(), []
     for item, mode in zip(items, results):
         if isinstance(mode, UserError):
-            warnings.warn(f"{mode} (skipped)", stacklevel=2)
+            warn(f"{mode} (skipped)")
             skipped.append(item[0])
         else:
             good.append(item)

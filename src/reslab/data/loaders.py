@@ -10,14 +10,14 @@ Batch semantics (shared by both backends):
 """
 from __future__ import annotations
 
-import warnings
+import os
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import UserError, unknown
+from ..errors import UserError, unknown, warn
 from ..limits import (MAX_DATASET_BYTES, MAX_PAD, MAX_WORKERS, check_image_side,
                       check_int)
 from .augment import (AUGMENTS, EpochPlan, epoch_generator, imagenet_batch, pad_fill,
@@ -40,13 +40,19 @@ class Data:
 
     def __init__(self, *, name: str, class_names: list[str], input_size: tuple[int, int, int],
                  stats: Stats, splits: tuple[str, ...], augment: str, pad: int,
-                 crop_fraction: float, skipped: Sequence[str] = ()) -> None:
+                 crop_fraction: float, skipped: Sequence[str] = (), held_out: int = 0) -> None:
         self.name, self.class_names = name, list(class_names)
         self.in_chans, self.input_size = input_size[0], tuple(input_size)
         self._stats = stats
         self.normalize = self._normalizer()
         self.splits, self.skipped = splits, list(skipped)
         self.augment, self.pad, self.crop_fraction = augment, pad, crop_fraction
+        self.held_out = held_out  # training images held out as "val" (the resolved --val-split)
+
+    @property
+    def same_val_test(self) -> bool:
+        """Whether "test" is the held-out "val" set under another name (a folder without val/)."""
+        return False
 
     def _normalizer(self) -> Normalizer:
         s = self._stats
@@ -202,7 +208,7 @@ class FolderDataset(Dataset):
             try:
                 img = to_channels(open_image(path), self.in_chans)
             except UserError as exc:
-                warnings.warn(f"{exc}; using the next image instead")
+                warn(f"{exc}; using the next image instead")
                 continue
             if self.scale_aug:
                 img = scale_crop(img, self.size, seed)
@@ -268,6 +274,10 @@ class FolderData(Data):
     def _size(self, split: str) -> int:
         return len(self._items[split])
 
+    @property
+    def same_val_test(self) -> bool:
+        return "val" in self._items and self._items.get("test") is self._items["val"]
+
     def decode(self, items: list[tuple[str, int]], sampler: _KeyBatches, device: torch.device, *,
                size: int | None = None, crop_fraction: float | None = None,
                scale_aug: bool = False, whole: bool = False) -> Iterator[Batch]:
@@ -305,13 +315,40 @@ class FolderData(Data):
             yield self.normalize.from_uint8(x), y
 
 
-def hold_out(n: int, val_split: int, seed: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) index tensors, sorted: val_split examples drawn at random, fixed by seed (the
-    paper's 45k/5k CIFAR split, section 4.2)."""
+def hold_out(labels: torch.Tensor, val_split: int, seed: int, name: str
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) index tensors, sorted: val_split examples held out, stratified (each class
+    keeps its share, largest remainders get the rounding), drawn at random within each class
+    from a generator fixed by seed, so the same (labels, val_split, seed) give the same split
+    in training, `eval --split val` and `responses` (the paper's 45k/5k CIFAR split, 4.2)."""
+    n = len(labels)
     if val_split >= n:
         raise UserError(f"--val-split {val_split} leaves no training images: {name} has {n}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[val_split:].sort().values, perm[:val_split].sort().values
+    g = torch.Generator().manual_seed(seed)
+    classes, counts = torch.unique(labels, return_counts=True)
+    share = counts.double() * val_split / n
+    take = share.floor().long()
+    rest = val_split - int(take.sum())
+    if rest:  # largest remainders first; ties by class order
+        order = torch.argsort(share - take, descending=True, stable=True)
+        take[order[:rest]] += 1
+    val = []
+    for c, k in zip(classes.tolist(), take.tolist()):
+        members = torch.nonzero(labels == c).flatten()
+        val.append(members[torch.randperm(len(members), generator=g)[:k]])
+    val_idx = torch.cat(val).sort().values
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val_idx] = False
+    return torch.nonzero(keep).flatten(), val_idx
+
+
+def default_hold_out(labels: torch.Tensor) -> int:
+    """Images held out for validation from a folder without val/: 10%, at least one per class
+    while every class keeps at least one training image (0 when the folder is too small)."""
+    counts = torch.unique(labels, return_counts=True)[1]
+    if int(counts.min()) < 2:
+        return 0
+    return max(len(counts), round(0.1 * len(labels)))
 
 
 def resize_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
@@ -341,12 +378,12 @@ def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | N
     x, y = sized(src.train)
     arrays = {"train": (x, y)}
     if val_split:
-        train, val = hold_out(len(y), val_split, seed, src.name)
+        train, val = hold_out(y, val_split, seed, src.name)
         arrays = {"train": (x[train], y[train]), "val": (x[val], y[val])}
     if src.test is not None:
         arrays["test"] = sized(src.test)
     return InMemoryData(arrays, name=src.name, class_names=src.class_names,
-                        input_size=tuple(x.shape[1:]), crop_fraction=1.0,
+                        input_size=tuple(x.shape[1:]), crop_fraction=1.0, held_out=val_split or 0,
                         stats=stats or compute_stats(arrays["train"][0], normalize), **kw)
 
 
@@ -356,8 +393,11 @@ def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int |
     """Splits: train; val = the held-out images, else PATH/val; test = PATH/val, else the
     held-out images (one held-out set then answers to both names)."""
     items = {"train": src.train}
+    labels = torch.tensor([label for _, label in src.train])
+    if val_split is None:  # auto: a folder without val/ holds out a validation set
+        val_split = default_hold_out(labels) if src.val is None else 0
     if val_split:
-        train, val = hold_out(len(src.train), val_split, seed, src.name)
+        train, val = hold_out(labels, val_split, seed, src.name)
         items = {"train": [src.train[i] for i in train], "val": [src.train[i] for i in val]}
     elif src.val is not None:
         items["val"] = src.val
@@ -369,7 +409,7 @@ def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int |
         stats = _folder_stats(src, items["train"], size, seed, normalize, workers)
     return FolderData(items, workers, name=src.name, class_names=src.class_names,
                       input_size=(src.in_chans, size, size), crop_fraction=crop,
-                      stats=stats, skipped=src.skipped, **kw)
+                      stats=stats, skipped=src.skipped, held_out=val_split, **kw)
 
 
 def _folder_stats(src: FolderSource, train: list[tuple[str, int]], size: int, seed: int,
@@ -384,13 +424,21 @@ def _folder_stats(src: FolderSource, train: list[tuple[str, int]], size: int, se
     return compute_stats(torch.cat(sample), normalize)
 
 
-def load_data(spec: str, *, data_dir: str | None = None, val_split: int = 0, seed: int = 0,
+def available_cpus() -> int:
+    """The CPUs this process may run on (the affinity mask, e.g. a container's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
+def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None = 0,
+              seed: int = 0,
               image_size: int | None = None, normalize: str = "channel",
               augment: str = "crop-flip", pad: int = 4, workers: int = 4,
               stats: Stats | None = None, crop_fraction: float | None = None) -> Data:
     """Loads the dataset a --data spec names (README, Datasets), ready to batch.
 
-    val_split: hold out that many training images as "val". image_size: resize in-memory data
+    val_split: hold out that many training images as "val" (stratified, seeded); None: 10% of
+    an image folder that has no val/ folder, else none. image_size: resize in-memory data
     once at load time / the crop size for folders (default 224). normalize: "channel" (mean/std
     per channel) or "pixel" (the per-pixel mean image and a global std, paper section 4.2).
     augment: "crop-flip" (pad `pad` px, random crop, flip: section 4.2), "flip", "none", or
@@ -401,9 +449,11 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int = 0, see
         raise unknown("normalization", normalize, NORMALIZE)
     if augment not in AUGMENTS:
         raise unknown("augmentation", augment, AUGMENTS)
-    check_int("val_split", val_split, 0, 10**9)
+    if val_split is not None:
+        check_int("val_split", val_split, 0, 10**9)
     check_int("pad", pad, 0, MAX_PAD)
     check_int("workers", workers, 0, MAX_WORKERS)
+    workers = min(workers, available_cpus())  # more decoders than CPUs only wait
     if image_size is not None:
         check_image_side("image size", image_size)
     src = load_source(spec, data_dir, workers)

@@ -50,8 +50,11 @@ def flip_tta(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
              batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, d: Dist | None = None,
              device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
-             predict: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
-    """{'top1', 'top5', 'loss', 'n'} over the batches (accuracies as fractions)."""
+             predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             predictions: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+             ) -> dict[str, float]:
+    """{'top1', 'top5', 'loss', 'n'} over the batches (accuracies as fractions). predictions:
+    a list that receives each batch's (labels, predicted classes), for per-class metrics."""
     if isinstance(model, nn.Module):
         was_training = model.training
         model.eval()
@@ -63,22 +66,11 @@ def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
                             enabled=autocast_dtype is not None):
             logits = predict(x).float()
         tally.add(logits, y, F.cross_entropy(logits, y, reduction="sum"))
+        if predictions is not None:
+            predictions.append((y.cpu(), logits.argmax(1).cpu()))
     if isinstance(model, nn.Module) and was_training:
         model.train()
     return tally.result(d)
-
-
-def confusion_matrix(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                     num_classes: int) -> torch.Tensor:
-    """(true, predicted) counts over the batches."""
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    model.eval()
-    with torch.no_grad():
-        for x, y in batches:
-            pred = model(x).argmax(1).cpu()
-            cm += torch.bincount(y.cpu() * num_classes + pred,
-                                 minlength=num_classes ** 2).view(num_classes, num_classes)
-    return cm
 
 
 def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
@@ -99,6 +91,9 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     from .tta import multiscale_logits, tta_logits
 
     check_int("batch size", batch_size, 1, MAX_BATCH)
+    if confusion_png and (scales or crops == 10):
+        raise UserError("--confusion is computed on the centre view: drop --crops 10/--scales, "
+                        "or evaluate twice")
     if scales is not None:
         if not 1 <= len(scales) <= MAX_SCALES:
             raise UserError(f"give 1 to {MAX_SCALES} scales, got {len(scales)}")
@@ -139,15 +134,31 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
         result = evaluate(model, batches, device=dev,
                           predict=lambda x: tta_logits(model, x, crops=10, crop_size=size))
     else:
+        preds: list[tuple[torch.Tensor, torch.Tensor]] = []
         result = evaluate(model, d.eval_batches(split, batch_size, dev), device=dev,
-                          predict=flip_tta(model) if flip else None)
-    if confusion_png:
-        from ..analysis.plots import plot_confusion
+                          predict=flip_tta(model) if flip else None, predictions=preds)
+        y_true, y_pred = (torch.cat(t).numpy() for t in zip(*preds))
+        result["per_class"] = per_class(y_true, y_pred, d.class_names)
+        if confusion_png:
+            from ..analysis.plots import plot_confusion
 
-        cm = confusion_matrix(model, d.eval_batches(split, batch_size, dev), len(d.class_names))
-        plot_confusion(cm, d.class_names, confusion_png)
+            k = len(d.class_names)
+            cm = torch.bincount(torch.as_tensor(y_true * k + y_pred), minlength=k * k)
+            plot_confusion(cm.view(k, k), d.class_names, confusion_png,
+                           title=f"{Path(str(ckpt)).name} on {spec} {split} "
+                                 f"(top-1 {100 * result['top1']:.2f}%)")
     return {"ckpt": str(ckpt), "data": spec, "split": split, "crops": crops,
             "scales": scales, "flip": bool(flip and not scales and crops == 1), **result}
+
+
+def per_class(y_true: Any, y_pred: Any, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support of every class (scikit-learn; 0 where undefined)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(range(len(names))),
+                                                 zero_division=0)
+    return [{"class": name, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+             "support": int(s[i])} for i, name in enumerate(names)]
 
 
 def _names(names: Sequence[str]) -> str:

@@ -17,6 +17,10 @@ from typing import Any
 import torch
 
 from ..data import load_data
+from ..data.loaders import available_cpus
+from ..data.normalize import Stats
+from ..interop import apply_state_dict, load_state_dict_any, weights_source
+from ..models import get_arch
 from ..errors import UserError
 from ..record import Preprocess, Record, save_weights
 from . import state as run_state
@@ -26,7 +30,8 @@ from .logging import MetricsLog, Progress
 from .recipe import Recipe, save_recipe
 from .rundir import RunLock, claim
 from .schedule import ScheduleState, lr_at, on_train_batch, on_val_error, warming_up
-from .setup import EMA, build_model, build_optimizer, seed_everything, select_device
+from .setup import (EMA, build_model, build_optimizer, resolve_amp, seed_everything,
+                    select_device)
 from .step import sgd_step
 
 
@@ -38,7 +43,7 @@ class Run:
     """The assembled objects of one training run (phase 1)."""
 
     def __init__(self, r: Recipe, out: Path | None, quiet: bool) -> None:
-        self.r, self.quiet = r, quiet
+        self.quiet, self.messages = quiet, []
         if r.threads:
             torch.set_num_threads(r.threads)
         probe = select_device(r.device)
@@ -46,16 +51,18 @@ class Run:
         self.device = select_device(r.device, self.d.local_rank)
         self.out = out if self.d.is_main else None
         seed_everything(r.seed + self.d.rank, r.deterministic)
+        source, source_record = weights_source(r.weights) if r.weights else (None, None)
+        r = self._fit_workers(r)
         self.data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
-                              image_size=r.image_size, normalize=r.normalize, augment=r.augment,
-                              pad=r.pad, workers=r.workers)
+                              image_size=self._image_size(r), normalize=r.normalize,
+                              augment=r.augment, pad=r.pad, workers=r.workers,
+                              stats=self._source_stats(r, source_record))
+        self.r = r = self._fit_batch(r)
         torch.manual_seed(r.seed)  # the same initial weights on every rank
         self.model = build_model(r, len(self.data.class_names), self.data.in_chans)
-        self.messages: list[str] = []
-        if r.weights:
-            from ..interop import init_weights
-
-            self.messages += init_weights(self.model, r.weights)
+        if source is not None:
+            self.messages += apply_state_dict(self.model, load_state_dict_any(
+                source, strict_record=False)[0], str(r.weights))
         self.model.to(self.device)
         if r.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -63,16 +70,48 @@ class Run:
         self.ema = EMA(self.model, r.ema) if r.ema > 0 else None
         self.sched = ScheduleState()
         self.steps_per_epoch = self.data.steps_per_epoch(r.batch_size, self.d.world_size)
-        if self.steps_per_epoch < 1:
-            raise UserError(f"batch size {r.batch_size} is larger than the training set "
-                            f"({self.data.num_examples('train')} images)")
         self.total = r.iters or max(1, math.ceil(r.epochs * self.steps_per_epoch))
+        self.frozen_until = math.ceil(r.freeze_epochs * self.steps_per_epoch)
         self.step, self.best_val, self.train_tally = 0, -1.0, Tally(self.device)
         self.elapsed_before, self.started = 0.0, time.perf_counter()  # training seconds
         self.forward = self._wrap_model()
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(r.amp)
-        self.amp_dtype = amp
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp is torch.float16)
+        self.amp_dtype = resolve_amp(r.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype is torch.float16)
+
+    # Defaults that fit the data and the machine (each change is said in a note).
+    @staticmethod
+    def _fit_workers(r: Recipe) -> Recipe:
+        cpus = available_cpus()
+        return r.replace(workers=cpus) if r.workers > cpus else r
+
+    @staticmethod
+    def _image_size(r: Recipe) -> int | None:
+        """Image folders default to the model family's resolution (32 px CIFAR, 224 ImageNet)."""
+        if r.image_size is None and r.data.startswith("imagefolder:"):
+            return get_arch(r.model).default_input[-1]
+        return r.image_size
+
+    def _source_stats(self, r: Recipe, source: Record | None) -> Stats | None:
+        """Fine-tuning keeps the normalisation the weights were trained with (per channel)."""
+        if source is None or r.normalize != "channel" or source.preprocess.normalize != "channel":
+            return None
+        if not r.data.startswith("imagefolder:") and r.data != (source.data or {}).get("spec"):
+            return None  # an in-memory dataset of other images: its own statistics
+        self.messages.append(f"note: normalising with the mean/std the weights were trained "
+                             f"with ({r.weights})")
+        pre = source.preprocess
+        return Stats(list(pre.mean), list(pre.std))
+
+    def _fit_batch(self, r: Recipe) -> Recipe:
+        n, ws = self.data.num_examples("train"), self.d.world_size
+        if r.batch_size <= n:
+            return r
+        if n < ws:
+            raise UserError(f"the training set has {n} images, fewer than the {ws} processes")
+        self.messages.append(f"note: batch size {r.batch_size} is larger than the {n} training "
+                             f"images; using {n - n % ws}")
+        return r.replace(batch_size=n - n % ws)
 
     def _wrap_model(self) -> torch.nn.Module:
         model = self.model
@@ -96,8 +135,8 @@ class Run:
                          crop_fraction=d.crop_fraction, tta_flip=r.tta_flip)
         kwargs = {**r.model_kwargs(), "num_classes": len(d.class_names), "in_chans": d.in_chans}
         return Record(r.model, kwargs, tuple(d.class_names), pre,
-                      data={"spec": r.data, "data_dir": r.data_dir, "val_split": r.val_split,
-                            "seed": r.seed})
+                      data={"spec": r.data, "data_dir": r.data_dir,
+                            "val_split": d.held_out, "seed": r.seed})
 
     def eval_model(self) -> torch.nn.Module:
         """The weights to evaluate and save: the EMA when enabled, else the live model."""
@@ -157,6 +196,7 @@ def _train(run: Run, resume: bool) -> dict[str, Any]:
     log = MetricsLog(out / "metrics.jsonl" if out else None, run.step if resume else None,
                      tensorboard=r.tensorboard)
     progress = Progress(run.total, run.step, quiet=quiet_rank(run))
+    progress.write(startup_line(run, resume))
     for m in run.messages:
         progress.write(m)
     stop = run_state.StopSignal()
@@ -175,7 +215,8 @@ def _train(run: Run, resume: bool) -> dict[str, Any]:
                 img_s = seen / (time.perf_counter() - started)
                 if run.step % 20 == 0 or run.step == run.total:
                     log.log(step=run.step, epoch=run.step / run.steps_per_epoch, loss=loss,
-                            lr=run.optimizer.param_groups[0]["lr"], img_s=round(img_s, 1))
+                            lr=max(g["lr"] for g in run.optimizer.param_groups),
+                            img_s=round(img_s, 1))
                 progress.update(run.step, loss=loss, img_s=round(img_s), epoch=epoch)
                 epoch_end = run.step % run.steps_per_epoch == 0
                 if epoch_end or run.step == run.total:
@@ -197,15 +238,41 @@ def _train(run: Run, resume: bool) -> dict[str, Any]:
     return _finish(run, log, time.perf_counter() - started, val)
 
 
+def startup_line(run: Run, resume: bool) -> str:
+    """What is about to happen, in one line: recipe, model, data, size, device, precision, out."""
+    r, d = run.r, run.data
+    splits = [s for s in ("train", "val", "test") if s in d.splits]
+    if "val" in splits and "test" in splits and d.same_val_test:
+        splits.remove("test")
+    sizes = ", ".join(f"{'val/test' if s == 'val' and d.same_val_test else s} "
+                      f"{d.num_examples(s):,}" for s in splits)
+    c, h, w = d.input_size
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(run.amp_dtype, "fp32")
+    n = torch.get_num_threads()
+    threads = f", {n} thread{'s' if n != 1 else ''}" if run.device.type == "cpu" else ""
+    where = f" -> {run.out}" if run.out is not None else ""
+    return (f"{'resuming' if resume else 'training'} {r.model} "
+            f"({'recipe ' + r.recipe if r.recipe else 'custom recipe'}) on {r.data}: {sizes}, {len(d.class_names)} classes, "
+            f"{h}x{w}x{c}; batch {r.batch_size}, {run.total:,} iterations "
+            f"({run.total / run.steps_per_epoch:.3g} epochs); {run.device}{threads}, "
+            f"{precision}{where}")
+
+
 def quiet_rank(run: Run) -> bool:
     return run.quiet or not run.d.is_main
 
 
 def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
     r = run.r
+    lr = lr_at(run.step, run.total, r, run.sched)
+    frozen = run.step < run.frozen_until  # --freeze-epochs: only the head learns
     for group in run.optimizer.param_groups:
-        group["lr"] = lr_at(run.step, run.total, r, run.sched)
+        group["lr"] = 0.0 if frozen and not group.get("head") else lr
     run.model.train()
+    if frozen:  # the body's BN keeps its running statistics too: the body is exactly frozen
+        for name, module in run.model.named_modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
 
     def check(value: float) -> None:
         if not math.isfinite(value):
@@ -243,8 +310,8 @@ def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: boo
     log.log(step=run.step, epoch=epoch, split="train", time_s=round(run.elapsed(), 2), **train)
     val = None
     last = run.step == run.total
-    if last or round(epoch) % r.eval_every == 0:
-        split = "val" if "val" in run.data.splits else "test"
+    split = "val" if "val" in run.data.splits else "test" if "test" in run.data.splits else None
+    if split is not None and (last or round(epoch) % r.eval_every == 0):
         val = run.evaluate(split)
         log.log(step=run.step, epoch=epoch, split=split, time_s=round(run.elapsed(), 2), **val)
         progress.write(f"epoch {epoch:.2f} train top1 {train['top1']:.4f} loss "
@@ -272,10 +339,11 @@ def _finish(run: Run, log: MetricsLog, wall_s: float, val: dict | None) -> dict[
         log.log(step=run.step, epoch=run.step / run.steps_per_epoch, split="test", final=True,
                 time_s=round(run.elapsed(), 2), **test)
     summary = {"out": str(run.out) if run.out else None, "model": run.r.model,
-               "data": run.r.data, "steps": run.step, "wall_s": round(wall_s, 2),
+               "data": run.r.data, "steps": run.step,
+               "epochs": round(run.step / run.steps_per_epoch, 3), "wall_s": round(wall_s, 2),
                "train": getattr(run, "last_train", None),
                "val": val if "val" in run.data.splits else None, "test": test,
-               "skipped_images": len(run.data.skipped)}
+               "skipped_images": len(run.data.skipped), "skipped": run.data.skipped[:100]}
     if run.out is not None:
         save_weights(run.out / "model.safetensors", run.eval_model(), run.record())
         run_state.write_summary(run.out, summary)

@@ -18,8 +18,8 @@ from ..data.augment import AUGMENTS
 from ..data.normalize import NORMALIZE
 from ..errors import UserError, unknown
 from ..io import read_text
-from ..limits import (MAX_BATCH, MAX_EPOCHS, MAX_ITERS, MAX_LR, MAX_PAD, MAX_SEED, MAX_TEXT_BYTES,
-                      MAX_THREADS, MAX_WORKERS, check_float, check_image_side, check_int)
+from ..limits import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_ITERS, MAX_LR, MAX_PAD, MAX_SEED,
+                      MAX_TEXT_BYTES, MAX_THREADS, MAX_WORKERS, check_float, check_int)
 from ..models import REGISTRY
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -29,9 +29,24 @@ CHOICES = {
     "schedule": ("step", "cosine", "onecycle", "plateau", "constant"),
     "augment": AUGMENTS,
     "normalize": NORMALIZE,
-    "amp": ("off", "bf16", "fp16"),
+    "amp": ("auto", "off", "bf16", "fp16"),
     "stride_in": ("3x3", "1x1"),
 }
+
+
+# Every numeric field's range (None-able fields are checked when set): far beyond real use.
+INT_BOUNDS = {"batch_size": (1, MAX_BATCH), "iters": (1, MAX_ITERS),
+              "warmup_iters": (0, MAX_ITERS), "plateau_patience": (1, 100_000),
+              "image_size": (1, MAX_IMAGE_SIDE), "pad": (0, MAX_PAD), "val_split": (0, 10**9),
+              "workers": (0, MAX_WORKERS), "seed": (0, MAX_SEED), "threads": (0, MAX_THREADS),
+              "save_every": (0, MAX_ITERS), "eval_every": (1, MAX_EPOCHS)}
+# (lo, hi, lo excluded, hi excluded)
+FLOAT_BOUNDS = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, True, False),
+                "freeze_epochs": (0.0, MAX_EPOCHS, False, False),
+                "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, 1.0, False, True),
+                "label_smoothing": (0.0, 1.0, False, True), "gamma": (0.0, 1.0, True, False),
+                "warmup_lr": (0.0, MAX_LR, False, False), "ema": (0.0, 1.0, False, True),
+                "warmup_until_error": (0.0, 1.0, True, False)}
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,7 @@ class Recipe:
     """Everything that defines a training run. Iteration counts are optimizer steps."""
 
     # what
+    recipe: str | None = None            # the recipe name or file this came from (descriptive)
     model: str = "resnet20"
     data: str = "digits"
     data_dir: str | None = None
@@ -46,7 +62,8 @@ class Recipe:
     stride_in: str = "3x3"
     zero_init_residual: bool = False
     weights: str | None = None           # initialise from a checkpoint (head replaced if needed)
-    image_size: int | None = None        # None: the dataset's native size
+    freeze_epochs: float = 0.0           # fine-tuning: train only the classifier (fc) this long
+    image_size: int | None = None        # None: native size (arrays), the model family's (folders)
     # how long: epochs, or iters when given (iters wins)
     epochs: float = 1.0
     iters: int | None = None
@@ -72,7 +89,7 @@ class Recipe:
     augment: str = "crop-flip"
     pad: int = 4
     normalize: str = "channel"
-    val_split: int = 0
+    val_split: int | None = None         # None: 10% of a folder without val/, else none
     tta_flip: bool = False               # average with the horizontal flip at evaluation
     workers: int = 4
     # machinery
@@ -80,7 +97,7 @@ class Recipe:
     deterministic: bool = False
     device: str = "auto"
     threads: int = 0                     # CPU intra-op threads (0: PyTorch's default, one per core)
-    amp: str = "off"
+    amp: str = "auto"                    # auto: bf16 where the hardware runs it natively
     channels_last: bool = False
     compile: bool = False
     save_every: int = 0                  # iterations between resumable states (0: epoch ends)
@@ -98,28 +115,16 @@ class Recipe:
             raise unknown("model", self.model, REGISTRY)
         if not self.data:
             raise UserError("invalid data '': name a dataset (e.g. digits, fashion-mnist)")
-        ints = {"batch_size": (1, MAX_BATCH), "warmup_iters": (0, MAX_ITERS),
-                "plateau_patience": (1, 100_000), "pad": (0, MAX_PAD),
-                "val_split": (0, 10**9), "workers": (0, MAX_WORKERS), "seed": (0, MAX_SEED),
-                "threads": (0, MAX_THREADS), "save_every": (0, MAX_ITERS),
-                "eval_every": (1, MAX_EPOCHS)}
-        if self.iters is not None:
-            ints["iters"] = (1, MAX_ITERS)
-        for name, (lo, hi) in ints.items():
-            check_int(name, getattr(self, name), lo, hi)
+        for name, (lo, hi) in INT_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None:
+                check_int(name, value, lo, hi)
         for m in self.milestones:
             check_int("milestone", m, 0, MAX_ITERS)
-        if self.image_size is not None:
-            check_image_side("image_size", self.image_size)
-        # (lo, hi, lo_open, hi_open)
-        floats = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, True, False),
-                  "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, 1.0, False, True),
-                  "label_smoothing": (0.0, 1.0, False, True), "gamma": (0.0, 1.0, True, False),
-                  "warmup_lr": (0.0, MAX_LR, False, False), "ema": (0.0, 1.0, False, True)}
-        if self.warmup_until_error is not None:
-            floats["warmup_until_error"] = (0.0, 1.0, True, False)
-        for name, (lo, hi, lo_open, hi_open) in floats.items():
-            check_float(name, getattr(self, name), lo, hi, lo_open=lo_open, hi_open=hi_open)
+        for name, (lo, hi, lo_open, hi_open) in FLOAT_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None:
+                check_float(name, value, lo, hi, lo_open=lo_open, hi_open=hi_open)
 
     def model_kwargs(self) -> dict[str, Any]:
         """Options for create_model (num_classes/in_chans come from the data)."""
@@ -135,6 +140,81 @@ class Recipe:
 
     def replace(self, **changes: Any) -> Recipe:
         return coerce(self.to_dict() | changes)
+
+
+# One line per field for `--help`; choices, ranges and built-in defaults are added by field_help.
+FIELD_HELP = {
+    "recipe": "the recipe name or file the run started from (set by --recipe)",
+    "model": "architecture (reslab models lists them)",
+    "data": "dataset: digits, fashion-mnist, cifar10, cifar100, imagefolder:PATH, "
+            "synthetic[:NxCxHxW[:K]]",
+    "data_dir": "where the dataset files are (default: system copy or download cache)",
+    "shortcut": "section 3.3 option A (zero-pad), B (project where shapes change), C (always)",
+    "stride_in": "bottleneck stride on the 3x3 conv (torchvision) or the first 1x1 (paper)",
+    "zero_init_residual": "zero each block's last BN so every block starts as the identity",
+    "weights": "initialise from a checkpoint: a reslab, torchvision or timm file, or "
+               "torchvision:NAME[.WEIGHTS] (e.g. torchvision:resnet18); a head of another "
+               "size is replaced",
+    "freeze_epochs": "fine-tuning: train only the classifier (fc) for the first N epochs",
+    "image_size": "training resolution (default: native for in-memory data, 32 for CIFAR-family "
+                  "and 224 for ImageNet-family models on image folders)",
+    "epochs": "training length in epochs (--iters wins when given)",
+    "iters": "training length in iterations (optimizer steps)",
+    "batch_size": "images per optimizer step (clamped to the training set, with a note)",
+    "optimizer": "optimizer",
+    "lr": "peak learning rate",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum",
+    "weight_decay": "L2 weight decay",
+    "decay_all": "decay BN scales and biases too (the paper) instead of weights only",
+    "label_smoothing": "label smoothing of the cross-entropy targets",
+    "schedule": "learning-rate schedule",
+    "milestones": "step schedule: iterations where lr is multiplied by gamma, e.g. 32000,48000",
+    "gamma": "lr factor at each milestone or plateau",
+    "warmup_iters": "linear warm-up from warmup_lr over this many iterations",
+    "warmup_lr": "warm-up starting lr (with warmup_until_error: the lr until then)",
+    "warmup_until_error": "resnet110 (section 4.2): stay at warmup_lr until the training error "
+                          "of the last 50 batches is below this",
+    "plateau_patience": "plateau schedule: evaluations without improvement before lr * gamma",
+    "ema": "EMA decay of the weights, evaluated and saved instead of them (0: off)",
+    "augment": "training augmentation (crop-flip: pad + random crop + mirror, section 4.2; "
+               "imagenet: scale + crop + mirror + colour, section 3.4)",
+    "pad": "padding in px for the random crop",
+    "normalize": "per-channel mean/std, or the per-pixel mean image (the paper)",
+    "val_split": "training images held out for validation, stratified and seeded (default: 10% "
+                 "of an image folder without val/, else none; 0: no validation)",
+    "tta_flip": "evaluate with the horizontally mirrored image averaged in",
+    "workers": "image-folder decoding processes (at most the CPUs)",
+    "seed": "random seed (weights, order, augmentation, validation split)",
+    "deterministic": "bit-identical reruns (deterministic kernels only)",
+    "device": "auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps",
+    "threads": "CPU threads for torch (0: one per core)",
+    "amp": "mixed precision (auto: bf16 where the hardware runs it natively: CUDA with bf16, "
+           "CPUs with AVX512-BF16 or AMX; else fp32)",
+    "channels_last": "NHWC memory format (faster convolutions on CPUs and tensor cores)",
+    "compile": "torch.compile the training step",
+    "save_every": "also write the resumable state every N iterations (0: epoch ends only)",
+    "eval_every": "epochs between evaluations",
+    "tensorboard": "also log to TensorBoard (pip install tensorboard)",
+}
+
+
+def field_help(name: str) -> str:
+    """`--help` text of a recipe field: what it does, its choices or range, its built-in
+    default (a recipe file may set another)."""
+    f = {f.name: f for f in fields(Recipe)}[name]
+    parts = [FIELD_HELP.get(name, name.replace("_", " "))]
+    if name in CHOICES:
+        parts.append(f"choices: {', '.join(CHOICES[name])}")
+    if name in INT_BOUNDS:
+        lo, hi = INT_BOUNDS[name]
+        parts.append(f"range {lo}..{hi:,}")
+    if name in FLOAT_BOUNDS:
+        lo, hi, lo_open, hi_open = FLOAT_BOUNDS[name]
+        parts.append(f"range {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    parts.append(f"built-in default {default if default not in (None, []) else 'none'}")
+    return "; ".join(parts)
 
 
 def _field_types() -> dict[str, str]:
@@ -207,6 +287,7 @@ def load_recipe(name_or_file: str = "demo", overrides: dict[str, Any] | None = N
             raise unknown("recipe", name_or_file, recipe_names())
     values = read_toml(path)
     values.pop("description", None)
+    values.setdefault("recipe", name_or_file)
     return coerce(values | {k: v for k, v in (overrides or {}).items() if v is not None})
 
 

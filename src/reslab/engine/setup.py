@@ -48,6 +48,13 @@ def bf16_supported(device: str | torch.device) -> bool:
     return False
 
 
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a recipe's amp: "auto" is bf16 where it runs natively, else fp32."""
+    if amp == "auto":
+        return torch.bfloat16 if bf16_supported(device) else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -67,12 +74,18 @@ def build_model(r: Recipe, num_classes: int, in_chans: int) -> nn.Module:
 
 def build_optimizer(r: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     """SGD as section 3.4 (or AdamW). Unless decay_all (the paper), weight decay applies to
-    conv/fc weights only: decaying BN scales and biases only fights the normalisation."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim > 1 or r.decay_all else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": r.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    conv/fc weights only: decaying BN scales and biases only fights the normalisation.
+    With freeze_epochs the classifier (fc) gets groups of its own, marked "head", so the loop can
+    train it alone first."""
+    split = r.freeze_epochs > 0
+    # (head, decay) -> params; always the body's two groups, in this order (saved states of
+    # earlier runs hold two groups), then the head's when it is split off.
+    keys = [(False, True), (False, False)] + ([(True, True), (True, False)] if split else [])
+    params: dict[tuple[bool, bool], list[nn.Parameter]] = {k: [] for k in keys}
+    for name, p in model.named_parameters():
+        params[(split and name.startswith("fc."), p.ndim > 1 or r.decay_all)].append(p)
+    groups = [{"params": params[k], "weight_decay": r.weight_decay if k[1] else 0.0,
+               "head": k[0]} for k in keys]
     if r.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=r.lr)
     return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov)

@@ -1,0 +1,284 @@
+"""Your own images, end to end (issue 12): folders without val/, defaults that fit the data,
+pretrained torchvision weights from the hub cache, fine-tuning, per-class metrics, what a run
+says before it starts."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from cli_helpers import clean_error, run_cli
+from reslab.checkpoint import load_checkpoint
+from reslab.cli import build_parser, main
+from reslab.data import load_data
+from reslab.engine.loop import Run
+from reslab.engine.recipe import load_recipe
+from reslab.engine.setup import bf16_supported, build_optimizer, resolve_amp
+from reslab.models import create_model
+
+CLASSES = ("circle", "square", "stripes")
+
+
+def cli(argv: list) -> int:
+    return main([str(a) for a in argv])
+
+
+def _draw(kind: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """An RGB image whose class is visible at any scale: a disc, a block, or stripes."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    if kind == "circle":
+        mask = (xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.08
+    elif kind == "square":
+        mask = (abs(xx - 0.5) < 0.25) & (abs(yy - 0.5) < 0.25)
+    else:
+        mask = (xx * 8).astype(int) % 2 == 0
+    img = rng.integers(0, 60, (h, w, 3))
+    img[mask] = [220, 200, 40] if kind != "stripes" else [40, 200, 220]
+    return img.astype(np.uint8)
+
+
+def make_folder(root: Path, per_class: int = 12, seed: int = 0) -> Path:
+    """train/<class>/ only (no val/), JPEG and PNG, sizes and modes mixed (RGB, L, RGBA, P)."""
+    rng = np.random.default_rng(seed)
+    modes = ("RGB", "L", "RGBA", "P")
+    for c in CLASSES:
+        (root / "train" / c).mkdir(parents=True)
+        for i in range(per_class):
+            size = (int(rng.integers(24, 64)), int(rng.integers(24, 64)))
+            img = Image.fromarray(_draw(c, size, rng)).convert(modes[i % 4])
+            ext = ".jpg" if img.mode in ("RGB", "L") and i % 3 == 0 else ".png"
+            img.save(root / "train" / c / f"{c}{i:02d}{ext}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("own") / "photos")
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A torch hub cache holding torchvision's resnet18 file (random weights, the real name)."""
+    home = tmp_path_factory.mktemp("torch_home")
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(),
+               home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    return home
+
+
+@pytest.fixture
+def offline_hub(hub: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(hub))
+    monkeypatch.setenv("RESLAB_OFFLINE", "1")
+    return hub
+
+
+# --- folders without val/ -------------------------------------------------------------------
+
+def test_a_folder_without_val_holds_out_a_stratified_seeded_split(folder: Path) -> None:
+    data = load_data(f"imagefolder:{folder}", val_split=None, workers=0, image_size=16)
+    assert data.held_out == 4 and data.same_val_test  # 10% of 36, at least one per class
+    val = data._items["val"]
+    assert sorted({label for _, label in val}) == [0, 1, 2]  # every class is represented
+    again = load_data(f"imagefolder:{folder}", val_split=None, workers=0, image_size=16)
+    assert again._items["val"] == val  # same seed, same split
+    other = load_data(f"imagefolder:{folder}", val_split=None, seed=1, workers=0, image_size=16)
+    assert other._items["val"] != val
+    six = load_data(f"imagefolder:{folder}", val_split=6, workers=0, image_size=16)
+    assert sorted(label for _, label in six._items["val"]) == [0, 0, 1, 1, 2, 2]
+    none = load_data(f"imagefolder:{folder}", val_split=0, workers=0, image_size=16)
+    assert none.splits == ("train",) and none.held_out == 0
+
+
+def test_train_predict_on_a_folder_without_val(folder: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    rc, err = run_cli(capsys, ["train", "--recipe", "fast", "--model", "resnet20", "--data",
+                               f"imagefolder:{folder}", "--epochs", "2", "--workers", "8",
+                               "--device", "cpu", "--out", out])
+    assert rc == 0, err
+    start = err[0]
+    assert start.startswith(f"training resnet20 (recipe fast) on imagefolder:{folder}: train 32,"
+                            " val/test 4, 3 classes, 32x32x3; batch 32,"), start
+    assert f"-> {out}" in start and ("bf16" if bf16_supported("cpu") else "fp32") in start
+    assert "note: batch size 128 is larger than the 32 training images; using 32" in err
+    _, record = load_checkpoint(out)
+    assert record.data == {"spec": f"imagefolder:{folder}", "data_dir": None, "val_split": 4,
+                           "seed": 0}
+    assert record.preprocess.input_size == (3, 32, 32)  # the CIFAR family's size, not 224
+    assert (out / "best.safetensors").is_file()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows if "split" in r} == {"train", "val", "test"}
+    assert "batch_size = 32" in (out / "config.toml").read_text()  # what ran is what resumes
+    image = next((folder / "train" / "square").iterdir())
+    assert cli(["predict", out, image, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["predictions"][0]["top"][0]["class"] in CLASSES
+
+
+def test_val_split_0_trains_without_evaluation(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert cli(["train", "--recipe", "fast", "--model", "resnet20", "--data",
+                f"imagefolder:{folder}", "--val-split", "0", "--epochs", "1", "--quiet",
+                "--batch-size", "16", "--workers", "0", "--out", out]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "report.md").is_file()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r.get("split") for r in rows} == {None, "train"}
+
+
+def test_unreadable_files_are_one_warning_line_each_and_named_in_the_report(
+        folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    root = tmp_path / "photos"
+    shutil.copytree(folder, root)
+    broken = root / "train" / "circle" / "broken.png"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "run"
+    rc, err = run_cli(capsys, ["train", "--recipe", "fast", "--model", "resnet20", "--data",
+                               f"imagefolder:{root}", "--epochs", "1", "--batch-size", "16",
+                               "--workers", "0", "--quiet", "--out", out])
+    assert rc == 0
+    assert err == [f"warning: cannot read image '{broken}': cannot identify image file "
+                   f"'{broken}' (skipped)"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] == [str(broken)]
+    assert f"1 unreadable images skipped ({broken})" in (out / "report.md").read_text()
+
+
+def test_defaults_fit_the_data_and_the_machine() -> None:
+    r = load_recipe("fast", {"data": "imagefolder:/x", "model": "resnet18"})
+    assert Run._image_size(r) == 224
+    assert Run._image_size(r.replace(model="resnet56")) == 32
+    assert Run._image_size(r.replace(image_size=48)) == 48
+    assert Run._image_size(r.replace(data="digits")) is None  # in-memory: native size
+    assert Run._fit_workers(r.replace(workers=64)).workers == len(os.sched_getaffinity(0))
+    assert resolve_amp("auto", torch.device("cpu")) == (
+        torch.bfloat16 if bf16_supported("cpu") else None)
+    assert resolve_amp("off", torch.device("cpu")) is None
+
+
+# --- pretrained weights ---------------------------------------------------------------------
+
+def test_torchvision_weights_offline_without_the_file_is_one_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("RESLAB_OFFLINE", "1")
+    cache = tmp_path / "empty" / "hub" / "checkpoints"
+    expected = ("error: pretrained weights resnet18.IMAGENET1K_V1 are not in the torch hub cache "
+                "and could not be downloaded (RESLAB_OFFLINE=1): put resnet18-f37072fd.pth (from "
+                "https://download.pytorch.org/models/resnet18-f37072fd.pth) in "
+                f"{cache} (or set TORCH_HOME to a cache that has it)")
+    assert clean_error(capsys, ["import", "torchvision:resnet18", "--out",
+                                tmp_path / "r.safetensors"]) == expected
+    assert clean_error(capsys, ["train", "--recipe", "finetune", "--data", "digits", "--weights",
+                                "torchvision:resnet18", "--out", tmp_path / "run"]) == expected
+    assert clean_error(capsys, ["import", "torchvision:resnet21", "--out", tmp_path / "x"]) == \
+        "error: unknown torchvision model 'resnet21' (closest: resnet18, resnet152, resnet101)"
+
+
+def test_import_torchvision_weights_brings_classes_and_preprocessing(
+        offline_hub: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "r18.safetensors"
+    assert cli(["import", "torchvision:resnet18", "--out", out]) == 0
+    model, record = load_checkpoint(out)
+    assert record.architecture == "resnet18" and len(record.class_names) == 1000
+    assert record.class_names[:2] == ("tench", "goldfish")
+    pre = record.preprocess
+    assert pre.mean == (0.485, 0.456, 0.406) and pre.std == (0.229, 0.224, 0.225)
+    assert pre.input_size == (3, 224, 224) and pre.crop_fraction == 224 / 256
+    cached = torch.load(offline_hub / "hub" / "checkpoints" / "resnet18-f37072fd.pth",
+                        weights_only=True)
+    assert all(torch.equal(cached[k], v) for k, v in model.state_dict().items())
+
+
+def test_finetune_from_torchvision_on_own_images(
+        offline_hub: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "ft"
+    rc, err = run_cli(capsys, ["train", "--recipe", "finetune", "--weights",
+                               "torchvision:resnet18", "--data", f"imagefolder:{folder}",
+                               "--image-size", "32", "--epochs", "2", "--freeze-epochs", "1",
+                               "--workers", "0", "--out", out])
+    assert rc == 0, err
+    assert "head replaced: torchvision:resnet18 has 1000 classes, the model 3; fc is freshly " \
+           "initialised for fine-tuning" in err
+    assert "note: normalising with the mean/std the weights were trained with " \
+           "(torchvision:resnet18)" in err
+    _, record = load_checkpoint(out)
+    assert record.preprocess.mean == (0.485, 0.456, 0.406)
+    assert record.class_names == CLASSES
+    assert cli(["eval", out, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["class"] for r in result["per_class"]] == list(CLASSES)
+    assert sum(r["support"] for r in result["per_class"]) == result["n"] == 4
+
+
+def test_freeze_epochs_trains_only_the_head(tmp_path: Path) -> None:
+    """While frozen the body's weights AND its BN statistics stay exactly as loaded."""
+    from reslab.engine.loop import fit
+
+    src = tmp_path / "src.safetensors"
+    torch.manual_seed(1)
+    from cli_helpers import legacy_record
+    from reslab.record import save_weights
+
+    save_weights(src, create_model("resnet20", num_classes=10, in_chans=1), legacy_record({
+        "architecture": "resnet20", "kwargs": {"num_classes": 10, "in_chans": 1},
+        "class_names": list("0123456789"), "mean": [0.5], "std": [0.5], "input_size": [1, 8, 8]}))
+    r = load_recipe("finetune", {"model": "resnet20", "data": "digits", "weights": str(src),
+                                 "epochs": 1, "freeze_epochs": 1, "workers": 0, "device": "cpu"})
+    fit(r, tmp_path / "run", quiet=True)
+    before, after = load_file(str(src)), load_file(str(tmp_path / "run" / "model.safetensors"))
+    body = [k for k in before if not k.startswith("fc.") and k != "reslab.mean_image"]
+    assert all(torch.equal(before[k], after[k]) for k in body if "num_batches" not in k)
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
+    opt = build_optimizer(r, create_model("resnet20", num_classes=10, in_chans=1))
+    assert [g["head"] for g in opt.param_groups] == [False, False, True, True]
+
+
+def test_grow_then_finetune_keeps_the_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture
+                                               ) -> None:
+    """The README walkthrough: demo -> grow to resnet56 -> 2 epochs of the finetune recipe."""
+    demo, grown, tuned = tmp_path / "demo", tmp_path / "r56.safetensors", tmp_path / "r56"
+    assert cli(["train", "--recipe", "demo", "--out", demo, "--quiet"]) == 0
+    assert cli(["grow", demo, "--to", "resnet56", "--out", grown]) == 0
+    assert cli(["train", "--recipe", "finetune", "--model", "resnet56", "--data", "digits",
+                "--weights", grown, "--epochs", "2", "--augment", "crop", "--pad", "1",
+                "--quiet", "--out", tuned]) == 0
+    capsys.readouterr()
+    assert cli(["eval", tuned, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] >= 0.98
+
+
+# --- saying what will happen ----------------------------------------------------------------
+
+def test_version_and_help_with_choices_ranges_and_defaults(capsys: pytest.CaptureFixture
+                                                            ) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.strip() == "reslab 0.2.0"
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    text = " ".join(text.split())
+    assert "optimizer; choices: sgd, adamw; built-in default sgd" in text
+    assert "images per optimizer step (clamped to the training set, with a note); range " \
+           "1..65,536; built-in default 128" in text
+    assert "choices: auto, off, bf16, fp16; built-in default auto" in text
+    assert "recipe field lr" not in text  # the old, empty help
+
+
+def test_a_forgotten_data_flag_is_said(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from reslab.cli.train import resolve
+
+    args = build_parser().parse_args(["train", "--model", "resnet20", "--out", "x"])
+    assert resolve(args).data == "fashion-mnist"
+    assert capsys.readouterr().err.strip() == \
+        "note: no --data given: training on fashion-mnist, the dataset of recipe fast"
