@@ -130,3 +130,23 @@ def plot_confusion(cm: Any, class_names: Sequence[str], path: str | Path) -> Pat
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
                         color="white" if v > top / 2 else "black")
     return _save(fig, path)
+
+
+def cam_figure(image: Any, heat: Any, path: str | Path, title: str) -> Path:
+    """Grad-CAM (reslab.deploy.cam): the crop the model saw (C, H, W in [0, 1]) on the left and
+    the heat map (H, W in [0, 1]) over it on the right, drawn large: every input pixel a square
+    (nearest), the heat map smooth (bilinear) with its colour bar."""
+    pixels = image.permute(1, 2, 0).numpy()
+    gray = pixels.shape[2] == 1
+    shown = pixels[..., 0] if gray else pixels
+    fig, (left, right) = _figure(2, width=3.6, height=3.4)
+    for ax in (left, right):
+        ax.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_axis_off()
+    overlay = right.imshow(heat.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1,
+                           interpolation="bilinear")
+    fig.colorbar(overlay, ax=right, fraction=0.046, shrink=0.9)
+    left.set_title("as the model saw it", fontsize=9)
+    right.set_title("Grad-CAM", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
