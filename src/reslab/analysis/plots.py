@@ -150,3 +150,27 @@ def cam_figure(image: Any, heat: Any, path: str | Path, title: str) -> Path:
     right.set_title("Grad-CAM", fontsize=9)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def lr_find_figure(result: dict[str, Any], path: str | Path) -> Path:
+    """The learning-rate range test (reslab.engine.lr_find): loss per step (thin) and its
+    smoothed curve against the lr on a log axis, the suggestion marked. The y axis ends a little
+    above the highest smoothed loss, so the last steps' blow-up does not squash the curve."""
+    fig, (ax,) = _figure(1, width=6.0, height=4.0)
+    lrs, smoothed = result["lrs"], result["smoothed"]
+    ax.plot(lrs, result["losses"], lw=0.6, color="0.7", label="loss per step")
+    ax.plot(lrs, smoothed, lw=1.8, color="C0", label="smoothed loss")
+    if result.get("suggestion") is not None:
+        i = result["suggestion_index"]
+        ax.axvline(lrs[i], color="C3", ls="--", lw=1)
+        ax.plot([lrs[i]], [smoothed[i]], "o", color="C3",
+                label=f"suggestion {lrs[i]:.3g} (steepest descent)")
+    if smoothed:
+        low, high = min(smoothed), max(smoothed)
+        ax.set_ylim(low - 0.05 * (high - low + 1e-12), high + 0.1 * (high - low + 1e-12))
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss",
+           title=f"lr range test: {result['model']} on {result['data']}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
