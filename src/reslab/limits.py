@@ -22,6 +22,7 @@ MAX_SCALES = 16                # resolutions of a multi-scale test
 MAX_EPOCHS = 100_000
 MAX_ITERS = 10**9
 MAX_LR = 10.0                  # SGD's 0.1 and AdamW's 1e-3 are the usual orders
+LR_FIND_ITERS = (10, 10_000)   # steps of a learning-rate range test (fastai, Lightning: 100)
 MAX_WORKERS = 256
 MAX_THREADS = 1024
 MAX_SEED = 2**63 - 1

@@ -131,3 +131,47 @@ def plot_confusion(cm: Any, class_names: Sequence[str], path: str | Path,
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
                         color="white" if v > top / 2 else "black")
     return _save(fig, path)
+
+
+def cam_figure(image: Any, heat: Any, path: str | Path, title: str) -> Path:
+    """Grad-CAM (reslab.deploy.cam): the crop the model saw (C, H, W in [0, 1]) on the left and
+    the heat map (H, W in [0, 1]) over it on the right, drawn large: every input pixel a square
+    (nearest), the heat map smooth (bilinear) with its colour bar."""
+    pixels = image.permute(1, 2, 0).numpy()
+    gray = pixels.shape[2] == 1
+    shown = pixels[..., 0] if gray else pixels
+    fig, (left, right) = _figure(2, width=3.6, height=3.4)
+    for ax in (left, right):
+        ax.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_axis_off()
+    overlay = right.imshow(heat.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1,
+                           interpolation="bilinear")
+    fig.colorbar(overlay, ax=right, fraction=0.046, shrink=0.9)
+    left.set_title("as the model saw it", fontsize=9)
+    right.set_title("Grad-CAM", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def lr_find_figure(result: dict[str, Any], path: str | Path) -> Path:
+    """The learning-rate range test (reslab.engine.lr_find): loss per step (thin) and its
+    smoothed curve against the lr on a log axis, the suggestion marked. The y axis ends a little
+    above the highest smoothed loss, so the last steps' blow-up does not squash the curve."""
+    fig, (ax,) = _figure(1, width=6.0, height=4.0)
+    lrs, smoothed = result["lrs"], result["smoothed"]
+    ax.plot(lrs, result["losses"], lw=0.6, color="0.7", label="loss per step")
+    ax.plot(lrs, smoothed, lw=1.8, color="C0", label="smoothed loss")
+    if result.get("suggestion") is not None:
+        i = result["suggestion_index"]
+        ax.axvline(lrs[i], color="C3", ls="--", lw=1)
+        ax.plot([lrs[i]], [smoothed[i]], "o", color="C3",
+                label=f"suggestion {lrs[i]:.3g} (steepest descent)")
+    if smoothed:
+        low, high = min(smoothed), max(smoothed)
+        ax.set_ylim(low - 0.05 * (high - low + 1e-12), high + 0.1 * (high - low + 1e-12))
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss",
+           title=f"lr range test: {result['model']} on {result['data']}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return _save(fig, path)

@@ -15,7 +15,7 @@ import sys
 from ..errors import UserError
 
 # Order is the order of `reslab --help`.
-COMMANDS = ("models", "summary", "trace", "train", "eval", "predict", "responses",
+COMMANDS = ("models", "summary", "trace", "train", "lr_find", "eval", "predict", "responses",
             "degradation", "grow", "report", "export", "import_", "bench")
 
 

@@ -1,9 +1,23 @@
 """`reslab predict CKPT IMAGE...`: class names and probabilities for image files of any format
 and mode, prepared as the model was trained (input size, channels, mean/std from the
-checkpoint)."""
+checkpoint).
+
+--cam DIR also writes a Grad-CAM heat map per image for its top class, DIR/<image stem>.cam.png:
+the crop the model saw with the map over it, titled with the class and its probability
+(reslab.deploy.cam). The map comes from the last stage unless --cam-layer names another."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..record import Record
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,12 +32,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "evaluation did (its record says), on, off")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
+    p.add_argument("--cam", metavar="DIR", help="write a Grad-CAM heat map per image for its "
+                   "top class: DIR/<image stem>.cam.png")
+    p.add_argument("--cam-layer", metavar="NAME", help="stage the heat map is taken from: "
+                   "layer1..layer4 (ImageNet family), layer1..layer3 (CIFAR); default the last")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, resolve_ckpt_path
+    from ..deploy.cam import cam_layer
+    from ..io import ensure_dir
     from ..deploy.predict import format_predictions, predict_files
     from ..engine.setup import select_device
     from ..limits import MAX_BATCH, MAX_CLASSES, check_int
@@ -31,15 +51,39 @@ def run(args: argparse.Namespace) -> int:
 
     check_int("--topk", args.topk, 1, MAX_CLASSES)
     check_int("--batch-size", args.batch_size, 1, MAX_BATCH)
+    if args.cam_layer is not None and args.cam is None:
+        raise UserError("--cam-layer chooses the layer of the --cam heat maps: give --cam DIR")
+    if args.cam is not None:
+        ensure_dir(args.cam, "--cam directory")
     device = select_device(args.device)
     ckpt = resolve_ckpt_path(args.ckpt)
     model, record = load_checkpoint(ckpt, device=device)
+    layer = cam_layer(model, args.cam_layer) if args.cam is not None else None
     results = predict_files(model, record, args.images, topk=args.topk,
                             batch_size=args.batch_size, device=device,
                             flip={"auto": None, "on": True, "off": False}[args.flip])
+    if args.cam is not None:
+        write_cams(model, record, results, layer, args.cam, args.batch_size, device)
     if args.json:
         print_json({"ckpt": str(ckpt), "architecture": record.architecture,
                     "predictions": results})
     else:
         print(format_predictions(results))
     return 0
+
+
+def write_cams(model: nn.Module, record: Record, results: list[dict[str, Any]], layer: str,
+               out_dir: str | Path, batch_size: int, device: torch.device) -> None:
+    """One Grad-CAM figure per prediction, for its top class (the class and probability
+    `predict` reports, with its flip averaging); the figure's path goes into the result."""
+    from ..analysis.plots import cam_figure
+    from ..deploy.cam import cam_files, cam_paths
+
+    files = [r["file"] for r in results]
+    tops = [r["top"][0] for r in results]
+    maps = cam_files(model, record, files, [t["index"] for t in tops], layer,
+                     batch_size=batch_size, device=device)
+    for r, top, path, (image, heat) in zip(results, tops, cam_paths(files, out_dir), maps):
+        cam_figure(image, heat, path, f"{top['class']} {top['prob']:.1%} "
+                                      f"(Grad-CAM at {layer}) - {Path(r['file']).name}")
+        r["cam"] = str(path)

@@ -108,6 +108,10 @@ class Normalizer:
         """x: float images in [0, 1]."""
         return (x - self._mean(x.device, tuple(x.shape[-2:]))) / self._std(x.device)
 
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """The images in [0, 1] pixel units that __call__ turned into x: x * std + mean."""
+        return x * self._std(x.device) + self._mean(x.device, tuple(x.shape[-2:]))
+
     def from_uint8(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x: uint8 images; bias: -mean/std already aligned with x (else computed here)."""
         std = self._std(x.device)

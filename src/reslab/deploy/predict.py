@@ -15,9 +15,20 @@ from ..engine.evaluate import flip_tta
 from ..record import Record
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """items in consecutive slices of at most size."""
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def prepare_images(record: Record, paths: Sequence[str | PathLike]) -> torch.Tensor:
+    """The (N, C, H, W) batch the model sees for these files: decoded (open_image), converted to
+    the record's channels, resized and centre-cropped, normalised, as the run's evaluation
+    prepared its images. `predict_files` and Grad-CAM (deploy.cam) both read files through it."""
+    pre = record.preprocess
+    mean = pre.mean_image if pre.mean_image is not None else pre.mean
+    return preprocess([open_image(p) for p in paths], pre.in_chans, pre.input_size, mean,
+                      pre.std, crop_fraction=pre.crop_fraction)
 
 
 def predict_files(model: nn.Module, record: Record, paths: Sequence[str | PathLike], *,
@@ -32,13 +43,11 @@ def predict_files(model: nn.Module, record: Record, paths: Sequence[str | PathLi
     with the mirrored image's (default: as the run's evaluation did, its record says)."""
     names, pre = record.class_names, record.preprocess
     k = max(1, min(topk, len(names)))
-    mean = pre.mean_image if pre.mean_image is not None else pre.mean
     model = model.to(device).eval()
     forward = flip_tta(model) if (pre.tta_flip if flip is None else flip) else model
     results = []
-    for chunk in _chunks(list(paths), batch_size):
-        x = preprocess([open_image(p) for p in chunk], pre.in_chans, pre.input_size, mean,
-                       pre.std, crop_fraction=pre.crop_fraction)
+    for chunk in chunks(list(paths), batch_size):
+        x = prepare_images(record, chunk)
         with torch.inference_mode():
             probs = F.softmax(forward(x.to(device)).float(), dim=1).cpu()
         values, indices = probs.topk(k, dim=1)
@@ -54,4 +63,6 @@ def format_predictions(results: list[dict[str, Any]]) -> str:
     for r in results:
         lines.append(r["file"])
         lines += [f"  {t['prob']:7.2%}  {t['class']}" for t in r["top"]]
+        if r.get("cam"):
+            lines.append(f"  Grad-CAM: {r['cam']}")
     return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""`reslab lr-find --model M --data D --out FILE.png`: the learning-rate range test (Smith 2017;
+fastai's and Lightning's lr_find). Trains briefly with the recipe's optimizer while the lr grows
+geometrically from --start-lr to --end-lr over --iters steps, stops when the smoothed loss
+exceeds 4x its minimum, and suggests the lr where the smoothed loss falls fastest on its way
+down to its lowest point (steepest descent against log lr; reslab.engine.lr_find states the
+rule). Writes the plot of loss against lr; the trained weights are thrown away and no run
+directory is written. The other recipe fields are flags, as for `reslab train` (default recipe:
+fast).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError, warn
+from .common import add_recipe_flags, recipe_overrides
+
+# Fields the sweep sets or has no use for: its own length and lrs, the schedule, evaluation,
+# checkpoints, EMA weights, compilation. --model and --data are required flags of their own.
+NOT_FLAGS = ("model", "data", "epochs", "iters", "lr", "schedule", "milestones", "gamma",
+             "warmup_iters", "warmup_lr", "warmup_until_error", "plateau_patience", "ema",
+             "tta_flip", "save_every", "eval_every", "tensorboard", "compile")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr, "
+                       "suggest an lr", description=__doc__)
+    p.add_argument("--model", required=True, help="architecture (reslab models lists them)")
+    p.add_argument("--data", required=True, help="dataset (as for train)")
+    p.add_argument("--recipe", default="fast", help="recipe name or TOML file (default fast): "
+                   "optimizer, batch size, weight decay, augmentation, ...")
+    p.add_argument("--start-lr", type=float, default=1e-6, metavar="LR",
+                   help="first lr of the sweep (default 1e-6)")
+    p.add_argument("--end-lr", type=float, default=10.0, metavar="LR",
+                   help="last lr of the sweep (default 10, the most reslab allows)")
+    p.add_argument("--iters", type=int, default=200, metavar="N",
+                   help="steps of the sweep, 10..10000 (default 200)")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="the plot")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true", help="the result as one JSON object")
+    add_recipe_flags(p, skip=NOT_FLAGS)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.plots import lr_find_figure
+    from ..engine.lr_find import check_sweep, lr_find
+    from ..engine.recipe import load_recipe
+    from .common import print_json
+
+    check_sweep(args.start_lr, args.end_lr, args.iters)
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a directory: give the plot's file name")
+    overrides = recipe_overrides(args, skip=NOT_FLAGS)
+    recipe = load_recipe(args.recipe, {**overrides, "model": args.model, "data": args.data})
+    result = lr_find(recipe, start_lr=args.start_lr, end_lr=args.end_lr, iters=args.iters,
+                     quiet=args.quiet)
+    lr_find_figure(result, args.out)
+    if result["suggestion"] is None:
+        warn(f"no suggestion: the sweep stopped after {result['steps']} of {result['iters']} "
+             "steps, too few to find a slope (lower --start-lr or --end-lr, or raise --iters)")
+    if args.json:
+        print_json({**result, "out": str(args.out)})
+    else:
+        print(_summary(result, args.out))
+    return 0
+
+
+def _summary(result: dict[str, Any], out: str) -> str:
+    why = {"diverged": "the smoothed loss passed 4x its minimum",
+           "non-finite loss": "the loss was not finite"}
+    stop = (f", stopped at lr {result['stop_lr']:.3g}: {why[result['stopped']]}"
+            if result["stopped"] else "")
+    lines = [f"{result['model']} on {result['data']}: {result['steps']} of {result['iters']} "
+             f"steps, lr {result['start_lr']:.3g} to {result['lrs'][-1]:.3g}{stop}"
+             if result["lrs"] else f"no step completed{stop}"]
+    if result["suggestion"] is not None:
+        lines.append(f"suggested lr: {result['suggestion']:.3g} (steepest descent of the "
+                     "smoothed loss)")
+    if result["min_loss_lr"] is not None:
+        lines.append(f"lowest smoothed loss at lr {result['min_loss_lr']:.3g}")
+    lines.append(f"wrote {out}")
+    return "\n".join(lines)

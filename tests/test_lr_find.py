@@ -1,0 +1,192 @@
+"""The learning-rate range test (reslab.engine.lr_find, `reslab lr-find`): the geometric sweep,
+the smoothed loss, the stop rule, the suggestion, the plot, bad flags."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_helpers import clean_error, run_cli
+from reslab.cli import main
+from reslab.engine import lr_find as lrf
+from reslab.engine.recipe import load_recipe
+
+START, END, ITERS = 1e-6, 10.0, 60
+FAST = ["--amp", "off", "--channels-last", "false", "--workers", "0", "--device", "cpu",
+        "--threads", "1", "--batch-size", "32"]
+
+
+def _smoothed(losses: list[float], beta: float = 0.98) -> list[float]:
+    """The bias-corrected EMA written out: (1-beta) sum_j beta^(i-j) loss_j / (1-beta^(i+1))."""
+    return [(1 - beta) * sum(beta ** (i - j) * losses[j] for j in range(i + 1))
+            / (1 - beta ** (i + 1)) for i in range(len(losses))]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
+    """One real sweep through the command line: resnet20 on 256 synthetic 16x16 images with
+    4 classes, run from an empty directory (to see that nothing else is written there).
+    Returns (the JSON object, the directory, stderr)."""
+    root = tmp_path_factory.mktemp("lr-find")
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(root)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(["lr-find", "--model", "resnet20", "--data", "synthetic:256x3x16x16:4",
+                       *FAST, "--start-lr", str(START), "--end-lr", str(END), "--iters",
+                       str(ITERS), "--out", "plot.png", "--json", "--quiet"])
+    finally:
+        os.chdir(here)
+    assert rc == 0, err.getvalue()
+    return json.loads(out.getvalue()), root, err.getvalue()
+
+
+def test_json_is_one_object_and_only_the_plot_is_written(sweep):
+    result, root, err = sweep
+    assert isinstance(result, dict) and err == ""
+    assert {"suggestion", "lrs", "losses", "smoothed", "stopped", "stop_lr", "out"} <= set(result)
+    assert result["out"] == "plot.png" and result["model"] == "resnet20"
+    assert sorted(p.name for p in root.iterdir()) == ["plot.png"]  # no run directory, no weights
+    with Image.open(root / "plot.png") as img:
+        assert img.format == "PNG" and img.size[0] > 300
+
+
+def test_lrs_grow_geometrically_from_start_to_end(sweep):
+    result, _, _ = sweep
+    lrs = result["lrs"]
+    assert lrs[0] == pytest.approx(START) and result["steps"] == len(lrs) >= 10
+    ratio = (END / START) ** (1 / (ITERS - 1))
+    assert np.allclose(np.array(lrs[1:]) / np.array(lrs[:-1]), ratio, rtol=1e-9)
+    assert lrs == lrf.sweep_lrs(START, END, ITERS)[:len(lrs)]
+    assert lrf.sweep_lrs(START, END, ITERS)[-1] == pytest.approx(END)
+
+
+def test_smoothed_loss_is_finite_and_bias_corrected(sweep):
+    result, _, _ = sweep
+    assert all(math.isfinite(v) for v in result["losses"] + result["smoothed"])
+    assert result["smoothed"] == pytest.approx(_smoothed(result["losses"]), rel=1e-9)
+
+
+def test_it_stops_where_the_loss_blows_up_and_suggests_an_lr_below(sweep):
+    result, _, _ = sweep
+    smoothed = result["smoothed"]
+    # an lr of 10 diverges: the sweep ends at the first smoothed loss above 4x the lowest so far
+    assert result["stopped"] == "diverged" and result["stop_lr"] == result["lrs"][-1] < END
+    assert smoothed[-1] > 4 * min(smoothed)
+    assert all(s <= 4 * min(smoothed[:i + 1]) for i, s in enumerate(smoothed[:-1]))
+    assert START <= result["suggestion"] <= result["min_loss_lr"] < result["stop_lr"]
+    i = result["suggestion_index"]
+    assert result["lrs"][i] == result["suggestion"] and i >= ITERS // 10
+
+
+def test_steepest_descent_before_the_lowest_loss():
+    """A slow decline, a steep stretch, the minimum, then a spike that partly recovers (a steeper
+    descent, but past the minimum): the suggestion is the steep stretch before the minimum."""
+    lrs = lrf.sweep_lrs(1e-5, 10.0, 60)
+    curve = [2.0 - 0.005 * i for i in range(30)]          # slow decline, steps 0..29
+    curve += [curve[-1] - 0.1 * (i + 1) for i in range(5)]  # steepest before the minimum: 30..34
+    curve += [curve[-1] - 0.01 * (i + 1) for i in range(5)]  # minimum at step 39
+    curve += [3.0, 3.5, 3.0, 2.0, 1.5, 1.45]                 # spike, steep partial recovery
+    assert lrf.steepest(lrs, curve, skip_begin=6) in range(30, 36)
+    assert lrf.steepest(lrs, [1.0, 1.1, 1.2, 1.3, 1.4], skip_begin=0) is None  # never falls
+    assert lrf.steepest(lrs, curve[:8], skip_begin=6) is None  # too few steps left
+
+
+def test_smoothed_loss_of_a_constant_is_that_constant():
+    """The bias correction: without it the average would start at (1 - beta) * loss."""
+    ema = lrf.SmoothedLoss()
+    assert [ema.update(2.5) for _ in range(5)] == pytest.approx([2.5] * 5)
+
+
+def _scripted(monkeypatch: pytest.MonkeyPatch, losses: list[float]) -> list[float]:
+    """Replaces the training step by one that reports the given losses (checking each as the
+    engine does) and records the lr it was called with."""
+    seen: list[float] = []
+
+    def step(forward, optimizer, scaler, x, y, *, check_loss, **_):
+        value = losses[len(seen)]
+        seen.append(optimizer.param_groups[0]["lr"])
+        check_loss(value)
+        return value, None
+
+    monkeypatch.setattr(lrf, "sgd_step", step)
+    return seen
+
+
+RECIPE = {"model": "resnet20", "data": "synthetic:64x3x8x8:4", "batch_size": 16, "workers": 0,
+          "device": "cpu", "channels_last": False}
+
+
+def test_the_4x_rule_and_a_non_finite_loss(monkeypatch):
+    recipe = load_recipe("demo", RECIPE)
+    falling_then_rising = [2.0 - 0.03 * i for i in range(40)] + [1.0 * 1.5 ** i
+                                                                  for i in range(1, 40)]
+    seen = _scripted(monkeypatch, falling_then_rising)
+    result = lrf.lr_find(recipe, start_lr=1e-4, end_lr=1.0, iters=79)
+    smoothed = _smoothed(falling_then_rising)
+    first = next(i for i, s in enumerate(smoothed) if s > 4 * min(smoothed[:i + 1]))
+    assert result["stopped"] == "diverged" and result["steps"] == first + 1
+    assert seen == result["lrs"] == lrf.sweep_lrs(1e-4, 1.0, 79)[:first + 1]
+
+    seen = _scripted(monkeypatch, [2.0] * 20 + [float("nan")] * 5)
+    result = lrf.lr_find(recipe, start_lr=1e-4, end_lr=1.0, iters=30)
+    assert result["stopped"] == "non-finite loss" and result["steps"] == 20
+    assert result["stop_lr"] == seen[-1] == lrf.sweep_lrs(1e-4, 1.0, 30)[20]
+    assert result["suggestion"] is None  # a flat loss has no descent (lowest at its start)
+
+
+@pytest.mark.parametrize("flags,says", [
+    (["--start-lr", "1", "--end-lr", "0.1"], "start_lr 1 must be below end_lr 0.1"),
+    (["--start-lr", "0"], "invalid start_lr 0"),
+    (["--start-lr=-1e-3"], "invalid start_lr -0.001"),
+    (["--start-lr", "nan"], "must be a finite number"),
+    (["--end-lr", "inf"], "must be a finite number"),
+    (["--end-lr", "100"], "invalid end_lr 100"),
+    (["--iters", "5"], "invalid iters 5: must be between 10 and 10,000"),
+    (["--iters", "20000"], "invalid iters 20000"),
+    (["--iters", "ten"], "invalid int value: 'ten'"),
+    (["--start-lr", "small"], "invalid float value: 'small'"),
+    (["--model", "resnet21"], "unknown model 'resnet21'"),
+    (["--batch-size", "0"], "invalid batch_size 0"),
+])
+def test_bad_flags_are_one_error_line(flags, says, tmp_path, capsys):
+    argv = ["lr-find", "--model", "resnet20", "--data", "synthetic:64x3x8x8:4",
+            "--out", tmp_path / "lr.png", *flags]
+    assert says in clean_error(capsys, argv)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_must_be_a_file_and_model_data_out_are_required(tmp_path, capsys):
+    base = ["lr-find", "--model", "resnet20", "--data", "synthetic:64x3x8x8:4"]
+    assert "is a directory" in clean_error(capsys, [*base, "--out", tmp_path])
+    assert "--out" in clean_error(capsys, base)
+    assert "--data" in clean_error(capsys, ["lr-find", "--model", "resnet20", "--out", "x.png"])
+
+
+def test_no_suggestion_is_a_warning_and_the_text_says_why_it_stopped(monkeypatch, tmp_path,
+                                                                     capsys):
+    _scripted(monkeypatch, [2.0] * 12 + [float("inf")])
+    rc, err = run_cli(capsys, ["lr-find", "--model", "resnet20", "--data",
+                               "synthetic:64x3x8x8:4", *FAST[:-2], "--batch-size", "16",
+                               "--iters", "20", "--out", tmp_path / "lr.png"])
+    assert rc == 0 and len(err) == 1 and err[0].startswith("warning: no suggestion: the sweep "
+                                                           "stopped after 12 of 20 steps")
+    assert (tmp_path / "lr.png").is_file()
+
+
+def test_text_output(monkeypatch, tmp_path, capsys):
+    _scripted(monkeypatch, [2.0 - 0.05 * i for i in range(20)] + [float("nan")])
+    assert main(["lr-find", "--model", "resnet20", "--data", "synthetic:64x3x8x8:4", *FAST[:-2],
+                 "--batch-size", "16", "--iters", "30", "--start-lr", "1e-3", "--end-lr", "1",
+                 "--out", str(tmp_path / "lr.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("resnet20 on synthetic:64x3x8x8:4: 20 of 30 steps, lr 0.001 to ")
+    assert lines[0].endswith(": the loss was not finite")
+    assert lines[1].startswith("suggested lr: ") and lines[-1] == f"wrote {tmp_path / 'lr.png'}"
