@@ -46,11 +46,14 @@ def write_folder(root: Path, split: str, x: np.ndarray, y: np.ndarray, classes: 
     return n
 
 
-def train(out: Path, *args: str) -> tuple[float, dict]:
-    wall, _ = run_timed([PYTHON, "-m", "reslab", "train", "--quiet", "--out", str(out),
-                         "--overwrite", *args])
-    summary = json.loads((out / "summary.json").read_text())
-    return wall, summary
+def train(out: Path, *args: str) -> tuple[float | None, dict]:
+    """Trains into out, or (with --keep, after an interrupted benchmark) reuses a finished run
+    there: (whole-process seconds or None when reused, the run's summary)."""
+    wall = None
+    if not (out / "summary.json").is_file():
+        wall, _ = run_timed([PYTHON, "-m", "reslab", "train", "--quiet", "--out", str(out),
+                             "--overwrite", *args])
+    return wall, json.loads((out / "summary.json").read_text())
 
 
 def main() -> None:
@@ -69,32 +72,37 @@ def main() -> None:
     (xtr, ytr), (xte, yte) = src.train, src.test
     xtr, ytr, xte, yte = xtr.numpy(), ytr.numpy(), xte.numpy(), yte.numpy()
     names = src.class_names
-    write_folder(root / "source", "train", xtr, ytr, [0, 1, 2, 3, 4], names,
-                 args.source_per_class, args.seed)
-    write_folder(root / "source", "val", xte, yte, [0, 1, 2, 3, 4], names, None, args.seed)
+    for split, x, y, per in (("train", xtr, ytr, args.source_per_class), ("val", xte, yte, None)):
+        write_folder(root / "source", split, x, y, [0, 1, 2, 3, 4], names, per, args.seed)
     n_train = write_folder(root / "target", "train", xtr, ytr, [5, 6, 7, 8, 9], names,
                            args.target_per_class, args.seed)
     n_test = write_folder(root / "target", "val", xte, yte, [5, 6, 7, 8, 9], names, None,
                           args.seed)
     threads = ["--threads", str(args.threads)] if args.threads else []
     common = ["--model", "resnet20", "--seed", str(args.seed), "--workers", "2", *threads]
-    src_wall, src_sum = train(root / "runs" / "source", "--recipe", "fast", "--data",
+    _, src_sum = train(root / "runs" / "source", "--recipe", "fast", "--data",
                               f"imagefolder:{root / 'source'}", "--epochs",
                               str(args.source_epochs), *common)
     target = ["--data", f"imagefolder:{root / 'target'}", "--epochs", str(args.epochs), *common]
     rows = []
-    for name, extra in (("fine-tuned from the source", ["--recipe", "finetune", "--weights",
-                                                         str(root / "runs" / "source")]),
-                        ("from scratch", ["--recipe", "fast", "--batch-size", "32"])):
-        wall, summary = train(root / "runs" / name.split()[0], *target, *extra)
+    for name, run, extra in (
+            ("fine-tuned from the source", "finetuned",
+             ["--recipe", "finetune", "--weights", str(root / "runs" / "source")]),
+            ("from scratch", "scratch", ["--recipe", "fast", "--batch-size", "32"])):
+        wall, summary = train(root / "runs" / run, *target, *extra)
+        curve = [[round(r["epoch"], 2), r["top1"], r["time_s"]]
+                 for r in map(json.loads, (root / "runs" / run / "metrics.jsonl").open())
+                 if r.get("split") == "val"]
         rows.append({"variant": name, "test_top1": summary["test"]["top1"],
-                     "train_s": summary["wall_s"], "process_s": round(wall, 1)})
+                     "curve_epoch_top1_seconds": curve,
+                     "train_s": summary["wall_s"],
+                     "process_s": round(wall, 1) if wall is not None else None})
         print(f"{name}: test top-1 {summary['test']['top1']:.4f} on {n_test} images, "
               f"{summary['wall_s']:.0f} s of training", flush=True)
     save_results("transfer", {
         "source": {"classes": names[:5], "train_images": 5 * args.source_per_class,
                    "epochs": args.source_epochs, "recipe": "fast",
-                   "test_top1": src_sum["test"]["top1"], "process_s": round(src_wall, 1)},
+                   "test_top1": src_sum["test"]["top1"], "train_s": src_sum["wall_s"]},
         "target": {"classes": names[5:], "train_images": n_train, "test_images": n_test,
                    "epochs": args.epochs},
         "model": "resnet20", "seed": args.seed,

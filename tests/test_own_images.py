@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -22,45 +22,17 @@ from reslab.engine.recipe import load_recipe
 from reslab.engine.setup import bf16_supported, build_optimizer, resolve_amp
 from reslab.models import create_model
 
-CLASSES = ("circle", "square", "stripes")
-
-
 def cli(argv: list) -> int:
     return main([str(a) for a in argv])
 
 
-def _draw(kind: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """An RGB image whose class is visible at any scale: a disc, a block, or stripes."""
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    if kind == "circle":
-        mask = (xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.08
-    elif kind == "square":
-        mask = (abs(xx - 0.5) < 0.25) & (abs(yy - 0.5) < 0.25)
-    else:
-        mask = (xx * 8).astype(int) % 2 == 0
-    img = rng.integers(0, 60, (h, w, 3))
-    img[mask] = [220, 200, 40] if kind != "stripes" else [40, 200, 220]
-    return img.astype(np.uint8)
-
-
-def make_folder(root: Path, per_class: int = 12, seed: int = 0) -> Path:
-    """train/<class>/ only (no val/), JPEG and PNG, sizes and modes mixed (RGB, L, RGBA, P)."""
-    rng = np.random.default_rng(seed)
-    modes = ("RGB", "L", "RGBA", "P")
-    for c in CLASSES:
-        (root / "train" / c).mkdir(parents=True)
-        for i in range(per_class):
-            size = (int(rng.integers(24, 64)), int(rng.integers(24, 64)))
-            img = Image.fromarray(_draw(c, size, rng)).convert(modes[i % 4])
-            ext = ".jpg" if img.mode in ("RGB", "L") and i % 3 == 0 else ".png"
-            img.save(root / "train" / c / f"{c}{i:02d}{ext}")
-    return root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from make_shapes import CLASSES, make_folder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_folder(tmp_path_factory.mktemp("own") / "photos")
+    return make_folder(tmp_path_factory.mktemp("own") / "photos", per_class=12)
 
 
 @pytest.fixture(scope="module")

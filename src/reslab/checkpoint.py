@@ -14,25 +14,9 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .interop import model_from_file
-from .io import is_safetensors, load_safetensors, regular_file
+from .interop import model_from_file, resolve_ckpt_path  # noqa: F401 - re-exported
+from .io import is_safetensors, load_safetensors
 from .record import MEAN_IMAGE_KEY, Record, is_reslab, load_into, parse_metadata
-
-WEIGHTS_FILES = ("best.safetensors", "model.safetensors")
-
-
-def resolve_ckpt_path(path: str | Path) -> Path:
-    """A CKPT argument: a run directory (its best, else final weights) or a weights file."""
-    path = Path(path)
-    if path.is_dir():
-        for name in WEIGHTS_FILES:
-            if (path / name).is_file():
-                return path / name
-        raise UserError(f"no best.safetensors or model.safetensors in run directory {path}")
-    if not path.exists():
-        raise UserError(f"checkpoint not found: {path}")
-    return regular_file(path, "checkpoint")
-
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
                     architecture: str | None = None, **model_kwargs: Any

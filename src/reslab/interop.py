@@ -179,6 +179,22 @@ def _check_match(own: StateDict, state: StateDict, what: str, skip: set[str]) ->
 
 
 TORCHVISION = "torchvision:"
+WEIGHTS_FILES = ("model.safetensors", "best.safetensors")  # the weights the run reported first
+
+
+def resolve_ckpt_path(path: str | Path) -> Path:
+    """A CKPT argument: a run directory (its final weights, the ones its reported numbers are
+    of; else, for a run stopped early, its best) or a weights file."""
+    path = Path(path)
+    if path.is_dir():
+        for name in WEIGHTS_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise UserError(f"no model.safetensors or best.safetensors in run directory {path}")
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    return regular_file(path, "checkpoint")
+
 
 
 def torchvision_weights(spec: str) -> tuple[Path, Record]:
@@ -244,7 +260,7 @@ def weights_source(spec: str | Path) -> tuple[Path, Record | None]:
     """The file behind a --weights value and the record it carries (None for foreign files)."""
     if str(spec).startswith(TORCHVISION):
         return torchvision_weights(str(spec))
-    path = regular_file(spec, "weights file")
+    path = resolve_ckpt_path(spec)
     if is_safetensors(path):
         tensors, raw = load_safetensors(path)
         if is_reslab(raw):

@@ -150,8 +150,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None], what: str = "fi
         raise path_error(e, path, f"write {what}") or e from None
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; result files follow the umask
         write(tmp)
+        # mkstemp makes 0600 (and some writers recreate the file): results follow the umask
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
