@@ -48,9 +48,18 @@ def config_diff(r: Recipe, run_dir: Path) -> list[str]:
         stored = coerce(read_toml(run_dir / "config.toml"))
     except UserError as e:
         return [f"unreadable config.toml ({e})"]
+    stored, r = _resolved(stored), _resolved(r)
     return [f"{f.name} {getattr(stored, f.name)!r} != {getattr(r, f.name)!r}"
             for f in fields(Recipe)
             if f.name not in MACHINERY and getattr(stored, f.name) != getattr(r, f.name)]
+
+
+def _resolved(r: Recipe) -> Recipe:
+    """Fields whose default means the same as a value: val_split None is 0 (no hold-out) for
+    every dataset but image folders without val/ (configs written before None existed say 0)."""
+    if r.val_split is None and not r.data.startswith("imagefolder:"):
+        return r.replace(val_split=0)
+    return r
 
 
 def check_reusable(r: Recipe, run_dir: Path) -> bool:
