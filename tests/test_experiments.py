@@ -355,3 +355,26 @@ def test_report_of_a_non_run_directory_exits_2(tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_degradation_trains_members_in_parallel_as_sequentially(
+        sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--jobs 2: the members in two processes give the same numbers as one after another
+    (deterministic recipe), a finished member is skipped and a dead one started afresh."""
+    out = tmp_path / "deg"
+    assert main(["degradation", *BUDGET, "--deterministic", "--jobs", "2", "--out",
+                 str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "plain20: training into" in err and "(1 thread)" in err
+    seq = tmp_path / "seq"
+    assert main(["degradation", *BUDGET, "--deterministic", "--out", str(seq), "--quiet"]) == 0
+    par, one = (json.loads((d / "degradation.json").read_text()) for d in (out, seq))
+    assert [r["final_train_error"] for r in par["runs"]] == \
+        [r["final_train_error"] for r in one["runs"]]
+    (out / "plain20" / "model.safetensors").unlink()
+    shutil.rmtree(out / "plain20" / "state")  # died before its first state
+    assert main(["degradation", *BUDGET, "--deterministic", "--jobs", "2", "--out",
+                 str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"resnet20: finished in {out / 'resnet20'}, skipped" in err
+    assert "plain20: training into" in err and (out / "plain20" / "model.safetensors").is_file()

@@ -9,6 +9,10 @@ interrupted ones, so a long sweep survives being stopped.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -152,10 +156,57 @@ def budget(result: dict[str, Any]) -> str:
     return f"{iters:,} iterations{per} per run; {secs / 3600:.2f} h of training in all"
 
 
+def train_in_parallel(recipes: dict[str, Recipe], out: Path, jobs: int,
+                      say: Callable[[str], None]) -> None:
+    """Trains the members `jobs` at a time, each in its own `reslab train` process with
+    CPUs // jobs threads (small nets on a CPU use the cores better as separate processes than
+    as threads of one: the paper-size convolutions are too small to split well), deepest first
+    so the longest runs start at once. Finished members are skipped and interrupted ones
+    resumed, exactly as in a sequential sweep; a member that fails stops the sweep with its
+    error; Ctrl-C reaches every member, which saves its state."""
+    from ..data.loaders import available_cpus
+    from ..engine import state as run_state
+    from ..engine.recipe import save_recipe
+
+    threads = max(1, available_cpus() // jobs)
+    each = f"{threads} thread{'s' if threads != 1 else ''}"
+
+    def one(model: str, tmp: Path) -> tuple[str, int, str]:
+        r, run_dir = recipes[model].replace(threads=threads), out / model
+        if check_reusable(r, run_dir) and (run_dir / "model.safetensors").is_file():
+            say(f"{model}: finished in {run_dir}, skipped")
+            return model, 0, ""
+        if (run_dir / "config.toml").is_file() and run_state.exists(run_dir):
+            say(f"{model}: resuming the interrupted run in {run_dir} ({each})")
+            argv = ["--resume"]
+        else:
+            say(f"{model}: training into {run_dir} ({each})")
+            save_recipe(tmp / f"{model}.toml", r)
+            argv = ["--recipe", str(tmp / f"{model}.toml")]
+            if (run_dir / "config.toml").is_file():
+                argv.append("--overwrite")  # this recipe's run, dead before its first state
+        proc = subprocess.run([sys.executable, "-m", "reslab", "train", *argv, "--out",
+                               str(run_dir), "--quiet"], stderr=subprocess.PIPE, text=True)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        return model, proc.returncode, lines[-1] if lines else ""
+
+    order = sorted(recipes, key=lambda m: -get_arch(m).depth)
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(jobs) as pool:
+        results = list(pool.map(lambda m: one(m, Path(tmp)), order))
+    for model, rc, line in results:
+        if rc in (130, 143):
+            from ..engine.state import Interrupted
+
+            raise Interrupted("SIGINT" if rc == 130 else "SIGTERM", 0)
+        if rc != 0:
+            raise UserError(f"{model}: {line.removeprefix('error: ') or f'exit {rc}'}")
+
+
 def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: Recipe, *,
-                    quiet: bool = False, say: Callable[[str], None] | None = None
-                    ) -> dict[str, Any]:
-    """Trains the sweep (Fig. 6) and writes OUT/degradation.json and OUT/degradation.png."""
+                    quiet: bool = False, say: Callable[[str], None] | None = None,
+                    jobs: int = 1) -> dict[str, Any]:
+    """Trains the sweep (Fig. 6) and writes OUT/degradation.json and OUT/degradation.png.
+    jobs > 1: members trained that many at a time (train_in_parallel)."""
     out = Path(out)
     say = say or _silent
     models = sweep_models(depths)
@@ -165,9 +216,12 @@ def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: R
         check_reusable(r, out / model)
     shared = {k: v for k, v in base.to_dict().items() if k != "model"}
     result: dict[str, Any] = {"dataset": data, "recipe": shared, "runs": []}
+    if jobs > 1:
+        train_in_parallel(recipes, out, jobs, say)
     for i, (model, r) in enumerate(recipes.items(), 1):
-        say(f"[{i}/{len(models)}] {model}")
-        train_or_reuse(r, out / model, quiet=quiet, say=say)
+        if jobs == 1:
+            say(f"[{i}/{len(models)}] {model}")
+            train_or_reuse(r, out / model, quiet=quiet, say=say)
         result["runs"].append(summarize_run(model, out / model))
         summary = _read_summary(out / model)
         if summary.get("steps") and summary.get("epochs"):

@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="sweep directory")
     p.add_argument("--recipe", default="paper-cifar", help="recipe name or TOML file "
                    "(default paper-cifar)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N members at a time, each a process with CPUs/N threads "
+                        "(default 1: one after another)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print degradation.json on stdout")
     add_recipe_flags(p, skip=NOT_FLAGS)
@@ -38,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.report import results_table
     from ..engine.recipe import load_recipe
     from ..engine.state import Interrupted
+    from ..limits import check_int
     from .common import print_json
 
     overrides = recipe_overrides(args, skip=NOT_FLAGS)
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = run_degradation(args.data, args.depths, Path(args.out), recipe,
-                                 quiet=args.quiet, say=say)
+                                 quiet=args.quiet, say=say, jobs=check_int("--jobs", args.jobs,
+                                                                           1, 64))
     except Interrupted as e:
         print(f"stopped by {e.signame} at step {e.step}; state saved. Run the same command "
               "again to continue", file=sys.stderr)
