@@ -507,3 +507,51 @@ def test_io_maps_every_user_errno(tmp_path: Path) -> None:
     assert rio.path_error(OSError(errno.EIO, "x"), "f", "write") is None  # a real fault
     wrapped = RuntimeError("safetensors: (os error 28)")
     assert rio.os_errno(wrapped) == errno.ENOSPC
+
+
+# --- any record a file can hold: a valid Record or one clean error -------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from reslab.record import Record  # noqa: E402
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70)
+                    | st.floats(allow_subnormal=False) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+PATHS = [["architecture"], ["kwargs"], ["kwargs", "num_classes"], ["kwargs", "in_chans"],
+         ["kwargs", "shortcut"], ["class_names"], ["preprocess"], ["preprocess", "input_size"],
+         ["preprocess", "mean"], ["preprocess", "std"], ["preprocess", "normalize"],
+         ["preprocess", "crop_fraction"], ["preprocess", "tta_flip"], ["data"],
+         ["data", "val_split"], ["data", "seed"], ["extra"]]
+GOOD = {"architecture": "resnet20", "kwargs": {"num_classes": 3, "in_chans": 1},
+        "class_names": ["a", "b", "c"],
+        "preprocess": {"normalize": "channel", "mean": [0.5], "std": [0.25],
+                       "input_size": [1, 8, 8], "crop_fraction": 1.0, "tta_flip": False},
+        "data": {"spec": "digits", "data_dir": None, "val_split": 0, "seed": 0}, "extra": {}}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(PATHS), JSON), min_size=1, max_size=3),
+       st.booleans())
+def test_any_record_is_valid_or_one_clean_error(changes: list, mean_image: bool) -> None:
+    obj = json.loads(json.dumps(GOOD))
+    for path, value in changes:
+        target = obj
+        for key in path[:-1]:
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            target = target[key]
+        target[path[-1]] = value
+    image = torch.rand(1, 8, 8) if mean_image else None
+    try:
+        record = Record.from_json(obj, image)
+    except UserError as e:
+        assert str(e).startswith("record: invalid checkpoint metadata: ") and "\n" not in str(e)
+        return
+    # what passed validation is usable: the model builds and its sizes agree
+    model = record.build_model()
+    assert model.fc.out_features == len(record.class_names) == record.num_classes
+    assert record.preprocess.input_size[0] == record.in_chans == len(record.preprocess.std)
+    assert min(record.preprocess.std) > 0
