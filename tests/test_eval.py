@@ -35,10 +35,20 @@ def test_ten_crop_and_multiscale_modes_score_every_image(run_dir):
         assert r["n"] == 128 and 0 <= r["top1"] <= r["top5"] <= 1
 
 
-def test_eval_writes_a_confusion_matrix(run_dir, tmp_path):
+def test_eval_writes_a_confusion_matrix_and_per_class_metrics(run_dir, tmp_path, capsys):
     png = tmp_path / "cm.png"
-    evaluate_checkpoint(run_dir, device="cpu", confusion_png=str(png))
+    assert main(["eval", str(run_dir), "--device", "cpu", "--confusion", str(png),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
     assert png.stat().st_size > 1000
+    cm, rows = result["confusion"], result["per_class"]
+    assert sum(map(sum, cm)) == result["n"] == 128
+    for i, row in enumerate(rows):  # the per-class numbers are the matrix's
+        assert row["support"] == sum(cm[i])
+        assert row["recall"] == pytest.approx(cm[i][i] / max(sum(cm[i]), 1))
+        predicted = sum(r[i] for r in cm)
+        assert row["precision"] == pytest.approx(cm[i][i] / predicted if predicted else 0)
+    assert sum(cm[i][i] for i in range(len(cm))) / 128 == pytest.approx(result["top1"])
 
 
 @pytest.mark.parametrize("args, message", [

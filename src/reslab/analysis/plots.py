@@ -117,7 +117,7 @@ def responses_figure(responses: dict[str, Sequence[float]], path: str | Path,
 def plot_confusion(cm: Any, class_names: Sequence[str], path: str | Path,
                    title: str = "confusion matrix") -> Path:
     """Confusion matrix (rows: true class, columns: predicted), counts written in the cells."""
-    counts = [[int(v) for v in row] for row in cm.tolist()]
+    counts = [[int(v) for v in row] for row in (cm.tolist() if hasattr(cm, "tolist") else cm)]
     k = len(class_names)
     fig, (ax,) = _figure(1, width=max(4.0, 0.5 * k + 2), height=max(3.6, 0.5 * k + 1.5))
     ax.imshow(counts, cmap="Blues")

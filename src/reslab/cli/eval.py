@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import UserError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1/top-5 accuracy and loss of a checkpoint",
@@ -32,11 +34,21 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate_checkpoint
 
     scales = _parse_scales(args.scales) if args.scales else None
+    if args.confusion and (scales or args.crops == 10):
+        raise UserError("--confusion is computed on the centre view: drop --crops 10/--scales, "
+                        "or evaluate twice")
     result = evaluate_checkpoint(args.ckpt, data=args.data, data_dir=args.data_dir,
                                  split=args.split, crops=args.crops, scales=scales,
                                  flip={"auto": None, "on": True, "off": False}[args.flip],
-                                 batch_size=args.batch_size, device=args.device,
-                                 confusion_png=args.confusion)
+                                 batch_size=args.batch_size, device=args.device)
+    if args.confusion:
+        from ..analysis.plots import plot_confusion
+
+        plot_confusion(result["confusion"], [r["class"] for r in result["per_class"]],
+                       args.confusion, title=f"{Path(args.ckpt).name} on {result['data']} "
+                       f"{result['split']} (top-1 {100 * result['top1']:.2f}%)")
+    if len(result.get("per_class") or []) > MAX_TABLE:
+        result.pop("confusion")  # 1000 x 1000 counts are a file's job (--confusion), not stdout's
     if args.json:
         print(json.dumps(result))
     else:

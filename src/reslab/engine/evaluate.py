@@ -76,8 +76,7 @@ def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
 def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
                         data_dir: str | None = None, split: str = "test", crops: int = 1,
                         scales: list[int] | None = None, flip: bool | None = None,
-                        batch_size: int = 256, device: str = "auto",
-                        confusion_png: str | None = None) -> dict[str, Any]:
+                        batch_size: int = 256, device: str = "auto") -> dict[str, Any]:
     """Scores a checkpoint on a split: centre view, the paper's 10-crop, or multi-scale.
 
     Everything comes from the checkpoint's record (reslab.record): the images are prepared as in
@@ -91,9 +90,6 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     from .tta import multiscale_logits, tta_logits
 
     check_int("batch size", batch_size, 1, MAX_BATCH)
-    if confusion_png and (scales or crops == 10):
-        raise UserError("--confusion is computed on the centre view: drop --crops 10/--scales, "
-                        "or evaluate twice")
     if scales is not None:
         if not 1 <= len(scales) <= MAX_SCALES:
             raise UserError(f"give 1 to {MAX_SCALES} scales, got {len(scales)}")
@@ -139,14 +135,9 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
                           predict=flip_tta(model) if flip else None, predictions=preds)
         y_true, y_pred = (torch.cat(t).numpy() for t in zip(*preds))
         result["per_class"] = per_class(y_true, y_pred, d.class_names)
-        if confusion_png:
-            from ..analysis.plots import plot_confusion
-
-            k = len(d.class_names)
-            cm = torch.bincount(torch.as_tensor(y_true * k + y_pred), minlength=k * k)
-            plot_confusion(cm.view(k, k), d.class_names, confusion_png,
-                           title=f"{Path(str(ckpt)).name} on {spec} {split} "
-                                 f"(top-1 {100 * result['top1']:.2f}%)")
+        k = len(d.class_names)  # rows: true class, columns: predicted
+        result["confusion"] = torch.bincount(torch.as_tensor(y_true * k + y_pred),
+                                             minlength=k * k).view(k, k).tolist()
     return {"ckpt": str(ckpt), "data": spec, "split": split, "crops": crops,
             "scales": scales, "flip": bool(flip and not scales and crops == 1), **result}
 
