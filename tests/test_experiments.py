@@ -224,9 +224,8 @@ def check_schema(result: dict) -> None:
     assert result["dataset"] == DATA and isinstance(result["recipe"], dict)
     assert [r["model"] for r in result["runs"]] == ["plain20", "resnet20"]
     for run in result["runs"]:
-        assert set(run) == {"model", "depth", "residual", "iterations", "train_seconds",
-                            "final_train_error",
-                            "final_test_error", "curve"}
+        assert set(run) == {"model", "run", "seed", "depth", "residual", "iterations",
+                            "train_seconds", "final_train_error", "final_test_error", "curve"}
         assert run["depth"] == 20 and run["residual"] == run["model"].startswith("resnet")
         assert 0 <= run["final_train_error"] <= 1 and 0 <= run["final_test_error"] <= 1
         assert run["curve"] and all(set(p) == {"step", "train_error", "test_error"}
@@ -378,3 +377,62 @@ def test_degradation_trains_members_in_parallel_as_sequentially(
     err = capsys.readouterr().err
     assert f"resnet20: finished in {out / 'resnet20'}, skipped" in err
     assert "plain20: training into" in err and (out / "plain20" / "model.safetensors").is_file()
+
+
+def test_degradation_repeats_seeds_and_reports_their_spread(sweep: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """--seeds 0 1 2: the seed-0 runs already in DIR are reused, seeds 1 and 2 are added as
+    <model>-seed<S>, and degradation.json's spread holds mean/std/min/max over the seeds."""
+    out = tmp_path / "deg"
+    shutil.copytree(sweep, out)
+    assert main(["degradation", *BUDGET, "--seeds", "0", "1", "2", "--out", str(out),
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "plain20: finished" in captured.err  # seed 0 reused
+    assert [(r["run"], r["seed"]) for r in result["runs"]] == [
+        ("plain20", 0), ("plain20-seed1", 1), ("plain20-seed2", 2),
+        ("resnet20", 0), ("resnet20-seed1", 1), ("resnet20-seed2", 2)]
+    import statistics
+
+    for model in ("plain20", "resnet20"):
+        errs = [r["final_train_error"] for r in result["runs"] if r["model"] == model]
+        got = result["spread"][model]
+        assert got["seeds"] == [0, 1, 2]
+        assert got["final_train_error"]["mean"] == pytest.approx(statistics.fmean(errs))
+        assert got["final_train_error"]["std"] == pytest.approx(statistics.stdev(errs))
+    assert main(["degradation", *BUDGET, "--depths", "20", "--seeds", "0", "1",
+                 "--seeds-depths", "56", "--out", str(tmp_path / "x")]) == 2
+    assert "--seeds-depths [56] are not among the sweep's depths [20]" in capsys.readouterr().err
+
+
+def test_the_papers_claims_are_checked_with_their_numbers() -> None:
+    from reslab.analysis.claims import paper_claims
+
+    def run(model, depth, res, train, test, seed=0, run=None):
+        curve = [{"step": s, "train_error": train + 0.01 * (s < 80), "test_error": test}
+                 for s in (60, 80, 90, 100)]
+        return {"model": model, "depth": depth, "residual": res, "final_train_error": train,
+                "final_test_error": test, "curve": curve, "seed": seed, "run": run or model}
+
+    result = {"recipe": {"milestones": [50, 75]}, "runs": [
+        run("plain20", 20, False, 0.10, 0.11), run("resnet20", 20, True, 0.08, 0.09),
+        run("plain56", 56, False, 0.15, 0.16), run("resnet56", 56, True, 0.085, 0.085),
+        run("resnet20", 20, True, 0.07, 0.09, 1, "resnet20-seed1")],
+        "spread": {"resnet20": {"final_train_error": {"std": 0.007}}}}
+    claims = {c["claim"]: c for c in paper_claims(result, {"plain20": [1.0, 1.0],
+                                                           "resnet20": [0.5, 0.7],
+                                                           "resnet56": [0.4, 0.8]})}
+    degradation = claims["plain-56 has a higher training error than plain-20 (degradation)"]
+    assert degradation["holds"] and degradation["evidence"] == "plain20 10.00% vs plain56 15.00%"
+    deeper = claims["resnet56 has a lower training error than resnet20"]
+    assert deeper["holds"] is False and deeper["within_noise"]  # 0.5 points < 2 x 0.7
+    assert deeper["evidence"].endswith("(gap within 2 std of the seeds, 1.40%: noise)")
+    assert claims["resnet56 has a lower test error than resnet20"]["holds"] is True
+    assert claims["resnet20 has a lower training error than plain20"]["holds"] is True
+    assert claims["resnet20's responses are smaller than plain20's"]["holds"] is True
+    same = claims["resnet56's responses are smaller than resnet20's"]
+    assert same["holds"] is False and same["evidence"] == "resnet56 0.600 vs resnet20 0.600"
+    flat = claims["plain20's training error flattened at the last lr"]
+    assert flat["holds"] is True and flat["evidence"] == "10.00% at step 90 -> 10.00% at step 100"
+    assert "plain56 does not hold" not in str(claims)

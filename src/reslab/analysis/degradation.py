@@ -34,6 +34,28 @@ def cifar_depths() -> list[int]:
     return sorted({a.depth for a in REGISTRY.values() if a.family == "cifar"})
 
 
+def sweep_members(depths: Sequence[int], seeds: Sequence[int],
+                  seeds_depths: Sequence[int] | None = None) -> list[tuple[str, int, str]]:
+    """(model, seed, run directory name) of every member, in training order: plainN and resnetN
+    for each depth, with every seed for the depths in seeds_depths (default all) and the first
+    seed for the others. The first seed's runs are named by the model alone (plain20), further
+    seeds' runs plain20-seed1, ..., so a sweep can add seeds to the runs it already has."""
+    models = sweep_models(depths)
+    if not seeds:
+        raise UserError("give at least one seed")
+    repeat = set(depths if seeds_depths is None else seeds_depths)
+    if not repeat <= set(depths):
+        raise UserError(f"--seeds-depths {sorted(repeat - set(depths))} are not among the "
+                        f"sweep's depths {list(depths)}")
+    members = []
+    for model in models:
+        for i, seed in enumerate(dict.fromkeys(seeds)):
+            if i and get_arch(model).depth not in repeat:
+                break
+            members.append((model, seed, model if i == 0 else f"{model}-seed{seed}"))
+    return members
+
+
 def sweep_models(depths: Sequence[int]) -> list[str]:
     """plainN and resnetN for each depth, in the order they are trained."""
     allowed = cifar_depths()
@@ -190,7 +212,7 @@ def train_in_parallel(recipes: dict[str, Recipe], out: Path, jobs: int,
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         return model, proc.returncode, lines[-1] if lines else ""
 
-    order = sorted(recipes, key=lambda m: -get_arch(m).depth)
+    order = sorted(recipes, key=lambda name: -get_arch(recipes[name].model).depth)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(jobs) as pool:
         results = list(pool.map(lambda m: one(m, Path(tmp)), order))
     for model, rc, line in results:
@@ -204,31 +226,57 @@ def train_in_parallel(recipes: dict[str, Recipe], out: Path, jobs: int,
 
 def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: Recipe, *,
                     quiet: bool = False, say: Callable[[str], None] | None = None,
-                    jobs: int = 1) -> dict[str, Any]:
+                    jobs: int = 1, seeds: Sequence[int] | None = None,
+                    seeds_depths: Sequence[int] | None = None) -> dict[str, Any]:
     """Trains the sweep (Fig. 6) and writes OUT/degradation.json and OUT/degradation.png.
-    jobs > 1: members trained that many at a time (train_in_parallel)."""
+    jobs > 1: members trained that many at a time (train_in_parallel). seeds: repeat the runs
+    (of seeds_depths, default all) with these seeds; the spread over seeds is reported."""
     out = Path(out)
     say = say or _silent
-    models = sweep_models(depths)
     base = recipe.replace(data=data)
-    recipes = {m: base.replace(model=m) for m in models}
-    for model, r in recipes.items():  # refuse before training anything, not halfway through
-        check_reusable(r, out / model)
-    shared = {k: v for k, v in base.to_dict().items() if k != "model"}
+    members = sweep_members(depths, seeds or [base.seed], seeds_depths)
+    recipes = {name: base.replace(model=model, seed=seed) for model, seed, name in members}
+    for name, r in recipes.items():  # refuse before training anything, not halfway through
+        check_reusable(r, out / name)
+    shared = {k: v for k, v in base.to_dict().items() if k not in ("model", "seed")}
     result: dict[str, Any] = {"dataset": data, "recipe": shared, "runs": []}
     if jobs > 1:
         train_in_parallel(recipes, out, jobs, say)
-    for i, (model, r) in enumerate(recipes.items(), 1):
+    for i, (name, r) in enumerate(recipes.items(), 1):
         if jobs == 1:
-            say(f"[{i}/{len(models)}] {model}")
-            train_or_reuse(r, out / model, quiet=quiet, say=say)
-        result["runs"].append(summarize_run(model, out / model))
-        summary = _read_summary(out / model)
+            say(f"[{i}/{len(recipes)}] {name}")
+            train_or_reuse(r, out / name, quiet=quiet, say=say)
+        result["runs"].append({**summarize_run(r.model, out / name), "seed": r.seed,
+                               "run": name})
+        result["spread"] = seed_spread(result["runs"])
+        summary = _read_summary(out / name)
         if summary.get("steps") and summary.get("epochs"):
             result["epochs_per_run"] = summary["epochs"]
         result["budget"] = budget(result)
         write_results(result, out)  # after every run: a long sweep shows its results so far
     return result
+
+
+def seed_spread(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For each model run with two or more seeds: mean and (sample) std of its final training
+    and test errors, and the seeds (Table 6 reports resnet110 as best of 5 and mean +- std)."""
+    import statistics
+
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_model.setdefault(r["model"], []).append(r)
+    spread = {}
+    for model, rs in by_model.items():
+        if len(rs) < 2:
+            continue
+        entry: dict[str, Any] = {"seeds": [r.get("seed") for r in rs]}
+        for key in ("final_train_error", "final_test_error"):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if len(vals) >= 2:
+                entry[key] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals),
+                              "min": min(vals), "max": max(vals)}
+        spread[model] = entry
+    return spread
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
@@ -244,5 +292,6 @@ def write_results(result: dict[str, Any], out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "degradation.json", json.dumps(result, indent=2) + "\n")
-    degradation_figure(result["runs"], out / "degradation.png",
+    first_seed = [r for r in result["runs"] if r.get("run", r["model"]) == r["model"]]
+    degradation_figure(first_seed, out / "degradation.png",
                        title=f"plain vs ResNet on {result['dataset']} (Fig. 6)")

@@ -258,6 +258,13 @@ def _degradation_section(doc: Doc, run_dir: Path, level: int) -> None:
     doc.table(["model", "depth", "final train error %", "final test error %"],
               results_table(result))
     doc.image(run_dir / "degradation.png", "degradation curves")
+    from .claims import paper_claims, verdict
+
+    responses = (read_responses(run_dir / "responses.json")
+                 if (run_dir / "responses.json").is_file() else None)
+    doc.heading(level + 1, "The paper's claims, checked")
+    doc.table(["claim (section 4.2, Fig. 6 and 7)", "here", "evidence"],
+              [[c["claim"], verdict(c), c["evidence"]] for c in paper_claims(result, responses)])
 
 
 def add_run(doc: Doc, run_dir: Path, level: int = 1) -> dict[str, Any] | None:

@@ -27,6 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="sweep directory")
     p.add_argument("--recipe", default="paper-cifar", help="recipe name or TOML file "
                    "(default paper-cifar)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="repeat the runs with these seeds and report the spread (default: the "
+                        "recipe's seed only); further seeds' runs are DIR/<model>-seed<S>/")
+    p.add_argument("--seeds-depths", type=int, nargs="+", metavar="N",
+                   help="repeat only these depths with all --seeds (default: every depth)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="train N members at a time, each a process with CPUs/N threads "
                         "(default 1: one after another)")
@@ -41,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.report import results_table
     from ..engine.recipe import load_recipe
     from ..engine.state import Interrupted
-    from ..limits import check_int
+    from ..limits import MAX_SEED, check_int
     from .common import print_json
 
     overrides = recipe_overrides(args, skip=NOT_FLAGS)
@@ -53,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = run_degradation(args.data, args.depths, Path(args.out), recipe,
-                                 quiet=args.quiet, say=say, jobs=check_int("--jobs", args.jobs,
-                                                                           1, 64))
+                                 quiet=args.quiet, say=say,
+                                 jobs=check_int("--jobs", args.jobs, 1, 64),
+                                 seeds=[check_int("--seeds", s, 0, MAX_SEED)
+                                        for s in args.seeds or []] or None,
+                                 seeds_depths=args.seeds_depths)
     except Interrupted as e:
         print(f"stopped by {e.signame} at step {e.step}; state saved. Run the same command "
               "again to continue", file=sys.stderr)
@@ -65,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'model':<12}{'depth':>6}{'train err %':>13}{'test err %':>12}")
     for model, depth, train, test in results_table(result):
         print(f"{model:<12}{depth:>6}{train:>13}{test:>12}")
+    from ..analysis.claims import paper_claims, verdict
+
     print(f"budget: {result.get('budget', '-')}")
+    for c in paper_claims(result):
+        print(f"{verdict(c):>14}: {c['claim']} ({c['evidence']})")
     print(f"wrote {Path(args.out) / 'degradation.json'} and degradation.png")
     return 0
