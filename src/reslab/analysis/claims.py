@@ -93,13 +93,14 @@ def response_claims(responses: dict[str, list[float]]) -> list[Claim]:
 
 def flattened(run: dict[str, Any], milestones: list[int], tolerance: float = 0.005) -> Claim:
     """Whether a run's training error had flattened at its last learning rate: over the last
-    half of the final lr phase it changed by less than `tolerance` (0.5 points)."""
+    half of the final lr phase it changed by less than `tolerance` (0.5 points). Needs three
+    evaluations in that phase: two points close together say nothing about a trend."""
     start = max(milestones) if milestones else 0
     curve = [p for p in run["curve"] if p["step"] > start and p["train_error"] is not None]
     text = f"{run.get('run', run['model'])}'s training error flattened at the last lr"
-    if len(curve) < 2:
-        return {"claim": text, "holds": None, "evidence": "too few evaluations after the "
-                                                          "last milestone"}
+    if len(curve) < 3:
+        return {"claim": text, "holds": None,
+                "evidence": f"{len(curve)} evaluation(s) after the last milestone; 3 needed"}
     half = [p for p in curve if p["step"] >= (start + curve[-1]["step"]) / 2] or curve[-2:]
     if len(half) < 2:
         half = curve[-2:]
