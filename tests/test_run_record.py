@@ -555,3 +555,25 @@ def test_any_record_is_valid_or_one_clean_error(changes: list, mean_image: bool)
     assert model.fc.out_features == len(record.class_names) == record.num_classes
     assert record.preprocess.input_size[0] == record.in_chans == len(record.preprocess.std)
     assert min(record.preprocess.std) > 0
+
+
+def test_non_finite_weights_are_refused(runs: dict, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    from safetensors import safe_open
+
+    src = runs["channel"] / "model.safetensors"
+    tensors = load_file(str(src))
+    tensors["layer2.0.conv1.weight"][0, 0, 0, 0] = float("inf")
+    with safe_open(str(src), framework="pt") as f:
+        save_file(tensors, str(tmp_path / "inf.safetensors"), metadata=f.metadata())
+    assert clean_error(capsys, ["eval", tmp_path / "inf.safetensors"]) == (
+        f"error: {tmp_path / 'inf.safetensors'} holds non-finite weights (NaN or Inf), first "
+        "in layer2.0.conv1.weight")
+
+
+@pytest.mark.parametrize("spec", ["synthetic:100000000x3x32x32", "synthetic:64x4x8x8:4",
+                                  "synthetic:64x3x100000x8"])
+def test_synthetic_sizes_are_bounded(spec: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture) -> None:
+    err = clean_error(capsys, ["train", "--data", spec, "--out", tmp_path / "run"])
+    assert err.startswith(f"error: synthetic spec '{spec[10:]}' is too large")

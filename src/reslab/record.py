@@ -324,6 +324,12 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Record]:
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], record: Record,
               where: str) -> nn.Module:
+    """Loads state into model strictly; NaN or infinite weights are refused (they would only
+    give NaN scores, silently)."""
+    bad = next((k for k, v in state.items()
+                if v.dtype.is_floating_point and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise InvalidRecord(f"{where} holds non-finite weights (NaN or Inf), first in {bad}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

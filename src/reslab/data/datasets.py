@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError, unknown, warn
 from ..io import read_bytes, regular_file
-from ..limits import MAX_FILE_BYTES
+from ..limits import MAX_DATASET_BYTES, MAX_FILE_BYTES, MAX_IMAGE_SIDE
 from .images import GRAY_MODES, probe_image
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic")
@@ -111,6 +111,10 @@ def synthetic(arg: str = "") -> ArraySource:
     if len(dims) != 4 or min(dims) < 1 or k < 2 or dims[0] < k:
         raise UserError(f"synthetic spec '{arg}' is not NxCxHxW[:CLASSES] with N >= CLASSES >= 2,"
                         " e.g. synthetic:512x3x32x32:10")
+    if math.prod(dims) * 5 // 4 > MAX_DATASET_BYTES or max(dims[2:]) > MAX_IMAGE_SIDE \
+            or dims[1] > 3:
+        raise UserError(f"synthetic spec '{arg}' is too large: at most 1 or 3 channels, sides "
+                        f"up to {MAX_IMAGE_SIDE} and {MAX_DATASET_BYTES / 2**30:.0f} GiB of images")
     n, c, h, w = dims
     g = torch.Generator().manual_seed(1234)
     n_test = max(k, n // 4)
