@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from reslab.bench import Column, format_table, seconds_per_call
+from reslab.bench import Column, Step, format_table, seconds_per_call
 from reslab.bench import environment as _environment
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,6 @@ import struct
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from PIL import Image
 from safetensors.torch import load_file, save as safetensors_bytes
 
 import reslab
-from cli_helpers import clean_error, run_cli
+from cli_helpers import clean_error
 from reslab.cli import build_parser, main
 from reslab.cli import train as train_cli
 from reslab.data import datasets

@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from cli_helpers import clean_error, legacy_record, run_cli, tree_digest
+from cli_helpers import clean_error, run_cli, tree_digest
 from reslab import io as rio
 from reslab import limits
 from reslab.checkpoint import load_checkpoint
 from reslab.cli import main
 from reslab.data import datasets, load_data
-from reslab.engine.rundir import LOCK_FILE, RunLock
+from reslab.engine.rundir import LOCK_FILE
 from reslab.errors import UserError
 from reslab.models import create_model
 from reslab.record import FORMAT, MEAN_IMAGE_KEY, read_weights, save_weights

@@ -5,7 +5,6 @@ weights_only=True: nothing in the file is executed."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..limits import MAX_IMAGE_SIDE
 

@@ -8,7 +8,6 @@ skipped batches. Drawing 60,000 shifts and flips costs about a millisecond.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
