@@ -428,7 +428,7 @@ def test_eval_scales_are_bounded(runs: dict, capsys: pytest.CaptureFixture) -> N
 
 
 def test_in_memory_data_is_bounded_before_resizing() -> None:
-    with pytest.raises(UserError, match=r"image size 4096 would make digits 28\.1 GiB in memory, more than the 8 GiB"):
+    with pytest.raises(UserError, match=r"image size 4096 would make digits 28\.1 GiB in memory, more than the 4 GiB"):
         load_data("digits", image_size=4096)
 
 
@@ -453,6 +453,10 @@ def test_every_limit_is_stated_in_one_module() -> None:
         limits.check_int("x", 5, 0, 4)
     with pytest.raises(UserError, match=r"invalid y inf: must be a finite number"):
         limits.check_float("y", float("inf"), 0, 1)
+    # inference batches of a huge resolution shrink to fit the memory budget
+    assert limits.fit_batch(256, (1, 8, 8)) == 256
+    assert limits.fit_batch(256, (3, 4096, 4096)) == 1
+    assert limits.fit_batch(256, (3, 1024, 1024)) == 2**26 // (3 * 1024 * 1024) == 21
 
 
 # --- damaged run files --------------------------------------------------------------------

@@ -27,7 +27,7 @@ MAX_WORKERS = 256
 MAX_THREADS = 1024
 MAX_SEED = 2**63 - 1
 MAX_CLASS_NAME = 1_000         # characters in one class name
-MAX_DATASET_BYTES = 8 * 2**30  # uint8 pixels of an in-memory dataset (after any resize)
+MAX_DATASET_BYTES = 4 * 2**30  # uint8 pixels of an in-memory dataset (after any resize)
 MAX_FILE_BYTES = 2 * 2**30     # bytes read from one dataset file (decompressed for .gz)
 MAX_TEXT_BYTES = 16 * 2**20    # a recipe, class-name list or run file read as text
 
@@ -63,3 +63,14 @@ def check_float(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = 
 
 def check_image_side(name: str, value: Any, lo: int = 1) -> int:
     return check_int(name, value, lo, MAX_IMAGE_SIDE)
+
+
+MAX_BATCH_VALUES = 2**26  # input values in one inference batch (256 MiB of fp32)
+
+
+def fit_batch(batch_size: int, input_size: tuple[int, ...]) -> int:
+    """batch_size, lowered so that one batch of input_size images (C, H, W) stays within
+    MAX_BATCH_VALUES: large resolutions (a 4096 px model) are scored a few images at a time
+    instead of exhausting the memory."""
+    per_image = max(1, int(input_size[0]) * int(input_size[1]) * int(input_size[2]))
+    return max(1, min(batch_size, MAX_BATCH_VALUES // per_image))

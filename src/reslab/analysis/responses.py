@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..limits import fit_batch
 from ..models import BasicBlock, Bottleneck, ResNet
 
 
@@ -151,7 +152,8 @@ def compute_responses(ckpts: list[str], data: str, *, data_dir: str | None = Non
         if model.conv1.in_channels != dataset.in_chans:
             raise UserError(f"{label} takes {model.conv1.in_channels}-channel images; "
                             f"{data} has {dataset.in_chans}")
-        batches = dataset.eval_batches(split, batch_size, torch.device(device))
+        batches = dataset.eval_batches(split, fit_batch(batch_size, dataset.input_size),
+                                       torch.device(device))
         out[label] = layer_responses(model, take_images(batches, max_images))
     return out
 

@@ -351,14 +351,19 @@ def default_hold_out(labels: torch.Tensor) -> int:
     return max(len(counts), round(0.1 * len(labels)))
 
 
-def resize_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
-    """Bilinear (antialiased when shrinking) resize of uint8 images to size x size, kept uint8."""
+def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear (antialiased when shrinking) resize of uint8 images to size x size, kept uint8:
+    the result is filled in chunks of at most 64 MiB of float pixels, so the peak memory is the
+    uint8 result, not four times it."""
     if tuple(x.shape[-2:]) == (size, size):
         return x
-    parts = [F.interpolate(x[i:i + chunk].float(), size=(size, size), mode="bilinear",
-                           align_corners=False, antialias=size < min(x.shape[-2:]))
-             for i in range(0, len(x), chunk)]
-    return torch.cat(parts).round_().clamp_(0, 255).to(torch.uint8)
+    out = torch.empty((len(x), x.shape[1], size, size), dtype=torch.uint8)
+    chunk = max(1, 2**24 // (x.shape[1] * size * max(size, *x.shape[-2:])))
+    for i in range(0, len(x), chunk):
+        part = F.interpolate(x[i:i + chunk].float(), size=(size, size), mode="bilinear",
+                             align_corners=False, antialias=size < min(x.shape[-2:]))
+        out[i:i + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | None,

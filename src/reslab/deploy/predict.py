@@ -12,6 +12,7 @@ from torch import nn
 
 from ..data.images import open_image, preprocess
 from ..engine.evaluate import flip_tta
+from ..limits import fit_batch
 from ..record import Record
 
 
@@ -46,7 +47,7 @@ def predict_files(model: nn.Module, record: Record, paths: Sequence[str | PathLi
     model = model.to(device).eval()
     forward = flip_tta(model) if (pre.tta_flip if flip is None else flip) else model
     results = []
-    for chunk in chunks(list(paths), batch_size):
+    for chunk in chunks(list(paths), fit_batch(batch_size, pre.input_size)):
         x = prepare_images(record, chunk)
         with torch.inference_mode():
             probs = F.softmax(forward(x.to(device)).float(), dim=1).cpu()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..limits import MAX_BATCH, MAX_SCALES, check_image_side, check_int
+from ..limits import MAX_BATCH, MAX_SCALES, check_image_side, check_int, fit_batch
 from .distributed import Dist, all_reduce_sum
 
 
@@ -122,6 +122,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
              f"trained on ({_names(record.class_names)}); scoring by class index")
     flip = pre.tta_flip if flip is None else flip
     size = d.input_size[1]
+    batch_size = fit_batch(batch_size, d.input_size)
     if scales:
         result = evaluate_scored(multiscale_logits(
             model, [d.eval_batches(split, batch_size, dev, resize=s) for s in scales]), dev)
