@@ -253,3 +253,14 @@ def test_a_forgotten_data_flag_is_said(tmp_path: Path, capsys: pytest.CaptureFix
     assert resolve(args).data == "fashion-mnist"
     assert capsys.readouterr().err.strip() == \
         "note: no --data given: training on fashion-mnist, the dataset of recipe fast"
+
+
+def test_a_folder_too_small_to_hold_out_says_it_was_not_evaluated(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = make_folder(tmp_path / "tiny", per_class=1)
+    rc, err = run_cli(capsys, ["train", "--recipe", "fast", "--model", "resnet20", "--data",
+                               f"imagefolder:{root}", "--epochs", "1", "--workers", "0",
+                               "--out", tmp_path / "run"])
+    assert rc == 0 and "nan" not in " ".join(err)
+    assert err[-1].endswith("not evaluated (no validation or test images); run directory "
+                            f"{tmp_path / 'run'}")

@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:
-        test = summary.get("test") or {}
-        print(f"done: {summary['steps']} iterations in {summary['wall_s']:.1f} s; "
-              f"test top1 {test.get('top1', float('nan')):.4f}; run directory {out}",
-              file=sys.stderr)
+        test = summary.get("test")
+        score = (f"test top1 {test['top1']:.4f}" if test else
+                 "not evaluated (no validation or test images)")
+        print(f"done: {summary['steps']} iterations in {summary['wall_s']:.1f} s; {score}; "
+              f"run directory {out}", file=sys.stderr)
     return 0
