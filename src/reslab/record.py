@@ -37,8 +37,8 @@ from .data.images import default_crop_fraction
 from .data.normalize import NORMALIZE, Normalizer, Stats
 from .errors import UserError
 from .io import load_safetensors, save_safetensors
-from .limits import (MAX_CLASS_NAME, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_IN_CHANS, MAX_SEED,
-                     check_float, check_int)
+from .limits import (MAX_BATCH_VALUES, MAX_CLASS_NAME, MAX_CLASSES, MAX_IMAGE_SIDE,
+                     MAX_IN_CHANS, MAX_SEED, check_float, check_int)
 from .models import REGISTRY, create_model
 from .models.blocks import SHORTCUTS, STRIDE_IN
 
@@ -190,6 +190,9 @@ def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
     if not all(1 <= s <= MAX_IMAGE_SIDE for s in size[1:]):
         raise _fail(where, f"input_size {size}: height and width must be between 1 and "
                     f"{MAX_IMAGE_SIDE}")
+    if size[0] * size[1] * size[2] > MAX_BATCH_VALUES:
+        raise _fail(where, f"input_size {size} is {size[0] * size[1] * size[2]:,} values per "
+                    f"image, more than the {MAX_BATCH_VALUES:,} limit")
     mean = _numbers(_require(value, "mean", where), in_chans, "mean", where)
     std = _numbers(_require(value, "std", where), in_chans, "std", where)
     if min(std) <= 0:
