@@ -248,6 +248,9 @@ def load_pickle(path: Path) -> Any:
     """A trusted-format pickle (CIFAR batch) read through ArrayUnpickler; UserError otherwise.
     latin1 decodes Python 2 strings as numpy requires; keys may come back as str or bytes."""
     path = regular_file(path, "pickled batch")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise UserError(f"pickled batch {path} is larger than {MAX_FILE_BYTES:,} bytes, the most "
+                        "reslab reads")
     try:
         with open(path, "rb") as f:
             return ArrayUnpickler(f, encoding="latin1").load()
