@@ -1,0 +1,160 @@
+"""Image folders: files decoded by DataLoader worker processes (geometry in the workers with PIL
+and torchvision.transforms.v2), flips, colour and normalisation batched on the device."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import UserError, warn
+from .augment import EpochPlan, imagenet_batch, pad_fill, window_batch
+from .base import Batch, Data, Span
+from .datasets import FolderSource
+from .images import (FOLDER_CROP_FRACTION, eval_geometry, open_image, pil_to_uint8, scale_crop,
+                     to_channels, whole_image)
+from .normalize import Stats, compute_stats
+
+STATS_SAMPLE = 1000  # images decoded to measure a folder's mean/std: enough for 3 decimals
+
+
+class FolderDataset(Dataset):
+    """Decodes one image file per (index, seed) key into a uint8 (C, size, size) tensor: the
+    paper's scale augmentation when `scale_aug` (seeded per example), else evaluation geometry;
+    with `whole`, the whole image with its shorter side = size, any aspect ratio (multi-scale).
+
+    A file that fails to decode here (e.g. truncated after a header that the scan accepted) is
+    replaced by the next readable one with a warning naming it, so a long run does not die."""
+
+    def __init__(self, items: list[tuple[str, int]], in_chans: int, size: int,
+                 crop_fraction: float, scale_aug: bool = False, whole: bool = False) -> None:
+        self.items, self.in_chans, self.size = items, in_chans, size
+        self.crop_fraction, self.scale_aug, self.whole = crop_fraction, scale_aug, whole
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key
+        for attempt in range(min(16, len(self.items))):
+            path, label = self.items[(index + attempt) % len(self.items)]
+            try:
+                img = to_channels(open_image(path), self.in_chans)
+            except UserError as exc:
+                warn(f"{exc}; using the next image instead")
+                continue
+            if self.scale_aug:
+                img = scale_crop(img, self.size, seed)
+            elif self.whole:
+                img = whole_image(img, self.size)
+            else:
+                img = eval_geometry(img, (self.size, self.size), self.crop_fraction)
+            return pil_to_uint8(img), label
+        raise UserError(f"no readable image near '{self.items[index][0]}'")
+
+
+class _KeyBatches(Sampler):
+    """Lists of (index, seed) keys, one list per span of an epoch plan (or of an index list)."""
+
+    def __init__(self, order: torch.Tensor, seeds: torch.Tensor | None, spans: list[Span]) -> None:
+        self.order, self.seeds, self.spans = order, seeds, spans
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for lo, hi in self.spans:
+            seeds = self.seeds[lo:hi].tolist() if self.seeds is not None else [0] * (hi - lo)
+            yield list(zip(self.order[lo:hi].tolist(), seeds))
+
+
+def collate_runs(samples: list[tuple[torch.Tensor, int]]) -> list[Batch]:
+    """Whole images of several shapes cannot be stacked: one (x, y) per run of consecutive
+    samples of the same shape, in order (so the examples' order and labels stay aligned)."""
+    runs: list[Batch] = []
+    start = 0
+    for i in range(1, len(samples) + 1):
+        if i == len(samples) or samples[i][0].shape != samples[start][0].shape:
+            part = samples[start:i]
+            runs.append((torch.stack([x for x, _ in part]),
+                         torch.tensor([label for _, label in part])))
+            start = i
+    return runs
+
+
+def decode_batches(ds: FolderDataset, sampler: _KeyBatches, device: torch.device,
+                   workers: int) -> Iterator[Batch]:
+    """uint8 (x, y) batches of `ds` in the sampler's order, decoded by `workers` processes.
+    With ds.whole, a sampler batch comes as several (x, y), one per run of one image shape."""
+    # A private generator: DataLoader would otherwise draw its workers' base seed from the
+    # global RNG and shift it (our randomness comes from the per-example seeds instead).
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == "cuda", generator=torch.Generator(),
+                        collate_fn=collate_runs if ds.whole else None)
+    for batch in loader:
+        for x, y in batch if ds.whole else [batch]:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+class FolderData(Data):
+    """Image files decoded by `workers` DataLoader processes; geometry in the workers (PIL +
+    torchvision.transforms.v2), flips, colour and normalisation batched on the device."""
+
+    def __init__(self, items: dict[str, list[tuple[str, int]]], workers: int, **kw) -> None:
+        super().__init__(splits=tuple(items), **kw)
+        self._items, self.workers = items, workers
+
+    def _size(self, split: str) -> int:
+        return len(self._items[split])
+
+    @property
+    def same_val_test(self) -> bool:
+        return "val" in self._items and self._items.get("test") is self._items["val"]
+
+    def decode(self, items: list[tuple[str, int]], sampler: _KeyBatches, device: torch.device, *,
+               size: int | None = None, crop_fraction: float | None = None,
+               scale_aug: bool = False, whole: bool = False) -> Iterator[Batch]:
+        ds = FolderDataset(items, self.in_chans, size or self.input_size[-1],
+                           self.crop_fraction if crop_fraction is None else crop_fraction,
+                           scale_aug, whole)
+        return decode_batches(ds, sampler, device, self.workers)
+
+    def _train_iter(self, plan: EpochPlan, spans: list[Span],
+                    device: torch.device) -> Iterator[Batch]:
+        scale_aug = self.augment == "imagenet"
+        pad = self.pad if self.augment in ("crop-flip", "crop") else 0
+        sampler = _KeyBatches(plan.order, plan.params.get("seed"), spans)
+        batches = self.decode(self._items["train"], sampler, device, scale_aug=scale_aug)
+        for (x, y), (lo, hi) in zip(batches, spans):
+            _, params = plan.take(lo, hi)
+            if scale_aug:
+                yield imagenet_batch(x, params, self.normalize, geometry_done=True), y
+            else:
+                idx = torch.arange(len(x), device=device)
+                yield window_batch(pad_fill(x, pad, self.normalize.fill), idx, params, pad,
+                                   self.normalize), y
+
+    def _eval_iter(self, split: str, batch_size: int, device: torch.device, rank: int,
+                   world_size: int, resize: int | None) -> Iterator[Batch]:
+        """Shorter side to size/crop_fraction, centre crop; with resize: the whole image, shorter
+        side = resize, aspect ratio kept, no crop (the paper's fully-convolutional multi-scale
+        test, section 3.4; the 10-crop takes its 256 x 256 centre itself). Images of different
+        shapes cannot be stacked: a batch is then split into runs of one shape, in order."""
+        order = torch.arange(rank, self._size(split), world_size)
+        spans = [(i, min(i + batch_size, len(order))) for i in range(0, len(order), batch_size)]
+        batches = self.decode(self._items[split], _KeyBatches(order, None, spans), device,
+                              size=resize, whole=resize is not None)
+        for x, y in batches:
+            yield self.normalize.from_uint8(x), y
+
+
+def folder_stats(src: FolderSource, train: list[tuple[str, int]], size: int, seed: int,
+                  normalize: str, workers: int) -> Stats:
+    """Statistics from up to STATS_SAMPLE training images, decoded as evaluation decodes them."""
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    pick = pick[:STATS_SAMPLE]
+    spans = [(i, min(i + 64, len(pick))) for i in range(0, len(pick), 64)]
+    ds = FolderDataset(train, src.in_chans, size, FOLDER_CROP_FRACTION)
+    sample = [x for x, _ in decode_batches(ds, _KeyBatches(pick, None, spans),
+                                           torch.device("cpu"), workers)]
+    return compute_stats(torch.cat(sample), normalize)
