@@ -83,7 +83,7 @@ def variants_for(name: str, batch: int, args: argparse.Namespace,
                 "reslab eager": inference_step(ours, x),
                 f"reslab optimized ({label})": inference_step(fast, x)}
     if int8 is not None:
-        variants["reslab int8 (FX, x86)"] = inference_step(int8, x)
+        variants["reslab int8 (PT2E, x86 inductor)"] = inference_step(int8, x)
     return variants
 
 

@@ -1,7 +1,10 @@
 """Building blocks of the paper's section 3: residual learning F(x) + x with shortcuts A/B/C.
 
 Module names follow torchvision's resnet.py (conv1/bn1/conv2/bn2[/conv3/bn3], downsample) so its
-state_dicts load strictly. A block built with ``residual=False`` is the paper's "plain" counterpart:
+state_dicts load strictly. Unlike torchvision, each ReLU is its own functional call, not one
+shared `nn.ReLU` module called two or three times: a module called at several places is one
+"source partition" to PT2E quantizers (torchao's x86 quantizer refuses it), and ReLU has no state,
+so the state_dicts are unchanged. A block built with ``residual=False`` is the paper's "plain" counterpart:
 the same stacked layers, no shortcut.
 """
 from __future__ import annotations
@@ -89,7 +92,7 @@ class _Block(nn.Module):
         if self.residual:
             identity = x if self.downsample is None else self.downsample(x)
             out = out + identity
-        return self.relu(out)
+        return F.relu(out, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.merge(x, self.residual_branch(x))
@@ -105,14 +108,13 @@ class BasicBlock(_Block):
         super().__init__(residual)
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = make_shortcut(shortcut, inplanes, planes, stride) if residual else None
         self.stride = stride
 
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         return self.bn2(self.conv2(out))
 
     def last_bn(self) -> nn.BatchNorm2d:
@@ -140,14 +142,13 @@ class Bottleneck(_Block):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
         out_planes = planes * self.expansion
         self.downsample = make_shortcut(shortcut, inplanes, out_planes, stride) if residual else None
         self.stride = stride
 
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         return self.bn3(self.conv3(out))
 
     def last_bn(self) -> nn.BatchNorm2d:
