@@ -142,11 +142,22 @@ def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(UserError) as err:
         load_data("fashion-mnist", data_dir=str(empty))
     places = ", ".join(str(p) for p in (empty, empty / "fashion-mnist",
-                                        empty / "FashionMNIST" / "raw", tmp_path / "none"))
+                                        empty / "FashionMNIST" / "raw"))
     assert str(err.value) == (
         f"Fashion-MNIST not found (looked in {places}) and the download failed (network "
         "unreachable); install it with `apt-get install dataset-fashion-mnist` or pass "
         "--data-dir DIR holding the four idx .gz files")
+
+
+def test_a_given_data_dir_is_not_swapped_for_the_system_copy(tmp_path, monkeypatch):
+    """--data-dir names where the data is: a directory without it is an error (after the
+    download into it fails), even where the system copy exists."""
+    fake_fashion(tmp_path / "system")
+    monkeypatch.setattr(D, "SYSTEM_FASHION_DIR", tmp_path / "system")
+    monkeypatch.setattr(D, "_download", lambda kind, root: (_ for _ in ()).throw(OSError("offline")))
+    assert len(D.fashion_mnist().train[0]) == 60  # no --data-dir: the system copy
+    with pytest.raises(UserError, match="Fashion-MNIST not found"):
+        D.fashion_mnist(str(tmp_path / "mine"))
 
 
 def test_idx_corrupt_files(tmp_path):

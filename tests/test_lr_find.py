@@ -190,3 +190,15 @@ def test_text_output(monkeypatch, tmp_path, capsys):
     assert lines[0].startswith("resnet20 on synthetic:64x3x8x8:4: 20 of 30 steps, lr 0.001 to ")
     assert lines[0].endswith(": the loss was not finite")
     assert lines[1].startswith("suggested lr: ") and lines[-1] == f"wrote {tmp_path / 'lr.png'}"
+
+
+def test_an_unwritable_out_fails_before_the_sweep(monkeypatch, tmp_path, capsys):
+    """--out is checked before any training: the sweep never starts."""
+    import reslab.engine.lr_find as engine
+
+    monkeypatch.setattr(engine, "lr_find", lambda *a, **k: pytest.fail("the sweep ran"))
+    (tmp_path / "file").write_text("x")
+    base = ["lr-find", "--model", "resnet20", "--data", "synthetic:64x3x8x8:4"]
+    err = clean_error(capsys, [*base, "--out", tmp_path / "file" / "lr.png"])
+    assert err == f"error: cannot write --out {tmp_path / 'file' / 'lr.png'}: " \
+                  f"{tmp_path / 'file'} is not a directory"

@@ -267,6 +267,19 @@ def test_a_new_run_into_an_existing_run_is_refused(runs: dict, tmp_path: Path,
     assert "give one of them" in err
 
 
+def test_a_new_run_that_fails_at_once_leaves_no_directory(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """The run directory it created goes when nothing was written; one the user made stays."""
+    bad = ["train", "--data", f"imagefolder:{tmp_path / 'nowhere'}", "--epochs", "1", "--quiet"]
+    out = tmp_path / "runs" / "new"
+    assert "nowhere" in clean_error(capsys, [*bad, "--out", out])
+    assert not out.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert "nowhere" in clean_error(capsys, [*bad, "--out", mine])
+    assert mine.is_dir() and list(mine.iterdir()) == []
+
+
 def test_overwrite_removes_the_old_runs_files_only(runs: dict, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
@@ -581,3 +594,20 @@ def test_synthetic_sizes_are_bounded(spec: str, tmp_path: Path,
                                      capsys: pytest.CaptureFixture) -> None:
     err = clean_error(capsys, ["train", "--data", spec, "--out", tmp_path / "run"])
     assert err.startswith(f"error: synthetic spec '{spec[10:]}' is too large")
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "{run}", "--confusion", "{bad}"],
+    ["export", "{run}", "--out", "{bad}"],
+    ["responses", "{run}", "--data", "digits", "--out", "{bad}"],
+])
+def test_an_output_under_a_file_fails_before_the_work(argv, runs: dict, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """Outputs are checked first: the error names the output, not a failure after the work."""
+    (tmp_path / "file").write_text("keep")
+    bad = tmp_path / "file" / "out.png"
+    argv = [a.format(run=runs["channel"], bad=bad) for a in argv]
+    err = clean_error(capsys, argv)
+    assert err.startswith("error: cannot write ") and f"{bad}: {tmp_path / 'file'} is not a " \
+        "directory" in err, err
+    assert (tmp_path / "file").read_text() == "keep"

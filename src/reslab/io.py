@@ -129,6 +129,32 @@ def ensure_dir(path: str | Path, what: str = "directory") -> Path:
     return path
 
 
+def check_writable(path: str | Path, what: str = "file") -> Path:
+    """Fails at once where writing path later would (so a long job does not run for nothing):
+    a directory at path, a file where a parent directory should be, or a directory (the nearest
+    existing parent) where files cannot be created (permissions, read-only file system).
+    Creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {what} {path}: it is a directory")
+    parent = path.absolute().parent
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {what} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {what} {path}: no permission to create files in {parent}"
+                        + (" (read-only file system)" if _read_only(parent) else ""))
+    return path
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -32,11 +32,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate_checkpoint
+    from ..io import check_writable
 
     scales = _parse_scales(args.scales) if args.scales else None
     if args.confusion and (scales or args.crops == 10):
         raise UserError("--confusion is computed on the centre view: drop --crops 10/--scales, "
                         "or evaluate twice")
+    if args.confusion:
+        check_writable(args.confusion, "--confusion")
     result = evaluate_checkpoint(args.ckpt, data=args.data, data_dir=args.data_dir,
                                  split=args.split, crops=args.crops, scales=scales,
                                  flip={"auto": None, "on": True, "off": False}[args.flip],

@@ -23,8 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, resolve_ckpt_path
     from ..deploy.export import export_model
+    from ..io import check_writable
     from .common import print_json
 
+    check_writable(args.out, "--out")
     ckpt = resolve_ckpt_path(args.ckpt)
     model, record = load_checkpoint(ckpt)
     result = export_model(model, record, args.out, args.format)

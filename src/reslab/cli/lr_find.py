@@ -47,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.plots import lr_find_figure
     from ..engine.lr_find import check_sweep, lr_find
     from ..engine.recipe import load_recipe
+    from ..io import check_writable
     from .common import print_json
 
     check_sweep(args.start_lr, args.end_lr, args.iters)
     if Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a directory: give the plot's file name")
+    check_writable(args.out, "--out")
     overrides = recipe_overrides(args, skip=NOT_FLAGS)
     recipe = load_recipe(args.recipe, {**overrides, "model": args.model, "data": args.data})
     result = lr_find(recipe, start_lr=args.start_lr, end_lr=args.end_lr, iters=args.iters,

@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.responses import compute_responses
-    from ..io import atomic_write_text
+    from ..io import atomic_write_text, check_writable
     from ..engine.setup import select_device
     from .common import print_json
 
@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images is not None:
         check_int("--max-images", args.max_images, 1, 10**9)
     check_int("--batch-size", args.batch_size, 1, MAX_BATCH)
+    if args.out:
+        check_writable(args.out, "--out")
     responses = compute_responses(args.ckpts, args.data, data_dir=args.data_dir,
                                   split=args.split, max_images=args.max_images,
                                   batch_size=args.batch_size,

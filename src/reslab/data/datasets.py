@@ -186,12 +186,13 @@ def _fashion_files(folder: Path) -> list[Path] | None:
 
 
 def fashion_mnist(data_dir: str | None = None) -> ArraySource:
-    """Fashion-MNIST from the idx files in data_dir, else the system copy (Debian's
-    dataset-fashion-mnist), else the download cache or a download."""
+    """Fashion-MNIST from the idx files in data_dir (or a download into it); without data_dir,
+    from the system copy (Debian's dataset-fashion-mnist), else the download cache or a
+    download. A data_dir that was given is never swapped silently for another copy."""
     root = download_root(data_dir)
-    places = [Path(data_dir), Path(data_dir) / "fashion-mnist",
-              Path(data_dir) / "FashionMNIST" / "raw"] if data_dir else []
-    places = list(dict.fromkeys(places + [SYSTEM_FASHION_DIR, root / "fashion-mnist"]))
+    places = ([Path(data_dir), Path(data_dir) / "fashion-mnist",
+               Path(data_dir) / "FashionMNIST" / "raw"] if data_dir
+              else [SYSTEM_FASHION_DIR, root / "fashion-mnist"])
     files = next((f for f in map(_fashion_files, places) if f), None)
     if files is None:
         try:

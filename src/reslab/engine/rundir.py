@@ -63,8 +63,10 @@ class RunLock:
 
     def __init__(self, out: Path) -> None:
         self.out, self.path, self.fd = out, out / LOCK_FILE, -1
+        self.created = False
 
     def __enter__(self) -> RunLock:
+        self.created = not self.out.exists()
         ensure_dir(self.out, "run directory")
         while True:
             try:
@@ -99,3 +101,8 @@ class RunLock:
                 pass
             os.close(self.fd)
             self.fd = -1
+        if self.created:  # a run that failed before writing anything leaves no directory
+            try:
+                self.out.rmdir()
+            except OSError:
+                pass  # not empty: the run's files stay
