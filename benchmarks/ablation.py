@@ -1,0 +1,129 @@
+"""What each trick of a recipe is worth: the recipe whole, then with each trick removed in turn,
+over seeds; time to a target accuracy, final accuracy and throughput, judged separately.
+
+    python benchmarks/ablation.py [--recipe fast] [--variants whole no-tta ...] [--seeds 0 1 2]
+    python benchmarks/ablation.py --variants whole --seeds 0 1 2     # the recipe over seeds
+    python benchmarks/ablation.py --list                            # the variants and flags
+
+Each (variant, seed) is one whole `python -m reslab train --recipe R --seed S FLAGS` process
+(see time_to_accuracy.py for what time_s counts). Per variant: mean and min of the final test
+top-1, the time to --target (mean over the seeds that reached it, and how many did), median
+training img/s, whole-process seconds. The machine must be otherwise idle: a timing taken while
+another job runs is not a measurement (the load average is recorded). Writes
+docs/results/ablation_RECIPE.json after every run, so an interrupted study keeps its rows.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import PYTHON, RESULTS, add_threads_option, prepare, print_table, run_timed, \
+    save_results
+from time_to_accuracy import read_metrics, run_config, time_to_accuracy
+
+# Each trick of the `fast` recipe and the flags that remove it (the recipe's fields).
+VARIANTS = {
+    "whole": "",
+    "no-tta": "--tta-flip false",
+    "no-label-smoothing": "--label-smoothing 0",
+    "no-nesterov": "--nesterov false",
+    "cosine-schedule": "--schedule cosine",
+    "no-channels-last": "--channels-last false",
+    "fp32": "--amp off",
+    "batch-256": "--batch-size 256",
+}
+
+COLUMNS = (("variant", "variant", ""), ("seeds", "seeds", "d"),
+           ("top1_mean", "final top1 mean", ".4f"), ("top1_min", "min", ".4f"),
+           ("reached", "reached target", ""), ("time_mean", "time to target s", ".1f"),
+           ("img_s", "train img/s", ".0f"), ("wall_mean", "whole process s", ".1f"))
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", default="fast")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME")
+    p.add_argument("--flags", action="append", default=[], metavar="NAME=FLAGS",
+                   help="an extra variant, e.g. --flags 'ema=--ema 0.999' (repeatable)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--target", type=float, default=0.94)
+    p.add_argument("--train-args", default="", help="flags added to every run")
+    p.add_argument("--quick", action="store_true", help="validation: --iters 30 each")
+    p.add_argument("--list", action="store_true", help="print the variants and exit")
+    add_threads_option(p)
+    p.add_argument("--out", type=Path)
+    return p.parse_args()
+
+
+def one_run(recipe: str, flags: str, seed: int, target: float, quick: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-ablation-") as tmp:
+        out = Path(tmp) / "run"
+        cmd = [PYTHON, "-m", "reslab", "train", "--recipe", recipe, "--seed", str(seed),
+               "--out", str(out), "--quiet", "--json", *shlex.split(flags)]
+        if quick:
+            cmd += ["--iters", "30"]
+        print("running: " + " ".join(cmd[1:]), flush=True)
+        wall, _ = run_timed(cmd)
+        rows = read_metrics(out)
+        config = run_config(out)
+    result = time_to_accuracy(rows, [target])
+    hit = result["targets"][0]
+    speeds = [r["img_s"] for r in rows if "img_s" in r and "split" not in r]
+    return {"seed": seed, "flags": flags, "wall_s": round(wall, 2),
+            "final_top1": result["final_test_top1"], "reached": hit["reached"] == "yes",
+            "time_to_target_s": hit.get("time_s") if hit["reached"] == "yes" else None,
+            "img_s": statistics.median(speeds) if speeds else None,
+            "training_s": result["training_s"], "epochs": config.get("epochs"),
+            "curve": result["curve"]}
+
+
+def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    top1 = [r["final_top1"] for r in runs if r["final_top1"] is not None]
+    times = [r["time_to_target_s"] for r in runs if r["reached"]]
+    speeds = [r["img_s"] for r in runs if r["img_s"]]
+    return {"variant": name, "seeds": len(runs),
+            "top1_mean": statistics.mean(top1) if top1 else None,
+            "top1_min": min(top1) if top1 else None,
+            "reached": f"{len(times)} of {len(runs)}",
+            "time_mean": statistics.mean(times) if times else None,
+            "img_s": statistics.median(speeds) if speeds else None,
+            "wall_mean": statistics.mean(r["wall_s"] for r in runs)}
+
+
+def main() -> None:
+    args = parse_args()
+    variants = dict(VARIANTS)
+    for spec in args.flags:
+        name, _, flags = spec.partition("=")
+        variants[name] = flags
+    if args.list:
+        for name, flags in variants.items():
+            print(f"{name:20s} {flags or '(the recipe as it is)'}")
+        return
+    unknown = [v for v in args.variants if v not in variants]
+    if unknown:
+        raise SystemExit(f"error: unknown variants {unknown} (see --list)")
+    prepare(args)
+    out = args.out or RESULTS / f"ablation_{Path(args.recipe).stem}.json"
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for seed in args.seeds:  # seeds outermost: a cut-short study has every variant once
+        for name in args.variants:
+            flags = " ".join(filter(None, [args.train_args, variants[name]]))
+            runs.setdefault(name, []).append(
+                one_run(args.recipe, flags, seed, args.target, args.quick))
+            rows = [summarize(n, rs) for n, rs in runs.items()]
+            save_results("ablation", {"recipe": args.recipe, "target": args.target,
+                                      "seeds": args.seeds, "train_args": args.train_args,
+                                      "quick": args.quick, "variants": {
+                                          n: variants[n] for n in args.variants}},
+                         rows, out=out, runs=runs)
+    print_table(f"Ablation of `{args.recipe}` (target {args.target:.2%}, seeds "
+                f"{' '.join(map(str, args.seeds))})", rows, COLUMNS)
+
+
+if __name__ == "__main__":
+    main()
