@@ -65,6 +65,25 @@ def test_training_learns_synthetic_classes(tmp_path):
     assert summary["test"]["top1"] > 0.5  # 10 classes: chance is 0.1
 
 
+def test_progressive_resizing_trains_small_first(monkeypatch):
+    """The model trains on 16 px, then 20, 24, and the native 28 from half-way on."""
+    import reslab.engine.loop as loop
+
+    sides: list[int] = []
+    real = loop.sgd_step
+
+    def spy(model, opt, scaler, x, y, **kw):
+        sides.append(x.shape[-1])
+        return real(model, opt, scaler, x, y, **kw)
+
+    monkeypatch.setattr(loop, "sgd_step", spy)
+    r = load_recipe("fast", {**TINY, "data": "synthetic:256x1x28x28:4", "iters": 16,
+                             "progressive_from": 16, "progressive_until": 0.5})
+    summary = fit(r, None, quiet=True)
+    assert sides == [16, 16, 16, 20, 20, 20, 24, 24] + [28] * 8
+    assert summary["test"]["n"] > 0
+
+
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     t0 = time.time()
     while not path.exists():

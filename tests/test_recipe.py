@@ -7,7 +7,7 @@ import torch
 
 from reslab.engine.recipe import Recipe, coerce, load_recipe, recipe_names
 from reslab.engine.schedule import (WARMUP_WINDOW, ScheduleState, lr_at, on_train_batch,
-                                    on_val_error)
+                                    on_val_error, train_side)
 from reslab.errors import UserError
 
 
@@ -103,6 +103,19 @@ def test_cosine_and_onecycle_shapes():
     r = coerce({"schedule": "onecycle", "lr": 1.0})
     assert lr_at(0, 100, r) == pytest.approx(0.1) and lr_at(25, 100, r) == pytest.approx(1.0)
     assert lr_at(100, 100, r) == 0.0 and lr_at(62, 100, r) < lr_at(40, 100, r)
+
+
+def test_progressive_resizing_grows_in_4px_steps_to_the_native_side():
+    r = coerce({"progressive_from": 16, "progressive_until": 0.5})
+    sides = [train_side(s, 100, r, 28) for s in range(100)]
+    assert sides[0] == 16 and sides[49] == 24 and sides[50:] == [28] * 50
+    assert sorted(set(sides)) == [16, 20, 24, 28] and sides == sorted(sides)
+    assert [train_side(s, 100, coerce({}), 28) for s in (0, 99)] == [28, 28]  # off
+    assert train_side(0, 100, coerce({"progressive_from": 32}), 28) == 28  # never upsamples
+    with pytest.raises(UserError, match="invalid progressive_from 2"):
+        coerce({"progressive_from": 2})
+    with pytest.raises(UserError, match="invalid progressive_until 0"):
+        coerce({"progressive_until": 0})
 
 
 def test_linear_warmup():

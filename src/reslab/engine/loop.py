@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..data import load_data
 from ..data.loaders import available_cpus
@@ -29,7 +30,8 @@ from .evaluate import Tally, evaluate, flip_tta
 from .logging import MetricsLog, Progress
 from .recipe import Recipe, save_recipe
 from .rundir import RunLock, claim
-from .schedule import ScheduleState, lr_at, on_train_batch, on_val_error, warming_up
+from .schedule import (ScheduleState, lr_at, on_train_batch, on_val_error, train_side,
+                       warming_up)
 from .setup import (EMA, build_model, build_optimizer, resolve_amp, seed_everything,
                     select_device)
 from .step import sgd_step
@@ -283,6 +285,10 @@ def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
                                 "(hint: lower --lr, or --amp off)")
 
     warming = warming_up(run.sched, r)
+    side = train_side(run.step, run.total, r, x.shape[-1])
+    if side != x.shape[-1]:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True,
+                          align_corners=False)
     value, logits = sgd_step(run.forward, run.optimizer, run.scaler, x, y,
                              amp_dtype=run.amp_dtype, channels_last=r.channels_last,
                              label_smoothing=r.label_smoothing, check_loss=check)

@@ -39,14 +39,16 @@ INT_BOUNDS = {"batch_size": (1, MAX_BATCH), "iters": (1, MAX_ITERS),
               "warmup_iters": (0, MAX_ITERS), "plateau_patience": (1, 100_000),
               "image_size": (1, MAX_IMAGE_SIDE), "pad": (0, MAX_PAD), "val_split": (0, 10**9),
               "workers": (0, MAX_WORKERS), "seed": (0, MAX_SEED), "threads": (0, MAX_THREADS),
-              "save_every": (0, MAX_ITERS), "eval_every": (1, MAX_EPOCHS)}
+              "save_every": (0, MAX_ITERS), "eval_every": (1, MAX_EPOCHS),
+              "progressive_from": (4, MAX_IMAGE_SIDE)}
 # (lo, hi, lo excluded, hi excluded)
 FLOAT_BOUNDS = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, True, False),
                 "freeze_epochs": (0.0, MAX_EPOCHS, False, False),
                 "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, 1.0, False, True),
                 "label_smoothing": (0.0, 1.0, False, True), "gamma": (0.0, 1.0, True, False),
                 "warmup_lr": (0.0, MAX_LR, False, False), "ema": (0.0, 1.0, False, True),
-                "warmup_until_error": (0.0, 1.0, True, False)}
+                "warmup_until_error": (0.0, 1.0, True, False),
+                "progressive_until": (0.0, 1.0, True, False)}
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class Recipe:
     normalize: str = "channel"
     val_split: int | None = None         # None: 10% of a folder without val/, else none
     tta_flip: bool = False               # average with the horizontal flip at evaluation
+    progressive_from: int | None = None  # progressive resizing: training side at the start (px)
+    progressive_until: float = 0.5       # ... growing to the native side by this fraction
     workers: int = 4
     # machinery
     seed: int = 0
@@ -184,6 +188,11 @@ FIELD_HELP = {
     "val_split": "training images held out for validation, stratified and seeded (default: 10% "
                  "of an image folder without val/, else none; 0: no validation)",
     "tta_flip": "evaluate with the horizontally mirrored image averaged in",
+    "progressive_from": "progressive resizing: train on images resized to this side at first, "
+                        "growing in 4 px steps to the native side (cheaper early epochs; "
+                        "evaluation always at the native side)",
+    "progressive_until": "progressive resizing: the fraction of the iterations after which "
+                         "training images have their native side",
     "workers": "image-folder decoding processes (at most the CPUs)",
     "seed": "random seed (weights, order, augmentation, validation split)",
     "deterministic": "bit-identical reruns (deterministic kernels only)",

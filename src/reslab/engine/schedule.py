@@ -37,6 +37,20 @@ class ScheduleState:
         return d
 
 
+def train_side(step: int, total: int, r: Recipe, native: int) -> int:
+    """Progressive resizing (fast.ai's DAWNBench recipe): the side of the training images at
+    iteration `step`, growing linearly from r.progressive_from to `native` over the first
+    r.progressive_until of the iterations, in 4 px steps (a few distinct shapes keep the
+    kernels' per-shape setup rare); `native` when off or once grown."""
+    start = r.progressive_from
+    if start is None or start >= native:
+        return native
+    t = step / max(1, r.progressive_until * total)
+    if t >= 1:
+        return native
+    return min(native, start + 4 * int((native - start) * t / 4))
+
+
 def lr_at(step: int, total: int, r: Recipe, state: ScheduleState | None = None) -> float:
     """The learning rate for iteration `step` (0-based) of `total`."""
     state = state or ScheduleState()
