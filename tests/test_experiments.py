@@ -278,7 +278,7 @@ def test_degradation_rejects_non_cifar_depths(tmp_path: Path,
     assert main(["degradation", "--data", DATA, "--depths", "20", "18", "--out",
                  str(tmp_path / "d")]) == 2
     assert capsys.readouterr().err == ("error: depth 18 is not a CIFAR-family depth 6n+2 "
-                                       "(choices: 20, 32, 44, 56, 110, 1202)\n")
+                                       "(choices: 8, 14, 20, 32, 44, 56, 110, 1202)\n")
     assert not (tmp_path / "d").exists()
 
 

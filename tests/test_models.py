@@ -20,6 +20,9 @@ TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50"
 CIFAR_PARAMS = {"resnet20": (269_722, "0.27"), "resnet32": (464_154, "0.46"),
                 "resnet44": (658_586, "0.66"), "resnet56": (853_018, "0.85"),
                 "resnet110": (1_727_962, "1.7"), "resnet1202": (19_421_274, "19.4")}
+# n = 1 and 2 of the same 6n+2 family (not in the paper), counted by hand: stem 432 + 32,
+# per block two 3x3 convs + 2 BNs, option A shortcuts free, fc 64 * 10 + 10.
+SHALLOW_PARAMS = {"resnet8": 75_290, "resnet14": 172_506}
 
 
 def n_params(model: nn.Module) -> int:
@@ -93,7 +96,13 @@ def test_cifar_param_counts_as_table6(name: str, expected: tuple[int, str]) -> N
     assert (f"{millions:.2f}" if millions < 1 else f"{millions:.1f}") == table6
 
 
-@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152, 20, 32, 44, 56, 110, 1202])
+@pytest.mark.parametrize("name", sorted(SHALLOW_PARAMS))
+def test_shallow_cifar_nets_param_counts(name: str) -> None:
+    assert n_params(meta_model(name, num_classes=10)) == SHALLOW_PARAMS[name]
+    assert get_arch(name).layers == ((1, 1, 1) if name == "resnet8" else (2, 2, 2))
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152, 8, 14, 20, 32, 44, 56, 110, 1202])
 def test_plain_net_has_option_a_resnet_param_count(depth: int) -> None:
     # Option A shortcuts are parameter-free, so the comparison of Fig. 4/6 is at equal size.
     assert n_params(meta_model(f"plain{depth}")) == n_params(

@@ -31,8 +31,10 @@ class Arch:
 _IMAGENET = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
              50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3)),
              152: (Bottleneck, (3, 8, 36, 3))}
-# 6n+2 layers: n blocks of two 3x3 layers in each of three stages.
-_CIFAR_N = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}
+# 6n+2 layers: n blocks of two 3x3 layers in each of three stages. The paper trains n = 3, 5,
+# 7, 9, 18, 200; n = 1, 2 (8 and 14 layers) are the same family made shallower, for recipes
+# that trade depth for time (see the `fast` recipe's ablation).
+_CIFAR_N = {8: 1, 14: 2, 20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}
 
 
 def _build_registry() -> dict[str, Arch]:
