@@ -291,6 +291,43 @@ def test_shards_partition_the_global_batch(synth):
         synth.steps_per_epoch(16, 3)
 
 
+def test_random_erasing_rectangles_and_their_draws():
+    """erase=1: every image has one zero (mean-colour) rectangle of 2-40% of its area with an
+    aspect in [0.3, 3.3], everything else untouched; the order and crop/flip draws are those
+    of a plan without erasing; resume and shards see the same rectangles."""
+    from reslab.data.augment import ERASE_AREA, epoch_generator, plan_epoch
+
+    plain = load_data("synthetic:96x3x12x12:4", seed=3, pad=2)
+    erased = load_data("synthetic:96x3x12x12:4", seed=3, pad=2, erase=1.0)
+    assert erased.erase == 1.0 and plain.erase == 0.0
+    a, b = plan_epoch(80, "crop-flip", epoch_generator(1, 0), pad=2), \
+        plan_epoch(80, "crop-flip", epoch_generator(1, 0), pad=2, erase=0.5)
+    assert torch.equal(a.order, b.order) and torch.equal(a.params["shift"], b.params["shift"])
+    for (x0, y0), (x1, y1) in zip(plain.train_batches(0, 16, CPU, seed=1),
+                                  erased.train_batches(0, 16, CPU, seed=1)):
+        assert torch.equal(y0, y1)
+        changed = (x0 != x1).any(1)  # (N, H, W): the erased pixels (where x0 was not 0)
+        zero = (x1 == 0).all(1)
+        assert torch.equal(changed & ~zero, torch.zeros_like(changed))  # only zeros written
+        for img in zero:
+            rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+            h, w = len(rows), len(cols)
+            assert rows.max() - rows.min() + 1 == h and img[rows.min():rows.max() + 1,
+                                                          cols.min():cols.max() + 1].all()
+            assert ERASE_AREA[0] * 144 - 12 <= h * w <= ERASE_AREA[1] * 144 + 12
+    full = list(erased.train_batches(0, 16, CPU, seed=1))
+    rest = list(erased.train_batches(0, 16, CPU, seed=1, start_step=2))
+    assert all(torch.equal(x, xf) for (x, _), (xf, _) in zip(rest, full[2:]))
+    half = next(erased.train_batches(0, 16, CPU, seed=1, rank=1, world_size=2))[0]
+    assert torch.equal(half, full[0][0][8:])
+    some = load_data("synthetic:96x3x12x12:4", seed=3, pad=2, erase=0.5)
+    hit = torch.cat([((x == 0).all(1).flatten(1).any(1)) for x, _ in
+                     some.train_batches(0, 16, CPU, seed=1)]).float().mean()
+    assert 0.3 < hit < 0.7
+    with pytest.raises(UserError, match="invalid erase 1.5"):
+        load_data("synthetic:96x3x12x12:4", erase=1.5)
+
+
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 def test_eval_covers_every_example_once(synth, world_size):
     full_x, full_y = collect(synth.eval_batches("test", 7, CPU))

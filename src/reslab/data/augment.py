@@ -8,6 +8,7 @@ skipped batches. Drawing 60,000 shifts and flips costs about a millisecond.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,10 @@ PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, 
 LIGHTING_STD = 0.1
 JITTER = 0.4  # brightness, contrast and saturation factors in [0.6, 1.4] (fb.resnet.torch)
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL and torchvision use for grayscale
+# Random erasing (Zhong et al. 2017, torchvision's RandomErasing defaults): a rectangle of 2-40%
+# of the image, aspect ratio log-uniform in [0.3, 1/0.3].
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -43,8 +48,11 @@ class EpochPlan:
         return self.order[lo:hi], {k: v[lo:hi] for k, v in self.params.items()}
 
 
-def plan_epoch(n: int, augment: str, g: torch.Generator, *, pad: int) -> EpochPlan:
+def plan_epoch(n: int, augment: str, g: torch.Generator, *, pad: int,
+               erase: float = 0.0) -> EpochPlan:
     """Draws the order (a permutation of n) and every augmentation parameter for one epoch.
+    erase: the probability of random erasing per image (its draws come last, so a plan without
+    it is the same as before it existed).
 
     For "imagenet", `scale`/`offset` drive the batched scale augmentation of in-memory data and
     `seed` the per-example scale augmentation that folder workers do (both are drawn so the plan
@@ -62,7 +70,36 @@ def plan_epoch(n: int, augment: str, g: torch.Generator, *, pad: int) -> EpochPl
         params["seed"] = torch.randint(0, 2**62, (n,), generator=g)
         params["jitter"] = 1 - JITTER + 2 * JITTER * torch.rand(n, 3, generator=g)
         params["light"] = LIGHTING_STD * torch.randn(n, 3, generator=g)
+    if erase > 0:
+        params["erase"] = torch.rand(n, generator=g) < erase
+        params["erase_box"] = torch.rand(n, 4, generator=g)  # area, aspect, top, left in [0, 1)
     return EpochPlan(order, params)
+
+
+def random_erase(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Random erasing of normalised images (N, C, H, W), in place: where params["erase"], a
+    rectangle of ERASE_AREA of the image with an ERASE_ASPECT ratio, placed uniformly, is set to
+    0, the mean colour after normalisation (per pixel for the per-pixel mean). Batched: one
+    mask from broadcast comparisons, no Python loop."""
+    if "erase" not in params:
+        return x
+    n, _, h, w = x.shape
+    on = params["erase"].to(x.device)
+    area, aspect, top, left = params["erase_box"].to(x.device, torch.float32).unbind(1)
+    lo, hi = ERASE_AREA
+    a = (lo + (hi - lo) * area) * h * w
+    ratio = torch.exp(math.log(ERASE_ASPECT[0]) + math.log(ERASE_ASPECT[1] / ERASE_ASPECT[0])
+                      * aspect)
+    eh = torch.sqrt(a * ratio).round().clamp(1, h)
+    ew = torch.sqrt(a / ratio).round().clamp(1, w)
+    y0 = (top * (h - eh + 1)).floor()
+    x0 = (left * (w - ew + 1)).floor()
+    rows = torch.arange(h, device=x.device, dtype=torch.float32)
+    cols = torch.arange(w, device=x.device, dtype=torch.float32)
+    in_rows = (rows >= y0[:, None]) & (rows < (y0 + eh)[:, None])  # (N, h)
+    in_cols = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])  # (N, w)
+    mask = (in_rows[:, :, None] & in_cols[:, None, :]) & on[:, None, None]
+    return x.masked_fill_(mask[:, None], 0.0)
 
 
 def pad_fill(x: torch.Tensor, pad: int, fill: torch.Tensor | int = 0) -> torch.Tensor:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..errors import UserError
-from .augment import EpochPlan, epoch_generator, plan_epoch
+from .augment import EpochPlan, epoch_generator, plan_epoch, random_erase
 from .normalize import Normalizer, Stats
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -31,13 +31,15 @@ class Data:
 
     def __init__(self, *, name: str, class_names: list[str], input_size: tuple[int, int, int],
                  stats: Stats, splits: tuple[str, ...], augment: str, pad: int,
-                 crop_fraction: float, skipped: Sequence[str] = (), held_out: int = 0) -> None:
+                 crop_fraction: float, skipped: Sequence[str] = (), held_out: int = 0,
+                 erase: float = 0.0) -> None:
         self.name, self.class_names = name, list(class_names)
         self.in_chans, self.input_size = input_size[0], tuple(input_size)
         self._stats = stats
         self.normalize = self._normalizer()
         self.splits, self.skipped = splits, list(skipped)
         self.augment, self.pad, self.crop_fraction = augment, pad, crop_fraction
+        self.erase = erase  # random erasing probability of a training image
         self.held_out = held_out  # training images held out as "val" (the resolved --val-split)
 
     @property
@@ -99,11 +101,16 @@ class Data:
             raise UserError(f"rank {rank} / world size {world_size} / start step {start_step} "
                             f"out of range ({steps} steps per epoch)")
         plan = plan_epoch(self.num_examples("train"), self.augment,
-                          epoch_generator(seed, epoch), pad=self.pad)
+                          epoch_generator(seed, epoch), pad=self.pad, erase=self.erase)
         share = batch_size // world_size
         spans = [(s * batch_size + rank * share, s * batch_size + (rank + 1) * share)
                  for s in range(start_step, steps)]
-        return self._train_iter(plan, spans, torch.device(device))
+        batches = self._train_iter(plan, spans, torch.device(device))
+        if self.erase == 0:
+            return batches
+        # The erasing draws of each batch, by the same positions the backend took
+        return ((random_erase(x, plan.take(lo, hi)[1]), y)
+                for (x, y), (lo, hi) in zip(batches, spans))
 
     def eval_batches(self, split: str, batch_size: int, device: str | torch.device, *,
                      rank: int = 0, world_size: int = 1,

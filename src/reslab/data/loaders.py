@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError, unknown
-from ..limits import (MAX_DATASET_BYTES, MAX_PAD, MAX_WORKERS, check_image_side,
+from ..limits import (MAX_DATASET_BYTES, MAX_PAD, MAX_WORKERS, check_float, check_image_side,
                       check_int)
 from .augment import AUGMENTS
 from .base import Data
@@ -133,7 +133,8 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
               seed: int = 0,
               image_size: int | None = None, normalize: str = "channel",
               augment: str = "crop-flip", pad: int = 4, workers: int = 4,
-              stats: Stats | None = None, crop_fraction: float | None = None) -> Data:
+              stats: Stats | None = None, crop_fraction: float | None = None,
+              erase: float = 0.0) -> Data:
     """Loads the dataset a --data spec names (README, Datasets), ready to batch.
 
     val_split: hold out that many training images as "val" (stratified, seeded); None: 10% of
@@ -143,7 +144,8 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
     augment: "crop-flip" (pad `pad` px, random crop, flip: section 4.2), "flip", "none", or
     "imagenet" (scale augmentation in [256, 480]/224 x size, flip, colour: section 3.4).
     stats, crop_fraction: a checkpoint's preprocessing (reslab.record) to prepare the images
-    exactly as for that model, instead of measuring the training split."""
+    exactly as for that model, instead of measuring the training split. erase: random erasing
+    probability of a training image (reslab.data.augment.random_erase)."""
     if normalize not in NORMALIZE:
         raise unknown("normalization", normalize, NORMALIZE)
     if augment not in AUGMENTS:
@@ -152,12 +154,13 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
         check_int("val_split", val_split, 0, 10**9)
     check_int("pad", pad, 0, MAX_PAD)
     check_int("workers", workers, 0, MAX_WORKERS)
+    check_float("erase", erase, 0.0, 1.0)
     workers = min(workers, available_cpus())  # more decoders than CPUs only wait
     if image_size is not None:
         check_image_side("image size", image_size)
     src = load_source(spec, data_dir, workers)
     opts = dict(val_split=val_split, seed=seed, image_size=image_size, normalize=normalize,
-                augment=augment, pad=pad, stats=stats, crop_fraction=crop_fraction)
+                augment=augment, pad=pad, stats=stats, crop_fraction=crop_fraction, erase=erase)
     if isinstance(src, FolderSource):
         return _folder_data(src, workers=workers, **opts)
     return _array_data(src, **opts)

@@ -57,7 +57,7 @@ class Run:
         r = self._fit_workers(r)
         self.data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
                               image_size=self._image_size(r), normalize=r.normalize,
-                              augment=r.augment, pad=r.pad, workers=r.workers,
+                              augment=r.augment, pad=r.pad, workers=r.workers, erase=r.erase,
                               stats=self._source_stats(r, source_record))
         self.r = r = self._fit_batch(r)
         torch.manual_seed(r.seed)  # the same initial weights on every rank

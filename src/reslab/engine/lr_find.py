@@ -122,7 +122,7 @@ def lr_find(recipe: Recipe, *, start_lr: float = 1e-6, end_lr: float = 10.0, ite
     seed_everything(r.seed, r.deterministic)
     data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
                      image_size=r.image_size, normalize=r.normalize, augment=r.augment,
-                     pad=r.pad, workers=r.workers)
+                     pad=r.pad, workers=r.workers, erase=r.erase)
     model, messages = _model(r, data, device)
     progress = Progress(iters, quiet=quiet, desc="lr-find")
     for message in messages:

@@ -48,7 +48,7 @@ FLOAT_BOUNDS = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, Tr
                 "label_smoothing": (0.0, 1.0, False, True), "gamma": (0.0, 1.0, True, False),
                 "warmup_lr": (0.0, MAX_LR, False, False), "ema": (0.0, 1.0, False, True),
                 "warmup_until_error": (0.0, 1.0, True, False),
-                "progressive_until": (0.0, 1.0, True, False)}
+                "progressive_until": (0.0, 1.0, True, False), "erase": (0.0, 1.0, False, False)}
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class Recipe:
     # data
     augment: str = "crop-flip"
     pad: int = 4
+    erase: float = 0.0                   # random erasing probability (Zhong et al. 2017)
     normalize: str = "channel"
     val_split: int | None = None         # None: 10% of a folder without val/, else none
     tta_flip: bool = False               # average with the horizontal flip at evaluation
@@ -184,6 +185,8 @@ FIELD_HELP = {
     "augment": "training augmentation (crop-flip: pad + random crop + mirror, section 4.2; "
                "imagenet: scale + crop + mirror + colour, section 3.4)",
     "pad": "padding in px for the random crop",
+    "erase": "random erasing (Zhong et al. 2017): the probability that a training image gets a "
+             "random rectangle (2-40% of it, aspect 0.3-3.3) set to the mean colour",
     "normalize": "per-channel mean/std, or the per-pixel mean image (the paper)",
     "val_split": "training images held out for validation, stratified and seeded (default: 10% "
                  "of an image folder without val/, else none; 0: no validation)",
