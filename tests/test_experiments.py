@@ -436,3 +436,19 @@ def test_the_papers_claims_are_checked_with_their_numbers() -> None:
     flat = claims["plain20's training error flattened at the last lr"]
     assert flat["holds"] is True and flat["evidence"] == "10.00% at step 90 -> 10.00% at step 100"
     assert "plain56 does not hold" not in str(claims)
+
+
+def test_fig6_error_axis_clips_the_first_epochs_like_the_paper() -> None:
+    """Both panels share an axis up to 2.5x the largest final error (never above the data),
+    so converged gaps of a point are visible under first epochs at 50%."""
+    from reslab.analysis.plots import _error_axis_top
+
+    def run(errors, final):
+        return {"curve": [{"train_error": e, "test_error": e} for e in errors],
+                "final_train_error": final, "final_test_error": final}
+
+    assert _error_axis_top([run([0.5, 0.1], 0.08), run([0.4, 0.06], 0.05)]) == \
+        pytest.approx(20.0 * 1.02)
+    assert _error_axis_top([run([0.12, 0.1], 0.1)]) == pytest.approx(12.0 * 1.02)
+    assert _error_axis_top([run([0.01], 0.01)]) == pytest.approx(1.0 * 1.02)
+    assert _error_axis_top([]) == 100.0

@@ -82,9 +82,25 @@ def degradation_figure(runs: Sequence[dict[str, Any]], path: str | Path,
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(title="bold: test, dashed: train", fontsize="small")
+    top = _error_axis_top(runs)
+    for ax in axes:  # one scale for both panels, so plain and ResNet compare at a glance
+        ax.set_ylim(0, top)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def _error_axis_top(runs: Sequence[dict[str, Any]]) -> float:
+    """The error axis' upper end: 2.5x the largest final error (the paper's Fig. 6 clips its
+    first iterations the same way, at 20%), so the converged differences are not squeezed
+    under the first epochs' 50%; never above the largest error shown."""
+    errors = [_pct(p[k]) for r in runs for p in r["curve"] for k in ("train_error", "test_error")
+              if p.get(k) is not None]
+    finals = [_pct(r[k]) for r in runs for k in ("final_train_error", "final_test_error")
+              if r.get(k) is not None]
+    if not errors:
+        return 100.0
+    return min(max(errors), max(2.5 * max(finals, default=0.0), 5.0)) * 1.02
 
 
 def _pct(v: float | None) -> float:
