@@ -178,6 +178,6 @@ def test_zero_init_on_plain_net_and_unknown_names() -> None:
 
 
 def test_registry_families() -> None:
-    assert len(REGISTRY) == 22
+    assert len(REGISTRY) == 26  # 5 ImageNet and 8 CIFAR depths, each residual and plain
     assert set(list_models("imagenet")) | set(list_models("cifar")) == set(list_models())
     assert all(get_arch(n).family == "cifar" for n in list_models("cifar"))
