@@ -1,7 +1,8 @@
-"""Where the time goes in `reslab train` on the CPU: resnet20 on Fashion-MNIST, batch 128, the
-`fast` recipe's settings (channels-last + bf16 autocast) against fp32 NCHW.
+"""Where the time goes in `reslab train` on the CPU: the `fast` recipe's model (resnet14; any
+with --model) on Fashion-MNIST at its native 28 px, batch 128, the recipe's settings
+(channels-last + bf16 autocast) against fp32 NCHW.
 
-    python benchmarks/profile_train.py [--iters 30] [--profile-iters 8] [--no-eval]
+    python benchmarks/profile_train.py [--model resnet20] [--iters 30] [--profile-iters 8]
 
 For each setting (their iterations alternated, so that other load hits both alike): the
 training step of reslab.engine.loop (same data pipeline, model, optimizer, schedule and loss)
@@ -58,6 +59,7 @@ KINDS = (("conv backward", r"convolution_backward"),
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="architecture (default: the fast recipe's)")
     p.add_argument("--iters", type=int, default=30, help="timed iterations per setting")
     p.add_argument("--warmup", type=int, default=5, help="untimed first iterations")
     p.add_argument("--profile-iters", type=int, default=8)
@@ -210,7 +212,7 @@ def main() -> None:
     args = parse_args()
     prepare(args)
     device = select_device("cpu")
-    base = load_recipe("fast", {"batch_size": args.batch_size})
+    base = load_recipe("fast", {"batch_size": args.batch_size, "model": args.model})
     imports_s = time.perf_counter() - T_START
     t = time.perf_counter()
     data = load_data(base.data, data_dir=base.data_dir, seed=base.seed, normalize=base.normalize,

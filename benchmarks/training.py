@@ -9,12 +9,12 @@ alike; the medians of whole-process wall time (start-up, data loading, training,
 writing results) are compared and their ratio reported, next to the training-only seconds each
 process reports. Prints a table and writes docs/results/training.json.
 
-reslab runs `python -m reslab train --recipe fast --iters N --tta-flip false --out TMP --quiet
---json`: the fast recipe (channels-last + bf16, batched augmentation on in-memory tensors)
-with test-time flip off, because the peer evaluates each test image once. (reslab still
-evaluates the test split twice at the end: at the last step's epoch-end evaluation, which uses
-the test split when there is no validation split, and again for the final summary; that cost is
-part of its whole-process time.)
+reslab runs `python -m reslab train --recipe fast --iters N --model resnet20 --progressive-from 1
+--tta-flip false --out TMP --quiet --json`: the fast recipe's machinery (channels-last + bf16,
+batched augmentation on in-memory tensors) on exactly the peer's work: its model (resnet20, not
+the recipe's resnet14), native-size images throughout (no progressive resizing) and one pass
+over the test set (no test-time flip). Its start-up and that one evaluation are part of its
+whole-process time.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="validation: 20 iterations, 1 round")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--recipe", default="fast")
-    p.add_argument("--reslab-args", default="--tta-flip false",
+    p.add_argument("--reslab-args",
+                   default="--model resnet20 --progressive-from 1 --tta-flip false",
                    help="extra `reslab train` flags, as --reslab-args='...' (default: %(default)s)")
     p.add_argument("--peer-workers", type=int, default=0,
                    help="the peer's DataLoader processes (default 0, its fastest on a 2-core "

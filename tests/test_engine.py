@@ -66,7 +66,7 @@ def test_training_learns_synthetic_classes(tmp_path):
 
 
 def test_progressive_resizing_trains_small_first(monkeypatch):
-    """The model trains on 16 px, then 20, 24, and the native 28 from half-way on."""
+    """The model trains on 16 px (0.58 x 28), then 20, 24, and the native 28 from half-way on."""
     import reslab.engine.loop as loop
 
     sides: list[int] = []
@@ -78,10 +78,20 @@ def test_progressive_resizing_trains_small_first(monkeypatch):
 
     monkeypatch.setattr(loop, "sgd_step", spy)
     r = load_recipe("fast", {**TINY, "data": "synthetic:256x1x28x28:4", "iters": 16,
-                             "progressive_from": 16, "progressive_until": 0.5})
+                             "progressive_from": 0.58, "progressive_until": 0.5})
     summary = fit(r, None, quiet=True)
     assert sides == [16, 16, 16, 20, 20, 20, 24, 24] + [28] * 8
     assert summary["test"]["n"] > 0
+
+
+def test_eval_every_zero_evaluates_only_after_the_last_iteration(tmp_path):
+    r = load_recipe("fast", {**TINY, "epochs": 3, "eval_every": 0})
+    fit(r, tmp_path / "run", quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [row["epoch"] for row in rows if row.get("split") == "train"] == [1.0, 2.0, 3.0]
+    tests = [row for row in rows if row.get("split") == "test"]
+    assert [(row["epoch"], row.get("final", False)) for row in tests] == [(3.0, False),
+                                                                          (3.0, True)]
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:

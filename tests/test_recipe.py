@@ -12,9 +12,20 @@ from reslab.errors import UserError
 
 
 def test_named_recipes_exist_and_load():
-    assert {"demo", "fast", "paper-cifar", "paper-imagenet"} <= set(recipe_names())
+    assert {"demo", "fast", "fast-long", "paper-cifar", "paper-imagenet"} <= set(recipe_names())
     for name in recipe_names():
         assert isinstance(load_recipe(name), Recipe)
+
+
+def test_fast_recipes_are_the_measured_ones():
+    """The README's time-to-accuracy figures were measured with exactly these defaults."""
+    fast = load_recipe("fast")
+    assert (fast.model, fast.epochs, fast.progressive_from, fast.progressive_until,
+            fast.eval_every, fast.tta_flip, fast.erase) == ("resnet14", 9, 0.43, 0.6, 0, True, 0)
+    long = load_recipe("fast-long")
+    assert (long.model, long.epochs, long.erase, long.progressive_from,
+            long.eval_every) == ("resnet32", 30, 0.5, 0.43, 0)
+    assert train_side(0, 100, fast, 28) == 12  # Fashion-MNIST starts at 12 px
 
 
 def test_paper_cifar_is_the_papers_recipe():
@@ -106,16 +117,26 @@ def test_cosine_and_onecycle_shapes():
 
 
 def test_progressive_resizing_grows_in_4px_steps_to_the_native_side():
-    r = coerce({"progressive_from": 16, "progressive_until": 0.5})
+    r = coerce({"progressive_from": 0.5, "progressive_until": 0.5})
     sides = [train_side(s, 100, r, 28) for s in range(100)]
-    assert sides[0] == 16 and sides[49] == 24 and sides[50:] == [28] * 50
-    assert sorted(set(sides)) == [16, 20, 24, 28] and sides == sorted(sides)
+    assert sides[0] == 14 and sides[49] == 26 and sides[50:] == [28] * 50
+    assert sorted(set(sides)) == [14, 18, 22, 26, 28] and sides == sorted(sides)
     assert [train_side(s, 100, coerce({}), 28) for s in (0, 99)] == [28, 28]  # off
-    assert train_side(0, 100, coerce({"progressive_from": 32}), 28) == 28  # never upsamples
+    assert train_side(0, 100, coerce({"progressive_from": 1}), 28) == 28  # from the native side
+    assert train_side(0, 100, r, 224) == 112  # a fraction: the same recipe for large images
     with pytest.raises(UserError, match="invalid progressive_from 2"):
         coerce({"progressive_from": 2})
+    with pytest.raises(UserError, match="invalid progressive_from 0"):
+        coerce({"progressive_from": 0})
     with pytest.raises(UserError, match="invalid progressive_until 0"):
         coerce({"progressive_until": 0})
+
+
+def test_eval_every_zero_is_refused_with_the_plateau_schedule():
+    assert coerce({"eval_every": 0}).eval_every == 0
+    with pytest.raises(UserError, match=r"^the plateau schedule lowers the lr on evaluations: "
+                                        r"eval_every 0 \(at the end only\) leaves it none"):
+        coerce({"eval_every": 0, "schedule": "plateau"})
 
 
 def test_linear_warmup():

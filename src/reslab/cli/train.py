@@ -8,16 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-from ..engine.recipe import Recipe, load_recipe
+from ..engine.recipe import Recipe, load_recipe, recipe_names
 from ..errors import UserError
 from .common import add_recipe_flags, recipe_overrides
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a ResNet; writes a run directory",
                        description=__doc__)
-    p.add_argument("--recipe", help="recipe name (configs/: demo, fast, paper-cifar, "
-                   "paper-imagenet) or a TOML file; default: demo without --model/--data, "
-                   "else fast")
+    p.add_argument("--recipe", help="recipe name (configs/: " + ", ".join(recipe_names())
+                   + ") or a TOML file; default: demo without --model/--data, else fast")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATA-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true",

@@ -317,7 +317,7 @@ def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: boo
     val = None
     last = run.step == run.total
     split = "val" if "val" in run.data.splits else "test" if "test" in run.data.splits else None
-    if split is not None and (last or round(epoch) % r.eval_every == 0):
+    if split is not None and (last or (r.eval_every and round(epoch) % r.eval_every == 0)):
         val = run.evaluate(split)
         log.log(step=run.step, epoch=epoch, split=split, time_s=round(run.elapsed(), 2), **val)
         progress.write(f"epoch {epoch:.2f} train top1 {train['top1']:.4f} loss "

@@ -39,8 +39,7 @@ INT_BOUNDS = {"batch_size": (1, MAX_BATCH), "iters": (1, MAX_ITERS),
               "warmup_iters": (0, MAX_ITERS), "plateau_patience": (1, 100_000),
               "image_size": (1, MAX_IMAGE_SIDE), "pad": (0, MAX_PAD), "val_split": (0, 10**9),
               "workers": (0, MAX_WORKERS), "seed": (0, MAX_SEED), "threads": (0, MAX_THREADS),
-              "save_every": (0, MAX_ITERS), "eval_every": (1, MAX_EPOCHS),
-              "progressive_from": (4, MAX_IMAGE_SIDE)}
+              "save_every": (0, MAX_ITERS), "eval_every": (0, MAX_EPOCHS)}
 # (lo, hi, lo excluded, hi excluded)
 FLOAT_BOUNDS = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, True, False),
                 "freeze_epochs": (0.0, MAX_EPOCHS, False, False),
@@ -48,6 +47,7 @@ FLOAT_BOUNDS = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, Tr
                 "label_smoothing": (0.0, 1.0, False, True), "gamma": (0.0, 1.0, True, False),
                 "warmup_lr": (0.0, MAX_LR, False, False), "ema": (0.0, 1.0, False, True),
                 "warmup_until_error": (0.0, 1.0, True, False),
+                "progressive_from": (0.0, 1.0, True, False),
                 "progressive_until": (0.0, 1.0, True, False), "erase": (0.0, 1.0, False, False)}
 
 
@@ -94,7 +94,7 @@ class Recipe:
     normalize: str = "channel"
     val_split: int | None = None         # None: 10% of a folder without val/, else none
     tta_flip: bool = False               # average with the horizontal flip at evaluation
-    progressive_from: int | None = None  # progressive resizing: training side at the start (px)
+    progressive_from: float | None = None  # progressive resizing: start side / native side
     progressive_until: float = 0.5       # ... growing to the native side by this fraction
     workers: int = 4
     # machinery
@@ -106,7 +106,7 @@ class Recipe:
     channels_last: bool = False
     compile: bool = False
     save_every: int = 0                  # iterations between resumable states (0: epoch ends)
-    eval_every: int = 1                  # epochs between evaluations
+    eval_every: int = 1                  # epochs between evaluations (0: at the end only)
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
@@ -130,6 +130,9 @@ class Recipe:
             value = getattr(self, name)
             if value is not None:
                 check_float(name, value, lo, hi, lo_open=lo_open, hi_open=hi_open)
+        if self.schedule == "plateau" and self.eval_every == 0:
+            raise UserError("the plateau schedule lowers the lr on evaluations: eval_every 0 "
+                            "(at the end only) leaves it none; use eval_every >= 1")
 
     def model_kwargs(self) -> dict[str, Any]:
         """Options for create_model (num_classes/in_chans come from the data)."""
@@ -191,9 +194,10 @@ FIELD_HELP = {
     "val_split": "training images held out for validation, stratified and seeded (default: 10% "
                  "of an image folder without val/, else none; 0: no validation)",
     "tta_flip": "evaluate with the horizontally mirrored image averaged in",
-    "progressive_from": "progressive resizing: train on images resized to this side at first, "
-                        "growing in 4 px steps to the native side (cheaper early epochs; "
-                        "evaluation always at the native side)",
+    "progressive_from": "progressive resizing: train on images resized to this fraction of "
+                        "their side at first (0.5: 28 px images start at 14), growing in 4 px "
+                        "steps to the native side (cheaper early epochs; evaluation always at "
+                        "the native side)",
     "progressive_until": "progressive resizing: the fraction of the iterations after which "
                          "training images have their native side",
     "workers": "image-folder decoding processes (at most the CPUs)",
@@ -206,7 +210,8 @@ FIELD_HELP = {
     "channels_last": "NHWC memory format (faster convolutions on CPUs and tensor cores)",
     "compile": "torch.compile the training step",
     "save_every": "also write the resumable state every N iterations (0: epoch ends only)",
-    "eval_every": "epochs between evaluations",
+    "eval_every": "epochs between evaluations (0: only after the last iteration, which saves "
+                  "their time in short runs)",
     "tensorboard": "also log to TensorBoard (pip install tensorboard)",
 }
 

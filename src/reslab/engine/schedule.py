@@ -39,14 +39,15 @@ class ScheduleState:
 
 def train_side(step: int, total: int, r: Recipe, native: int) -> int:
     """Progressive resizing (fast.ai's DAWNBench recipe): the side of the training images at
-    iteration `step`, growing linearly from r.progressive_from to `native` over the first
-    r.progressive_until of the iterations, in 4 px steps (a few distinct shapes keep the
-    kernels' per-shape setup rare); `native` when off or once grown."""
-    start = r.progressive_from
-    if start is None or start >= native:
+    iteration `step`, growing linearly from r.progressive_from x `native` to `native` over the
+    first r.progressive_until of the iterations, in 4 px steps (a few distinct shapes keep the
+    kernels' per-shape setup rare); `native` when off or once grown. A fraction, not pixels, so
+    one recipe suits 28 px Fashion-MNIST and 224 px image folders alike."""
+    if r.progressive_from is None:
         return native
+    start = max(1, round(r.progressive_from * native))
     t = step / max(1, r.progressive_until * total)
-    if t >= 1:
+    if start >= native or t >= 1:
         return native
     return min(native, start + 4 * int((native - start) * t / 4))
 
