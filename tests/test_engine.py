@@ -84,6 +84,23 @@ def test_progressive_resizing_trains_small_first(monkeypatch):
     assert summary["test"]["n"] > 0
 
 
+def test_progressive_resizing_keeps_the_aspect_of_non_square_images(monkeypatch):
+    import reslab.engine.loop as loop
+
+    shapes: list[tuple[int, int]] = []
+    real = loop.sgd_step
+
+    def spy(model, opt, scaler, x, y, **kw):
+        shapes.append(tuple(x.shape[-2:]))
+        return real(model, opt, scaler, x, y, **kw)
+
+    monkeypatch.setattr(loop, "sgd_step", spy)
+    fit(load_recipe("fast", {**TINY, "data": "synthetic:64x1x48x24:4", "iters": 4,
+                             "progressive_from": 0.5, "progressive_until": 0.5}), None,
+        quiet=True)
+    assert shapes == [(24, 12), (32, 16), (48, 24), (48, 24)]
+
+
 def test_eval_every_zero_evaluates_only_after_the_last_iteration(tmp_path):
     r = load_recipe("fast", {**TINY, "epochs": 3, "eval_every": 0})
     fit(r, tmp_path / "run", quiet=True)

@@ -124,6 +124,7 @@ def test_progressive_resizing_grows_in_4px_steps_to_the_native_side():
     assert [train_side(s, 100, coerce({}), 28) for s in (0, 99)] == [28, 28]  # off
     assert train_side(0, 100, coerce({"progressive_from": 1}), 28) == 28  # from the native side
     assert train_side(0, 100, r, 224) == 112  # a fraction: the same recipe for large images
+    assert [train_side(0, 100, r, n) for n in (8, 12)] == [8, 8]  # never below 8 px
     with pytest.raises(UserError, match="invalid progressive_from 2"):
         coerce({"progressive_from": 2})
     with pytest.raises(UserError, match="invalid progressive_from 0"):

@@ -285,10 +285,11 @@ def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
                                 "(hint: lower --lr, or --amp off)")
 
     warming = warming_up(run.sched, r)
-    side = train_side(run.step, run.total, r, x.shape[-1])
-    if side != x.shape[-1]:
-        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True,
-                          align_corners=False)
+    h, w = x.shape[-2:]
+    side = train_side(run.step, run.total, r, w)
+    if side != w:  # the height in proportion: non-square images keep their aspect
+        x = F.interpolate(x, size=(max(1, round(h * side / w)), side), mode="bilinear",
+                          antialias=True, align_corners=False)
     value, logits = sgd_step(run.forward, run.optimizer, run.scaler, x, y,
                              amp_dtype=run.amp_dtype, channels_last=r.channels_last,
                              label_smoothing=r.label_smoothing, check_loss=check)

@@ -195,9 +195,9 @@ FIELD_HELP = {
                  "of an image folder without val/, else none; 0: no validation)",
     "tta_flip": "evaluate with the horizontally mirrored image averaged in",
     "progressive_from": "progressive resizing: train on images resized to this fraction of "
-                        "their side at first (0.5: 28 px images start at 14), growing in 4 px "
-                        "steps to the native side (cheaper early epochs; evaluation always at "
-                        "the native side)",
+                        "their side at first (0.5: 28 px images start at 14; never below 8 px), "
+                        "growing in 4 px steps to the native side (cheaper early epochs; "
+                        "evaluation always at the native side; 1: off)",
     "progressive_until": "progressive resizing: the fraction of the iterations after which "
                          "training images have their native side",
     "workers": "image-folder decoding processes (at most the CPUs)",

@@ -37,15 +37,19 @@ class ScheduleState:
         return d
 
 
+MIN_PROGRESSIVE_SIDE = 8  # px: smaller images hold too little to learn from
+
+
 def train_side(step: int, total: int, r: Recipe, native: int) -> int:
     """Progressive resizing (fast.ai's DAWNBench recipe): the side of the training images at
     iteration `step`, growing linearly from r.progressive_from x `native` to `native` over the
     first r.progressive_until of the iterations, in 4 px steps (a few distinct shapes keep the
     kernels' per-shape setup rare); `native` when off or once grown. A fraction, not pixels, so
-    one recipe suits 28 px Fashion-MNIST and 224 px image folders alike."""
+    one recipe suits 28 px Fashion-MNIST and 224 px image folders alike; never below
+    MIN_PROGRESSIVE_SIDE px (8x8 digits train at their size throughout)."""
     if r.progressive_from is None:
         return native
-    start = max(1, round(r.progressive_from * native))
+    start = max(round(r.progressive_from * native), min(native, MIN_PROGRESSIVE_SIDE))
     t = step / max(1, r.progressive_until * total)
     if start >= native or t >= 1:
         return native
