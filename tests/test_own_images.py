@@ -80,9 +80,12 @@ def test_train_predict_on_a_folder_without_val(folder: Path, tmp_path: Path,
     assert rc == 0, err
     start = err[0]
     assert start.startswith(f"training resnet20 (recipe fast) on imagefolder:{folder}: train 32,"
-                            " val/test 4, 3 classes, 32x32x3; batch 32,"), start
+                            " val/test 4, 3 classes, 32x32x3; batch 8, 8 iterations (2 epochs)"
+                            ), start
     assert f"-> {out}" in start and ("bf16" if bf16_supported("cpu") else "fp32") in start
-    assert "note: batch size 128 is larger than the 32 training images; using 32" in err
+    # --epochs was given, so only the batch (and with it the lr) fit the 32 images
+    assert ("note: recipe fast adapted to the data: batch 8 (recipe 128) and lr 0.0125 (recipe "
+            "0.2, scaled with the batch) for 32 training images") in err
     _, record = load_checkpoint(out)
     assert record.data == {"spec": f"imagefolder:{folder}", "data_dir": None, "val_split": 4,
                            "seed": 0}
@@ -90,7 +93,7 @@ def test_train_predict_on_a_folder_without_val(folder: Path, tmp_path: Path,
     assert (out / "best.safetensors").is_file()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["split"] for r in rows if "split" in r} == {"train", "val", "test"}
-    assert "batch_size = 32" in (out / "config.toml").read_text()  # what ran is what resumes
+    assert "batch_size = 8" in (out / "config.toml").read_text()  # what ran is what resumes
     image = next((folder / "train" / "square").iterdir())
     assert cli(["predict", out, image, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["predictions"][0]["top"][0]["class"] in CLASSES

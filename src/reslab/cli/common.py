@@ -122,7 +122,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] =
 
     g = parser.add_argument_group("recipe fields (override the recipe file)")
     for f in dataclasses.fields(Recipe):
-        if f.name in skip or f.name == "recipe":  # --recipe names the file; the field records it
+        if f.name in skip or f.name in ("recipe", "given"):  # set by --recipe / the flags given
             continue
         flag, text = "--" + f.name.replace("_", "-"), field_help(f.name).replace("%", "%%")
         if str(f.type).startswith("bool"):
@@ -136,4 +136,4 @@ def recipe_overrides(args: argparse.Namespace, *, skip: tuple[str, ...] = ()) ->
     from ..engine.recipe import Recipe
 
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)
-            if f.name not in skip and f.name != "recipe"}
+            if f.name not in skip and f.name not in ("recipe", "given")}

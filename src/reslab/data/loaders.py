@@ -2,8 +2,6 @@
 image folders (folders.py); the validation hold-out and the in-memory resize live here."""
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -124,9 +122,10 @@ def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int |
 
 
 def available_cpus() -> int:
-    """The CPUs this process may run on (the affinity mask, e.g. a container's share)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
+    """How many CPUs this process may run on (the affinity mask, e.g. a container's share)."""
+    from ..threads import available_cpus as cpus
+
+    return len(cpus())
 
 
 def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None = 0,

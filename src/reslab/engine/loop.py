@@ -22,10 +22,13 @@ from ..data.loaders import available_cpus
 from ..data.normalize import Stats
 from ..interop import apply_state_dict, load_state_dict_any, weights_source
 from ..models import get_arch
-from ..errors import UserError
+from ..errors import UserError, warn
 from ..record import Preprocess, Record, save_weights
+from ..threads import ThreadGovernor
 from . import state as run_state
 from .distributed import all_reduce_sum, broadcast_flag, cleanup, init_distributed
+from .adapt import DataFacts, adapt
+from .calibration import BNCheck, first_images, recalibrate_bn
 from .evaluate import Tally, evaluate, flip_tta
 from .logging import MetricsLog, Progress
 from .recipe import Recipe, save_recipe
@@ -44,10 +47,9 @@ class NonFiniteLoss(UserError):
 class Run:
     """The assembled objects of one training run (phase 1)."""
 
-    def __init__(self, r: Recipe, out: Path | None, quiet: bool) -> None:
+    def __init__(self, r: Recipe, out: Path | None, quiet: bool, resume: bool = False) -> None:
         self.quiet, self.messages = quiet, []
-        if r.threads:
-            torch.set_num_threads(r.threads)
+        self.threads = ThreadGovernor(r.threads, deterministic=r.deterministic)
         probe = select_device(r.device)
         self.d = init_distributed(probe.type)
         self.device = select_device(r.device, self.d.local_rank)
@@ -59,6 +61,11 @@ class Run:
                               image_size=self._image_size(r), normalize=r.normalize,
                               augment=r.augment, pad=r.pad, workers=r.workers, erase=r.erase,
                               stats=self._source_stats(r, source_record))
+        if not resume:  # a resumed run's stored recipe is already adapted
+            r, notes = adapt(r, DataFacts(self.data.num_examples("train"),
+                                          min(self.data.input_size[1:]), self.d.world_size))
+            self.messages += notes
+            self.data.augment, self.data.pad = r.augment, r.pad  # read at batch time
         self.r = r = self._fit_batch(r)
         torch.manual_seed(r.seed)  # the same initial weights on every rank
         self.model = build_model(r, len(self.data.class_names), self.data.in_chans)
@@ -181,7 +188,7 @@ def _fit(recipe: Recipe | None, out: Path | None, resume: bool, quiet: bool) -> 
         recipe = run_state.stored_recipe(out)
     if recipe is None:
         raise UserError("a recipe is needed to start a run")
-    run = Run(recipe, out, quiet)
+    run = Run(recipe, out, quiet, resume)
     try:
         return _train(run, resume)
     finally:
@@ -211,6 +218,7 @@ def _train(run: Run, resume: bool) -> dict[str, Any]:
                                              rank=run.d.rank, world_size=run.d.world_size,
                                              seed=r.seed)
             for x, y in batches:
+                run.threads.tick()
                 loss = _train_step(run, x, y)
                 run.step += 1
                 seen += len(y) * run.d.world_size
@@ -250,8 +258,7 @@ def startup_line(run: Run, resume: bool) -> str:
                       f"{d.num_examples(s):,}" for s in splits)
     c, h, w = d.input_size
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(run.amp_dtype, "fp32")
-    n = torch.get_num_threads()
-    threads = f", {n} thread{'s' if n != 1 else ''}" if run.device.type == "cpu" else ""
+    threads = f", {run.threads.describe()}" if run.device.type == "cpu" else ""
     where = f" -> {run.out}" if run.out is not None else ""
     return (f"{'resuming' if resume else 'training'} {r.model} "
             f"({'recipe ' + r.recipe if r.recipe else 'custom recipe'}) on {r.data}: {sizes}, {len(d.class_names)} classes, "
@@ -318,6 +325,8 @@ def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: boo
     val = None
     last = run.step == run.total
     split = "val" if "val" in run.data.splits else "test" if "test" in run.data.splits else None
+    if last and r.bn_recalibrate:
+        _recalibrate(run, progress)
     if split is not None and (last or (r.eval_every and round(epoch) % r.eval_every == 0)):
         val = run.evaluate(split)
         log.log(step=run.step, epoch=epoch, split=split, time_s=round(run.elapsed(), 2), **val)
@@ -336,7 +345,34 @@ def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: boo
     return val
 
 
+def _recalibrate(run: Run, progress: Progress) -> None:
+    """--bn-recalibrate: the BN statistics of the weights to be saved, from every training
+    image, unaugmented (each rank sees all of them, so every rank gets the same statistics)."""
+    model = run.eval_model()
+    seen = recalibrate_bn(model, run.data.eval_batches("train", max(256, run.r.batch_size),
+                                                       run.device), run.amp_dtype)
+    if run.ema is not None:  # the saved weights are the EMA's: give it the new statistics
+        run.ema.load_state_dict(model.state_dict())
+    progress.write(f"BN running statistics recomputed on {seen:,} training images")
+
+
+def _check_bn(run: Run) -> BNCheck | None:
+    """Eval mode against train mode on training images: catches BN statistics that do not
+    match the weights (engine/calibration.py), which no loss curve shows."""
+    train = getattr(run, "last_train", None)
+    if not train:
+        return None
+    batches = run.data.eval_batches("train", max(256, run.r.batch_size), run.device)
+    result = evaluate(run.eval_model(), first_images(batches), device=run.device,
+                      autocast_dtype=run.amp_dtype)
+    check = BNCheck(train["top1"], result["top1"], result["n"], 1 / len(run.data.class_names))
+    if check.broken and run.d.is_main:
+        warn(check.warning(run.r.bn_recalibrate))
+    return check
+
+
 def _finish(run: Run, log: MetricsLog, wall_s: float, val: dict | None) -> dict[str, Any]:
+    bn = _check_bn(run)
     test = None
     if "val" not in run.data.splits and val is not None:
         test = val  # the last epoch's evaluation already scored the test split at this step
@@ -349,6 +385,7 @@ def _finish(run: Run, log: MetricsLog, wall_s: float, val: dict | None) -> dict[
                "data": run.r.data, "steps": run.step,
                "epochs": round(run.step / run.steps_per_epoch, 3), "wall_s": round(wall_s, 2),
                "train": getattr(run, "last_train", None),
+               "train_eval": None if bn is None else {"top1": bn.eval_top1, "n": bn.images},
                "val": val if "val" in run.data.splits else None, "test": test,
                "skipped_images": len(run.data.skipped), "skipped": run.data.skipped[:100]}
     if run.out is not None:

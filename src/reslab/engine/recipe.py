@@ -108,6 +108,10 @@ class Recipe:
     save_every: int = 0                  # iterations between resumable states (0: epoch ends)
     eval_every: int = 1                  # epochs between evaluations (0: at the end only)
     tensorboard: bool = False
+    # fitting the recipe to the data (engine/adapt.py)
+    adapt: bool = False                  # fit batch, length, resizing, augmentation to the data
+    given: list[str] = field(default_factory=list)  # fields the user set: adapt leaves them
+    bn_recalibrate: bool = False         # recompute the BN running statistics after training
 
     def __post_init__(self) -> None:
         """Every field checked once, here, where a recipe enters (TOML, flags, stored configs);
@@ -126,6 +130,9 @@ class Recipe:
                 check_int(name, value, lo, hi)
         for m in self.milestones:
             check_int("milestone", m, 0, MAX_ITERS)
+        for name in self.given:
+            if name not in _FIELD_NAMES:
+                raise unknown("recipe field in given", name, _FIELD_NAMES)
         for name, (lo, hi, lo_open, hi_open) in FLOAT_BOUNDS.items():
             value = getattr(self, name)
             if value is not None:
@@ -213,6 +220,11 @@ FIELD_HELP = {
     "eval_every": "epochs between evaluations (0: only after the last iteration, which saves "
                   "their time in short runs)",
     "tensorboard": "also log to TensorBoard (pip install tensorboard)",
+    "adapt": "fit the recipe's batch size, length, progressive resizing and augmentation to the "
+             "data's size and image side, with a note for each change (flags you give are kept)",
+    "given": "the fields set on the command line or as overrides (recorded; adapt keeps them)",
+    "bn_recalibrate": "after training, recompute the BN running statistics on the training "
+                      "images (for short runs whose statistics lag the weights)",
 }
 
 
@@ -232,6 +244,9 @@ def field_help(name: str) -> str:
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     parts.append(f"built-in default {default if default not in (None, []) else 'none'}")
     return "; ".join(parts)
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Recipe))
 
 
 def _field_types() -> dict[str, str]:
@@ -263,6 +278,9 @@ def _convert(key: str, type_name: str, value: Any) -> Any:
                     raise ValueError(value)
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
+        if type_name.startswith("list[str]"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [str(v).strip() for v in items if str(v).strip()]
         if type_name.startswith("list"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return [int(float(v)) for v in items if str(v).strip()]
@@ -305,7 +323,10 @@ def load_recipe(name_or_file: str = "demo", overrides: dict[str, Any] | None = N
     values = read_toml(path)
     values.pop("description", None)
     values.setdefault("recipe", name_or_file)
-    return coerce(values | {k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k.replace("-", "_"): v for k, v in (overrides or {}).items() if v is not None}
+    given.pop("given", None)
+    names = sorted(set(values.get("given", [])) | (set(given) & set(_FIELD_NAMES) - {"recipe"}))
+    return coerce(values | given | ({"given": names} if names else {}))
 
 
 def save_recipe(path: str | Path, recipe: Recipe) -> None:
