@@ -27,7 +27,7 @@ from .report import write_run_report
 
 # Options that change where or how fast a run goes, not what it learns: a finished run is reused
 # even if they differ.
-MACHINERY = ("recipe", "device", "workers", "threads", "tensorboard")
+MACHINERY = ("recipe", "given", "device", "workers", "threads", "tensorboard")
 
 
 def cifar_depths() -> list[int]:

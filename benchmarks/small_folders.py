@@ -1,0 +1,104 @@
+"""The default command on small folders of real images: `reslab train --data imagefolder:DIR`
+with nothing else, on folders of 30 to 3,000 images, 2 to 10 classes and sides of 8 to 256 px.
+
+    python benchmarks/small_folders.py [--only NAME ...] [--source fashion-mnist|digits]
+
+The images are Fashion-MNIST training images (Debian's dataset-fashion-mnist, else
+scikit-learn's 8x8 digits with --source digits) resized to each folder's side and saved as PNG
+in DIR/train/<class>/, with no val/ (reslab holds out 10%). Each row: the held-out top-1, the
+eval-mode top-1 on the training images (reslab's BN check), chance, the adapted batch and
+iterations, and the whole-process seconds. Writes docs/results/small_folders.json.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from common import PYTHON, print_table, run_timed, save_results
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class Folder:
+    name: str
+    images: int
+    classes: int
+    side: int
+
+
+FOLDERS = (Folder("30-3c-8px", 30, 3, 8), Folder("30-2c-256px", 30, 2, 256),
+           Folder("300-3c-28px", 300, 3, 28), Folder("300-10c-64px", 300, 10, 64),
+           Folder("3000-10c-32px", 3000, 10, 32), Folder("3000-5c-128px", 3000, 5, 128))
+
+
+def source_images(source: str) -> tuple[np.ndarray, np.ndarray]:
+    if source == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return (d.images * 255 / 16).astype(np.uint8), d.target
+    x = np.frombuffer(gzip.open(FASHION / "train-images-idx3-ubyte.gz").read(), np.uint8,
+                      offset=16).reshape(-1, 28, 28)
+    y = np.frombuffer(gzip.open(FASHION / "train-labels-idx1-ubyte.gz").read(), np.uint8,
+                      offset=8)
+    return x, y
+
+
+def make(folder: Folder, x: np.ndarray, y: np.ndarray, root: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    out = root / folder.name
+    for c in range(folder.classes):
+        picked = rng.choice(np.flatnonzero(y == c), folder.images // folder.classes,
+                            replace=False)
+        d = out / "train" / f"class{c}"
+        d.mkdir(parents=True)
+        for i in picked:
+            Image.fromarray(x[i]).resize((folder.side, folder.side), Image.BILINEAR).save(
+                d / f"{i}.png")
+    return out
+
+
+def train(path: Path, out: Path) -> dict:
+    wall, stdout = run_timed([PYTHON, "-m", "reslab", "train", "--data", f"imagefolder:{path}",
+                              "--out", str(out), "--json"])
+    summary = json.loads(stdout)
+    config = (out / "config.toml").read_text()
+    batch = int(config.split("batch_size = ")[1].split()[0])
+    return {"val_top1": summary["test"]["top1"], "train_eval_top1": summary["train_eval"]["top1"],
+            "batch": batch, "iters": summary["steps"], "wall_s": wall}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", nargs="*", help="folder names to run (default: all)")
+    p.add_argument("--source", choices=("fashion-mnist", "digits"), default="fashion-mnist")
+    args = p.parse_args()
+    x, y = source_images(args.source)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in FOLDERS:
+            if args.only and folder.name not in args.only:
+                continue
+            path = make(folder, x, y, Path(tmp))
+            row = asdict(folder) | {"chance": 1 / folder.classes} | train(path, Path(tmp) / "run" / folder.name)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    print_table("the default command on small folders (reslab train --data imagefolder:DIR)",
+                rows, [("name", "folder", ""), ("chance", "chance", ".2f"),
+                       ("val_top1", "held-out top1", ".3f"),
+                       ("train_eval_top1", "eval-mode train top1", ".3f"),
+                       ("batch", "batch", "d"), ("iters", "iterations", "d"),
+                       ("wall_s", "seconds", ".0f")])
+    save_results("small_folders", vars(args), rows)
+
+
+if __name__ == "__main__":
+    main()
