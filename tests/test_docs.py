@@ -85,6 +85,21 @@ def test_the_link_checker_sees_a_broken_link(tmp_path: Path) -> None:
     assert "top" in _anchors(page.read_text())
 
 
+def test_every_source_file_the_docs_name_exists() -> None:
+    """`engine/loop.py`, `benchmarks/inference.py`, `cam.py`: a path is looked up from the
+    checkout, the package, benchmarks/ and tests/; a bare file name anywhere in the checkout."""
+    bases = [ROOT, ROOT / "src" / "reslab", ROOT / "src", ROOT / "benchmarks", ROOT / "tests"]
+    names = {p.name for p in ROOT.rglob("*.py") if ".venv" not in p.parts}
+    missing = []
+    for page in MARKDOWN:
+        for path in set(re.findall(r"`((?:[\w.-]+/)*[\w-]+\.py)`", page.read_text("utf-8"))):
+            found = path in names if "/" not in path else any((b / path).is_file()
+                                                                for b in bases)
+            if not found:
+                missing.append(f"{page.relative_to(ROOT)}: {path}")
+    assert not missing, missing
+
+
 def test_committed_results_hold_no_absolute_paths_of_this_machine() -> None:
     machine_path = re.compile(r"(?<![\w.~])/(?:work|tmp|root|home|Users|mnt|scratch)/")
     offenders = [str(p.relative_to(ROOT)) for p in sorted((DOCS / "results").rglob("*"))

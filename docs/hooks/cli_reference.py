@@ -34,7 +34,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def _cell(text: str) -> str:
-    return html.escape(" ".join(text.split())).replace("|", "\\|")
+    return html.escape(" ".join(text.split()), quote=False).replace("|", "\\|")
 
 
 def _flags(action: argparse.Action) -> str:
@@ -65,7 +65,9 @@ def _command(name: str, parser: argparse.ArgumentParser) -> str:
     lines = [f"## reslab {name}", ""]
     if parser.description:
         lines += [_cell(parser.description), ""]
-    usage = parser.format_usage().removeprefix("usage: ").rstrip()
+    prefix = "usage: "   # argparse indents continuation lines under the program name
+    usage = "\n".join(line.removeprefix(" " * len(prefix)) for line in
+                      parser.format_usage().removeprefix(prefix).rstrip().splitlines())
     lines += ["```", usage, "```", ""]
     actions = [a for a in parser._actions
                if a.help is not argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
