@@ -89,7 +89,8 @@ def test_every_source_file_the_docs_name_exists() -> None:
     """`engine/loop.py`, `benchmarks/inference.py`, `cam.py`: a path is looked up from the
     checkout, the package, benchmarks/ and tests/; a bare file name anywhere in the checkout."""
     bases = [ROOT, ROOT / "src" / "reslab", ROOT / "src", ROOT / "benchmarks", ROOT / "tests"]
-    names = {p.name for p in ROOT.rglob("*.py") if ".venv" not in p.parts}
+    names = {p.name for d in ("src", "benchmarks", "tests", "examples", "docs")
+             for p in (ROOT / d).rglob("*.py")}
     missing = []
     for page in MARKDOWN:
         for path in set(re.findall(r"`((?:[\w.-]+/)*[\w-]+\.py)`", page.read_text("utf-8"))):
