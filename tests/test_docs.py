@@ -101,6 +101,25 @@ def test_every_source_file_the_docs_name_exists() -> None:
     assert not missing, missing
 
 
+def _headline_rows(text: str, heading: str) -> list[tuple[str, str]]:
+    """(result, number) of each row of the table under `heading`."""
+    lines = text.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")),
+               len(lines))
+    return [tuple(c.strip() for c in row.strip("|").split("|")[:2])
+            for row in lines[start + 2:end]]   # after the header and its |---| line
+
+
+def test_the_readme_quotes_the_current_headline_results() -> None:
+    """One table of current numbers, in two places: the README's must equal the results
+    index's (the pages behind each row say where it comes from)."""
+    readme = _headline_rows((ROOT / "README.md").read_text("utf-8"), "## Current results")
+    index = _headline_rows((DOCS / "results" / "README.md").read_text("utf-8"),
+                           "## Current headline results")
+    assert len(index) >= 5 and readme == index
+
+
 def test_committed_results_hold_no_absolute_paths_of_this_machine() -> None:
     machine_path = re.compile(r"(?<![\w.~])/(?:work|tmp|root|home|Users|mnt|scratch)/")
     offenders = [str(p.relative_to(ROOT)) for p in sorted((DOCS / "results").rglob("*"))
