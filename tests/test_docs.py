@@ -120,6 +120,19 @@ def test_the_readme_quotes_the_current_headline_results() -> None:
     assert len(index) >= 5 and readme == index
 
 
+def test_the_results_index_lists_every_result() -> None:
+    """Each file or run directory in docs/results/ and its archive/ is linked from the index
+    (docs/results/README.md), so no number is left without its command, date and status."""
+    results = DOCS / "results"
+    linked = {(results / t.partition("#")[0]).resolve() for t in _links(results / "README.md")}
+    pages = {p.resolve() for p in MARKDOWN}
+    unlisted = [str(entry.relative_to(results)) for folder in (results, results / "archive")
+                for entry in sorted(folder.iterdir())
+                if entry.name != "archive" and entry.resolve() not in pages
+                and not any(entry.resolve() == t or entry.resolve() in t.parents for t in linked)]
+    assert not unlisted, unlisted
+
+
 def test_committed_results_hold_no_absolute_paths_of_this_machine() -> None:
     machine_path = re.compile(r"(?<![\w.~])/(?:work|tmp|root|home|Users|mnt|scratch)/")
     offenders = [str(p.relative_to(ROOT)) for p in sorted((DOCS / "results").rglob("*"))
