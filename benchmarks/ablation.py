@@ -10,7 +10,8 @@ Each (variant, seed) is one whole `python -m reslab train --recipe R --seed S FL
 top-1, the time to --target (mean over the seeds that reached it, and how many did), median
 training img/s, whole-process seconds. The machine must be otherwise idle: a timing taken while
 another job runs is not a measurement (the load average is recorded). Writes
-docs/results/ablation_RECIPE.json after every run, so an interrupted study keeps its rows.
+docs/results/time-to-accuracy-RECIPE-ablation.json after every run, so an interrupted study
+keeps its rows.
 """
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: unknown variants {unknown} (see --list)")
     prepare(args)
-    out = args.out or RESULTS / f"ablation_{Path(args.recipe).stem}.json"
+    out = args.out or RESULTS / f"time-to-accuracy-{Path(args.recipe).stem}-ablation.json"
     runs: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:  # seeds outermost: a cut-short study has every variant once
         for name in args.variants:

@@ -9,7 +9,7 @@ convolution times is what an ideal runtime would still spend if BN, ReLU, the ad
 pooling, layout changes and framework overhead cost nothing: eager / floor is the largest
 speed-up any fp32 rewrite that keeps direct convolutions (folding, fusion, compilation,
 prepacking) can reach. Also reports the convolutions' achieved GFLOP/s. Writes
-docs/results/batch1_ceiling.json.
+docs/results/inference-batch1-ceiling.json.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--target-s", type=float, default=0.05,
                    help="seconds per round for each convolution")
     add_threads_option(p)
-    p.add_argument("--out", type=Path, default=RESULTS / "batch1_ceiling.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "inference-batch1-ceiling.json")
     args = p.parse_args()
     prepare(args)
     rows = []

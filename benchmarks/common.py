@@ -139,8 +139,9 @@ def prepare(args: argparse.Namespace) -> None:
 
 def save_results(name: str, setup: dict[str, Any], results: Any, *, out: Path | None = None,
                  **extra: Any) -> Path:
-    """Writes docs/results/NAME.json (or `out`): {"environment", "setup", "results", ...}, the
-    environment carrying the code version, torch version, CPU, threads and date."""
+    """Writes docs/results/NAME.json (or `out`; docs/results/README.md says how results are
+    named): {"environment", "setup", "results", ...}, the environment carrying the code version,
+    torch version, CPU, threads and date."""
     env = {**environment(root=ROOT), "load_avg_1min_at_start": LOAD_AT_START}
     path = write_json(out or RESULTS / f"{name}.json",
                       {"environment": env, "setup": setup, "results": results, **extra})

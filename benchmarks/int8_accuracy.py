@@ -6,8 +6,8 @@ Scores the checkpoint in fp32 (eager), in int8 through reslab.deploy.quantize_in
 torchao's x86 inductor quantizer, compiled by inductor) and, side by side as the reference it
 replaced, in int8 through PyTorch's deprecated FX graph mode (x86 qconfig); all calibrated on the
 same training images prepared as for evaluation, scored on the whole test split and timed on the
-same batch, interleaved. Writes docs/results/int8_accuracy.json. Goals: at most 0.5 point of
-top-1 lost, and PT2E at least as fast as FX.
+same batch, interleaved. Writes docs/results/inference-int8-accuracy.json. Goals: at most 0.5
+point of top-1 lost, and PT2E at least as fast as FX.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--calibration-batches", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)
     add_threads_option(p)
-    p.add_argument("--out", type=Path, default=RESULTS / "int8_accuracy.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "inference-int8-accuracy.json")
     args = p.parse_args()
     prepare(args)
     model, record = load_checkpoint(args.run)

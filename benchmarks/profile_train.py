@@ -12,7 +12,7 @@ tally). Then torch.profiler over a few steps groups the operators' own time by k
 (convolutions, batch norm, casts and copies, ...); the time outside operators is the Python
 overhead. One pass over the 10,000 test images times an evaluation, and the once-per-process
 costs (imports, loading and decompressing the dataset) are timed too. Prints tables and writes
-docs/results/profile_train.json.
+docs/results/training-speed-profile.json.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation pass")
     add_threads_option(p)
-    p.add_argument("--out", type=Path, default=RESULTS / "profile_train.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "training-speed-profile.json")
     return p.parse_args()
 
 

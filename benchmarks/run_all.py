@@ -1,10 +1,10 @@
 """Runs every benchmark with its defaults (`make bench`), one process each, one after the
-other (never side by side: they would time each other), and writes docs/results/*.json.
+other (never side by side: they would time each other); each writes its docs/results/ file.
 
     python benchmarks/run_all.py [--only inference training ...] [--skip time_to_accuracy]
 
 inference (~5 min on an idle 2-core machine), training (~5-10 min), time_to_accuracy (the whole
-`fast` recipe, ~10 min), profile_train (~2 min). Extra arguments after `--` go to every script,
+`fast` recipe, ~5 min), profile_train (~2 min). Extra arguments after `--` go to every script,
 e.g. `-- --threads 1`.
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ def main() -> int:
         status.append((name, rc, time.perf_counter() - start))
     print("\n=== summary ===")
     for name, rc, seconds in status:
-        print(f"{name:<18} {'ok' if rc == 0 else f'FAILED (exit {rc})':<16} {seconds / 60:5.1f} min"
-              f"  -> docs/results/{name}.json")
+        verdict = "ok" if rc == 0 else f"FAILED (exit {rc})"
+        print(f"{name:<18} {verdict:<16} {seconds / 60:5.1f} min")
     return max((rc != 0 for _, rc, _ in status), default=0)
 
 

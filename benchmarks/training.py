@@ -7,7 +7,7 @@ iterations, batch size and hyper-parameters, then one test-set evaluation.
 Runs alternate (reslab, peer, reslab, peer, ...) so that changes in the machine's load hit both
 alike; the medians of whole-process wall time (start-up, data loading, training, evaluation,
 writing results) are compared and their ratio reported, next to the training-only seconds each
-process reports. Prints a table and writes docs/results/training.json.
+process reports. Prints a table and writes docs/results/training-speed-vs-torchvision.json.
 
 reslab runs `python -m reslab train --recipe fast --iters N --model resnet20 --progressive-from 1
 --tta-flip false --out TMP --quiet --json`: the fast recipe's machinery (channels-last + bf16,
@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
                    help="the peer's DataLoader processes (default 0, its fastest on a 2-core "
                         "machine: see peer_torchvision_train.py)")
     add_threads_option(p)
-    p.add_argument("--out", type=Path, default=RESULTS / "training.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "training-speed-vs-torchvision.json")
     args = p.parse_args()
     if args.quick:
         args.iters, args.rounds = 20, 1

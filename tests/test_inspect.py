@@ -147,7 +147,7 @@ def test_summary_is_table1() -> None:
     ("resnet34", (1, 3, 224, 224), 56 * 56 * 64 * 64 * 9),
     ("resnet20", (1, 3, 32, 32), 32 * 32 * 16 * 16 * 9)])
 def test_cost_per_3x3_layer_is_level(name: str, shape: tuple, per_layer: int) -> None:
-    """Section 3.3 / seed Q&A 3: filters double as maps halve, so a 3x3 layer costs the same."""
+    """Section 3.3 / docs/notes.md: filters double as maps halve, so a 3x3 layer costs the same."""
     s = summarize(meta_model(name), shape)
     assert s.level
     assert {r.macs_per_3x3 for r in s.stages if r.macs_per_3x3} == {per_layer}

@@ -1,4 +1,4 @@
-"""Your own images, end to end (issue 12): folders without val/, defaults that fit the data,
+"""Your own images, end to end: folders without val/, defaults that fit the data,
 pretrained torchvision weights from the hub cache, fine-tuning, per-class metrics, what a run
 says before it starts."""
 from __future__ import annotations
@@ -221,7 +221,7 @@ def test_freeze_epochs_trains_only_the_head(tmp_path: Path) -> None:
 
 def test_grow_then_finetune_keeps_the_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture
                                                ) -> None:
-    """The README walkthrough: demo -> grow to resnet56 -> 2 epochs of the finetune recipe."""
+    """docs/guides/finetune.md: demo -> grow to resnet56 -> 2 epochs of the finetune recipe."""
     demo, grown, tuned = tmp_path / "demo", tmp_path / "r56.safetensors", tmp_path / "r56"
     assert cli(["train", "--recipe", "demo", "--out", demo, "--quiet"]) == 0
     assert cli(["grow", demo, "--to", "resnet56", "--out", grown]) == 0

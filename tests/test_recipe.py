@@ -18,7 +18,7 @@ def test_named_recipes_exist_and_load():
 
 
 def test_fast_recipes_are_the_measured_ones():
-    """The README's time-to-accuracy figures were measured with exactly these defaults."""
+    """docs/results/time-to-accuracy.md's figures were measured with exactly these defaults."""
     fast = load_recipe("fast")
     assert (fast.model, fast.epochs, fast.progressive_from, fast.progressive_until,
             fast.eval_every, fast.tta_flip, fast.erase) == ("resnet14", 9, 0.43, 0.6, 0, True, 0)

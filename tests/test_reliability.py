@@ -1,4 +1,4 @@
-"""Reliability and security (issue 7): nothing pickled ever runs, a crash at any moment leaves a
+"""Reliability and security: nothing pickled ever runs, a crash at any moment leaves a
 resumable run, a full disk or a diverging loss stops cleanly, and bad input of every kind is
 one `error:` line with exit code 2."""
 from __future__ import annotations

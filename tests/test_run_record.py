@@ -1,4 +1,4 @@
-"""The run record (issue 10): one validated checkpoint record that owns preprocessing, a run
+"""The run record: one validated checkpoint record that owns preprocessing, a run
 directory with an owner and a lock, OS errors and sizes as clean errors, damaged run files."""
 from __future__ import annotations
 

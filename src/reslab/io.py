@@ -200,10 +200,6 @@ def atomic_write_text(path: str | Path, text: str, what: str = "file") -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text), what)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, what: str = "file") -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), what)
-
-
 # --- safetensors ----------------------------------------------------------------------------
 
 def save_safetensors(path: str | Path, tensors: dict[str, Any], metadata: dict[str, str],
@@ -245,23 +241,6 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise UserError(f"cannot read checkpoint {path}: not a valid safetensors file "
                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     return tensors, raw
-
-
-def safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """The raw metadata of a safetensors file, without reading its tensors."""
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
-
-    path = regular_file(path, "checkpoint")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except OSError as e:
-        raise path_error(e, path, "read checkpoint") or UserError(
-            f"cannot read checkpoint {path}: {e}") from None
-    except (SafetensorError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot read checkpoint {path}: not a valid safetensors file ({e})") \
-            from None
 
 
 # --- torch.load, never executing pickled code -----------------------------------------------

@@ -1,7 +1,7 @@
 """The degradation experiment: Fig. 1 and Fig. 6 (section 4.2) on the CIFAR family.
 
 For each depth 6n+2 it trains plainN and resnetN with the same recipe and budget, each in
-OUT/<model>/ (a normal run directory), then writes OUT/degradation.json (README schema) and
+OUT/<model>/ (a normal run directory), then writes OUT/degradation.json (docs/run-directory.md) and
 OUT/degradation.png. The paper's finding: deeper plain nets have HIGHER training error (so it is
 not overfitting), deeper ResNets lower. Re-running the command skips finished runs and resumes
 interrupted ones, so a long sweep survives being stopped.

@@ -3,7 +3,7 @@
 "The responses are the outputs of each 3x3 layer, after BN and before other nonlinearity
 (ReLU/addition)." For a ResNet the response of a block's last 3x3 layer is its residual function
 F(x); small responses mean the residual functions stay close to zero, i.e. the identity
-preconditioning of section 3.1 is reasonable (seed notes, Q&A 1).
+preconditioning of section 3.1 is reasonable (docs/notes.md, "What the layer responses show").
 """
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 layout, parameters and MACs, from one hooked forward (see macs.py).
 
 The "MACs per 3x3 layer" column shows the design rule of section 3.3: "if the feature map size is
-halved, the number of filters is doubled so as to preserve the time complexity per layer" (the
-seed's Q&A 3), so a 3x3 layer costs the same in every stage.
+halved, the number of filters is doubled so as to preserve the time complexity per layer"
+(docs/notes.md, "Why channels double when the resolution halves"), so a 3x3 layer costs the same
+in every stage.
 """
 from __future__ import annotations
 

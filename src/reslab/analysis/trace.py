@@ -1,7 +1,8 @@
-"""The layer-by-layer trace of the seed notes ("3. 출력 차원 분석"): every weighted layer of the
-main path numbered 1..depth with its module and output shape, so that resnet50 shows its 50
-layers (Table 1), plus the max-pool, the shortcut projections ("downsample"), the stage
-separators, the average pool and the flatten before the fc layer.
+"""The layer-by-layer trace of the study notes (docs/notes.md, "The layer-by-layer trace"; a
+copy is tests/data/seed_trace_resnet50.txt): every weighted layer of the main path numbered
+1..depth with its module and output shape, so that resnet50 shows its 50 layers (Table 1), plus
+the max-pool, the shortcut projections ("downsample"), the stage separators, the average pool
+and the flatten before the fc layer.
 
 The rows come from forward hooks in execution order, so the trace shows what the forward really
 does (e.g. where the stride-2 sits) rather than a re-implementation of it.
@@ -18,8 +19,8 @@ from torch import nn
 
 from .macs import Hook, Shape, run_forward
 
-SEPARATOR_DASHES = 20   # "-------------------- layer 1 --------------------", as the seed
-END_LINE = "-" * 49     # the seed closes each stage with a line as long as its separator
+SEPARATOR_DASHES = 20   # "-------------------- layer 1 --------------------", as the notes
+END_LINE = "-" * 49     # the notes close each stage with a line as long as its separator
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class TraceRow:
     kind: "input", "conv" (stem), "1x1 conv", "3x3 conv", "fc", "maxpool", "downsample",
     "avgpool", "flatten", "stage" (a stage starts) or "end" (it ends).
     index: the weighted-layer number (conv or fc on the main path), else None.
-    module: the module as PyTorch prints it, where the seed prints it (weighted layers, maxpool).
+    module: the module as PyTorch prints it, where the notes print it (weighted layers, maxpool).
     """
 
     kind: str
@@ -91,11 +92,11 @@ def trace(model: nn.Module, shape: Shape) -> list[TraceRow]:
 
 
 def _shape_text(shape: Shape) -> str:
-    return repr(torch.Size(shape))   # "torch.Size([1, 64, 56, 56])", as the seed prints it
+    return repr(torch.Size(shape))   # "torch.Size([1, 64, 56, 56])", as the notes print it
 
 
 def render_trace(rows: list[TraceRow]) -> str:
-    """The trace as the seed prints it: "kind : module", then "layer idx K : shape"."""
+    """The trace as the notes print it: "kind : module", then "layer idx K : shape"."""
     lines = []
     for row in rows:
         if row.kind == "stage":

@@ -1,5 +1,5 @@
-"""`reslab trace MODEL`: the seed notes' layer-by-layer trace (numbered weighted layers, their
-modules and output shapes, stage separators)."""
+"""`reslab trace MODEL`: the study notes' layer-by-layer trace (numbered weighted layers, their
+modules and output shapes, stage separators; docs/notes.md)."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Runs one forward and prints every weighted layer numbered "
                                    "from 1 with its module and output shape, plus the max-pool, "
                                    "shortcut projection (downsample), average pool and flatten "
-                                   "lines and the stage separators, as in the seed notes.")
+                                   "lines and the stage separators, as in the study notes "
+                                   "(docs/notes.md).")
     p.add_argument("model", metavar="MODEL", help="architecture name (see `reslab models`)")
     add_input_option(p)
     add_model_options(p)

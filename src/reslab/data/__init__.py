@@ -1,4 +1,4 @@
-"""Data: datasets -> batches (README, Datasets).
+"""Data: datasets -> batches (docs/guides/training.md, Datasets).
 
 `load_data(spec, ...)` returns a `Data` whose `train_batches` / `eval_batches` yield normalised
 float32 (x, y) on the training device; `preprocess` prepares images for a trained model as

@@ -60,7 +60,8 @@ class FolderSource:
 
 def load_source(spec: str, data_dir: str | None = None,
                 workers: int = 4) -> ArraySource | FolderSource:
-    """The source a --data spec names (README, Datasets); UserError for unknown specs."""
+    """The source a --data spec names (docs/guides/training.md, Datasets); UserError for unknown
+    specs."""
     name, sep, arg = spec.partition(":")
     if name == "imagefolder":
         if not arg:

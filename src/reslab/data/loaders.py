@@ -134,7 +134,7 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
               augment: str = "crop-flip", pad: int = 4, workers: int = 4,
               stats: Stats | None = None, crop_fraction: float | None = None,
               erase: float = 0.0) -> Data:
-    """Loads the dataset a --data spec names (README, Datasets), ready to batch.
+    """Loads the dataset a --data spec names (docs/guides/training.md, Datasets), ready to batch.
 
     val_split: hold out that many training images as "val" (stratified, seeded); None: 10% of
     an image folder that has no val/ folder, else none. image_size: resize in-memory data

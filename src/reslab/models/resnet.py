@@ -68,7 +68,8 @@ class ResNet(nn.Module):
         self.stage_names = []
         for i, (planes, blocks) in enumerate(zip(widths, layers)):
             # Section 3.3: "when the feature map size is halved, the number of filters is
-            # doubled so as to preserve the time complexity per layer" (seed Q&A 3).
+            # doubled so as to preserve the time complexity per layer" (docs/notes.md, "Why channels
+            # double when the resolution halves").
             stride = 1 if i == 0 else 2
             setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, stride))
             self.stage_names.append(f"layer{i + 1}")
