@@ -9,7 +9,7 @@ CPUs that are free, re-chosen while training: reslab/threads.py); "1" ... "all" 
 --threads. `all` is what reslab did before it chose (torch's default: one thread per CPU).
 Busy: one CPU-bound process per CPU of this process's affinity mask runs beside every run.
 Runs alternate between the settings so that drifts in the machine hit all alike; medians.
-Writes docs/results/threads_contention.json.
+Writes docs/results/first-contact-threads.json.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def main() -> None:
                ("auto_vs_before", f"auto / {cpus} (before)", ".2f")]
     print_table(f"training img/s, {args.model} on {args.data}, {args.iters} iterations, "
                 f"median of {args.rounds}", rows, columns)
-    save_results("threads_contention", vars(args) | {"cpus": cpus}, rows)
+    save_results("first-contact-threads", vars(args) | {"cpus": cpus}, rows)
 
 
 if __name__ == "__main__":
