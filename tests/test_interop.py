@@ -7,14 +7,16 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
+from torch import nn
 from safetensors.torch import save_file
 
 from reslab import UserError, create_model, load_checkpoint
 from reslab.cli import main
 from cli_helpers import legacy_record
 from reslab.record import save_weights
-from reslab.interop import IMAGENET_MEAN, guess_architecture, init_weights, load_state_dict_any
+from reslab.interop import IMAGENET_MEAN, guess_architecture, init_weights, open_weights
 from helpers import randomize_bn
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -69,7 +71,7 @@ def test_timm_train_checkpoint(tmp_path, tv18):
 def test_plain_safetensors_through_load_checkpoint(tmp_path, tv18):
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in tv18.state_dict().items()}, str(path))
-    state, meta = load_state_dict_any(path)
+    state, meta = open_weights(path)
     assert meta is None and set(state) == set(tv18.state_dict())
     with pytest.raises(UserError, match="reslab import"):
         load_checkpoint(path)
@@ -84,7 +86,7 @@ def test_reslab_file_keeps_its_metadata(tmp_path):
     meta = {"architecture": "resnet20", "kwargs": {"num_classes": 10},
             "class_names": list("abcdefghij"), "mean": [0.5] * 3, "std": [0.25] * 3, "input_size": [3, 32, 32]}
     save_weights(tmp_path / "r.safetensors", model, legacy_record(meta))
-    _, got = load_state_dict_any(tmp_path / "r.safetensors")
+    _, got = open_weights(tmp_path / "r.safetensors")
     assert list(got.class_names) == meta["class_names"]
     loaded, got = load_checkpoint(tmp_path / "r.safetensors")  # unchanged path for reslab files
     _same_outputs(loaded, model)
@@ -122,15 +124,182 @@ def test_architecture_mismatch_names_keys(tmp_path, tv18):
         init_weights(create_model("resnet50", num_classes=10), path)
 
 
-def test_akamaster_cifar_checkpoint(tmp_path):
-    ref = randomize_bn(create_model("resnet20"))
-    sd = {("module." + k).replace("module.fc.", "module.linear."): v
-          for k, v in ref.state_dict().items()}
-    torch.save({"state_dict": sd, "best_prec1": 91.7}, tmp_path / "resnet20.th")
-    model = create_model("resnet20")
-    init_weights(model, tmp_path / "resnet20.th")
-    _same_outputs(model, ref)
-    assert guess_architecture(load_state_dict_any(tmp_path / "resnet20.th")[0]) == "resnet20"
+# --- foreign forward passes, written as the foreign code does them --------------------------
+
+class _Lambda(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class _AkamasterBlock(nn.Module):
+    """akamaster/pytorch_resnet_cifar10 resnet.py BasicBlock, option A: the LambdaLayer pads
+    planes//4 zero channels on BOTH sides of the subsampled input."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = _Lambda(lambda x: F.pad(x[:, :, ::2, ::2],
+                                                    (0, 0, 0, 0, planes // 4, planes // 4),
+                                                    "constant", 0))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+
+class _AkamasterResNet(nn.Module):
+    def __init__(self, n: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.in_planes = 16
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = self._layer(16, n, 1)
+        self.layer2 = self._layer(32, n, 2)
+        self.layer3 = self._layer(64, n, 2)
+        self.linear = nn.Linear(64, num_classes)
+
+    def _layer(self, planes: int, n: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(_AkamasterBlock(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.avg_pool2d(out, out.size()[3])
+        return self.linear(out.view(out.size(0), -1))
+
+
+class _TimmBasicBlock(nn.Module):
+    """timm's resnet.py BasicBlock (default options: no drop-block, anti-aliasing or SE)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample=None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.drop_block = nn.Identity()
+        self.act1 = nn.ReLU(inplace=True)
+        self.aa = nn.Identity()
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.se = None
+        self.act2 = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        shortcut = x
+        x = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
+        x = self.bn2(self.conv2(x))
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        x += shortcut
+        return self.act2(x)
+
+
+class _TimmResNet18(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.act1 = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes, stages = 64, []
+        for i, planes in enumerate((64, 128, 256, 512)):
+            stride = 1 if i == 0 else 2
+            down = None
+            if stride != 1 or inplanes != planes:
+                down = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                                     nn.BatchNorm2d(planes))
+            stages.append(nn.Sequential(_TimmBasicBlock(inplanes, planes, stride, down),
+                                        _TimmBasicBlock(planes, planes)))
+            inplanes = planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.global_pool(x).flatten(1))
+
+
+def _cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def _foreign(layout: str) -> tuple[nn.Module, dict, str]:
+    """(the foreign module with random weights, what its training script saves, architecture)."""
+    torch.manual_seed(1)
+    if layout == "akamaster":  # its trainer saves a DataParallel model's state_dict
+        net = randomize_bn(_AkamasterResNet())
+        sd = {"module." + k: v for k, v in net.state_dict().items()}
+        return net, {"epoch": 200, "state_dict": sd, "best_prec1": 91.7}, "resnet20"
+    if layout == "timm":  # timm's train.py: the args Namespace beside the weights
+        net = randomize_bn(_TimmResNet18())
+        return net, {"epoch": 3, "arch": "resnet18", "state_dict": net.state_dict(),
+                     "args": argparse.Namespace(lr=0.1), "version": 2}, "resnet18"
+    net = randomize_bn(torchvision.models.resnet18(num_classes=10))
+    if layout == "torchvision":
+        return net, net.state_dict(), "resnet18"
+    sd = {"module._orig_mod." + k: v for k, v in net.state_dict().items()}  # DDP + compile
+    return net, {"model_state_dict": sd, "optimizer": {"state": {}, "param_groups": []}}, \
+        "resnet18"
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "timm", "akamaster", "wrapped"])
+def test_an_imported_checkpoint_computes_what_its_own_code_computes(layout, tmp_path, capsys):
+    """Each advertised layout against its own forward pass: the same logits after `reslab
+    import`, through the record alone (so eval, predict and export build the same net)."""
+    net, saved, arch = _foreign(layout)
+    torch.save(saved, tmp_path / "foreign.pth")
+    out = tmp_path / "imported.safetensors"
+    assert _cli("import", tmp_path / "foreign.pth", "--model", arch, "--out", out) == 0
+    model, record = load_checkpoint(out)
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), net.eval()(X), rtol=1e-5, atol=1e-5)
+    assert record.kwargs.get("pad_sides", "after") == ("both" if layout == "akamaster"
+                                                       else "after")
+    capsys.readouterr()
+    if layout == "akamaster":  # read directly too, and never loaded into another padding
+        direct, _ = load_checkpoint(tmp_path / "foreign.pth", architecture=arch)
+        with torch.no_grad():
+            torch.testing.assert_close(direct(X), net(X), rtol=1e-5, atol=1e-5)
+        assert guess_architecture(open_weights(tmp_path / "foreign.pth")[0]) == "resnet20"
+        with pytest.raises(UserError, match=r"pads option-A shortcuts .* both sides .*would "
+                                            r"shift the channels"):
+            init_weights(create_model("resnet20"), tmp_path / "foreign.pth")
+        init_weights(create_model("resnet20", pad_sides="both"), tmp_path / "foreign.pth")
+
+
+def test_pad_sides_reaches_export_and_grow(tmp_path, capsys):
+    net, saved, arch = _foreign("akamaster")
+    torch.save(saved, tmp_path / "a.th")
+    assert _cli("import", tmp_path / "a.th", "--model", arch, "--out",
+                tmp_path / "a.safetensors") == 0
+    assert _cli("grow", tmp_path / "a.safetensors", "--to", "resnet32", "--out",
+                tmp_path / "g.safetensors") == 0
+    grown, record = load_checkpoint(tmp_path / "g.safetensors")
+    assert record.kwargs["pad_sides"] == "both"
+    assert _cli("export", tmp_path / "a.safetensors", "--format", "torchscript", "--out",
+                tmp_path / "a.pt") == 0
+    scripted = torch.jit.load(str(tmp_path / "a.pt"))
+    with torch.no_grad():
+        torch.testing.assert_close(grown(X), net.eval()(X), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(scripted(X), net(X), rtol=1e-5, atol=1e-5)
+    capsys.readouterr()
 
 
 class _Evil:
@@ -146,7 +315,7 @@ def test_malicious_pickle_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "x": _Evil(str(marker))}, path)
     with pytest.raises(UserError, match=r"refusing to load .*exec.*weights_only=False"):
-        load_state_dict_any(path)
+        open_weights(path)
     assert main(["import", str(path), "--model", "resnet18", "--out",
                  str(tmp_path / "out.safetensors")]) == 2
     err = capsys.readouterr().err
@@ -157,13 +326,13 @@ def test_malicious_pickle_refused(tmp_path, capsys):
 def test_pickled_module_and_garbage_refused(tmp_path, tv18):
     torch.save(tv18, tmp_path / "whole.pt")
     with pytest.raises(UserError, match="torchvision.models.resnet.ResNet"):
-        load_state_dict_any(tmp_path / "whole.pt")
+        open_weights(tmp_path / "whole.pt")
     (tmp_path / "junk.pth").write_bytes(os.urandom(64))
     with pytest.raises(UserError, match="cannot read"):
-        load_state_dict_any(tmp_path / "junk.pth")
+        open_weights(tmp_path / "junk.pth")
     torch.save({"epoch": 1}, tmp_path / "empty.pth")
     with pytest.raises(UserError, match="no state_dict.*epoch"):
-        load_state_dict_any(tmp_path / "empty.pth")
+        open_weights(tmp_path / "empty.pth")
 
 
 def test_cli_import_roundtrip(tmp_path, tv18, capsys):

@@ -39,11 +39,11 @@ from reslab.data import datasets
 from cli_helpers import legacy_record
 from reslab.checkpoint import load_checkpoint
 from reslab.engine.state import load_state
-from reslab.record import read_weights, save_weights
+from reslab.record import save_weights
 from reslab.engine.logging import MetricsLog, read_metrics
 from reslab.engine.recipe import Recipe, coerce, load_recipe, save_recipe
 from reslab.errors import UserError
-from reslab.interop import load_state_dict_any
+from reslab.interop import open_weights
 from reslab.models import create_model
 
 # A tiny, fully specified run (independent of the shipped recipes, which evolve): 16 steps per
@@ -711,8 +711,8 @@ def checkpoint_bytes(draw: st.DrawFn) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + draw(st.binary(max_size=64))
 
 
-LOADERS = {"read_weights": read_weights, "load_checkpoint": load_checkpoint,
-           "load_state_dict_any": load_state_dict_any, "load_state": load_state}
+LOADERS = {"load_checkpoint": load_checkpoint,
+           "open_weights": open_weights, "load_state": load_state}
 
 
 @pytest.mark.parametrize("loader", list(LOADERS))

@@ -26,7 +26,8 @@ from reslab.data import datasets, load_data
 from reslab.engine.rundir import LOCK_FILE
 from reslab.errors import UserError
 from reslab.models import create_model
-from reslab.record import FORMAT, MEAN_IMAGE_KEY, read_weights, save_weights
+from reslab.interop import open_weights
+from reslab.record import FORMAT, MEAN_IMAGE_KEY, save_weights
 
 def cli(argv: list) -> int:
     return main([str(a) for a in argv])
@@ -105,7 +106,7 @@ def test_predict_on_image_files_equals_eval_on_the_split(
 
 
 def test_the_record_holds_the_preprocessing(runs: dict) -> None:
-    state, record = read_weights(runs["pixel"] / "model.safetensors")
+    state, record = open_weights(runs["pixel"] / "model.safetensors")
     pre = record.preprocess
     assert record.architecture == "resnet20" and record.class_names == tuple("0123456789")
     assert pre.normalize == "pixel" and pre.input_size == (1, 8, 8) and pre.crop_fraction == 1.0
@@ -115,7 +116,7 @@ def test_the_record_holds_the_preprocessing(runs: dict) -> None:
     # the mean image is the training split's, exactly as the loader measures it
     expected = load_data("digits", normalize="pixel").mean_image
     assert torch.allclose(pre.mean_image, expected)
-    _, channel = read_weights(runs["channel"] / "model.safetensors")
+    _, channel = open_weights(runs["channel"] / "model.safetensors")
     assert channel.preprocess.mean_image is None and channel.preprocess.tta_flip is True
 
 
@@ -242,7 +243,7 @@ def test_import_refuses_nonsense_values(argv: list, message: str, runs: dict, tm
 def test_the_record_round_trips_and_is_format_2(runs: dict, tmp_path: Path) -> None:
     model, record = load_checkpoint(runs["pixel"])
     save_weights(tmp_path / "again.safetensors", model, record)
-    _, again = read_weights(tmp_path / "again.safetensors")
+    _, again = open_weights(tmp_path / "again.safetensors")
     assert again == record and torch.equal(again.preprocess.mean_image,
                                            record.preprocess.mean_image)
     from safetensors import safe_open

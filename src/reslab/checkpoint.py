@@ -14,33 +14,42 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .interop import model_from_file, resolve_ckpt_path  # noqa: F401 - re-exported
-from .io import is_safetensors, load_safetensors
-from .record import MEAN_IMAGE_KEY, Record, is_reslab, load_into, parse_metadata
+from .interop import (damaged_safetensors, looks_like_safetensors, model_from_state,
+                      open_weights, resolve_ckpt_path)
+from .io import is_safetensors
+from .record import Record, load_into
+
+__all__ = ["load_checkpoint", "resolve_ckpt_path"]
+
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
                     architecture: str | None = None, **model_kwargs: Any
                     ) -> tuple[nn.Module, Record]:
-    """(model in eval mode, its Record) from a run directory or a weights file.
+    """(model in eval mode, its Record) from a run directory or a weights file (read once).
 
     A reslab safetensors file describes itself. Any other weights file needs `architecture`
     (and optionally create_model options such as num_classes; by default the checkpoint's own
     head and stem sizes): see reslab.interop."""
     file = resolve_ckpt_path(path)
-    if is_safetensors(file):
-        tensors, raw = load_safetensors(file)
-        if is_reslab(raw):
-            record = parse_metadata(raw, tensors, str(file))
-            if architecture is not None and architecture != record.architecture:
-                raise UserError(f"{file} holds a {record.architecture}, not a {architecture}")
-            tensors.pop(MEAN_IMAGE_KEY, None)
-            model = load_into(record.build_model(), tensors, record, str(file))
-            return model.to(device).eval(), record
+    if architecture is None and not is_safetensors(file):  # unusable: not worth reading
+        if looks_like_safetensors(file):
+            raise damaged_safetensors(file)
+        raise _needs_architecture(file)
+    state, record = open_weights(file)
+    if record is not None and record.architecture != (architecture or record.architecture):
+        raise UserError(f"{file} holds a {record.architecture}, not a {architecture}")
+    if record is not None:
+        model = load_into(record.build_model(), state, record, str(file))
+        return model.to(device).eval(), record
     if architecture is None:
-        raise UserError(f"{file} has no reslab metadata (architecture); pass "
-                        f"architecture=NAME or import it once with "
-                        f"`reslab import {file} --model NAME --out FILE.safetensors`")
-    model, record, messages = model_from_file(file, architecture, **model_kwargs)
+        raise _needs_architecture(file)
+    model, record, messages = model_from_state(state, None, file, architecture, **model_kwargs)
     for message in messages:
         warnings.warn(message, stacklevel=2)
     return model.to(device).eval(), record
+
+
+def _needs_architecture(file: Path) -> UserError:
+    return UserError(f"{file} has no reslab metadata (architecture); pass "
+                     f"architecture=NAME or import it once with "
+                     f"`reslab import {file} --model NAME --out FILE.safetensors`")

@@ -19,11 +19,11 @@ from torch import nn
 from .errors import UserError
 from .io import (is_safetensors, load_safetensors, regular_file, torch_load_safe,
                  unpickle_failure)
-from .limits import MAX_CLASSES, MAX_IN_CHANS, check_int
+from .limits import MAX_CLASSES, MAX_IN_CHANS, check_int, short_text
 from .models import create_model, get_arch, list_models
 from .models.blocks import Bottleneck
-from .record import (MEAN_IMAGE_KEY, InvalidRecord, Preprocess, Record, is_reslab,
-                     parse_metadata)
+from .record import (MEAN_IMAGE_KEY, InvalidRecord, Preprocess, Record, check_tensors,
+                     is_reslab, parse_metadata)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,16 +39,24 @@ _HEAD = ("fc.weight", "fc.bias")
 StateDict = dict[str, torch.Tensor]
 
 
-def load_state_dict_any(path: str | Path, *, strict_record: bool = True
-                        ) -> tuple[StateDict, Record | None]:
-    """(state_dict, reslab record or None) of any supported weights file, prefixes stripped.
+def open_weights(source: str | Path, *, strict_record: bool = True
+                 ) -> tuple[StateDict, Record | None]:
+    """(state_dict, reslab record or None): the one way reslab reads a weights file.
+
+    source: a reslab or plain safetensors file, a torch .pth/.pt/.tar (read weights_only: no
+    pickled code runs), a training checkpoint dict (DDP/compile prefixes stripped), a run
+    directory (its final weights) or torchvision:NAME[.WEIGHTS] (the hub-cache file, with the
+    record torchvision's weights API gives). The file is read once; every tensor is checked
+    (a dtype reslab writes, finite values) before anyone uses it.
 
     strict_record=False: a reslab file whose record is invalid or of an unusable old form gives
     its weights and no record (for importing or fine-tuning, which bring their own)."""
-    path = regular_file(path, "checkpoint")
+    if str(source).startswith(TORCHVISION):
+        path, record = torchvision_weights(str(source))
+    else:
+        path, record = resolve_ckpt_path(source), None
     if is_safetensors(path):
         tensors, raw = load_safetensors(path)
-        record = None
         if is_reslab(raw):
             try:
                 record = parse_metadata(raw, tensors, str(path))
@@ -56,8 +64,11 @@ def load_state_dict_any(path: str | Path, *, strict_record: bool = True
                 if strict_record:
                     raise
         tensors.pop(MEAN_IMAGE_KEY, None)
-        return _clean(tensors), record
-    return _clean(_find_state_dict(_safe_torch_load(path), path)), None
+        state = _strip_prefixes(tensors)
+    else:
+        state = _strip_prefixes(_find_state_dict(_safe_torch_load(path), path))
+    check_tensors(state, str(path))
+    return state, record
 
 
 def _safe_torch_load(path: Path) -> Any:
@@ -72,8 +83,26 @@ def _safe_torch_load(path: Path) -> Any:
                 f"convert it once: python -c \"import torch; c = torch.load('{path}', "
                 "weights_only=False); torch.save(c.state_dict() if hasattr(c, 'state_dict') "
                 "else c.get('state_dict', c), 'weights.pth')\" and use weights.pth") from None
+        if looks_like_safetensors(path):
+            raise damaged_safetensors(path) from None
         raise UserError(f"cannot read {path}: not a safetensors or PyTorch checkpoint "
-                        f"({reason})") from None
+                        f"({short_text(reason)})") from None
+
+
+def damaged_safetensors(path: Path) -> UserError:
+    return UserError(f"cannot read checkpoint {path}: it is not a readable safetensors file "
+                     "(its header is damaged or the file is truncated): copy it again")
+
+
+def looks_like_safetensors(path: Path) -> bool:
+    """A .safetensors name or a JSON header after the 8 length bytes (is_safetensors said no)."""
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(9)[8:9] == b"{"
+    except OSError:
+        return False
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -92,13 +121,13 @@ def _find_state_dict(obj: Any, path: Path) -> StateDict:
                     return _find_state_dict(obj[key], path)
                 except UserError:
                     continue
-        keys = ", ".join(map(str, list(obj)[:8]))
+        keys = ", ".join(short_text(k, 60) for k in list(obj)[:8])
         raise UserError(f"no state_dict in {path} (top-level keys: {keys})")
     raise UserError(f"no state_dict in {path}: it holds a {type(obj).__name__}")
 
 
-def _clean(state: StateDict) -> StateDict:
-    """Strips wrapper prefixes and maps known foreign names to ours."""
+def _strip_prefixes(state: StateDict) -> StateDict:
+    """The network's own names: wrapper prefixes (DDP, torch.compile) removed."""
     out = {}
     for key, value in state.items():
         changed = True
@@ -108,11 +137,29 @@ def _clean(state: StateDict) -> StateDict:
                 if key.startswith(prefix):
                     key, changed = key[len(prefix):], True
         out[key] = value
-    if "linear.weight" in out and "fc.weight" not in out:  # akamaster's CIFAR ResNets
-        for part in ("weight", "bias"):
-            if f"linear.{part}" in out:
-                out[f"fc.{part}"] = out.pop(f"linear.{part}")
     return out
+
+
+def _is_akamaster(state: StateDict) -> bool:
+    return "linear.weight" in state and "fc.weight" not in state
+
+
+def reslab_names(state: StateDict) -> StateDict:
+    """state with known foreign names mapped to ours (akamaster's classifier `linear` -> `fc`)."""
+    if not _is_akamaster(state):
+        return state
+    return {f"fc.{k[len('linear.'):]}" if k.startswith("linear.") else k: v
+            for k, v in state.items()}
+
+
+def layout_kwargs(state: StateDict, record: Record | None = None) -> dict[str, Any]:
+    """The create_model options a file's layout implies that its tensors cannot show: option A
+    is parameter-free, so only the source tells where its zero channels go. akamaster's
+    pytorch_resnet_cifar10 pads planes//4 zero channels on both sides of the input's; a reslab
+    record says its own."""
+    if record is not None:
+        return {"pad_sides": record.kwargs["pad_sides"]} if "pad_sides" in record.kwargs else {}
+    return {"pad_sides": "both"} if _is_akamaster(state) else {}
 
 
 def guess_architecture(state: StateDict) -> str | None:
@@ -132,12 +179,18 @@ def guess_architecture(state: StateDict) -> str | None:
 
 
 def apply_state_dict(model: nn.Module, state: StateDict, source: str,
-                     target: str = "the model") -> list[str]:
+                     target: str = "the model", layout: dict[str, Any] | None = None
+                     ) -> list[str]:
     """Loads state into model strictly, except: a head of another size stays freshly initialised
     (fine-tuning), a 3-channel stem is summed for a 1-channel model, and missing BN
-    num_batches_tracked counters are kept. Returns messages saying what was adapted."""
+    num_batches_tracked counters are kept. Returns messages saying what was adapted.
+
+    layout: the options the weights need (layout_kwargs; by default read from the names); a
+    model built otherwise is refused, since its option-A shortcuts would shift the channels."""
+    layout = layout_kwargs(state) if layout is None else layout
+    _check_layout(model, layout, source)
     own = model.state_dict()
-    state, messages, fresh = dict(state), [], set()
+    state, messages, fresh = dict(reslab_names(state)), [], set()
     if (all(k in state and k in own for k in _HEAD)
             and state["fc.weight"].shape != own["fc.weight"].shape):
         old, new = state.pop("fc.weight").shape, own["fc.weight"].shape
@@ -150,6 +203,22 @@ def apply_state_dict(model: nn.Module, state: StateDict, source: str,
     # Old checkpoints lack BN's num_batches_tracked (unused in eval): keep the model's.
     model.load_state_dict({k: state.get(k, own[k]) for k in own}, strict=True)
     return messages
+
+
+def _check_layout(model: nn.Module, layout: dict[str, Any], source: str) -> None:
+    options = getattr(model, "block_options", {})
+    wanted = layout.get("pad_sides", "after")
+    if (options.get("shortcut") == "A" and options.get("residual")
+            and options.get("pad_sides", "after") != wanted):
+        raise UserError(
+            f"{source} pads option-A shortcuts with zero channels on {_SIDES[wanted]}, the model "
+            f"on {_SIDES[options.get('pad_sides', 'after')]}: loading it would shift the "
+            f"channels of every block; build the model with pad_sides=\"{wanted}\" (reslab "
+            "import does it and records it)")
+
+
+_SIDES = {"after": "the side after the input's channels",
+          "both": "both sides of the input's channels (akamaster's layout)"}
 
 
 def _adapt_stem(own: StateDict, state: StateDict) -> list[str]:
@@ -167,7 +236,7 @@ def _adapt_stem(own: StateDict, state: StateDict) -> list[str]:
 def _check_match(own: StateDict, state: StateDict, what: str, skip: set[str]) -> None:
     missing = [k for k in own if k not in state and k not in skip
                and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
+    unexpected = [short_text(k, 80) for k in state if k not in own]
     shapes = [f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
     problems = ([f"shape {s}" for s in shapes[:3]] + [f"missing {k}" for k in missing[:3]]
@@ -256,27 +325,11 @@ def _download(url: str, path: Path, what: str) -> None:
                     "(or set TORCH_HOME to a cache that has it)")
 
 
-def weights_source(spec: str | Path) -> tuple[Path, Record | None]:
-    """The file behind a --weights value and the record it carries (None for foreign files)."""
-    if str(spec).startswith(TORCHVISION):
-        return torchvision_weights(str(spec))
-    path = resolve_ckpt_path(spec)
-    if is_safetensors(path):
-        tensors, raw = load_safetensors(path)
-        if is_reslab(raw):
-            try:
-                return path, parse_metadata(raw, tensors, str(path))
-            except InvalidRecord:  # fine-tuning needs the weights, not the old record
-                pass
-    return path, None
-
-
 def init_weights(model: nn.Module, spec: str | Path) -> list[str]:
     """Initialises model from any supported weights file or torchvision:NAME (fine-tuning);
     returns messages saying what was adapted."""
-    path, _ = weights_source(spec)
-    state, _ = load_state_dict_any(path, strict_record=False)
-    return apply_state_dict(model, state, str(spec))
+    state, record = open_weights(spec, strict_record=False)
+    return apply_state_dict(model, state, str(spec), layout=layout_kwargs(state, record))
 
 
 def default_record(architecture: str, kwargs: dict[str, Any], num_classes: int, in_chans: int
@@ -300,8 +353,17 @@ def model_from_file(path: str | Path, architecture: str, **model_kwargs: Any
     """(model, record, messages): builds `architecture` and loads any weights file into it.
 
     num_classes and in_chans default to the checkpoint's own (head and stem shapes)."""
-    state, record = load_state_dict_any(path, strict_record=False)
-    kwargs = {k: v for k, v in model_kwargs.items() if v is not None}
+    state, record = open_weights(path, strict_record=False)
+    return model_from_state(state, record, path, architecture, **model_kwargs)
+
+
+def model_from_state(state: StateDict, record: Record | None, path: str | Path,
+                     architecture: str, **model_kwargs: Any
+                     ) -> tuple[nn.Module, Record, list[str]]:
+    """model_from_file of weights already read (open_weights)."""
+    layout = layout_kwargs(state, record)
+    state = reslab_names(state)
+    kwargs = {**layout, **{k: v for k, v in model_kwargs.items() if v is not None}}
     if "fc.weight" in state:
         kwargs.setdefault("num_classes", int(state["fc.weight"].shape[0]))
     if "conv1.weight" in state and state["conv1.weight"].dim() == 4:
@@ -311,7 +373,7 @@ def model_from_file(path: str | Path, architecture: str, **model_kwargs: Any
         model = create_model(architecture, **kwargs)
     except (TypeError, ValueError) as e:
         raise UserError(f"cannot build {architecture} for {path}: {e}") from None
-    messages = apply_state_dict(model, state, str(path), architecture)
+    messages = apply_state_dict(model, state, str(path), architecture, layout=layout)
     new = default_record(architecture, kwargs, model.fc.out_features, model.conv1.in_channels)
     if record is not None and not messages:  # a reslab file used as is keeps its record
         new = record.replace(architecture=architecture, kwargs=new.kwargs)

@@ -7,7 +7,10 @@ module (plots included) can write files without pulling in the engine.
 
 Rules:
 - a file is written to a temporary name beside it, fsynced, then renamed over the target: a crash
-  at any moment leaves the old file or the new one, never half of one;
+  at any moment leaves the old file or the new one, never half of one; a SIGTERM or SIGINT
+  removes the temporary file (`clean_up_on_signals`: every live one is registered);
+- an output never replaces a non-regular file (a FIFO or device: as root, `--out /dev/null`
+  would replace the real one) nor the command's own input (`check_writable`);
 - nothing opens a non-regular file (FIFO, device, socket) where a regular file is expected: that
   would block forever or read garbage; `regular_file` refuses them first;
 - OSErrors on user paths (missing, exists, not a directory, permission, read-only file system,
@@ -18,8 +21,10 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import stat
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -111,8 +116,8 @@ def read_text(path: str | Path, what: str = "file", limit: int | None = None) ->
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") \
-            from None
+        raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start}): the "
+                        "file is damaged or not what reslab wrote there") from None
 
 
 def ensure_dir(path: str | Path, what: str = "directory") -> Path:
@@ -129,14 +134,29 @@ def ensure_dir(path: str | Path, what: str = "directory") -> Path:
     return path
 
 
-def check_writable(path: str | Path, what: str = "file") -> Path:
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether a and b name one existing file (links and relative paths resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_writable(path: str | Path, what: str = "file",
+                   inputs: Sequence[str | Path] = ()) -> Path:
     """Fails at once where writing path later would (so a long job does not run for nothing):
-    a directory at path, a file where a parent directory should be, or a directory (the nearest
-    existing parent) where files cannot be created (permissions, read-only file system).
-    Creates nothing."""
+    a directory at path, a non-regular file there (FIFO, device, socket: never replaced), one
+    of the command's `inputs` (it would be replaced by its own output), a file where a parent
+    directory should be, or a directory (the nearest existing parent) where files cannot be
+    created (permissions, read-only file system). Creates nothing."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"cannot write {what} {path}: it is a directory")
+    if not path.name or path.is_dir():
+        raise UserError(f"cannot write {what} {path}: it is a directory (name a file in it)")
+    _refuse_non_regular(path, what)
+    for source in inputs:
+        if same_file(path, source):
+            raise UserError(f"cannot write {what} {path}: it is the input {source}, which the "
+                            "output would replace; write it elsewhere")
     parent = path.absolute().parent
     while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
         parent = parent.parent
@@ -161,19 +181,73 @@ def _umask() -> int:
     return mask
 
 
+def _refuse_non_regular(path: Path, what: str) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # absent (or unreadable: the write says why)
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise UserError(f"cannot write {what} {path}: it is not a regular file (a FIFO, device "
+                        "or socket), which an output never replaces; write to a file")
+
+
+# Temporary files being written now: a signal removes them (clean_up_on_signals).
+_LIVE_TEMPS: set[str] = set()
+_LIVE_LOCK = threading.RLock()  # re-entrant: the handler runs in the thread that may hold it
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a BaseException, like KeyboardInterrupt: no `except Exception` stops it);
+    the command line exits 143."""
+
+
+def remove_live_temps() -> None:
+    """Removes every temporary file an atomic write has open (any thread)."""
+    with _LIVE_LOCK:
+        live = list(_LIVE_TEMPS)
+    for tmp in live:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    remove_live_temps()  # writes in other threads do not see the exception raised here
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signal.Signals(signum).name)
+
+
+def clean_up_on_signals() -> None:
+    """SIGTERM and SIGINT remove every live temporary file, then raise (Terminated,
+    KeyboardInterrupt) so that the command unwinds and exits (143, 130) without leaving a
+    `.NAME.*.tmp` behind. Training replaces these handlers with its own while it runs (it
+    saves its state first) and restores them."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, _on_signal)
+        except ValueError:  # not the main thread
+            pass
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None], what: str = "file") -> None:
     """Calls write(tmp_path), fsyncs, then renames onto path: readers see old or new, never half.
 
     An OS error the user can fix (full disk, read-only, permission, file-size limit, a directory
-    where the file should go) raises UserError naming path; the previous file is left as it was."""
+    where the file should go) raises UserError naming path; the previous file is left as it was.
+    A non-regular file at path (FIFO, device) is refused, never replaced."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"cannot write {what} {path}: it is a directory")
+    if not path.name or path.is_dir():
+        raise UserError(f"cannot write {what} {path}: it is a directory (name a file in it)")
+    _refuse_non_regular(path, what)
     ensure_dir(path.parent)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise path_error(e, path, f"write {what}") or e from None
+    with _LIVE_LOCK:  # registered before a signal could see the file and not know it
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as e:
+            raise path_error(e, path, f"write {what}") or e from None
+        _LIVE_TEMPS.add(tmp)
     os.close(fd)
     try:
         write(tmp)
@@ -194,6 +268,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None], what: str = "fi
             if err is not None:
                 raise err from None
         raise
+    finally:
+        with _LIVE_LOCK:
+            _LIVE_TEMPS.discard(tmp)
 
 
 def atomic_write_text(path: str | Path, text: str, what: str = "file") -> None:
@@ -225,21 +302,24 @@ def is_safetensors(path: str | Path) -> bool:
 
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """(tensors, raw string metadata) of a safetensors file; UserError when unreadable."""
+    """(tensors, raw string metadata) of a safetensors file, read once; UserError naming the
+    file when it is not a readable safetensors file."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import safe_open
 
     path = regular_file(path, "checkpoint")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
-        tensors = load_file(str(path))
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
     except OSError as e:
         raise path_error(e, path, "read checkpoint") or UserError(
             f"cannot read checkpoint {path}: {e}") from None
     except (SafetensorError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot read checkpoint {path}: not a valid safetensors file "
-                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot read checkpoint {path}: it is not a readable safetensors file "
+                        f"({reason[:200]}); the file is damaged or truncated: copy it again"
+                        ) from None
     return tensors, raw
 
 

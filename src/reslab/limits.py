@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from .errors import UserError
 
 MAX_IMAGE_SIDE = 4096          # px: training, evaluation and prediction resolutions
@@ -30,15 +32,34 @@ MAX_CLASS_NAME = 1_000         # characters in one class name
 MAX_DATASET_BYTES = 4 * 2**30  # uint8 pixels of an in-memory dataset (after any resize)
 MAX_FILE_BYTES = 2 * 2**30     # bytes read from one dataset file (decompressed for .gz)
 MAX_TEXT_BYTES = 16 * 2**20    # a recipe, class-name list or run file read as text
+MAX_MESSAGE_PART = 200         # characters of a user's value quoted in an error message
+# Normalisation statistics, in [0, 1] pixel units (the same bounds for training, import and
+# every record read): a mean of 1e30 or a std of 1e-30 only gives logits of 1e29.
+MAX_ABS_MEAN = 10.0
+MIN_STD, MAX_STD = 1e-6, 10.0
+# Tensor dtypes a weights file may hold: what reslab and the usual trainers write.
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+INT_DTYPES = (torch.int64,)
+
+
+def short_text(value: Any, limit: int = MAX_MESSAGE_PART) -> str:
+    """value as text of at most `limit` characters (a 1 MB key makes a 1 MB error line)."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text):,} characters)"
 
 
 def check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    """value as an int within [lo, hi]; UserError naming the value and the limits."""
+    """value as an int within [lo, hi]; UserError naming the value and the limits.
+
+    A float is taken only when it holds a whole number exactly representable (below 2**53):
+    above, the float is already another integer than the one written."""
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        if (isinstance(value, float) and math.isfinite(value) and value == int(value)
+                and abs(value) <= 2**53):
             value = int(value)
         else:
-            raise UserError(f"invalid {name} {value!r}: must be a whole number")
+            raise UserError(f"invalid {name} {short_text(value)}: must be a whole number")
     if not lo <= value <= hi:
         raise UserError(f"invalid {name} {value}: must be between {lo} and {hi:,}")
     return value

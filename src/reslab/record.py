@@ -36,16 +36,17 @@ from torch import nn
 from .data.images import default_crop_fraction
 from .data.normalize import NORMALIZE, Normalizer, Stats
 from .errors import UserError
-from .io import load_safetensors, save_safetensors
-from .limits import (MAX_BATCH_VALUES, MAX_CLASS_NAME, MAX_CLASSES, MAX_IMAGE_SIDE,
-                     MAX_IN_CHANS, MAX_SEED, check_float, check_int)
+from .io import save_safetensors
+from .limits import (FLOAT_DTYPES, INT_DTYPES, MAX_ABS_MEAN, MAX_BATCH_VALUES, MAX_CLASS_NAME,
+                     MAX_CLASSES, MAX_IMAGE_SIDE, MAX_IN_CHANS, MAX_SEED, MAX_STD, MIN_STD,
+                     check_float, check_int, short_text)
 from .models import REGISTRY, create_model
-from .models.blocks import SHORTCUTS, STRIDE_IN
+from .models.blocks import PAD_SIDES, SHORTCUTS, STRIDE_IN
 
 FORMAT = "reslab-2"
 OLD_FORMAT = "reslab-1"
 MEAN_IMAGE_KEY = "reslab.mean_image"
-KWARGS = ("num_classes", "in_chans", "shortcut", "stride_in", "zero_init_residual")
+KWARGS = ("num_classes", "in_chans", "shortcut", "stride_in", "zero_init_residual", "pad_sides")
 
 
 class InvalidRecord(UserError):
@@ -167,7 +168,8 @@ def _kwargs(value: Any, where: str) -> dict[str, Any]:
     except UserError as e:
         raise _fail(where, str(e)) from None
     out: dict[str, Any] = {**value, "num_classes": num_classes, "in_chans": in_chans}
-    for key, choices in (("shortcut", SHORTCUTS), ("stride_in", STRIDE_IN)):
+    for key, choices in (("shortcut", SHORTCUTS), ("stride_in", STRIDE_IN),
+                         ("pad_sides", PAD_SIDES)):
         if key in value and value[key] not in choices:
             raise _fail(where, f"kwargs {key} {_short(value[key])} is not one of "
                         f"{', '.join(choices)}")
@@ -197,6 +199,10 @@ def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
     std = _numbers(_require(value, "std", where), in_chans, "std", where)
     if min(std) <= 0:
         raise _fail(where, f"std must be positive, got {list(std)}")
+    try:
+        check_stats(mean, std)
+    except UserError as e:
+        raise _fail(where, str(e)) from None
     normalize = value.get("normalize", "channel")
     if normalize not in NORMALIZE:
         raise _fail(where, f"normalize {_short(normalize)} is not one of {', '.join(NORMALIZE)}")
@@ -221,6 +227,37 @@ def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
     else:
         mean_image = None
     return Preprocess(tuple(size), mean, std, normalize, mean_image, crop, flip)
+
+
+def check_stats(mean: tuple[float, ...], std: tuple[float, ...], what: str = "") -> None:
+    """The one set of bounds on normalisation statistics, for every way a record is made or
+    read (training, import flags, a file): finite, |mean| <= MAX_ABS_MEAN, std in
+    [MIN_STD, MAX_STD] (pixels are in [0, 1]: a std of 1e-30 would only scale the logits to
+    1e29, silently)."""
+    for v in mean:
+        check_float(f"{what}mean value", v, -MAX_ABS_MEAN, MAX_ABS_MEAN)
+    for v in std:
+        v = check_float(f"{what}std value", v, 0.0, MAX_STD, lo_open=True)
+        if v < MIN_STD:
+            raise UserError(f"invalid {what}std value {v:g}: below {MIN_STD:g}, which would "
+                            "scale the input (and the scores) by more than a million")
+
+
+def check_tensors(state: dict[str, torch.Tensor], where: str) -> None:
+    """Every tensor of a weights file is of a dtype reslab writes (float32/bf16/fp16 weights,
+    int64 counters such as BN's num_batches_tracked; float64 from other trainers) and finite:
+    an int8 or bool fc.weight would load by casting and give numbers that look fine."""
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise InvalidRecord(f"{where}: {short_text(key)} is not a tensor")
+        if value.dtype not in FLOAT_DTYPES + INT_DTYPES:
+            raise InvalidRecord(
+                f"{where}: tensor {short_text(key)} has dtype {str(value.dtype).removeprefix('torch.')}, "
+                "which reslab never writes (weights are float32, bfloat16 or float16, counters "
+                "int64); the file is damaged or not a model's weights")
+        if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+            raise InvalidRecord(f"{where} holds non-finite weights (NaN or Inf), first in "
+                                f"{short_text(key)}")
 
 
 def _data(value: Any, where: str) -> dict[str, Any] | None:
@@ -315,27 +352,22 @@ def parse_metadata(raw: dict[str, str], tensors: dict[str, torch.Tensor],
     return _parse(obj, tensors.get(MEAN_IMAGE_KEY), where)
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Record]:
-    """(state_dict, Record) of a reslab weights file; UserError when unreadable or invalid."""
-    tensors, raw = load_safetensors(path)
-    if not is_reslab(raw):
-        raise InvalidRecord(f"{path} is a safetensors file without reslab metadata")
-    record = parse_metadata(raw, tensors, str(path))
-    tensors.pop(MEAN_IMAGE_KEY, None)
-    return tensors, record
-
-
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], record: Record,
               where: str) -> nn.Module:
-    """Loads state into model strictly; NaN or infinite weights are refused (they would only
-    give NaN scores, silently)."""
-    bad = next((k for k, v in state.items()
-                if v.dtype.is_floating_point and not bool(torch.isfinite(v).all())), None)
-    if bad is not None:
-        raise InvalidRecord(f"{where} holds non-finite weights (NaN or Inf), first in {bad}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise InvalidRecord(f"{where} does not match {record.architecture} "
-                            f"{record.kwargs}: {str(e).splitlines()[0]}") from None
+    """Loads state into model strictly: every tensor checked (check_tensors: NaN or infinite
+    weights would only give NaN scores, silently), of the model's kind (floating where the
+    model's is floating) and shape."""
+    check_tensors(state, where)
+    own = model.state_dict()
+    problems = ([f"missing {k}" for k in own if k not in state]
+                + [f"unexpected {k}" for k in state if k not in own]
+                + [f"{k} has shape {list(state[k].shape)}, the model {list(own[k].shape)}"
+                   for k in own if k in state and state[k].shape != own[k].shape]
+                + [f"{k} is {str(state[k].dtype).removeprefix('torch.')}, the model's "
+                   f"{str(own[k].dtype).removeprefix('torch.')}" for k in own if k in state
+                   and state[k].dtype.is_floating_point != own[k].dtype.is_floating_point])
+    if problems:
+        raise InvalidRecord(f"{where} does not match {record.architecture} {record.kwargs}: "
+                            + "; ".join(short_text(p) for p in problems[:3]))
+    model.load_state_dict(state, strict=True)
     return model

@@ -9,9 +9,11 @@ interrupted ones, so a long sweep survives being stopped.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -185,7 +187,8 @@ def train_in_parallel(recipes: dict[str, Recipe], out: Path, jobs: int,
     as threads of one: the paper-size convolutions are too small to split well), deepest first
     so the longest runs start at once. Finished members are skipped and interrupted ones
     resumed, exactly as in a sequential sweep; a member that fails stops the sweep with its
-    error; Ctrl-C reaches every member, which saves its state."""
+    error; a SIGINT or SIGTERM to the sweep is passed to every member, which saves its state,
+    and the sweep exits when they have."""
     from ..data.loaders import available_cpus
     from ..engine import state as run_state
     from ..engine.recipe import save_recipe
@@ -207,14 +210,20 @@ def train_in_parallel(recipes: dict[str, Recipe], out: Path, jobs: int,
             argv = ["--recipe", str(tmp / f"{model}.toml")]
             if (run_dir / "config.toml").is_file():
                 argv.append("--overwrite")  # this recipe's run, dead before its first state
-        proc = subprocess.run([sys.executable, "-m", "reslab", "train", *argv, "--out",
-                               str(run_dir), "--quiet"], stderr=subprocess.PIPE, text=True)
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        with members.start([sys.executable, "-m", "reslab", "train", *argv, "--out",
+                            str(run_dir), "--quiet"]) as proc:
+            _, err = proc.communicate()
+        lines = [ln for ln in err.splitlines() if ln.strip()]
         return model, proc.returncode, lines[-1] if lines else ""
 
     order = sorted(recipes, key=lambda name: -get_arch(recipes[name].model).depth)
+    members = Members()
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(jobs) as pool:
-        results = list(pool.map(lambda m: one(m, Path(tmp)), order))
+        try:
+            results = list(pool.map(lambda m: one(m, Path(tmp)), order))
+        except BaseException as e:  # SIGTERM/SIGINT (or an error) here: stop every member
+            members.stop(signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
+            raise
     for model, rc, line in results:
         if rc in (130, 143):
             from ..engine.state import Interrupted
@@ -222,6 +231,41 @@ def train_in_parallel(recipes: dict[str, Recipe], out: Path, jobs: int,
             raise Interrupted("SIGINT" if rc == 130 else "SIGTERM", 0)
         if rc != 0:
             raise UserError(f"{model}: {line.removeprefix('error: ') or f'exit {rc}'}")
+
+
+class Members:
+    """The member trainings of a parallel sweep. Each runs in its own session, so a signal
+    reaches it once, from `stop` when the sweep is stopped (a Ctrl-C in the terminal would
+    otherwise reach it too, and a second signal makes a training stop without saving)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.stopping = False
+        self.lock = threading.Lock()
+
+    def start(self, argv: list[str]) -> subprocess.Popen:
+        with self.lock:
+            if self.stopping:
+                raise UserError("the sweep is stopping")
+            proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+            self.procs.append(proc)
+            return proc
+
+    def stop(self, sig: int) -> None:
+        """Sends sig to every running member (each saves its state) and waits for them."""
+        with self.lock:
+            self.stopping = True
+            procs = list(self.procs)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        for proc in procs:
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: Recipe, *,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_text, read_text
+from ..io import atomic_write_text, check_writable, read_text
 from ..limits import MAX_FILE_BYTES
 from ..engine.logging import read_metrics
 from ..engine.recipe import read_toml
@@ -323,7 +323,10 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> t
         if not d.is_dir():
             raise UserError(f"not a directory: {d}")
     out = Path(out) if out else (dirs[0] / "report.md" if len(dirs) == 1 else Path("report.md"))
+    check_writable(out, "report")
     md, page = out.with_suffix(".md"), out.with_suffix(".html")
+    for path in (md, page):
+        check_writable(path, "report")
     sections, summaries = Doc(), []
     for d in dirs:
         draw_curves(d)

@@ -45,8 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from ..io import Terminated, clean_up_on_signals
+
     debug = "--debug" in argv or os.environ.get("RESLAB_DEBUG") == "1"
     _ignore_file_size_signal()
+    clean_up_on_signals()
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):
@@ -75,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143
 
 
 def _error(message: str) -> int:

@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_writable
     from .common import print_json
 
-    check_writable(args.out, "--out")
     ckpt = resolve_ckpt_path(args.ckpt)
+    check_writable(args.out, "--out", inputs=[ckpt])
     model, record = load_checkpoint(ckpt)
     result = export_model(model, record, args.out, args.format)
     if args.json:

@@ -38,12 +38,13 @@ def max_logit_gap(a: torch.nn.Module, b: torch.nn.Module, input_size: list[int])
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint
-    from ..io import regular_file
+    from ..checkpoint import load_checkpoint, resolve_ckpt_path
+    from ..io import check_writable, regular_file
     from ..models.surgery import grow, infer_arch
     from ..record import save_weights
     from .common import print_json
 
+    check_writable(args.out, "--out", inputs=[resolve_ckpt_path(args.ckpt)])
     model, record = load_checkpoint(args.ckpt)
     source = infer_arch(model).name
     deeper = grow(model, args.to, shortcut=args.shortcut)

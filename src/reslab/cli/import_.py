@@ -58,22 +58,25 @@ def _class_names(spec: str, k: int) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..interop import TORCHVISION, model_from_file, torchvision_weights
-    from ..limits import check_float, check_image_side
-    from ..record import Record, save_weights
+    from ..interop import TORCHVISION, model_from_state, open_weights
+    from ..io import check_writable, same_file
+    from ..limits import check_image_side
+    from ..record import Record, check_stats, save_weights
     from .common import model_kwargs
 
     if args.input_size is not None:
         check_image_side("--input-size", args.input_size)
-    source, pretrained = args.file, None
+    check_writable(args.out, "--out")
+    if not args.file.startswith(TORCHVISION) and same_file(args.file, args.out):
+        raise UserError(f"--out {args.out} is the file being imported: write the reslab file "
+                        "beside it")
+    state, pretrained = open_weights(args.file, strict_record=False)
     if args.file.startswith(TORCHVISION):
-        source, pretrained = torchvision_weights(args.file)
         args.model = args.model or pretrained.architecture
     if not args.model:
         raise UserError("--model is required: the architecture the weights are for")
-    model, record, messages = model_from_file(source, args.model, **model_kwargs(args))
-    if pretrained is not None and not messages:  # the weights' own classes and preprocessing
-        record = pretrained.replace(architecture=args.model, kwargs=record.kwargs)
+    model, record, messages = model_from_state(state, pretrained, args.file, args.model,
+                                               **model_kwargs(args))
     k, c = model.fc.out_features, model.conv1.in_channels
     pre = record.preprocess
     changes = {}
@@ -82,12 +85,8 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             if len(value) != c:
                 raise ValueError(f"--{key} needs {c} values (one per input channel)")
-            for v in value:
-                if key == "mean":
-                    check_float("--mean value", v, -10.0, 10.0)
-                else:
-                    check_float("--std value", v, 0.0, 10.0, lo_open=True)
             changes[key] = tuple(value)
+    check_stats(changes.get("mean", ()), changes.get("std", ()), "--")
     if args.input_size:
         changes["input_size"] = (c, args.input_size, args.input_size)
     if changes and pre.normalize == "pixel":  # per-channel statistics replace the mean image

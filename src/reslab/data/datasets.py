@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError, unknown, warn
 from ..io import read_bytes, regular_file
-from ..limits import MAX_DATASET_BYTES, MAX_FILE_BYTES, MAX_IMAGE_SIDE
+from ..limits import MAX_DATASET_BYTES, MAX_FILE_BYTES, MAX_IMAGE_SIDE, short_text
 from .images import GRAY_MODES, probe_image
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic")
@@ -272,14 +272,40 @@ def _field(d: Any, key: str, path: Path) -> Any:
     raise UserError(f"'{path}' is not a CIFAR batch: no '{key}' entry")
 
 
-def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_batch(path: Path, label_key: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
     d = load_pickle(path)
-    x, y = _field(d, "data", path), np.asarray(_field(d, label_key, path))
+    x = _field(d, "data", path)
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 \
-            or x.shape[1] != 3072 or len(y) != len(x):
+            or x.shape[1] != 3072:
         raise UserError(f"'{path}' is not a CIFAR batch: expected uint8 data (N, 3072) "
                         f"and N labels")
-    return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
+    return x.reshape(-1, 3, 32, 32), check_labels(_field(d, label_key, path), len(x), classes,
+                                                  f"'{path}' ({label_key})")
+
+
+def check_labels(labels: Any, n: int, classes: int, where: str) -> np.ndarray:
+    """labels as int64 when they are n whole numbers in [0, classes) in one dimension; else a
+    UserError saying what is wrong (a None, a negative or too large class, a 2-D array)."""
+    try:
+        y = np.asarray(labels)
+    except (ValueError, TypeError):  # ragged nested lists
+        y = np.asarray([None])
+    if y.ndim != 1:
+        raise UserError(f"{where}: labels must be one class index per image (1-D), got an "
+                        f"array of shape {list(y.shape)}")
+    if y.dtype.kind not in "iu" and not (y.dtype == object and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in y.tolist())):
+        first = next((v for v in y.tolist() if not isinstance(v, int) or isinstance(v, bool)),
+                     y.dtype)
+        raise UserError(f"{where}: labels must be whole numbers, found {short_text(first)}")
+    if len(y) != n:
+        raise UserError(f"{where}: {len(y)} labels for {n} images")
+    y = y.astype(np.int64) if y.dtype != object else np.array(y.tolist(), dtype=object)
+    bad = [int(v) for v in y.tolist() if not 0 <= int(v) < classes]
+    if bad:
+        raise UserError(f"{where}: label {bad[0]} is not a class of the {classes} "
+                        f"(0..{classes - 1}); {len(bad)} label(s) out of range")
+    return y.astype(np.int64)
 
 
 def cifar(classes: int, data_dir: str | None = None) -> ArraySource:
@@ -298,8 +324,8 @@ def cifar(classes: int, data_dir: str | None = None) -> ArraySource:
                             f"{', '.join(map(str, places))}) and the download failed ({exc}); "
                             f"pass --data-dir DIR holding {folder}/") from None
         found = root / folder
-    parts = [_cifar_batch(found / f, label_key) for f in train_files]
-    xte, yte = _cifar_batch(found / test_file, label_key)
+    parts = [_cifar_batch(found / f, label_key, classes) for f in train_files]
+    xte, yte = _cifar_batch(found / test_file, label_key, classes)
     names = [n.decode() if isinstance(n, bytes) else str(n)
              for n in _field(load_pickle(found / meta_file), names_key, found / meta_file)]
     ytr = np.concatenate([p[1] for p in parts])
@@ -320,7 +346,8 @@ def _list_files(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
 
 def _probe_all(items: list[tuple[str, int]],
                workers: int) -> tuple[list[tuple[str, int]], set[str], list[str]]:
-    """Reads every file's header (threads: this is I/O); warns once per unreadable file."""
+    """Reads every file's header (threads: this is I/O); names the first unreadable files and
+    says how many were skipped in all."""
     def probe(item: tuple[str, int]) -> str | UserError:
         try:
             return probe_image(item[0])
@@ -332,7 +359,8 @@ def _probe_all(items: list[tuple[str, int]],
     good, modes, skipped = [], set(), []
     for item, mode in zip(items, results):
         if isinstance(mode, UserError):
-            warn(f"{mode} (skipped)")
+            if len(skipped) < NAMED_SKIPS:
+                warn(f"{mode} (skipped)")
             skipped.append(item[0])
         else:
             good.append(item)
@@ -340,9 +368,27 @@ def _probe_all(items: list[tuple[str, int]],
     return good, modes, skipped
 
 
+NAMED_SKIPS = 10  # unreadable files named one per line; the rest are counted
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    """The class subfolders of folder, sorted; a name with a control character (a newline
+    would break every one-name-per-line output) is refused, naming it escaped."""
+    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    odd = next((n for n in names if any(not c.isprintable() and c != " " for c in n)), None)
+    if odd is not None:
+        raise UserError(f"class folder {short_text(ascii(odd))} in '{folder}' has a control "
+                        "character (such as a newline) in its name; rename it")
+    return names
+
+
 def scan_folder(path: str, workers: int = 4) -> FolderSource:
     """PATH/train/<class>/* (and optional PATH/val/<class>/*), as torchvision's ImageFolder:
-    classes are the sorted subfolder names. 1 channel when every image is grayscale, else 3."""
+    classes are the sorted subfolder names. 1 channel when every image is grayscale, else 3.
+
+    A class folder without readable images is dropped with a warning naming it (a class with
+    no examples would still count as an output of the model); fewer than 2 classes left is an
+    error."""
     root = Path(path).expanduser()
     train_dir, val_dir = root / "train", root / "val"
     if not root.is_dir():
@@ -350,21 +396,43 @@ def scan_folder(path: str, workers: int = 4) -> FolderSource:
     if not train_dir.is_dir():
         raise UserError(f"image folder '{path}' has no train/ subfolder "
                         "(expected train/<class>/<image files>)")
-    classes = sorted(d.name for d in train_dir.iterdir()
-                     if d.is_dir() and not d.name.startswith("."))
+    classes = _class_dirs(train_dir)
     if not classes:
         raise UserError(f"'{train_dir}' has no class subfolders (expected train/<class>/<images>)")
     has_val = val_dir.is_dir()
     if has_val:
-        extra = sorted({d.name for d in val_dir.iterdir() if d.is_dir()} - set(classes))
+        extra = sorted(set(_class_dirs(val_dir)) - set(classes))
         if extra:
             raise UserError(f"'{val_dir}' has classes that train/ lacks: {', '.join(extra)}")
-    train, modes, skipped = _probe_all(_list_files(train_dir, classes), workers)
-    val, val_modes, val_skipped = _probe_all(_list_files(val_dir, classes) if has_val else [],
-                                             workers)
-    for folder, items in ((train_dir, train), (val_dir, val if has_val else [None])):
-        if not items:
-            raise UserError(f"no readable images in '{folder}'")
+    found = _list_files(train_dir, classes)
+    train, modes, skipped = _probe_all(found, workers)
+    if not train:
+        raise UserError(f"no readable images in '{train_dir}'"
+                        + (f" ({len(skipped)} unreadable files skipped)" if skipped else ""))
+    kept = sorted({label for _, label in train})
+    if len(kept) < len(classes):
+        empty = [classes[i] for i in range(len(classes)) if i not in set(kept)]
+        if len(kept) < 2:
+            raise UserError(f"'{train_dir}' has readable images in {len(kept)} class folder"
+                            f"{'s' if len(kept) != 1 else ''} only (empty: "
+                            f"{', '.join(map(repr, empty[:5]))}); a classifier needs 2 or more")
+        warn(f"class folder{'s' if len(empty) > 1 else ''} "
+             f"{', '.join(map(repr, empty[:5]))}{' ...' if len(empty) > 5 else ''} in "
+             f"'{train_dir}' hold no readable images: dropped, {len(kept)} classes remain")
+        relabel = {old: new for new, old in enumerate(kept)}
+        classes = [classes[i] for i in kept]
+        train = [(p, relabel[label]) for p, label in train]
+    val, val_modes, val_skipped = [], set(), []
+    if has_val:
+        val_items = _list_files(val_dir, classes)  # listed by the kept names: new labels
+        val, val_modes, val_skipped = _probe_all(val_items, workers)
+        if not val:
+            raise UserError(f"no readable images in '{val_dir}'")
+    skipped += val_skipped
+    if skipped:
+        warn(f"skipped {len(skipped):,} unreadable file{'s' if len(skipped) > 1 else ''} of "
+             f"{len(found) + (len(val_items) if has_val else 0):,} in '{root}'"
+             + (f" (the first {NAMED_SKIPS} named above)" if len(skipped) > NAMED_SKIPS else ""))
     in_chans = 1 if (modes | val_modes) <= GRAY_MODES else 3
     return FolderSource(f"imagefolder:{path}", classes, in_chans, train,
-                        val if has_val else None, skipped + val_skipped)
+                        val if has_val else None, skipped)

@@ -50,7 +50,9 @@ class FolderDataset(Dataset):
             else:
                 img = eval_geometry(img, (self.size, self.size), self.crop_fraction)
             return pil_to_uint8(img), label
-        raise UserError(f"no readable image near '{self.items[index][0]}'")
+        raise UserError(f"none of the {min(16, len(self.items))} images from "
+                        f"'{self.items[index][0]}' on could be decoded (truncated or damaged "
+                        "files): remove them from the folder")
 
 
 class _KeyBatches(Sampler):
@@ -91,9 +93,20 @@ def decode_batches(ds: FolderDataset, sampler: _KeyBatches, device: torch.device
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator(),
                         collate_fn=collate_runs if ds.whole else None)
-    for batch in loader:
-        for x, y in batch if ds.whole else [batch]:
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    try:
+        for batch in loader:
+            for x, y in batch if ds.whole else [batch]:
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    except UserError as e:
+        raise UserError(_worker_message(str(e))) from None
+
+
+def _worker_message(text: str) -> str:
+    """The error a DataLoader worker raised, without the "Caught UserError in DataLoader
+    worker process 0" frame and traceback that the loader wraps it in."""
+    prefix = f"{UserError.__module__}.{UserError.__qualname__}: "
+    lines = [ln for ln in text.splitlines() if ln.startswith(prefix)]
+    return lines[-1][len(prefix):] if lines else text
 
 
 class FolderData(Data):

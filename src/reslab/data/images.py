@@ -9,6 +9,7 @@ In-memory datasets are evaluated full-frame, i.e. crop_fraction = 1. The multi-s
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from os import PathLike
 
@@ -17,7 +18,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import UserError
+from ..errors import UserError, warn
 from ..io import regular_file
 from .normalize import Normalizer
 
@@ -28,6 +29,10 @@ SCALE_RANGE = (256 / 224, 480 / 224)
 # Modes that hold one intensity per pixel (alpha aside); anything else is read as colour.
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _HIGH_DEPTH = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# An image of 89-179 megapixels opens (beyond, DecompressionBombError refuses it): PIL's
+# warning about it says nothing the user must act on, and it would print raw from scanning
+# threads, where warnings cannot be caught per call.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
                   Image.DecompressionBombError)
 
@@ -40,13 +45,23 @@ def open_image(path: str | PathLike) -> Image.Image:
         raise UserError(f"image '{path}' not found")
     regular_file(path, "image")  # a FIFO or device would block the decoder
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings(record=True) as notes, Image.open(path) as img:
+            warnings.simplefilter("always")
             img.load()
-            return ImageOps.exif_transpose(img)
+            img = ImageOps.exif_transpose(img)
+        _say(notes, path)
+        return img
     except FileNotFoundError:
         raise UserError(f"image '{path}' not found") from None
     except _DECODE_ERRORS as exc:
         raise UserError(f"cannot read image '{path}': {exc}") from None
+
+
+def _say(notes: list[warnings.WarningMessage], path: str | PathLike) -> None:
+    """PIL's warnings on odd files (a very large image, damaged EXIF data) as one `warning:`
+    line naming the file, not Python's warning with its source line."""
+    for text in dict.fromkeys(str(n.message).splitlines()[0] for n in notes if str(n.message)):
+        warn(f"image '{path}': {text[:200]}")
 
 
 def probe_image(path: str | PathLike) -> str:
@@ -55,7 +70,7 @@ def probe_image(path: str | PathLike) -> str:
     Used to scan large folders; a truncated file can still pass and fail at decoding time."""
     regular_file(path, "image")
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # in threads: warnings are caught where images decode
             return img.mode
     except _DECODE_ERRORS as exc:
         raise UserError(f"cannot read image '{path}': {exc}") from None

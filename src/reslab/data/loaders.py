@@ -121,6 +121,18 @@ def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int |
                       stats=stats, skipped=src.skipped, held_out=val_split, **kw)
 
 
+def _stats_for(stats: Stats, in_chans: int, spec: str) -> Stats:
+    """A checkpoint's statistics for images of in_chans channels: RGB statistics for
+    grayscale images (fine-tuning RGB weights, whose stem is summed for one channel) are
+    averaged over the channels, as a gray pixel is the mean of R, G and B."""
+    if len(stats.mean) == in_chans:
+        return stats
+    if in_chans == 1 and stats.mean_image is None:
+        return Stats([sum(stats.mean) / len(stats.mean)], [sum(stats.std) / len(stats.std)])
+    raise UserError(f"{spec} has {in_chans}-channel images but the weights' statistics are for "
+                    f"{len(stats.mean)} channels")
+
+
 def available_cpus() -> int:
     """How many CPUs this process may run on (the affinity mask, e.g. a container's share)."""
     from ..threads import available_cpus as cpus
@@ -158,6 +170,9 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
     if image_size is not None:
         check_image_side("image size", image_size)
     src = load_source(spec, data_dir, workers)
+    if stats is not None:
+        stats = _stats_for(stats, src.in_chans if isinstance(src, FolderSource)
+                           else int(src.train[0].shape[1]), spec)
     opts = dict(val_split=val_split, seed=seed, image_size=image_size, normalize=normalize,
                 augment=augment, pad=pad, stats=stats, crop_fraction=crop_fraction, erase=erase)
     if isinstance(src, FolderSource):

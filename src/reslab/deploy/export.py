@@ -80,8 +80,12 @@ def _torchscript(model: nn.Module, example: torch.Tensor, out: Path, record: Rec
 def _pt2(model: nn.Module, example: torch.Tensor, out: Path, record: Record) -> Runner:
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    atomic_write(out, lambda tmp: torch.export.save(
-        program, tmp, extra_files={"reslab.json": _meta_json(record)}))
+    def write(tmp: str) -> None:
+        # Through a file object: given a path, torch.export logs that it does not end in .pt2.
+        with open(tmp, "wb") as f:
+            torch.export.save(program, f, extra_files={"reslab.json": _meta_json(record)})
+
+    atomic_write(out, write)
     return torch.export.load(str(out)).module()
 
 

@@ -76,9 +76,11 @@ class MetricsLog:
         if tensorboard:
             self.tb = _tensorboard_writer(path.parent / "tensorboard")
         if resume_step is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines()
+            from ..io import atomic_write_text, read_text
+            from ..limits import MAX_FILE_BYTES
+
+            kept = [ln for ln in read_text(path, "metrics file", MAX_FILE_BYTES).splitlines()
                     if ln.strip() and _step_of(ln) <= resume_step]
-            from ..io import atomic_write_text
 
             atomic_write_text(path, "".join(ln + "\n" for ln in kept))
         elif path.exists():

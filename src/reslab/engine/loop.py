@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..data import load_data
 from ..data.loaders import available_cpus
 from ..data.normalize import Stats
-from ..interop import apply_state_dict, load_state_dict_any, weights_source
+from ..interop import apply_state_dict, layout_kwargs, open_weights
 from ..models import get_arch
 from ..errors import UserError, warn
 from ..record import Preprocess, Record, save_weights
@@ -55,7 +55,10 @@ class Run:
         self.device = select_device(r.device, self.d.local_rank)
         self.out = out if self.d.is_main else None
         seed_everything(r.seed + self.d.rank, r.deterministic)
-        source, source_record = weights_source(r.weights) if r.weights else (None, None)
+        # read once: the weights, their record (normalisation) and layout (option A's padding)
+        state, source_record = open_weights(r.weights, strict_record=False) if r.weights \
+            else (None, None)
+        self.layout = layout_kwargs(state, source_record) if state is not None else {}
         r = self._fit_workers(r)
         self.data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
                               image_size=self._image_size(r), normalize=r.normalize,
@@ -68,10 +71,10 @@ class Run:
             self.data.augment, self.data.pad = r.augment, r.pad  # read at batch time
         self.r = r = self._fit_batch(r)
         torch.manual_seed(r.seed)  # the same initial weights on every rank
-        self.model = build_model(r, len(self.data.class_names), self.data.in_chans)
-        if source is not None:
-            self.messages += apply_state_dict(self.model, load_state_dict_any(
-                source, strict_record=False)[0], str(r.weights))
+        self.model = build_model(r, len(self.data.class_names), self.data.in_chans, self.layout)
+        if state is not None:
+            self.messages += apply_state_dict(self.model, state, str(r.weights),
+                                              layout=self.layout)
         self.model.to(self.device)
         if r.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -142,7 +145,8 @@ class Run:
         pre = Preprocess(input_size=tuple(d.input_size), mean=tuple(stats.mean),
                          std=tuple(stats.std), normalize=r.normalize, mean_image=stats.mean_image,
                          crop_fraction=d.crop_fraction, tta_flip=r.tta_flip)
-        kwargs = {**r.model_kwargs(), "num_classes": len(d.class_names), "in_chans": d.in_chans}
+        kwargs = {**r.model_kwargs(), **self.layout, "num_classes": len(d.class_names),
+                  "in_chans": d.in_chans}
         return Record(r.model, kwargs, tuple(d.class_names), pre,
                       data={"spec": r.data, "data_dir": r.data_dir,
                             "val_split": d.held_out, "seed": r.seed})
@@ -151,7 +155,7 @@ class Run:
         """The weights to evaluate and save: the EMA when enabled, else the live model."""
         if self.ema is None:
             return self.model
-        shadow = build_model(self.r, len(self.data.class_names), self.data.in_chans)
+        shadow = build_model(self.r, len(self.data.class_names), self.data.in_chans, self.layout)
         shadow.load_state_dict(self.ema.state_dict())
         return shadow.to(self.device)
 

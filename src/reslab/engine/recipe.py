@@ -6,6 +6,7 @@ ran.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -19,7 +20,8 @@ from ..data.normalize import NORMALIZE
 from ..errors import UserError, unknown
 from ..io import read_text
 from ..limits import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_ITERS, MAX_LR, MAX_PAD, MAX_SEED,
-                      MAX_TEXT_BYTES, MAX_THREADS, MAX_WORKERS, check_float, check_int)
+                      MAX_TEXT_BYTES, MAX_THREADS, MAX_WORKERS, check_float, check_int,
+                      short_text)
 from ..models import REGISTRY
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -266,6 +268,9 @@ def coerce(values: dict[str, Any]) -> Recipe:
 
 
 def _convert(key: str, type_name: str, value: Any) -> Any:
+    """value as exactly the type the field needs: a bool is a bool (or true/false text from
+    the command line), an integer is converted exactly (never through a float, which rounds
+    above 2**53), a float is finite, text is text."""
     if value is None or (isinstance(value, str) and value.lower() == "none"
                          and "None" in type_name):
         if "None" not in type_name:
@@ -273,30 +278,59 @@ def _convert(key: str, type_name: str, value: Any) -> Any:
         return None
     try:
         if type_name.startswith("bool"):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in _BOOL_TEXT:
+                return _BOOL_TEXT[value.lower()]
+            raise ValueError(value)
         if type_name.startswith("list[str]"):
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return [str(v).strip() for v in items if str(v).strip()]
-        if type_name.startswith("list"):
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return [int(float(v)) for v in items if str(v).strip()]
-        if type_name.startswith("int"):
-            f = float(value)
-            if f != int(f):
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
                 raise ValueError(value)
-            return int(f)
+            return [v.strip() for v in items if v.strip()]
+        if type_name.startswith("list"):
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)):
+                raise ValueError(value)
+            return [_whole(v) for v in items if str(v).strip()]
+        if type_name.startswith("int"):
+            return _whole(value)
         if type_name.startswith("float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError(value)
             f = float(value)
             if not math.isfinite(f):  # inf/nan pass every range check below, then diverge
                 raise ValueError(value)
             return f
-        return str(value)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
     except (TypeError, ValueError, OverflowError):  # OverflowError: int("inf"), float(10**400)
-        raise UserError(f"invalid value for {key}: {value!r}") from None
+        raise UserError(f"invalid value for {key}: {short_text(repr(value))}") from None
+
+
+_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def _whole(value: Any) -> int:
+    """An integer, exactly: 9007199254740993 stays itself (float() would give ...992). Text such
+    as "1e3" is read as the decimal it writes; a float only where it is exact (below 2**53)."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            exact = decimal.Decimal(value.strip())
+        except decimal.InvalidOperation:
+            raise ValueError(value) from None
+        # adjusted(): the exponent; "1e999999999" must not build a billion-digit int
+        if exact.is_finite() and exact.adjusted() <= 40 and exact == exact.to_integral_value():
+            return int(exact)
+        raise ValueError(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    raise ValueError(value)
 
 
 def recipe_names() -> list[str]:

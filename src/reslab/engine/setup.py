@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,8 +69,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def build_model(r: Recipe, num_classes: int, in_chans: int) -> nn.Module:
-    return create_model(r.model, num_classes=num_classes, in_chans=in_chans, **r.model_kwargs())
+def build_model(r: Recipe, num_classes: int, in_chans: int,
+                layout: dict[str, Any] | None = None) -> nn.Module:
+    """The recipe's model; layout: options the initial weights need (interop.layout_kwargs)."""
+    return create_model(r.model, num_classes=num_classes, in_chans=in_chans,
+                        **r.model_kwargs(), **(layout or {}))
 
 
 def build_optimizer(r: Recipe, model: nn.Module) -> torch.optim.Optimizer:

@@ -4,6 +4,7 @@ containers so torch.load(weights_only=True) reads it; and the signals that ask f
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 from pathlib import Path
@@ -108,10 +109,13 @@ def save(run: Run, out: Path) -> None:
 
 
 def restore(run: Run, out: Path) -> None:
+    """Restores run from out's state, checked whole first: nothing of the run (metrics.jsonl
+    included, which a resume trims to the state's step) is touched before it is known good."""
+    s = load_state(out / STATE_FILE)
+    check_state(s, run.model, out)
     # A kill during a save leaves its temporary file behind (the real file is intact).
     for stale in (out / STATE_FILE).parent.glob(f".{STATE_FILE.name}.*.tmp"):
         stale.unlink(missing_ok=True)
-    s = load_state(out / STATE_FILE)
     try:
         run.model.load_state_dict(s["model"])
         run.optimizer.load_state_dict(s["optimizer"])
@@ -125,6 +129,43 @@ def restore(run: Run, out: Path) -> None:
         _set_rng_state(s["rng"])
     except (KeyError, IndexError, AttributeError, RuntimeError, ValueError, TypeError) as e:
         raise_bad_state(out, e)  # AttributeError: e.g. a string where a tensor belongs
+
+
+def check_state(s: dict[str, Any], model: torch.nn.Module, out: Path) -> None:
+    """The counters are numbers of the right kind and range, the weights are the model's
+    (names, shapes, dtypes reslab writes, finite): a UserError saying which is not."""
+    from ..limits import MAX_ITERS, short_text
+    from ..record import InvalidRecord, check_tensors
+
+    def bad(message: str) -> UserError:
+        return UserError(f"cannot resume from {out / STATE_FILE}: {message}; the state is damaged "
+                         "or not this run's (start afresh with --overwrite)")
+
+    step = s.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_ITERS:
+        raise bad(f"step {short_text(step)} is not a whole number between 0 and {MAX_ITERS:,}")
+    for key, lo, hi in (("best_val", -1.0, 1.0), ("elapsed", 0.0, math.inf)):
+        value = s.get(key)
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or not lo <= value <= hi):
+            raise bad(f"{key} {short_text(value)} is not a finite number in [{lo:g}, {hi:g}]")
+    weights = s.get("model")
+    if not isinstance(weights, dict):
+        raise bad("it holds no model weights")
+    try:
+        check_tensors(weights, "its weights")
+    except InvalidRecord as e:
+        raise bad(str(e)) from None
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        first = ([f"missing {k}" for k in missing[:2]] + [f"unexpected {k}" for k in unexpected[:2]]
+                 + [f"{k} of shape {list(weights[k].shape)}, the model's {list(own[k].shape)}"
+                    for k in shapes[:2]])
+        raise bad("its weights are of another architecture than the run's "
+                  f"({'; '.join(short_text(f) for f in first)})")
 
 
 def raise_bad_state(out: Path, e: Exception) -> None:

@@ -15,6 +15,9 @@ from torch import nn
 
 SHORTCUTS = ("A", "B", "C")
 STRIDE_IN = ("3x3", "1x1")
+# Where option A puts its zero channels: after the input's (reslab, fb.resnet.torch) or half
+# on each side (akamaster/pytorch_resnet_cifar10's LambdaLayer, whose checkpoints reslab imports).
+PAD_SIDES = ("after", "both")
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -35,27 +38,36 @@ class PadShortcut(nn.Module):
     channels (out[:, :C_in] = x, out[:, C_in:] = 0), as fb.resnet.torch's option A concatenates
     them. The side does not change what the net can learn: every layer is initialised i.i.d.
     over channels, so padding elsewhere is the same net up to a permutation of channel indices;
-    it matters only when loading weights trained with another convention. The subsampling keeps
+    it matters only when loading weights trained with another convention: ``sides="both"`` puts
+    half of the zeros before the input's channels and half after, as akamaster's reproduction
+    (``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))``). The subsampling keeps
     the top-left pixel of each stride x stride cell, the one a stride-2, padding-1 3x3 conv (the
     residual branch) centres its output on. See docs/paper-deviations.md.
     """
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+    def __init__(self, in_planes: int, out_planes: int, stride: int, sides: str = "after"
+                 ) -> None:
         super().__init__()
+        if sides not in PAD_SIDES:
+            raise ValueError(f"pad_sides must be one of {PAD_SIDES}, got {sides!r}")
         self.in_planes, self.out_planes, self.stride = in_planes, out_planes, stride
+        self.sides = sides
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride != 1:
             x = x[:, :, :: self.stride, :: self.stride]
         extra = self.out_planes - self.in_planes
+        front = extra // 2 if self.sides == "both" else 0
         # F.pad pads the last dims first: (W_left, W_right, H_top, H_bottom, C_front, C_back).
-        return F.pad(x, (0, 0, 0, 0, 0, extra)) if extra else x
+        return F.pad(x, (0, 0, 0, 0, front, extra - front)) if extra else x
 
     def extra_repr(self) -> str:
-        return f"{self.in_planes}, {self.out_planes}, stride={self.stride}"
+        sides = ", sides=both" if self.sides == "both" else ""
+        return f"{self.in_planes}, {self.out_planes}, stride={self.stride}{sides}"
 
 
-def make_shortcut(kind: str, in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
+def make_shortcut(kind: str, in_planes: int, out_planes: int, stride: int,
+                  pad_sides: str = "after") -> nn.Module | None:
     """The shortcut of one block; None means the plain identity x.
 
     A: identity, zero-padding where dimensions grow.  B: projection (1x1 conv + BN) only where
@@ -65,7 +77,7 @@ def make_shortcut(kind: str, in_planes: int, out_planes: int, stride: int) -> nn
     if kind == "C" or (kind == "B" and changes):
         return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
     if kind == "A" and changes:
-        return PadShortcut(in_planes, out_planes, stride)
+        return PadShortcut(in_planes, out_planes, stride, pad_sides)
     if kind not in SHORTCUTS:
         raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {kind!r}")
     return None
@@ -104,13 +116,15 @@ class BasicBlock(_Block):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
-                 stride_in: str = "3x3", residual: bool = True) -> None:
+                 stride_in: str = "3x3", residual: bool = True, pad_sides: str = "after"
+                 ) -> None:
         super().__init__(residual)
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = make_shortcut(shortcut, inplanes, planes, stride) if residual else None
+        self.downsample = (make_shortcut(shortcut, inplanes, planes, stride, pad_sides)
+                           if residual else None)
         self.stride = stride
 
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +145,8 @@ class Bottleneck(_Block):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
-                 stride_in: str = "3x3", residual: bool = True) -> None:
+                 stride_in: str = "3x3", residual: bool = True, pad_sides: str = "after"
+                 ) -> None:
         super().__init__(residual)
         if stride_in not in STRIDE_IN:
             raise ValueError(f"stride_in must be one of {STRIDE_IN}, got {stride_in!r}")
@@ -143,7 +158,8 @@ class Bottleneck(_Block):
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         out_planes = planes * self.expansion
-        self.downsample = make_shortcut(shortcut, inplanes, out_planes, stride) if residual else None
+        self.downsample = (make_shortcut(shortcut, inplanes, out_planes, stride, pad_sides)
+                           if residual else None)
         self.stride = stride
 
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:

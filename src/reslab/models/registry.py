@@ -68,7 +68,7 @@ def get_arch(name: str) -> Arch:
 
 def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3,
                  shortcut: str | None = None, stride_in: str = "3x3",
-                 zero_init_residual: bool = False) -> ResNet:
+                 zero_init_residual: bool = False, pad_sides: str = "after") -> ResNet:
     """Builds a registered architecture with He initialisation.
 
     num_classes defaults to 1000 (ImageNet family) or 10 (CIFAR family); shortcut to the
@@ -81,4 +81,4 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3
                                else 1000 if arch.family == "imagenet" else 10),
                   in_chans=in_chans, shortcut=shortcut or arch.default_shortcut,
                   stride_in=stride_in, residual=arch.residual,
-                  zero_init_residual=zero_init_residual)
+                  zero_init_residual=zero_init_residual, pad_sides=pad_sides)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import SHORTCUTS, STRIDE_IN, BasicBlock, Bottleneck, conv3x3
+from .blocks import PAD_SIDES, SHORTCUTS, STRIDE_IN, BasicBlock, Bottleneck, conv3x3
 
 
 @dataclass(frozen=True)
@@ -37,22 +37,27 @@ class ResNet(nn.Module):
         widths: filters per stage before expansion, (64, 128, 256, 512) or (16, 32, 64).
         stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3 conv, 16 filters).
         residual: False builds the paper's plain counterpart (no shortcuts).
+        pad_sides: where option A's zero channels go, "after" the input's or "both" sides
+            (akamaster's CIFAR checkpoints).
     """
 
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: tuple[int, ...], *,
                  widths: tuple[int, ...], stem: str, num_classes: int = 1000, in_chans: int = 3,
                  shortcut: str = "B", stride_in: str = "3x3", residual: bool = True,
-                 zero_init_residual: bool = False) -> None:
+                 zero_init_residual: bool = False, pad_sides: str = "after") -> None:
         super().__init__()
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {shortcut!r}")
         if stride_in not in STRIDE_IN:
             raise ValueError(f"stride_in must be one of {', '.join(STRIDE_IN)}, got {stride_in!r}")
+        if pad_sides not in PAD_SIDES:
+            raise ValueError(f"pad_sides must be one of {', '.join(PAD_SIDES)}, got {pad_sides!r}")
         if num_classes < 1 or in_chans < 1:
             raise ValueError("num_classes and in_chans must be positive")
         if zero_init_residual and not residual:
             raise ValueError("zero_init_residual needs shortcuts: a plain net would output zeros")
-        self.block_options = dict(shortcut=shortcut, stride_in=stride_in, residual=residual)
+        self.block_options = dict(shortcut=shortcut, stride_in=stride_in, residual=residual,
+                                  pad_sides=pad_sides)
         self.stem_kind = stem
         self.num_classes = num_classes
         self.inplanes = widths[0]

@@ -62,7 +62,8 @@ def grow(model: ResNet, to: str, *, shortcut: str | None = None,
     check_growable(src, dst, model.block_options, shortcut=shortcut, stride_in=stride_in)
     opts = model.block_options
     deeper = create_model(to, num_classes=model.num_classes, in_chans=model.conv1.in_channels,
-                          shortcut=opts["shortcut"], stride_in=opts["stride_in"])
+                          shortcut=opts["shortcut"], stride_in=opts["stride_in"],
+                          pad_sides=opts["pad_sides"])
     # Every tensor of the shallow net has the same name and shape in the deeper one (layerK.i
     # for i < its block count), so one load copies stem, head and the existing blocks.
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
