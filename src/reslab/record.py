@@ -316,8 +316,12 @@ def _from_old_format(meta: dict[str, Any], where: str) -> dict[str, Any]:
 # --- files ----------------------------------------------------------------------------------
 
 def save_weights(path: str | Path, model: nn.Module, record: Record) -> None:
-    """Writes model.state_dict() and the record as one safetensors file (atomically)."""
+    """Writes model.state_dict() and the record as one safetensors file (atomically); the
+    record and the tensors pass the checks every reader applies, so no writer makes a file
+    that a reader refuses."""
+    _parse(record.to_json(), record.preprocess.mean_image, str(path))
     tensors = dict(model.state_dict())
+    check_tensors(tensors, str(path))
     if record.preprocess.mean_image is not None:
         tensors[MEAN_IMAGE_KEY] = record.preprocess.mean_image.float()
     metadata = {"format": FORMAT, "record": json.dumps(record.to_json())}

@@ -429,8 +429,8 @@ def scan_folder(path: str, workers: int = 4) -> FolderSource:
         if not val:
             raise UserError(f"no readable images in '{val_dir}'")
     skipped += val_skipped
-    if skipped:
-        warn(f"skipped {len(skipped):,} unreadable file{'s' if len(skipped) > 1 else ''} of "
+    if len(skipped) > 1:  # one file: its own line said it all
+        warn(f"skipped {len(skipped):,} unreadable files of "
              f"{len(found) + (len(val_items) if has_val else 0):,} in '{root}'"
              + (f" (the first {NAMED_SKIPS} named above)" if len(skipped) > NAMED_SKIPS else ""))
     in_chans = 1 if (modes | val_modes) <= GRAY_MODES else 3
