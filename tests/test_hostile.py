@@ -88,6 +88,14 @@ def test_weights_of_a_dtype_reslab_never_writes_are_refused(dtype, run, tmp_path
     assert f"tensor fc.weight has dtype {name}, which reslab never writes" in err, err
 
 
+def test_negative_bn_variances_are_refused(run, tmp_path, capsys):
+    """They pass every shape and finiteness check and give NaN scores (the square root)."""
+    bad = forge(run / "model.safetensors", tmp_path / "bad.safetensors",
+                tensors=lambda s: s["layer1.0.bn1.running_var"].mul_(-1))
+    err = clean_error(capsys, cli("eval", bad, "--device", "cpu"))
+    assert "layer1.0.bn1.running_var holds negative variances" in err, err
+
+
 @pytest.mark.parametrize("field, value, says", [
     ("mean", [1e30] * 3, "invalid mean value 1e+30: must be in [-10, 10]"),
     ("std", [1e-30] * 3, "invalid std value 1e-30: below 1e-06"),
@@ -281,13 +289,14 @@ def test_an_output_never_replaces_a_fifo_or_a_device(run, tmp_path, capsys):
     assert stat.S_ISFIFO(fifo.stat().st_mode)
 
 
-@pytest.mark.parametrize("command", ["export", "grow", "import"])
+@pytest.mark.parametrize("command", ["export", "grow", "import", "eval --confusion"])
 def test_an_output_never_replaces_its_own_input(command, run, tmp_path, capsys):
     ckpt = shutil.copy(run / "model.safetensors", tmp_path / "m.safetensors")
     before = tree_digest(tmp_path)
     argv = {"export": ["export", ckpt, "--format", "torchscript", "--out", ckpt],
             "grow": ["grow", ckpt, "--to", "resnet14", "--out", ckpt],
-            "import": ["import", ckpt, "--model", "resnet8", "--out", ckpt]}[command]
+            "import": ["import", ckpt, "--model", "resnet8", "--out", ckpt],
+            "eval --confusion": ["eval", ckpt, "--confusion", ckpt]}[command]
     err = clean_error(capsys, cli(*argv))
     assert "it is the input" in err or "is the file being imported" in err, err
     assert tree_digest(tmp_path) == before

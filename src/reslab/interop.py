@@ -4,7 +4,10 @@ checkpoints (DDP, torch.compile, timm's train.py), loaded without ever executing
 Key names: our ResNet uses torchvision's module names, and timm's ResNet (resnet18..152, default
 stem) uses the same ones (conv1, bn1, layerN.i.convK/bnK, downsample.0/1, fc): timm's extra
 modules (act*, aa, drop_block, se=None) hold no parameters. The CIFAR ResNets of akamaster's
-reproduction name the classifier `linear`; it is renamed to `fc`.
+reproduction name the classifier `linear` (renamed to `fc`) and pad option A's zero channels on
+both sides of the input's: their files imply `pad_sides="both"` (layout_kwargs), which the
+importer builds and records. tests/test_interop.py checks each layout against its own forward
+pass, written as the foreign code does it.
 """
 from __future__ import annotations
 

@@ -219,16 +219,24 @@ def _on_signal(signum: int, frame: Any) -> None:
     raise Terminated(signal.Signals(signum).name)
 
 
-def clean_up_on_signals() -> None:
+def clean_up_on_signals() -> Callable[[], None]:
     """SIGTERM and SIGINT remove every live temporary file, then raise (Terminated,
     KeyboardInterrupt) so that the command unwinds and exits (143, 130) without leaving a
     `.NAME.*.tmp` behind. Training replaces these handlers with its own while it runs (it
-    saves its state first) and restores them."""
+    saves its state first) and restores them. Returns a function that puts back the handlers
+    found (a command run inside another program leaves its signals as they were)."""
+    old: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            signal.signal(sig, _on_signal)
+            old[sig] = signal.signal(sig, _on_signal)
         except ValueError:  # not the main thread
             pass
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None], what: str = "file") -> None:

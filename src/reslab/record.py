@@ -255,9 +255,14 @@ def check_tensors(state: dict[str, torch.Tensor], where: str) -> None:
                 f"{where}: tensor {short_text(key)} has dtype {str(value.dtype).removeprefix('torch.')}, "
                 "which reslab never writes (weights are float32, bfloat16 or float16, counters "
                 "int64); the file is damaged or not a model's weights")
+        if value.layout != torch.strided or value.is_meta:
+            raise InvalidRecord(f"{where}: tensor {short_text(key)} is a {value.layout} or meta "
+                                "tensor, not weights")
         if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
             raise InvalidRecord(f"{where} holds non-finite weights (NaN or Inf), first in "
                                 f"{short_text(key)}")
+        if key.endswith("running_var") and bool((value < 0).any()):  # sqrt of it: NaN scores
+            raise InvalidRecord(f"{where}: {short_text(key)} holds negative variances")
 
 
 def _data(value: Any, where: str) -> dict[str, Any] | None:

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     debug = "--debug" in argv or os.environ.get("RESLAB_DEBUG") == "1"
     _ignore_file_size_signal()
-    clean_up_on_signals()
+    restore_signals = clean_up_on_signals()
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print("error: terminated (SIGTERM)", file=sys.stderr)
         return 143
+    finally:
+        restore_signals()
 
 
 def _error(message: str) -> int:

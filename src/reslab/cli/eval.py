@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--confusion is computed on the centre view: drop --crops 10/--scales, "
                         "or evaluate twice")
     if args.confusion:
-        check_writable(args.confusion, "--confusion")
+        from ..interop import resolve_ckpt_path
+
+        check_writable(args.confusion, "--confusion", inputs=[resolve_ckpt_path(args.ckpt)])
     result = evaluate_checkpoint(args.ckpt, data=args.data, data_dir=args.data_dir,
                                  split=args.split, crops=args.crops, scales=scales,
                                  flip={"auto": None, "on": True, "off": False}[args.flip],

@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
         check_int("--max-images", args.max_images, 1, 10**9)
     check_int("--batch-size", args.batch_size, 1, MAX_BATCH)
     if args.out:
-        check_writable(args.out, "--out")
+        from ..interop import resolve_ckpt_path
+
+        check_writable(args.out, "--out", inputs=[resolve_ckpt_path(c) for c in args.ckpts])
     responses = compute_responses(args.ckpts, args.data, data_dir=args.data_dir,
                                   split=args.split, max_images=args.max_images,
                                   batch_size=args.batch_size,
