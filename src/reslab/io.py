@@ -212,10 +212,19 @@ def remove_live_temps() -> None:
             pass
 
 
+_HANDLER_PID = [0]  # the process that installed the handlers (forked workers inherit them)
+
+
 def _on_signal(signum: int, frame: Any) -> None:
-    remove_live_temps()  # writes in other threads do not see the exception raised here
-    if signum == signal.SIGINT:
+    forked = os.getpid() != _HANDLER_PID[0]  # a DataLoader worker: its files are the parent's
+    if not forked:
+        remove_live_temps()  # writes in other threads do not see the exception raised here
+    if signum == signal.SIGINT:  # as Python's own handler
         raise KeyboardInterrupt
+    if forked:  # die as the worker would have without these handlers
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise Terminated(signal.Signals(signum).name)
 
 
@@ -226,6 +235,7 @@ def clean_up_on_signals() -> Callable[[], None]:
     saves its state first) and restores them. Returns a function that puts back the handlers
     found (a command run inside another program leaves its signals as they were)."""
     old: dict[int, Any] = {}
+    _HANDLER_PID[0] = os.getpid()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             old[sig] = signal.signal(sig, _on_signal)
