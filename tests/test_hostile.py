@@ -348,8 +348,8 @@ def driver(*argv: object, env: dict | None = None) -> subprocess.Popen:
 
 @pytest.mark.parametrize("argv, sig", [
     (["export", "{run}", "--format", "onnx", "--out", "{tmp}/r.onnx"], signal.SIGTERM),
-    (["export", "{run}", "--format", "pt2", "--out", "{tmp}/r.pt2"], signal.SIGTERM),
-    (["eval", "{run}", "--device", "cpu", "--confusion", "{tmp}/c.png"], signal.SIGINT),
+    (["export", "{run}", "--format", "pt2", "--out", "{tmp}/r.pt2"], signal.SIGINT),
+    (["eval", "{run}", "--device", "cpu", "--confusion", "{tmp}/c.png"], signal.SIGTERM),
 ])
 def test_a_signal_during_a_write_leaves_no_temporary_file(argv, sig, run, tmp_path):
     proc = driver(*(a.format(run=run, tmp=tmp_path) for a in argv))

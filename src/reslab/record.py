@@ -157,7 +157,8 @@ def _kwargs(value: Any, where: str) -> dict[str, Any]:
         raise _fail(where, f"kwargs must be an object, got {_short(value)}")
     unknown_keys = sorted(set(value) - set(KWARGS))
     if unknown_keys:
-        raise _fail(where, f"kwargs has unknown options {', '.join(unknown_keys)} "
+        raise _fail(where, f"kwargs has unknown options "
+                    f"{', '.join(short_text(k, 60) for k in unknown_keys[:5])} "
                     f"(known: {', '.join(KWARGS)})")
     try:
         num_classes = check_int("num_classes", _require(value, "num_classes", where), 1,
