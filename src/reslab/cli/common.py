@@ -66,6 +66,16 @@ def parse_input_shape(text: str) -> Shape:
     return dims if len(dims) == 4 else (1, *dims)
 
 
+def add_runtime_option(parser: argparse.ArgumentParser, default: str = "torch") -> None:
+    from ..deploy.runtime import RUNTIMES
+
+    parser.add_argument("--runtime", choices=RUNTIMES, default=default,
+                        help="inference runtime: torch (BN folded, channels-last), onnxruntime "
+                             "(reslab's ONNX export in an ONNX Runtime session, CPU; needs "
+                             "the export extra), or auto (times both on the first batch, "
+                             f"keeps the faster, says which); default {default}")
+
+
 def add_input_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", metavar="NxCxHxW", type=str, default=None,
                         help="input shape, e.g. 1x3x224x224 or 3x32x32 (default: the model's "

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..errors import UserError
+from .common import add_runtime_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--confusion", metavar="FILE.png",
                    help="also write the confusion matrix (centre view) as a PNG")
     p.add_argument("--json", action="store_true")
+    add_runtime_option(p)
     p.set_defaults(func=run)
 
 
@@ -45,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.ckpt, data=args.data, data_dir=args.data_dir,
                                  split=args.split, crops=args.crops, scales=scales,
                                  flip={"auto": None, "on": True, "off": False}[args.flip],
-                                 batch_size=args.batch_size, device=args.device)
+                                 batch_size=args.batch_size, device=args.device,
+                                 runtime=args.runtime)
+    if args.runtime == "auto":
+        print(result["runtime_note"], file=sys.stderr)
     if args.confusion:
         from ..analysis.plots import plot_confusion
 

@@ -8,10 +8,12 @@ the crop the model saw with the map over it, titled with the class and its proba
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from .common import add_runtime_option
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cam-layer", metavar="NAME", help="stage the heat map is taken from: "
                    "layer1..layer4 (ImageNet family), layer1..layer3 (CIFAR); default the last")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_runtime_option(p)
     p.set_defaults(func=run)
 
 
@@ -44,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, resolve_ckpt_path
     from ..deploy.cam import cam_layer
     from ..io import ensure_dir
-    from ..deploy.predict import format_predictions, predict_files
+    from ..deploy.predict import classifier, format_predictions, predict_images
+    from ..deploy.runtime import FirstBatch, check_runtime, runtime_of
     from ..engine.setup import select_device
     from ..limits import MAX_BATCH, MAX_CLASSES, check_int
     from .common import print_json
@@ -56,17 +60,21 @@ def run(args: argparse.Namespace) -> int:
     if args.cam is not None:
         ensure_dir(args.cam, "--cam directory")
     device = select_device(args.device)
+    runtime = check_runtime(args.runtime, device)
     ckpt = resolve_ckpt_path(args.ckpt)
     model, record = load_checkpoint(ckpt, device=device)
     layer = cam_layer(model, args.cam_layer) if args.cam is not None else None
-    results = predict_files(model, record, args.images, topk=args.topk,
-                            batch_size=args.batch_size, device=device,
-                            flip={"auto": None, "on": True, "off": False}[args.flip])
+    fast = FirstBatch(model, runtime, compile=False)
+    forward = classifier(fast, record, flip={"auto": None, "on": True, "off": False}[args.flip])
+    results = predict_images(forward, record, args.images, topk=args.topk,
+                             batch_size=args.batch_size, device=device)
+    if args.runtime == "auto":
+        print(fast.describe(), file=sys.stderr)
     if args.cam is not None:
         write_cams(model, record, results, layer, args.cam, args.batch_size, device)
     if args.json:
         print_json({"ckpt": str(ckpt), "architecture": record.architecture,
-                    "predictions": results})
+                    "runtime": runtime_of(fast.fast), "predictions": results})
     else:
         print(format_predictions(results))
     return 0

@@ -8,10 +8,12 @@ In-memory datasets are evaluated full-frame, i.e. crop_fraction = 1. The multi-s
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Sequence
 from os import PathLike
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -37,24 +39,67 @@ _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFE
                   Image.DecompressionBombError)
 
 
+class ImageError(UserError):
+    """An image that cannot be used. `kind` says why, for callers that answer each cause
+    differently (the HTTP server's error codes): "not_an_image", "truncated_image",
+    "decompression_bomb", "too_many_pixels" or "unreadable"."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, Image.DecompressionBombError):
+        return "decompression_bomb"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not_an_image"
+    if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
+        return "truncated_image"
+    return "unreadable"
+
+
+def _decode(source: str | PathLike | BinaryIO, name: str | PathLike, max_pixels: int | None
+            ) -> Image.Image:
+    try:
+        with warnings.catch_warnings(record=True) as notes, Image.open(source) as img:
+            warnings.simplefilter("always")
+            # Checked on the header, before any pixel is decoded: the memory a decode takes.
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageError(f"image '{name}' has too many pixels: {img.width} x "
+                                 f"{img.height} = {img.width * img.height:,}, more than "
+                                 f"{max_pixels:,}", "too_many_pixels")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+        _say(notes, name)
+        return img
+    except FileNotFoundError:
+        raise UserError(f"image '{name}' not found") from None
+    except _DECODE_ERRORS as exc:
+        kind = _kind(exc)
+        # PIL names a file by its path but an in-memory one by its object's repr
+        detail = ("cannot identify image file (not an image format PIL reads)"
+                  if kind == "not_an_image" and isinstance(source, io.BytesIO) else exc)
+        raise ImageError(f"cannot read image '{name}': {detail}", kind) from None
+
+
 def open_image(path: str | PathLike) -> Image.Image:
     """Decodes an image file fully (any format PIL reads), EXIF orientation applied.
 
-    Raises UserError naming the file when it is missing or not a readable image."""
+    Raises UserError naming the file when it is missing or not a readable image (ImageError,
+    with its cause, for a file that is there); PIL's warnings on odd files become one
+    `warning:` line naming it."""
     if not os.path.lexists(path):
         raise UserError(f"image '{path}' not found")
     regular_file(path, "image")  # a FIFO or device would block the decoder
-    try:
-        with warnings.catch_warnings(record=True) as notes, Image.open(path) as img:
-            warnings.simplefilter("always")
-            img.load()
-            img = ImageOps.exif_transpose(img)
-        _say(notes, path)
-        return img
-    except FileNotFoundError:
-        raise UserError(f"image '{path}' not found") from None
-    except _DECODE_ERRORS as exc:
-        raise UserError(f"cannot read image '{path}': {exc}") from None
+    return _decode(path, path, None)
+
+
+def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """open_image for bytes in memory (an upload), named `name` in errors; images of more than
+    max_pixels pixels are refused from their header (ImageError "too_many_pixels"), and PIL's
+    decompression-bomb guard applies as to files."""
+    return _decode(io.BytesIO(data), name, max_pixels)
 
 
 def _say(notes: list[warnings.WarningMessage], path: str | PathLike) -> None:

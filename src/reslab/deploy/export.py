@@ -47,17 +47,36 @@ def _meta_json(record: Record) -> str:
     return json.dumps(obj)
 
 
-def _onnx(model: nn.Module, example: torch.Tensor, out: Path, record: Record) -> Runner:
+def onnx_modules() -> Any:
+    """onnxruntime, once onnxscript (which the dynamo exporter needs) is known to import too;
+    UserError with the install hint otherwise."""
     try:
         import onnxruntime as ort
         import onnxscript  # noqa: F401 - the dynamo exporter needs it; fail early and clearly
     except ImportError as e:
-        raise UserError(f"ONNX export needs onnx, onnxscript and onnxruntime ({e.name} is "
+        raise UserError(f"ONNX needs onnx, onnxscript and onnxruntime ({e.name} is "
                         "missing): pip install 'reslab[export]'") from None
+    return ort
+
+
+def onnx_program(model: nn.Module, example: torch.Tensor) -> Any:
+    """The ONNX program of model (eval mode) for inputs shaped like example, with a dynamic
+    batch dimension: input "input", output "logits". Shared by the file export and the
+    onnxruntime inference runtime (reslab.deploy.runtime), so both run the same graph."""
+    onnx_modules()
+    if example.shape[0] == 1:  # exporters specialise a dimension of size 1 to a constant
+        example = example.expand(2, *example.shape[1:]).contiguous()
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(model, (example,), input_names=["input"],
-                                output_names=["logits"], dynamic_shapes=({0: batch},),
-                                dynamo=True, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter notices about torch internals, not the model
+        return torch.onnx.export(model, (example,), input_names=["input"],
+                                 output_names=["logits"], dynamic_shapes=({0: batch},),
+                                 dynamo=True, verbose=False)
+
+
+def _onnx(model: nn.Module, example: torch.Tensor, out: Path, record: Record) -> Runner:
+    ort = onnx_modules()
+    program = onnx_program(model, example)
     # Deployment code finds preprocessing and class names in the file itself.
     program.model.metadata_props["reslab"] = _meta_json(record)
     atomic_write(out, lambda tmp: program.save(tmp))

@@ -1,12 +1,13 @@
 """Inference-time rewrites that keep the function: BN folded into the convolutions,
-channels-last memory, and torch.compile where it measurably helps."""
+channels-last memory, and torch.compile where it measurably helps; or the same model on ONNX
+Runtime, or whichever of the two runs faster (reslab.deploy.runtime)."""
 from __future__ import annotations
 
 import copy
 import time
 import warnings
 from collections import Counter
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -51,9 +52,36 @@ def _images_per_second(model: nn.Module, x: torch.Tensor, iters: int = 3) -> flo
 
 
 def optimize_for_inference(model: nn.Module, example_input: torch.Tensor, *,
-                           compile: CompileMode = "auto", channels_last: bool = True
-                           ) -> nn.Module:
-    """A faster copy of model for inference (the original is left untouched).
+                           runtime: str = "torch", compile: CompileMode = "auto",
+                           channels_last: bool = True, threads: int | None = None) -> Any:
+    """A faster callable for inference with the model's outputs (the original is left
+    untouched): takes and returns torch tensors.
+
+    runtime "torch": the rewrites below (`optimize_torch`), the result still the model's class.
+    "onnxruntime": reslab's ONNX export in an ONNX Runtime session (deploy.runtime.OrtModel;
+    graph optimizations on, `threads` intra-op threads, default the CPUs this process may use).
+    "auto": both, timed on example_input's shape, the faster kept; its `choice`
+    (deploy.runtime.RuntimeChoice) holds the times. On a non-CPU input "auto" is "torch".
+    The result's `optimized_with` dict says what was applied, `["runtime"]` which runtime.
+    """
+    from .runtime import check_runtime, choose_faster, onnxruntime_model
+
+    runtime = check_runtime(runtime, example_input.device)
+    if runtime == "onnxruntime":
+        return onnxruntime_model(model, example_input, threads=threads)
+    fast = optimize_torch(model, example_input, compile=compile, channels_last=channels_last)
+    if runtime == "torch":
+        return fast
+    ort = onnxruntime_model(model, example_input, threads=threads)
+    choice = choose_faster({"torch": fast, "onnxruntime": ort}, example_input)
+    chosen = ort if choice.runtime == "onnxruntime" else fast
+    chosen.choice = choice
+    return chosen
+
+
+def optimize_torch(model: nn.Module, example_input: torch.Tensor, *,
+                   compile: CompileMode = "auto", channels_last: bool = True) -> nn.Module:
+    """A faster copy of model for inference in PyTorch (the original is left untouched).
 
     BN is folded into the convolutions; on 4-D inputs the weights go channels-last (oneDNN and
     cuDNN convolutions run fastest in NHWC). compile: True always uses torch.compile (inductor,
@@ -64,8 +92,8 @@ def optimize_for_inference(model: nn.Module, example_input: torch.Tensor, *,
     fast = fold_batchnorm(copy.deepcopy(model).eval())
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
-    fast.optimized_with = {"bn_folded": True, "channels_last": channels_last,
-                           "compiled": False}
+    fast.optimized_with = {"runtime": "torch", "bn_folded": True,
+                           "channels_last": channels_last, "compiled": False}
     if compile is False:
         return fast
     compiled = copy.deepcopy(fast)

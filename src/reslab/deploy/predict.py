@@ -2,12 +2,13 @@
 path), prepare as the model was evaluated in training, batch, softmax, top-k."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from os import PathLike
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from ..data.images import open_image, preprocess
@@ -23,38 +24,70 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def prepare_images(record: Record, paths: Sequence[str | PathLike]) -> torch.Tensor:
-    """The (N, C, H, W) batch the model sees for these files: decoded (open_image), converted to
-    the record's channels, resized and centre-cropped, normalised, as the run's evaluation
-    prepared its images. `predict_files` and Grad-CAM (deploy.cam) both read files through it."""
+    """The (N, C, H, W) batch the model sees for these files: decoded (open_image), then
+    `prepare_decoded`. `predict_files` and Grad-CAM (deploy.cam) both read files through it."""
+    return prepare_decoded(record, [open_image(p) for p in paths])
+
+
+def prepare_decoded(record: Record, images: Sequence[Image.Image]) -> torch.Tensor:
+    """Decoded images as the model sees them: converted to the record's channels, resized and
+    centre-cropped, normalised, as the run's evaluation prepared its images (the server's
+    uploads take this path too)."""
     pre = record.preprocess
     mean = pre.mean_image if pre.mean_image is not None else pre.mean
-    return preprocess([open_image(p) for p in paths], pre.in_chans, pre.input_size, mean,
-                      pre.std, crop_fraction=pre.crop_fraction)
+    return preprocess(images, pre.in_chans, pre.input_size, mean, pre.std,
+                      crop_fraction=pre.crop_fraction)
+
+
+def classifier(model: Callable[[torch.Tensor], torch.Tensor], record: Record, *,
+               flip: bool | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The logits function prediction uses: model (an nn.Module or a runtime's callable,
+    deploy.runtime), averaged with the mirrored image's when flip says so (None: as the run's
+    evaluation did, its record says)."""
+    return flip_tta(model) if (record.preprocess.tta_flip if flip is None else flip) else model
+
+
+def top_classes(logits: torch.Tensor, names: Sequence[str], topk: int
+                ) -> list[list[dict[str, Any]]]:
+    """Per row of logits, its topk classes by softmax probability: [{"class", "index",
+    "prob"}, ...] (topk clipped to the number of classes)."""
+    probs = F.softmax(logits.float(), dim=1).cpu()
+    values, indices = probs.topk(max(1, min(topk, len(names))), dim=1)
+    return [[{"class": names[i], "index": i, "prob": v} for v, i in zip(vals, idx)]
+            for vals, idx in zip(values.tolist(), indices.tolist())]
 
 
 def predict_files(model: nn.Module, record: Record, paths: Sequence[str | PathLike], *,
                   topk: int = 5, batch_size: int = 32, device: str | torch.device = "cpu",
-                  flip: bool | None = None) -> list[dict[str, Any]]:
+                  flip: bool | None = None, runtime: str | None = None
+                  ) -> list[dict[str, Any]]:
     """One result per file, in order: {"file", "top": [{"class", "index", "prob"}, ...]}.
 
     The record gives the input channels and size, the evaluation crop, the normalisation (per
     channel or the per-pixel mean image) and the class names; every image, whatever its mode
     and size, is prepared exactly as the run's evaluation prepared its images. An unreadable
     file raises UserError naming it (before any result is returned). flip: average the logits
-    with the mirrored image's (default: as the run's evaluation did, its record says)."""
-    names, pre = record.class_names, record.preprocess
-    k = max(1, min(topk, len(names)))
+    with the mirrored image's (default: as the run's evaluation did, its record says).
+    runtime: None, the model as given; else "torch", "onnxruntime" or "auto"
+    (deploy.runtime.FirstBatch: built on the first batch)."""
+    from .runtime import FirstBatch
+
     model = model.to(device).eval()
-    forward = flip_tta(model) if (pre.tta_flip if flip is None else flip) else model
+    fast = model if runtime is None else FirstBatch(model, runtime, compile=False)
+    return predict_images(classifier(fast, record, flip=flip), record, paths, topk=topk,
+                          batch_size=batch_size, device=device)
+
+
+def predict_images(forward: Callable[[torch.Tensor], torch.Tensor], record: Record,
+                   paths: Sequence[str | PathLike], *, topk: int = 5, batch_size: int = 32,
+                   device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+    """predict_files with the logits function given (`classifier`'s)."""
     results = []
-    for chunk in chunks(list(paths), fit_batch(batch_size, pre.input_size)):
+    for chunk in chunks(list(paths), fit_batch(batch_size, record.preprocess.input_size)):
         x = prepare_images(record, chunk)
         with torch.inference_mode():
-            probs = F.softmax(forward(x.to(device)).float(), dim=1).cpu()
-        values, indices = probs.topk(k, dim=1)
-        for path, vals, idx in zip(chunk, values.tolist(), indices.tolist()):
-            results.append({"file": str(path), "top": [
-                {"class": names[i], "index": i, "prob": v} for v, i in zip(vals, idx)]})
+            tops = top_classes(forward(x.to(device)), record.class_names, topk)
+        results += [{"file": str(path), "top": top} for path, top in zip(chunk, tops)]
     return results
 
 

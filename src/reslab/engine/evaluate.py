@@ -76,13 +76,17 @@ def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
 def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
                         data_dir: str | None = None, split: str = "test", crops: int = 1,
                         scales: list[int] | None = None, flip: bool | None = None,
-                        batch_size: int = 256, device: str = "auto") -> dict[str, Any]:
+                        batch_size: int = 256, device: str = "auto",
+                        runtime: str | None = None) -> dict[str, Any]:
     """Scores a checkpoint on a split: centre view, the paper's 10-crop, or multi-scale.
 
     Everything comes from the checkpoint's record (reslab.record): the images are prepared as in
     its training (size, crop, mean/std or per-pixel mean), the dataset defaults to the one it was
     trained on, with its val hold-out and seed so `--split val` is the same split as in training.
-    flip: average with the horizontal flip (default: as the run's reported numbers did)."""
+    flip: average with the horizontal flip (default: as the run's reported numbers did).
+    runtime: None, the model as loaded; else reslab.deploy.runtime's "torch", "onnxruntime" or
+    "auto" (built on the first batch, as `reslab predict` builds it, so the two agree). The
+    multi-scale test feeds images of several sizes: it runs on torch."""
     from ..checkpoint import load_checkpoint
     from ..data import load_data
     from ..errors import warn
@@ -96,6 +100,14 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
         for s in scales:
             check_image_side("scale", s)
     dev = select_device(device)
+    if runtime is not None:
+        from ..deploy.runtime import check_runtime
+
+        runtime = check_runtime(runtime, dev)
+        if scales and runtime == "onnxruntime":
+            raise UserError("the multi-scale test feeds whole images of several sizes; the "
+                            "onnxruntime runtime takes one: use --runtime torch")
+        runtime = "torch" if scales else runtime
     model, record = load_checkpoint(ckpt, device=dev)
     trained = record.data or {}
     spec = data or trained.get("spec")
@@ -123,22 +135,32 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     flip = pre.tta_flip if flip is None else flip
     size = d.input_size[1]
     batch_size = fit_batch(batch_size, d.input_size)
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if runtime is not None:
+        from ..deploy.runtime import FirstBatch
+
+        forward = FirstBatch(model, runtime, compile=False)
     if scales:
         result = evaluate_scored(multiscale_logits(
-            model, [d.eval_batches(split, batch_size, dev, resize=s) for s in scales]), dev)
+            forward, [d.eval_batches(split, batch_size, dev, resize=s) for s in scales]), dev)
     elif crops == 10:
         batches = d.eval_batches(split, batch_size, dev, resize=round(size * 256 / 224))
         result = evaluate(model, batches, device=dev,
-                          predict=lambda x: tta_logits(model, x, crops=10, crop_size=size))
+                          predict=lambda x: tta_logits(forward, x, crops=10, crop_size=size))
     else:
         preds: list[tuple[torch.Tensor, torch.Tensor]] = []
         result = evaluate(model, d.eval_batches(split, batch_size, dev), device=dev,
-                          predict=flip_tta(model) if flip else None, predictions=preds)
+                          predict=flip_tta(forward) if flip else forward, predictions=preds)
         y_true, y_pred = (torch.cat(t).numpy() for t in zip(*preds))
         result["per_class"] = per_class(y_true, y_pred, d.class_names)
         k = len(d.class_names)  # rows: true class, columns: predicted
         result["confusion"] = torch.bincount(torch.as_tensor(y_true * k + y_pred),
                                              minlength=k * k).view(k, k).tolist()
+    if runtime is not None:
+        from ..deploy.runtime import runtime_of
+
+        result["runtime"] = runtime_of(forward.fast)
+        result["runtime_note"] = forward.describe()
     return {"ckpt": str(ckpt), "data": spec, "split": split, "crops": crops,
             "scales": scales, "flip": bool(flip and not scales and crops == 1), **result}
 

@@ -1,0 +1,154 @@
+"""Inference runtimes behind one interface (a callable, torch tensors in and out): PyTorch with
+optimize_for_inference's rewrites, ONNX Runtime on reslab's own ONNX export, or whichever of
+the two is faster on the first batch shape, measured (`optimize_for_inference(...,
+runtime="auto")`).
+
+ONNX Runtime is the runtime many CPU deployments use; on small batches it beats PyTorch's eager
+oneDNN path (its graph optimizer fuses Conv+BN+ReLU and the residual addition, and its
+per-operator overhead is lower). Its session runs with every graph optimization on and as many
+intra-op threads as CPUs this process may use. It is an optional dependency (the `export`
+extra).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError, unknown
+
+RUNTIMES = ("torch", "onnxruntime", "auto")
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; a container's or taskset's limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_runtime(runtime: str, device: str | torch.device = "cpu") -> str:
+    """runtime checked against RUNTIMES and the device: ONNX Runtime's session here runs on the
+    CPU, so on another device "auto" means torch and "onnxruntime" is an error."""
+    if runtime not in RUNTIMES:
+        raise unknown("runtime", runtime, RUNTIMES)
+    if torch.device(device).type != "cpu":
+        if runtime == "onnxruntime":
+            raise UserError(f"the onnxruntime runtime runs on the CPU, not {device}: use "
+                            "--device cpu or --runtime torch")
+        return "torch"
+    return runtime
+
+
+class OrtModel:
+    """An ONNX Runtime session with the model's interface: a float (N, C, H, W) torch tensor in
+    (any memory layout), the logits as a torch tensor out. Inference only."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, session: Any, threads: int) -> None:
+        self.session = session
+        self.optimized_with = {"runtime": "onnxruntime", "graph_optimization": "all",
+                               "threads": threads}
+        self.choice: RuntimeChoice | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        feed = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {"input": feed})[0])
+
+    def eval(self) -> OrtModel:  # so code that calls model.eval() on what it runs works
+        return self
+
+
+def onnxruntime_model(model: nn.Module, example_input: torch.Tensor, *,
+                      threads: int | None = None) -> OrtModel:
+    """model exported to ONNX (deploy.export.onnx_program: the graph `reslab export` writes)
+    and loaded in an ONNX Runtime session, graph optimizations on, `threads` intra-op threads
+    (default: the CPUs this process may use)."""
+    from .export import onnx_modules, onnx_program
+
+    ort = onnx_modules()
+    program = onnx_program(model.cpu().float().eval(), example_input.detach().cpu().float())
+    threads = threads or available_cpus()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # a ResNet is one chain of operators: nothing to overlap
+    options.log_severity_level = 3  # its notices about unused initializers are not the user's
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return OrtModel(session, threads)
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What runtime="auto" measured: seconds per batch of `batch` images for each runtime."""
+
+    runtime: str
+    batch: int
+    seconds: dict[str, float]
+
+    @property
+    def speedup(self) -> float:
+        """The chosen runtime's advantage over the other (>= 1)."""
+        other = [s for name, s in self.seconds.items() if name != self.runtime]
+        return max(other) / self.seconds[self.runtime] if other else 1.0
+
+    def describe(self) -> str:
+        times = ", ".join(f"{name} {1e3 * s:.2f} ms" for name, s in self.seconds.items())
+        return (f"runtime {self.runtime} (auto: {self.speedup:.2f}x faster at batch "
+                f"{self.batch}; {times} per batch)")
+
+
+def choose_faster(candidates: dict[str, Forward], example_input: torch.Tensor, *,
+                  target_s: float = 0.1, rounds: int = 3) -> RuntimeChoice:
+    """Times each candidate on example_input (warmed up, interleaved rounds, best round each:
+    reslab.bench's rule) and names the fastest."""
+    from ..bench import inference_step, time_steps
+
+    steps = {name: inference_step(fn, example_input) for name, fn in candidates.items()}
+    seconds = time_steps(steps, rounds=rounds, target_s=target_s)
+    best = min(seconds, key=seconds.__getitem__)
+    return RuntimeChoice(best, int(example_input.shape[0]), seconds)
+
+
+def runtime_of(model: Any) -> str:
+    """"torch" or "onnxruntime": what a callable from optimize_for_inference runs on."""
+    return getattr(model, "optimized_with", {}).get("runtime", "torch")
+
+
+def describe(model: Any) -> str:
+    """One line on the runtime a callable runs on and, for "auto", why."""
+    choice = getattr(model, "choice", None)
+    return choice.describe() if choice is not None else f"runtime {runtime_of(model)}"
+
+
+class FirstBatch:
+    """optimize_for_inference built on the first batch it is called with: "auto" times the
+    runtimes on the shape the caller really uses (eval's and predict's batch), not a guess.
+    `fast` is the built callable (None before the first call)."""
+
+    def __init__(self, model: nn.Module, runtime: str, **options: Any) -> None:
+        self.model, self.runtime, self.options = model, runtime, options
+        self.fast: Any = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast is None:
+            from .optimize import optimize_for_inference
+
+            # Exporting and folding need ordinary tensors, also inside the caller's
+            # inference_mode; x.clone() there is an ordinary tensor with x's values.
+            with torch.inference_mode(False), torch.no_grad():
+                self.fast = optimize_for_inference(self.model, x.clone(), runtime=self.runtime,
+                                                   **self.options)
+        with torch.inference_mode():
+            return self.fast(x)
+
+    def describe(self) -> str:
+        return describe(self.fast) if self.fast is not None else f"runtime {self.runtime}"
