@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from ..errors import UserError
@@ -116,3 +117,18 @@ def cam_paths(paths: Sequence[str | PathLike], out_dir: str | PathLike) -> list[
         taken.add(name.casefold())
         out.append(Path(out_dir) / f"{name}.cam.png")
     return out
+
+
+def cam_overlay(image: torch.Tensor, heat: torch.Tensor, size: int = 224) -> Image.Image:
+    """The heat map (H, W in [0, 1]) in the jet colours over the crop the model saw (C, H, W in
+    [0, 1]), as a size x size-ish RGB picture (longer side `size`): every input pixel a square,
+    as cam_figure draws it; the web page shows it."""
+    from matplotlib import colormaps
+
+    rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+    colours = torch.from_numpy(colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1)
+    blend = (0.55 * rgb + 0.45 * colours.float()).clamp(0, 1)
+    h, w = blend.shape[-2:]
+    scale = max(1, size // max(h, w))
+    pixels = (blend.permute(1, 2, 0) * 255).round().byte().numpy()
+    return Image.fromarray(pixels, "RGB").resize((w * scale, h * scale), Image.NEAREST)

@@ -1,0 +1,245 @@
+"""The HTTP API (FastAPI): POST /v1/predict, GET /v1/model, GET /healthz, GET /metrics, and
+the upload page at /.
+
+An upload goes the way `reslab predict` reads a file: decoded by reslab.data.images (the one
+decoding path, here from bytes), prepared by deploy.predict.prepare_decoded as the run's
+evaluation prepared its images, scored by the same logits function (deploy.predict.classifier,
+flip averaging as the record says) and ranked by deploy.predict.top_classes, so the answer is
+`reslab predict --json`'s for the same file. Between preparing and ranking, images wait in the
+dynamic batcher (serve.batching).
+
+Every error is JSON, {"error": {"code", "message"}}, with the status that names its class:
+400 malformed request, 413 body too large, 415 not an image content type, 422 an image that
+cannot be used (not an image, truncated, decompression bomb, too many pixels), 503 overloaded
+(with Retry-After). A bad request never stops the server.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from torch import nn
+
+from ..data.images import ImageError, decode_image
+from ..deploy.predict import prepare_decoded, top_classes
+from ..record import Record
+from .batching import Batcher, Overloaded
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+
+IMAGE_STATUS = 422  # a well-formed request whose image cannot be used
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """The server's batching and its limits on what a request may hold."""
+
+    max_batch: int = 16            # images per model call
+    max_wait_ms: float = 5.0       # how long the first image of a batch waits for company
+    max_queue: int = 256           # images waiting; beyond it requests get 503
+    max_body_bytes: int = 20 * 2**20
+    max_pixels: int = 40_000_000   # per image, from its header (PIL's own bomb guard: 179 M)
+    max_files: int = 64            # images in one multipart request
+    topk: int = 5
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a stable code and a message naming the problem."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def _error_response(status: int, code: str, message: str,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
+                        headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to pass `limit` bytes: from
+    Content-Length before reading, or while reading a body sent without one."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"request body of {int(declared):,} bytes is "
+                       f"larger than the server's limit of {limit:,} bytes")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"request body is larger than the server's "
+                           f"limit of {limit:,} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _uploads(request: Request, options: ServeOptions) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image in the request: the raw body with an image/* content type,
+    or every file of a multipart/form-data body."""
+    ctype = request.headers.get("content-type", "")
+    kind = ctype.split(";", 1)[0].strip().lower()
+    if not (kind.startswith("image/") or kind == "multipart/form-data"):
+        shown = f"'{ctype}'" if ctype else "missing"
+        raise ApiError(415, "unsupported_media_type", f"content type {shown} is not an image: "
+                       "send one image as the body with its image/* content type, or files "
+                       "as multipart/form-data")
+    body = await _read_body(request, options.max_body_bytes)
+    if kind.startswith("image/"):
+        if not body:
+            raise ApiError(400, "empty_body", "the request body is empty: send an image")
+        return [("body", body)]
+
+    async def replay() -> dict[str, Any]:  # the form parser reads the body we already hold
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=options.max_files,
+                                                         max_fields=64)
+    except HTTPException as e:  # malformed multipart, too many files or fields
+        raise ApiError(400, "bad_multipart", f"cannot read the multipart body: {e.detail}"
+                       ) from None
+    files = [(f.filename or key, await f.read()) for key, f in form.multi_items()
+             if isinstance(f, UploadFile)]
+    await form.close()
+    if not files:
+        raise ApiError(400, "no_images", "the multipart body holds no files: send images as "
+                       "file fields")
+    return files
+
+
+def _prepare(record: Record, files: list[tuple[str, bytes]], max_pixels: int
+             ) -> torch.Tensor:
+    try:
+        return prepare_decoded(record, [decode_image(data, name, max_pixels)
+                                        for name, data in files])
+    except ImageError as e:
+        raise ApiError(IMAGE_STATUS, e.kind, str(e)) from None
+
+
+def _cam_data_urls(model: nn.Module, record: Record, x: torch.Tensor, classes: list[int],
+                   lock: threading.Lock) -> list[str]:
+    """Grad-CAM of each image for its class, drawn over the crop, as PNG data URLs."""
+    from ..deploy.cam import cam_overlay, display_images, grad_cam
+
+    with lock:  # the model's hooks and gradients are not for two requests at once
+        heat = grad_cam(model, x, classes)
+    urls = []
+    for image, h in zip(display_images(record, x), heat):
+        buf = io.BytesIO()
+        cam_overlay(image, h).save(buf, "PNG")
+        urls.append("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode())
+    return urls
+
+
+def create_app(model: nn.Module, record: Record, forward: Callable[[torch.Tensor],
+               torch.Tensor], options: ServeOptions, runtime: dict[str, Any]) -> FastAPI:
+    """The app serving `forward` (the logits function: deploy.predict.classifier over a
+    runtime's callable) for images prepared by `record`; `model` (eager, eval mode) draws the
+    Grad-CAM maps; `runtime` is reported by /v1/model."""
+    metrics = Metrics()
+    batcher = Batcher(forward, max_batch=options.max_batch,
+                      max_wait_s=options.max_wait_ms / 1000, max_queue=options.max_queue,
+                      on_batch=metrics.batch)
+    cam_lock = threading.Lock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()  # uvicorn has let the in-flight requests finish: drain the rest
+
+    app = FastAPI(title="reslab", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.batcher, app.state.metrics = batcher, metrics
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        return _error_response(e.status, e.code, e.message, e.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return _error_response(e.status_code, code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "query")
+        return _error_response(400, "bad_parameter", f"invalid {where}: {first.get('msg')}")
+
+    @app.post("/v1/predict")
+    async def predict(request: Request, topk: int | None = None, cam: bool = False
+                      ) -> JSONResponse:
+        start = time.perf_counter()
+        status = 200
+        try:
+            k = options.topk if topk is None else topk
+            if not 1 <= k <= len(record.class_names):
+                raise ApiError(400, "bad_parameter", f"invalid topk {k}: must be between 1 "
+                               f"and {len(record.class_names)} (the model's classes)")
+            files = await _uploads(request, options)
+            x = await run_in_threadpool(_prepare, record, files, options.max_pixels)
+            try:
+                logits = await batcher.predict(x)
+            except Overloaded as e:
+                raise ApiError(503, "overloaded", f"{e}; retry in {e.retry_after_s} s",
+                               {"Retry-After": str(e.retry_after_s)}) from None
+            tops = top_classes(logits, record.class_names, k)
+            predictions = [{"file": name, "top": top} for (name, _), top in zip(files, tops)]
+            if cam:
+                urls = await run_in_threadpool(_cam_data_urls, model, record, x,
+                                               [t[0]["index"] for t in tops], cam_lock)
+                for p, url in zip(predictions, urls):
+                    p["cam"] = url
+            return JSONResponse({"architecture": record.architecture,
+                                 "runtime": runtime["runtime"], "predictions": predictions})
+        except ApiError as e:
+            status = e.status
+            metrics.errors.labels(e.code).inc()
+            raise
+        except Exception:
+            status = 500
+            metrics.errors.labels("internal").inc()
+            raise
+        finally:
+            metrics.requests.labels(str(status)).inc()
+            metrics.latency.observe(time.perf_counter() - start)
+            metrics.queued.set(batcher.queued)
+
+    @app.get("/v1/model")
+    async def model_info() -> dict[str, Any]:
+        return {"architecture": record.architecture, "kwargs": dict(record.kwargs),
+                "class_names": list(record.class_names),
+                "preprocess": record.preprocess.to_json(), "runtime": runtime,
+                "serving": asdict(options)}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "queued": batcher.queued}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        metrics.queued.set(batcher.queued)
+        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+    page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return page
+
+    return app
