@@ -82,3 +82,17 @@ def test_time_to_accuracy_reads_a_run(tmp_path: Path, monkeypatch: pytest.Monkey
     hit, miss = r["targets"]
     assert hit["reached"] == "yes" and hit["time_s"] == 20.0 and hit["step"] == 80
     assert miss["reached"].startswith("not reached") and miss["top1"] == 0.945  # the best
+
+
+def test_bench_runtime_auto_adds_onnxruntime_and_names_the_faster(
+        capsys: pytest.CaptureFixture) -> None:
+    r = _bench(capsys, "resnet8", "--input", "2x3x16x16", "--iters", "1", "--rounds", "1",
+               "--runtime", "auto")
+    rows = {row["variant"]: row for row in r["inference"]}
+    torch_row = next(v for v in rows if v.startswith("reslab optimized"))
+    ort_row = "onnxruntime (reslab's ONNX export)"
+    assert ort_row in rows and len(rows) == 3
+    faster = min((torch_row, ort_row), key=lambda v: rows[v]["ms_per_batch"])
+    assert r["runtime"] == {"requested": "auto", "variant": faster,
+                            "runtime": "torch" if faster == torch_row else "onnxruntime"}
+    assert r["speedup"]["inference"] == rows[faster]["vs_baseline"]

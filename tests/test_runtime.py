@@ -121,3 +121,29 @@ def test_runtime_flag_errors(digits, capsys) -> None:
     err = clean_error(capsys, ["predict", ckpt, paths[0], "--runtime", "tensorrt"])
     assert err.startswith("error: reslab predict: argument --runtime: invalid choice: "
                           "'tensorrt'")
+
+
+# --- reduced precision ----------------------------------------------------------------------
+
+def test_reduced_precision_agrees_with_fp32_on_the_test_set(digits) -> None:
+    """bf16 (PyTorch) and int8 (ONNX Runtime static quantization, QDQ per-channel, calibrated
+    on training images) classify digits' 360 test images as fp32 does, nearly always."""
+    from reslab.checkpoint import load_checkpoint
+    from reslab.data import load_data
+    from reslab.deploy.precision import bf16_model, onnx_int8_model
+
+    model, record = load_checkpoint(digits[0])
+    pre = record.preprocess
+    data = load_data("digits", stats=pre.stats(), image_size=8, augment="none")
+    x = torch.cat([b for b, _ in data.eval_batches("test", 512, "cpu")])
+    calibration = [b for b, _ in data.eval_batches("train", 128, "cpu")][:3]
+    int8 = onnx_int8_model(model, calibration, threads=1)
+    assert int8.optimized_with["precision"] == "int8 (QDQ, per-channel)"
+    bf16 = bf16_model(model)
+    with torch.no_grad():
+        ref = model(x)
+        for fast, at_least in ((int8, 0.97), (bf16, 0.97)):
+            out = fast(x)
+            assert out.dtype == torch.float32 and out.shape == ref.shape
+            assert (out.argmax(1) == ref.argmax(1)).float().mean() >= at_least
+            assert not torch.equal(out, ref)  # reduced precision did happen

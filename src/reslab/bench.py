@@ -196,10 +196,55 @@ def _rows(seconds: dict[str, float], batch: int, baseline: str,
     return rows
 
 
+ORT_VARIANT = "onnxruntime (reslab's ONNX export)"
+
+
+def precision_rows(model: nn.Module, x: torch.Tensor, fp32: dict[str, Callable], *,
+                   agreement: Sequence[torch.Tensor], calibration: Sequence[torch.Tensor],
+                   iters: int | None = None, rounds: int = 2, target_s: float = 0.5
+                   ) -> list[dict[str, Any]]:
+    """Reduced precision against fp32, CPU: bf16 in PyTorch (where it is native), int8 through
+    PT2E (torchao) and through ONNX Runtime's static quantization (QDQ, per-channel), each
+    calibrated on `calibration`. fp32: {"torch": callable, "onnxruntime": callable}. Rows:
+    speed on x (and its ratio to each fp32 runtime) and top-1 agreement with the fp32 eager
+    model over the `agreement` batches (real test images for the numbers to mean anything)."""
+    from .deploy.precision import bf16_model, onnx_int8_model
+    from .deploy.quantize import quantize_int8
+
+    variants = {f"fp32 {name}": fn for name, fn in fp32.items()}
+    notes = {}
+    if bf16_supported("cpu"):
+        variants["bf16 torch"] = bf16_model(model)
+    else:
+        notes["bf16 torch"] = "skipped: this CPU has no native bf16 (emulated, slower than fp32)"
+    try:
+        variants["int8 PT2E (torchao, x86 inductor)"] = quantize_int8(model, calibration)
+    except ModuleNotFoundError as e:
+        notes["int8 PT2E (torchao, x86 inductor)"] = f"skipped: {e}"
+    variants["int8 onnxruntime (QDQ, per-channel)"] = onnx_int8_model(
+        model, calibration, threads=torch.get_num_threads())
+    seconds = time_steps({k: inference_step(f, x) for k, f in variants.items()}, iters=iters,
+                         rounds=rounds, target_s=target_s)
+    with torch.inference_mode():
+        ref = [model(b).argmax(1) for b in agreement]
+        total = sum(len(r) for r in ref)
+        agree = {k: sum(int((f(b).argmax(1) == r).sum()) for b, r in zip(agreement, ref)) / total
+                 for k, f in variants.items()}
+    n = x.shape[0]
+    t_fp32, o_fp32 = (seconds.get(f"fp32 {k}") for k in ("torch", "onnxruntime"))
+    rows = [{"variant": k, "img_s": round(n / s, 2), "ms_per_batch": round(1e3 * s, 2),
+             "vs_torch_fp32": round(t_fp32 / s, 3) if t_fp32 else None,
+             "vs_ort_fp32": round(o_fp32 / s, 3) if o_fp32 else None,
+             "top1_agreement": round(agree[k], 5), "agreement_images": total}
+            for k, s in seconds.items()]
+    return rows + [{"variant": k, "note": v} for k, v in notes.items()]
+
+
 def bench_model(name: str, *, batch_size: int | None = None,
                 input_shape: Sequence[int] | None = None, iters: int | None = None,
                 rounds: int = 2, device: str = "auto", compile: bool | str = False,
-                target_s: float = 0.5) -> dict[str, Any]:
+                target_s: float = 0.5, runtime: str = "torch", precision: bool = False
+                ) -> dict[str, Any]:
     """Inference and training throughput of `name`, side by side with the conventional way.
 
     Baseline ("conventional"): torchvision's same architecture, eager fp32 NCHW, with the same
@@ -211,7 +256,13 @@ def bench_model(name: str, *, batch_size: int | None = None,
     input_shape: (C, H, W) or (N, C, H, W); default the architecture's usual input.
     iters: timed calls per round (None: as many as fill about target_s). Returns a dict with
     `inference` and `training` rows (img_s, ms_per_batch, vs_baseline) and `speedup`.
+    runtime "onnxruntime" or "auto" adds ONNX Runtime on reslab's ONNX export to the inference
+    rows (CPU); `runtime` says which runtime the inference speed-up is of (auto: the faster
+    one measured). precision adds `precision_rows` (random weights and inputs: their agreement
+    says little; benchmarks/runtime.py measures a trained model on its test set).
     """
+    from .deploy.runtime import check_runtime
+
     from .analysis.macs import count_macs
     from .models import create_model, get_arch
 
@@ -236,6 +287,9 @@ def bench_model(name: str, *, batch_size: int | None = None,
                         f"values, more than the {MAX_BENCH_ELEMENTS:,} limit (its activations "
                         "would not fit in memory); use a smaller --batch-size or --input")
     dev = select_device(device)
+    runtime = check_runtime(runtime, dev)
+    if precision and dev.type != "cpu":
+        raise UserError("the reduced-precision table is measured on the CPU: use --device cpu")
 
     torch.manual_seed(0)
     ours = create_model(name, in_chans=shape[1]).to(dev).eval()
@@ -254,15 +308,31 @@ def bench_model(name: str, *, batch_size: int | None = None,
         baseline = f"reslab's own {name}, eager fp32 NCHW (torchvision has no {name}{why})"
 
     # Inference.
-    fast = optimize_for_inference(ours, x, compile=compile)
+    fast = optimize_for_inference(ours, x, runtime="torch", compile=compile)
     what = "+".join(k for k, v in (("BN folded", fast.optimized_with["bn_folded"]),
                                    ("channels_last", fast.optimized_with["channels_last"]),
                                    ("compiled", fast.optimized_with["compiled"])) if v)
     inf = {base_inf: inference_step(twin if twin is not None else ours, x)}
     if twin is not None:
         inf["reslab eager"] = inference_step(ours, x)
-    inf[f"reslab optimized ({what})"] = inference_step(fast, x)
+    torch_variant = f"reslab optimized ({what})"
+    inf[torch_variant] = inference_step(fast, x)
+    ort = None
+    if runtime != "torch" or precision:
+        # the threads torch has: the runtimes compared on equal terms
+        ort = optimize_for_inference(ours, x, runtime="onnxruntime",
+                                     threads=torch.get_num_threads())
+    if runtime != "torch":
+        inf[ORT_VARIANT] = inference_step(ort, x)
     inf_s = time_steps(inf, iters=iters, rounds=rounds, target_s=target_s, device=dev)
+    chosen = {"torch": torch_variant, "onnxruntime": ORT_VARIANT}.get(
+        runtime, min((torch_variant, ORT_VARIANT), key=lambda v: inf_s.get(v, math.inf)))
+    reduced = None
+    if precision:
+        calibration = [torch.randn(min(n, 32), *shape[1:], generator=g) for _ in range(2)]
+        reduced = precision_rows(ours, x, {"torch": fast, "onnxruntime": ort},
+                                 agreement=[x], calibration=calibration, iters=iters,
+                                 rounds=rounds, target_s=target_s)
 
     # Training (each variant trains its own copy of the same initial weights).
     amp = torch.bfloat16 if bf16_supported(dev) else None
@@ -276,12 +346,19 @@ def bench_model(name: str, *, batch_size: int | None = None,
 
     inference = _rows(inf_s, n, base_inf, macs)
     training = _rows(train_s, n, base_train)
-    return {"model": name, "family": arch.family, "device": str(dev), "input": list(shape),
-            "batch_size": n, "iters": iters if iters is not None else "auto", "rounds": rounds,
-            "macs_per_image": macs, "baseline": baseline,
-            "inference": inference, "training": training,
-            # reslab's best way vs the conventional one: optimized inference, fast training
-            "speedup": {"inference": inference[-1]["vs_baseline"],
-                        "training": training[-1]["vs_baseline"]},
-            "timing": "best round per variant, rounds interleaved",
-            "environment": environment(dev)}
+    result = {"model": name, "family": arch.family, "device": str(dev), "input": list(shape),
+              "batch_size": n, "iters": iters if iters is not None else "auto",
+              "rounds": rounds, "macs_per_image": macs, "baseline": baseline,
+              "inference": inference, "training": training,
+              "runtime": {"requested": runtime, "variant": chosen,
+                          "runtime": "torch" if chosen == torch_variant else "onnxruntime"},
+              # reslab's best way vs the conventional one: optimized inference on the chosen
+              # runtime, fast training
+              "speedup": {"inference": next(r["vs_baseline"] for r in inference
+                                            if r["variant"] == chosen),
+                          "training": training[-1]["vs_baseline"]},
+              "timing": "best round per variant, rounds interleaved",
+              "environment": environment(dev)}
+    if reduced is not None:
+        result["precision"] = reduced
+    return result

@@ -8,10 +8,14 @@ import sys
 
 from ..errors import UserError
 from ..limits import MAX_THREADS, check_int
-from .common import parse_input_shape, print_json
+from .common import add_runtime_option, parse_input_shape, print_json
 
 COLUMNS = (("variant", "variant", ""), ("img_s", "img/s", ".1f"),
            ("ms_per_batch", "ms/batch", ".1f"), ("vs_baseline", "vs baseline", ".2f"))
+PRECISION = (("variant", "variant", ""), ("img_s", "img/s", ".1f"),
+             ("ms_per_batch", "ms/batch", ".1f"), ("vs_torch_fp32", "vs torch fp32", ".2f"),
+             ("vs_ort_fp32", "vs ORT fp32", ".2f"), ("top1_agreement", "top-1 agree", ".2%"),
+             ("note", "note", ""))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's choice, one per core)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    add_runtime_option(p)
+    p.add_argument("--precision", action="store_true",
+                   help="also time bf16 (where the CPU has it natively) and int8 (PT2E and ONNX "
+                        "Runtime QDQ) against both fp32 runtimes, with top-1 agreement")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -63,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     result = bench_model(args.model, batch_size=args.batch_size, input_shape=_shape(args.input),
                          iters=args.iters, rounds=args.rounds, device=args.device,
-                         compile={"off": False, "on": True, "auto": "auto"}[args.compile])
+                         compile={"off": False, "on": True, "auto": "auto"}[args.compile],
+                         runtime=args.runtime, precision=args.precision)
     if args.json:
         print_json(result)
         return 0
@@ -75,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     for phase in ("inference", "training"):
         print(f"{phase}:")
         print(format_table(result[phase], COLUMNS) + "\n")
-    print(f"reslab vs baseline: inference {result['speedup']['inference']:.2f}x, "
-          f"training {result['speedup']['training']:.2f}x")
+    if "precision" in result:
+        print("reduced precision (agreement: with fp32 on the timed batch; random weights):")
+        print(format_table(result["precision"], PRECISION) + "\n")
+    print(f"reslab vs baseline: inference {result['speedup']['inference']:.2f}x "
+          f"({result['runtime']['variant']}), training {result['speedup']['training']:.2f}x")
     return 0

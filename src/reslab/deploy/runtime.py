@@ -71,18 +71,25 @@ def onnxruntime_model(model: nn.Module, example_input: torch.Tensor, *,
     """model exported to ONNX (deploy.export.onnx_program: the graph `reslab export` writes)
     and loaded in an ONNX Runtime session, graph optimizations on, `threads` intra-op threads
     (default: the CPUs this process may use)."""
-    from .export import onnx_modules, onnx_program
+    from .export import onnx_program
+
+    program = onnx_program(model.cpu().float().eval(), example_input.detach().cpu().float())
+    return ort_session(program.model_proto.SerializeToString(), threads)
+
+
+def ort_session(onnx_model: bytes | str, threads: int | None = None) -> OrtModel:
+    """An ONNX model (bytes or a file path) in a CPU session: every graph optimization on,
+    `threads` intra-op threads (default: the CPUs this process may use)."""
+    from .export import onnx_modules
 
     ort = onnx_modules()
-    program = onnx_program(model.cpu().float().eval(), example_input.detach().cpu().float())
     threads = threads or available_cpus()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1  # a ResNet is one chain of operators: nothing to overlap
     options.log_severity_level = 3  # its notices about unused initializers are not the user's
-    session = ort.InferenceSession(program.model_proto.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
     return OrtModel(session, threads)
 
 
