@@ -110,27 +110,36 @@ def calibrate(fn: Step, device: str | torch.device = "cpu", target_s: float = 0.
     return max(1, min(max_iters, round(target_s / max(once, 1e-6))))
 
 
-def best_of_rounds(steps: dict[str, Step], iters: int | dict[str, int], rounds: int,
-                   device: str | torch.device = "cpu") -> dict[str, float]:
-    """Best seconds per call of each step over `rounds` interleaved rounds (see module doc)."""
-    best = {name: math.inf for name in steps}
+def seconds_per_round(steps: dict[str, Step], iters: int | dict[str, int], rounds: int,
+                      device: str | torch.device = "cpu") -> dict[str, list[float]]:
+    """Seconds per call of each step in each of `rounds` interleaved rounds (see module doc)."""
+    out: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, fn in steps.items():
             n = iters[name] if isinstance(iters, dict) else iters
-            best[name] = min(best[name], seconds_per_call(fn, n, device))
-    return best
+            out[name].append(seconds_per_call(fn, n, device))
+    return out
+
+
+def best_of_rounds(steps: dict[str, Step], iters: int | dict[str, int], rounds: int,
+                   device: str | torch.device = "cpu") -> dict[str, float]:
+    """Best seconds per call of each step over `rounds` interleaved rounds (see module doc)."""
+    return {name: min(s) for name, s in seconds_per_round(steps, iters, rounds, device).items()}
 
 
 def time_steps(steps: dict[str, Step], *, iters: int | None = None, rounds: int = 2,
-               target_s: float = 0.5, device: str | torch.device = "cpu") -> dict[str, float]:
+               target_s: float = 0.5, device: str | torch.device = "cpu",
+               statistic: Callable[[list[float]], float] = min) -> dict[str, float]:
     """Warm every step up, then time them interleaved: `iters` calls per round, or (None) as
-    many as fill about target_s per round for each step."""
+    many as fill about target_s per round for each step. Each step's rounds are reduced by
+    `statistic`: min (the best round, the default) or statistics.median."""
     counts = {name: calibrate(fn, device, target_s) if iters is None else iters
               for name, fn in steps.items()}
     if iters is not None:
         for fn in steps.values():
             fn()  # warm-up only
-    return best_of_rounds(steps, counts, rounds, device)
+    return {name: statistic(s)
+            for name, s in seconds_per_round(steps, counts, rounds, device).items()}
 
 
 # --- what is timed ------------------------------------------------------------------------
@@ -201,8 +210,8 @@ ORT_VARIANT = "onnxruntime (reslab's ONNX export)"
 
 def precision_rows(model: nn.Module, x: torch.Tensor, fp32: dict[str, Callable], *,
                    agreement: Sequence[torch.Tensor], calibration: Sequence[torch.Tensor],
-                   iters: int | None = None, rounds: int = 2, target_s: float = 0.5
-                   ) -> list[dict[str, Any]]:
+                   iters: int | None = None, rounds: int = 2, target_s: float = 0.5,
+                   statistic: Callable[[list[float]], float] = min) -> list[dict[str, Any]]:
     """Reduced precision against fp32, CPU: bf16 in PyTorch (where it is native), int8 through
     PT2E (torchao) and through ONNX Runtime's static quantization (QDQ, per-channel), each
     calibrated on `calibration`. fp32: {"torch": callable, "onnxruntime": callable}. Rows:
@@ -224,7 +233,7 @@ def precision_rows(model: nn.Module, x: torch.Tensor, fp32: dict[str, Callable],
     variants["int8 onnxruntime (QDQ, per-channel)"] = onnx_int8_model(
         model, calibration, threads=torch.get_num_threads())
     seconds = time_steps({k: inference_step(f, x) for k, f in variants.items()}, iters=iters,
-                         rounds=rounds, target_s=target_s)
+                         rounds=rounds, target_s=target_s, statistic=statistic)
     with torch.inference_mode():
         ref = [model(b).argmax(1) for b in agreement]
         total = sum(len(r) for r in ref)

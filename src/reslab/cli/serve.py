@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest image in pixels, from its header (default 40,000,000)")
     p.add_argument("--topk", type=int, default=5, metavar="K",
                    help="classes per image unless the request's ?topk= says (default 5)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="intra-op threads of the model (torch and ONNX Runtime; default: the "
+                        "CPUs this process may use)")
     p.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
                    help="average with the mirrored image: auto (default) as the run's "
                         "evaluation did, on, off")
@@ -69,10 +72,19 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"reslab serve needs fastapi, uvicorn, python-multipart and "
                         f"prometheus_client ({e.name} is missing): pip install "
                         "'reslab[serve]'") from None
+    from ..deploy.runtime import available_cpus
+    from ..limits import MAX_THREADS, check_int
+
     opts = options(args)
+    threads = check_int("--threads", available_cpus() if args.threads is None else args.threads,
+                        1, MAX_THREADS)
     sock = listen(args.host, args.port)  # before the model: a taken port fails at once
+    import torch
+
+    torch.set_num_threads(threads)
     service = load_service(args.ckpt, args.runtime, max_batch=opts.max_batch,
-                           flip={"auto": None, "on": True, "off": False}[args.flip])
+                           flip={"auto": None, "on": True, "off": False}[args.flip],
+                           threads=threads)
     if service.record.num_classes < opts.topk:
         opts = dataclasses.replace(opts, topk=service.record.num_classes)
 

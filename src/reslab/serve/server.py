@@ -32,9 +32,10 @@ class Service:
 
 
 def load_service(ckpt: str | Path, runtime: str = "auto", *, max_batch: int = 16,
-                 flip: bool | None = None) -> Service:
+                 flip: bool | None = None, threads: int | None = None) -> Service:
     """The checkpoint on `runtime` (deploy.runtime), built and, for "auto", timed on a batch
-    of max_batch images: the shape the server runs under load."""
+    of max_batch images: the shape the server runs under load. threads: ONNX Runtime's
+    intra-op threads (default: the CPUs this process may use)."""
     from ..checkpoint import load_checkpoint
     from ..deploy.optimize import optimize_for_inference
     from ..deploy.predict import classifier
@@ -45,7 +46,8 @@ def load_service(ckpt: str | Path, runtime: str = "auto", *, max_batch: int = 16
                           generator=torch.Generator().manual_seed(0))
     # compile=False: a server's batches come in every size up to max_batch, and inductor
     # would compile each one
-    fast = optimize_for_inference(model, example, runtime=runtime, compile=False)
+    fast = optimize_for_inference(model, example, runtime=runtime, compile=False,
+                                  threads=threads)
     choice = getattr(fast, "choice", None)
     info = {"runtime": runtime_of(fast), "requested": runtime, "note": describe(fast),
             "seconds_per_batch": choice.seconds if choice is not None else None}
