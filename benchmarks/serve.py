@@ -35,7 +35,10 @@ COLUMNS = (("model", "model", ""), ("batching", "batching", ""),
            ("img_s", "img/s", ".1f"), ("vs_offline", "vs offline", ".2f"),
            ("p50_ms", "p50 ms", ".1f"), ("p95_ms", "p95 ms", ".1f"), ("p99_ms", "p99 ms", ".1f"),
            ("mean_batch", "mean batch", ".1f"), ("failed", "failed", "d"))
-BATCHING = {"on": ["--max-batch", "32", "--max-wait-ms", "5"],
+
+
+def batching(max_batch: int) -> dict[str, list[str]]:
+    return {"on": ["--max-batch", str(max_batch), "--max-wait-ms", "5"],
             "off": ["--max-batch", "1", "--max-wait-ms", "0"]}
 
 
@@ -110,7 +113,7 @@ def offline(ckpt: Path, runtime: str, images: list[bytes], batch: int) -> dict[s
     out = {}
     for name, fn in (("model_img_s", model_only), ("end_to_end_img_s", whole)):
         fn()
-        best = min(_seconds(fn, max(1, 256 // batch)) for _ in range(3))
+        best = min(_seconds(fn, max(1, 128 // batch)) for _ in range(2))
         out[name] = round(batch / best, 1)
     out["runtime"] = service.runtime["runtime"]
     return out
@@ -137,7 +140,7 @@ class Server:
         if " at http://" not in line:
             self.proc.kill()
             raise RuntimeError(f"the server did not start: {line!r}")
-        self.url = line.split(" at ")[1].strip()
+        self.url = line.rsplit(" at ", 1)[1].strip()
         self.note = line.split(" (", 1)[1].rsplit(") at ", 1)[0]
 
     def stop(self) -> int:
@@ -209,11 +212,18 @@ def bad_bodies(good: bytes) -> list[tuple[bytes, str, int]]:
             (big.getvalue(), "image/png", 422), (b"{}", "application/json", 415)]
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_model(name: str, ckpt: Path, images: list[bytes], args: argparse.Namespace,
-              concurrencies: list[int]) -> tuple[list[dict], dict, dict]:
+              concurrencies: list[int], max_batch: int, ctype: str = "image/png"
+              ) -> tuple[list[dict], dict, dict]:
     rows, offline_rates, mixed = [], {}, {}
-    good = [(b, "image/png", 200) for b in images]
-    for batching, flags in BATCHING.items():
+    good = [(b, ctype, 200) for b in images]
+    for mode, flags in batching(max_batch).items():
         server = Server(ckpt, args.runtime, flags, args.threads)
         try:
             chosen = server.note
@@ -225,12 +235,14 @@ def run_model(name: str, ckpt: Path, images: list[bytes], args: argparse.Namespa
             asyncio.run(load(server.url, good[:8], 4, 16, 10))  # warm-up
             for c in concurrencies:
                 images0, calls0 = batch_totals(server.url)  # the histogram is cumulative
+                cpu0, client0 = _cpu_s(server.proc.pid), time.process_time()
                 r = asyncio.run(load(server.url, good, c, args.requests, args.max_seconds))
+                cpu1, client1 = _cpu_s(server.proc.pid), time.process_time()
                 images1, calls1 = batch_totals(server.url)
                 lat = [1e3 * s for s in r["latencies"]]
                 img_s = r["good_ok"] / r["wall_s"]
-                base = offline_rates.get(f"{runtime}/b32") or offline_rates[key]
-                rows.append({"model": name, "batching": batching, "concurrency": c,
+                base = offline_rates.get(f"{runtime}/b{max_batch}") or offline_rates[key]
+                rows.append({"model": name, "batching": mode, "concurrency": c,
                              "requests": r["sent"], "runtime": chosen,
                              "img_s": round(img_s, 1),
                              "vs_offline": round(img_s / base["end_to_end_img_s"], 3),
@@ -240,10 +252,15 @@ def run_model(name: str, ckpt: Path, images: list[bytes], args: argparse.Namespa
                              "p99_ms": round(_percentile(lat, 99), 2),
                              "mean_batch": round((images1 - images0)
                                                  / max(1.0, calls1 - calls0), 2),
-                             "failed": r["good_failed"], "wall_s": round(r["wall_s"], 2)})
-                print(f"  {name} batching {batching} c={c}: {img_s:.1f} img/s, p99 "
+                             "failed": r["good_failed"], "wall_s": round(r["wall_s"], 2),
+                             # CPU per request: what the machine's load does not change much
+                             "server_cpu_ms_per_request": round(
+                                 1e3 * (cpu1 - cpu0) / max(1, r["sent"]), 2),
+                             "client_cpu_ms_per_request": round(
+                                 1e3 * (client1 - client0) / max(1, r["sent"]), 2)})
+                print(f"  {name} batching {mode} c={c}: {img_s:.1f} img/s, p99 "
                       f"{rows[-1]['p99_ms']:.1f} ms", flush=True)
-            if batching == "on":
+            if mode == "on":
                 bad = bad_bodies(images[0])
                 mixed_bodies = [bad[i // 10 % len(bad)] if i % 10 == 9 else good[i % len(good)]
                                 for i in range(400)]
@@ -268,7 +285,7 @@ def main() -> None:
     prepare(args)
     images, side = pngs(args.ckpt, args.images)
     rows, offline_rates, mixed = run_model(f"{args.ckpt.name} ({side} px)", args.ckpt, images,
-                                           args, args.concurrency)
+                                           args, args.concurrency, 32)
     results = {"rows": rows, "offline": offline_rates, "mixed_bad_inputs": {"resnet20": mixed}}
     if args.resnet50:
         with tempfile.TemporaryDirectory() as tmp:
@@ -280,10 +297,10 @@ def main() -> None:
                 buf = io.BytesIO()
                 Image.fromarray(pixels.numpy()).save(buf, "JPEG", quality=90)
                 photos.append(buf.getvalue())
-            small = argparse.Namespace(**{**vars(args), "requests": 96,
+            small = argparse.Namespace(**{**vars(args), "requests": 48,
                                           "max_seconds": min(args.max_seconds, 30)})
-            r50, off50, mixed50 = run_model("resnet50 (224 px)", ckpt, photos, small,
-                                            [max(args.concurrency)])
+            r50, off50, mixed50 = run_model("resnet50 (224 px)", ckpt, photos, small, [8], 8,
+                                            "image/jpeg")
             rows += r50
             results["offline"].update({f"resnet50/{k}": v for k, v in off50.items()})
             results["mixed_bad_inputs"]["resnet50"] = mixed50
@@ -291,7 +308,9 @@ def main() -> None:
     setup = {"ckpt": args.ckpt.name, "requested_runtime": args.runtime,
              "concurrency": args.concurrency, "requests_per_run": args.requests,
              "max_seconds_per_run": args.max_seconds, "distinct_images": args.images,
-             "batching": {k: " ".join(v) for k, v in BATCHING.items()},
+             "batching": {k: " ".join(v) for k, v in batching(32).items()},
+             "resnet50": "random weights, 224 px, JPEG uploads of 256 px noise, concurrency 8, "
+                         "max batch 8, at most 48 requests per run",
              "client": "asyncio + httpx in the benchmark process, closed loop; the server a "
                        "separate process on 127.0.0.1",
              "offline": "the same runtime in the benchmark process at the server's max batch: "

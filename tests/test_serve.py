@@ -238,7 +238,7 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(digits) -> None:
         line = proc.stdout.readline()
         assert line.startswith("serving resnet8 (runtime torch) at http://127.0.0.1:"), (
             line, proc.stderr.read() if proc.poll() is not None else "")
-        url = line.split(" at ")[1].strip()
+        url = line.rsplit(" at ", 1)[1].strip()
         image = digits[1][0].read_bytes()
         assert _post(url, image).status_code == 200  # up (this one waited its 1 s)
         with ThreadPoolExecutor(3) as pool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,9 +44,13 @@ class Batcher:
                  max_queue: int, on_batch: Callable[[int, float], None] | None = None) -> None:
         self.forward, self.max_batch, self.max_wait_s = forward, max_batch, max_wait_s
         self.max_queue, self.on_batch = max_queue, on_batch
-        self._queue: asyncio.Queue[_Waiting] | None = None
+        # A deque and an event rather than asyncio.Queue: waiting for "more, or the deadline"
+        # with wait_for(queue.get()) can drop an image when the timeout and the get coincide
+        # (before Python 3.12); cancelling an Event.wait() loses nothing.
+        self._waiting: deque[_Waiting] = deque()
+        self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        self._busy = 0  # images in the model right now
+        self._busy = 0  # images taken from the queue and not yet answered
         self._batch_s = 0.0  # the last batch's time: the Retry-After estimate
         # One thread: batches run one after another, each with all of torch's (or ONNX
         # Runtime's) intra-op threads.
@@ -53,46 +58,53 @@ class Batcher:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        return len(self._waiting)
 
     def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._arrived = asyncio.Event()
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
     async def predict(self, x: torch.Tensor) -> torch.Tensor:
         """The logits of the images x (N, C, H, W), batched with whatever else is waiting."""
-        assert self._queue is not None, "start() the batcher first"
+        assert self._arrived is not None, "start() the batcher first"
         if self.queued + len(x) > self.max_queue:
             batches = math.ceil((self.queued + self._busy) / self.max_batch) + 1
             raise Overloaded(self.queued, max(1, math.ceil(batches * self._batch_s)))
         loop = asyncio.get_running_loop()
         waiting = [_Waiting(image, loop.create_future()) for image in x]
-        for w in waiting:
-            self._queue.put_nowait(w)
+        self._waiting.extend(waiting)
+        self._arrived.set()
         return torch.stack(await asyncio.gather(*(w.done for w in waiting)))
 
+    async def _more(self, timeout: float | None) -> bool:
+        """Waits until an image is queued (True) or timeout seconds pass (False)."""
+        assert self._arrived is not None
+        self._arrived.clear()
+        if self._waiting:
+            return True
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def _next_batch(self) -> list[_Waiting]:
-        assert self._queue is not None
-        batch = [await self._queue.get()]
+        while not self._waiting:
+            await self._more(None)
+        batch = [self._waiting.popleft()]
         self._busy = 1  # taken images count as busy at once: stop() waits for them
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
         while len(batch) < self.max_batch:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if self._waiting:
+                batch.append(self._waiting.popleft())
                 self._busy = len(batch)
                 continue
             left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
+            if left <= 0 or not await self._more(left):
                 break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), left))
-            except TimeoutError:
-                break
-            self._busy = len(batch)
         return batch
 
     def _infer(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-
         start = time.perf_counter()
         with torch.inference_mode():
             logits = self.forward(x).float()
@@ -122,9 +134,8 @@ class Batcher:
     async def stop(self) -> None:
         """Finishes what is queued (the requests still waiting get their answers), then stops
         the worker."""
-        if self._queue is not None:
-            while not self._queue.empty() or self._busy:
-                await asyncio.sleep(0.01)
+        while self._waiting or self._busy:
+            await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
         self._pool.shutdown(wait=True)
