@@ -7,7 +7,7 @@ int8 PT2E and int8 ONNX Runtime (QDQ) against both fp32 runtimes, speed at --pre
 and top-1 agreement with fp32 on the checkpoint's whole test split.
 
     python benchmarks/runtime.py [--models resnet18 resnet50] [--batches 1 16] [--rounds 5]
-                                 [--ckpt runs/fm20] [--out docs/results/runtime.json]
+                                 [--ckpt runs/fmnist-resnet20] [--out docs/results/inference-runtimes.json]
 
 Times are medians of interleaved rounds (each round: as many calls as fill --target-s).
 """
@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
                    "table (agreement on its test split)")
     p.add_argument("--precision-batch", type=int, default=16)
     add_threads_option(p)
-    p.add_argument("--out", type=Path, default=RESULTS / "runtime.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "inference-runtimes.json")
     return p.parse_args()
 
 
@@ -143,7 +143,7 @@ def main() -> None:
              "ort_default": "onnxruntime.InferenceSession(model) with default SessionOptions",
              "reslab_torch": "optimize_for_inference(runtime='torch', compile=False)",
              "reslab_chosen": "optimize_for_inference(runtime='auto', compile=False)"}
-    save_results("runtime", setup, rows, out=args.out, auto_choices=chosen,
+    save_results("inference-runtimes", setup, rows, out=args.out, auto_choices=chosen,
                  precision=precision)
 
 

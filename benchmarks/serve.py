@@ -2,8 +2,8 @@
 concurrencies with dynamic batching on and off, against the offline batch throughput of the same
 runtime, and a mixed run where 10% of the requests are bad inputs (none may disturb the good).
 
-    python benchmarks/serve.py --ckpt runs/fm20 [--concurrency 1 8 32] [--requests 400]
-                               [--max-seconds 20] [--resnet50] [--out docs/results/serve.json]
+    python benchmarks/serve.py --ckpt runs/fmnist-resnet20 [--concurrency 1 8 32] [--requests 400]
+                               [--max-seconds 20] [--resnet50] [--out docs/results/inference-serving.json]
 
 The server is a separate process (`reslab serve CKPT --port 0`, loopback only); the client is
 asyncio + httpx in this one, each of C workers sending one request at a time (closed loop),
@@ -54,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--resnet50", action="store_true", help="also a short run of resnet50 at "
                    "224 px (random weights), concurrency 32 only")
     p.add_argument("--threads", type=int, help="torch threads in the server and offline")
-    p.add_argument("--out", type=Path, default=RESULTS / "serve.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "inference-serving.json")
     return p.parse_args()
 
 
@@ -317,7 +317,7 @@ def main() -> None:
                         "model alone, and PNG decode + preparation + model",
              "mixed": "every 10th request bad (not an image, truncated PNG, too many pixels, "
                       "wrong content type, in turn)"}
-    save_results("serve", setup, results, out=args.out)
+    save_results("inference-serving", setup, results, out=args.out)
 
 
 if __name__ == "__main__":
