@@ -84,7 +84,7 @@ class Batcher:
             return True
         try:
             await asyncio.wait_for(self._arrived.wait(), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
             return False
         return True
 
