@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..io import atomic_write
 from .optimize import fold_batchnorm
 from .runtime import OrtModel, ort_session
 
@@ -66,7 +67,7 @@ def onnx_int8_model(model: nn.Module, calibration_batches: Iterable[torch.Tensor
     program = onnx_program(copy.deepcopy(model).cpu().float().eval(), batches[0])
     with tempfile.TemporaryDirectory() as tmp:
         fp32, pre, int8 = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-        program.save(str(fp32))
+        atomic_write(fp32, lambda tmp: program.save(tmp))
         # shape inference and graph cleanup first, as ONNX Runtime's docs ask before quantizing
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(int8), Reader(), quant_format=QuantFormat.QDQ,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import threading
 import time
 from collections.abc import Callable
@@ -146,11 +145,13 @@ def _cam_data_urls(model: nn.Module, record: Record, x: torch.Tensor, classes: l
 
     with lock:  # the model's hooks and gradients are not for two requests at once
         heat = grad_cam(model, x, classes)
+    from torchvision.io import encode_png
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
     urls = []
     for image, h in zip(display_images(record, x), heat):
-        buf = io.BytesIO()
-        cam_overlay(image, h).save(buf, "PNG")
-        urls.append("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode())
+        png = encode_png(pil_to_tensor(cam_overlay(image, h))).numpy().tobytes()
+        urls.append("data:image/png;base64," + base64.b64encode(png).decode())
     return urls
 
 
