@@ -155,3 +155,14 @@ def test_on_a_busy_machine_the_default_is_one_thread_and_an_explicit_count_is_ke
         for p in spin:
             p.kill()
             p.wait()
+
+
+def test_a_recipe_file_with_a_given_of_the_wrong_type_is_one_clear_error(tmp_path: Path) -> None:
+    from reslab.errors import UserError
+
+    (tmp_path / "r.toml").write_text("given = false\n")
+    with pytest.raises(UserError, match="^invalid value for given: False$"):
+        load_recipe(str(tmp_path / "r.toml"))
+    (tmp_path / "r.toml").write_text('given = ["epochs", "nope"]\n')
+    with pytest.raises(UserError, match="unknown recipe field in given 'nope'"):
+        load_recipe(str(tmp_path / "r.toml"))

@@ -359,8 +359,9 @@ def load_recipe(name_or_file: str = "demo", overrides: dict[str, Any] | None = N
     values.setdefault("recipe", name_or_file)
     given = {k.replace("-", "_"): v for k, v in (overrides or {}).items() if v is not None}
     given.pop("given", None)
-    names = sorted(set(values.get("given", [])) | (set(given) & set(_FIELD_NAMES) - {"recipe"}))
-    return coerce(values | given | ({"given": names} if names else {}))
+    recipe = coerce(values | given)  # checks the file's own `given` like any field
+    names = sorted(set(recipe.given) | (set(given) & set(_FIELD_NAMES) - {"recipe"}))
+    return recipe.replace(given=names) if names != recipe.given else recipe
 
 
 def save_recipe(path: str | Path, recipe: Recipe) -> None:
