@@ -70,8 +70,9 @@ def sweep_models(depths: Sequence[int]) -> list[str]:
     return [f"{kind}{d}" for d in dict.fromkeys(depths) for kind in ("plain", "resnet")]
 
 
-def config_diff(r: Recipe, run_dir: Path) -> list[str]:
-    """The recipe fields where run_dir/config.toml differs from r (machinery ignored)."""
+def config_diff(r: Recipe, run_dir: Path, ignore: Sequence[str] = ()) -> list[str]:
+    """The recipe fields where run_dir/config.toml differs from r (machinery and `ignore`
+    ignored)."""
     try:
         stored = coerce(read_toml(run_dir / "config.toml"))
     except UserError as e:
@@ -79,7 +80,8 @@ def config_diff(r: Recipe, run_dir: Path) -> list[str]:
     stored, r = _resolved(stored), _resolved(r)
     return [f"{f.name} {getattr(stored, f.name)!r} != {getattr(r, f.name)!r}"
             for f in fields(Recipe)
-            if f.name not in MACHINERY and getattr(stored, f.name) != getattr(r, f.name)]
+            if f.name not in MACHINERY and f.name not in ignore
+            and getattr(stored, f.name) != getattr(r, f.name)]
 
 
 def _resolved(r: Recipe) -> Recipe:
@@ -90,12 +92,13 @@ def _resolved(r: Recipe) -> Recipe:
     return r
 
 
-def check_reusable(r: Recipe, run_dir: Path) -> bool:
+def check_reusable(r: Recipe, run_dir: Path, ignore: Sequence[str] = ()) -> bool:
     """Whether run_dir holds a run of r; UserError when it holds one of another config (a run
-    directory is never overwritten)."""
+    directory is never overwritten). ignore: fields that may differ (reslab paper's initial
+    weights, whose path moves with DIR while the run directory's name fixes them)."""
     if not (run_dir / "config.toml").is_file():
         return False
-    diff = config_diff(r, run_dir)
+    diff = config_diff(r, run_dir, ignore)
     if diff:
         raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diff)}); "
                         "use another --out or remove it")
@@ -107,16 +110,18 @@ def _silent(_msg: str) -> None:
 
 
 def train_or_reuse(r: Recipe, run_dir: Path, *, quiet: bool = False,
-                   say: Callable[[str], None] = _silent) -> str:
+                   say: Callable[[str], None] = _silent, report: bool = True,
+                   ignore: Sequence[str] = ()) -> str:
     """Trains r into run_dir unless it is finished there: "skipped", "resumed" or "trained".
 
     A directory holding this recipe's run that died before its first saved state is started
-    afresh (its files are replaced); one holding another recipe's run is refused."""
+    afresh (its files are replaced); one holding another recipe's run is refused. report:
+    write the run's report.md and curves.png (reslab paper draws its own figures)."""
     from ..engine import state as run_state
     from ..engine.loop import fit
 
     mode = "trained"
-    if check_reusable(r, run_dir):
+    if check_reusable(r, run_dir, ignore):
         if (run_dir / "model.safetensors").is_file():
             say(f"{r.model}: finished in {run_dir}, skipped")
             return "skipped"
@@ -127,7 +132,8 @@ def train_or_reuse(r: Recipe, run_dir: Path, *, quiet: bool = False,
     if mode == "trained":
         say(f"{r.model}: training into {run_dir}")
         fit(r, run_dir, overwrite=(run_dir / "config.toml").is_file(), quiet=quiet)
-    write_run_report(run_dir, strict=False)
+    if report:
+        write_run_report(run_dir, strict=False)
     return mode
 
 
@@ -178,7 +184,8 @@ def budget(result: dict[str, Any]) -> str:
 
 
 def train_in_subprocess(r: Recipe, run_dir: Path, tmp: Path, say: Callable[[str], None],
-                        members: Members, name: str | None = None) -> tuple[int, str]:
+                        members: Members, name: str | None = None,
+                        ignore: Sequence[str] = ()) -> tuple[int, str]:
     """Trains r into run_dir in its own `reslab train` process (started by `members`, which
     can stop it) unless it is finished there: (exit code, last stderr line). A finished run is
     skipped, an interrupted one resumed, one dead before its first state started afresh; tmp
@@ -188,7 +195,7 @@ def train_in_subprocess(r: Recipe, run_dir: Path, tmp: Path, say: Callable[[str]
 
     name = name or r.model
     threads = f"{r.threads} thread{'s' if r.threads != 1 else ''}"
-    if check_reusable(r, run_dir) and (run_dir / "model.safetensors").is_file():
+    if check_reusable(r, run_dir, ignore) and (run_dir / "model.safetensors").is_file():
         say(f"{name}: finished in {run_dir}, skipped")
         return 0, ""
     if (run_dir / "config.toml").is_file() and run_state.exists(run_dir):
