@@ -36,22 +36,25 @@ class Budget:
     warmup_seeds: tuple[int, ...]        # resnet110 with section 4.2's warm-up; () not run
     response_images: int | None          # test images for Fig. 7 (None: all)
     ratio_images: int                    # images for ||F(x)|| / ||x|| (Q&A 1.1)
+    identity_images: int | None          # training images the construction is checked on
     expected: str                        # how long it takes, in words
     recipe: dict[str, Any] = field(default_factory=dict)   # further recipe fields
+    shortcut_seeds: tuple[int, ...] | None = None          # B and C's seeds (None: seeds)
 
 
 BUDGETS = {
     "smoke": Budget("smoke", "digits", (8, 14), (0, 1), 30, 32, 5, 8, (8, 14), 10, (), 128, 64,
-                    "about 30 s on 2 CPU cores",
+                    None, "about 30 s on 2 CPU cores",
                     {"augment": "crop", "pad": 1}),  # digits are not mirror-symmetric
     # bf16 where the CPU runs it natively (amp auto, a deviation the page states): 1.6x
     # faster here, which buys the second seed of every member.
     "laptop": Budget("laptop", "fashion-mnist", (20, 32), (0, 1), 300, 128, 15, 20, (20, 32),
-                     150, (), None, 1000,
+                     150, (), 2000, 1000, 10000,
                      "about 20 minutes on 2 idle CPU cores (longer on a shared machine)",
-                     {"save_every": 100, "amp": "auto"}),  # a stop loses <= 100 iterations
+                     {"save_every": 100, "amp": "auto"},  # a stop loses <= 100 iterations
+                     shortcut_seeds=(0,)),  # B, C: one seed each, noise from A's two
     "full": Budget("full", "cifar10", (20, 32, 44, 56), (0, 1, 2), None, 128, 100, 20,
-                   (20, 56), 16000, (0, 1, 2, 3, 4), None, 1000,
+                   (20, 56), 16000, (0, 1, 2, 3, 4), None, 1000, None,
                    "about 40 GPU-hours on one modern GPU (37 runs of 64k iterations; "
                    "resnet110 x5 is a third of it); weeks on a CPU", {"save_every": 2000}),
 }
@@ -83,10 +86,13 @@ class TrainMember:
 
 
 def recipe_digest(r: Recipe) -> str:
-    """8 hex digits of the recipe, machinery (threads, device, ...) left out, and the initial
-    weights' path (set from DIR when the run starts: weights_for)."""
+    """8 hex digits of the recipe's fields that differ from Recipe's defaults (so a field added
+    to Recipe later, with a default, leaves every digest as it was), machinery (threads,
+    device, ...) and the initial weights' path (set from DIR when the run starts: weights_for)
+    left out."""
+    default = Recipe().to_dict()
     what = {k: v for k, v in sorted(r.to_dict().items())
-            if k not in MACHINERY and k != "weights"}
+            if k not in MACHINERY and k != "weights" and default.get(k, None) != v}
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -148,7 +154,7 @@ def _cifar_members(b: Budget, base: Recipe, iters: int | None) -> list[TrainMemb
     res = f"resnet{b.shortcut_depth}"
     members += [TrainMember(_name(res, s, opt), "shortcut",
                             base.replace(model=res, seed=s, shortcut=opt))
-                for opt in ("B", "C") for s in b.seeds]
+                for opt in ("B", "C") for s in (b.shortcut_seeds or b.seeds)]
     # The construction, then equal further training at the last lr of the grown net and of
     # the shallow net it came from (the control: the shallow net keeps improving too).
     small, big = (f"resnet{d}" for d in b.grow)

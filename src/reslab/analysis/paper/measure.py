@@ -176,15 +176,17 @@ def grow_step(p: Plan, out: Path) -> dict[str, Any]:
 
 @torch.no_grad()
 def _train_split(models: dict[str, tuple[Any, Any]], data: str, data_dir: str | None,
-                 reference: tuple[str, str]) -> dict[str, Any]:
-    """Every model's error on the whole training split (eval mode, unaugmented, as each was
-    trained), and how the two `reference` models' logits and predictions compare."""
+                 reference: tuple[str, str], max_images: int | None) -> dict[str, Any]:
+    """Every model's error on the training split (its first max_images, None: all; eval mode,
+    unaugmented, as each was trained), and how the two `reference` models' logits and
+    predictions compare."""
     from ..responses import PreparedData
 
     prepared = PreparedData(data, data_dir)
     wrong = dict.fromkeys(models, 0)
     n, gap, same = 0, 0.0, 0
-    streams = {k: prepared.batches(k, m, r, "train", 512, "cpu") for k, (m, r) in models.items()}
+    streams = {k: _limited(prepared.batches(k, m, r, "train", 500, "cpu"), max_images)
+               for k, (m, r) in models.items()}
     for batches in zip(*streams.values()):
         logits = {}
         for key, (x, y) in zip(models, batches):
@@ -196,6 +198,17 @@ def _train_split(models: dict[str, tuple[Any, Any]], data: str, data_dir: str | 
         n += len(batches[0][1])
     return {"images": n, "wrong": wrong, "error": {k: v / n for k, v in wrong.items()},
             "max_abs_logit_diff": gap, "same_predictions": same}
+
+
+def _limited(batches: Any, max_images: int | None) -> Any:
+    """(x, y) batches stopping after max_images (None: all)."""
+    left = max_images
+    for x, y in batches:
+        if left is not None:
+            if left <= 0:
+                return
+            x, y, left = x[:left], y[:left], left - len(x[:left])
+        yield x, y
 
 
 def identity(p: Plan, out: Path) -> dict[str, Any]:
@@ -213,7 +226,8 @@ def identity(p: Plan, out: Path) -> dict[str, Any]:
     models["grown"] = load_checkpoint(out / "members" / f"grown-{big}.safetensors")
     order = ["shallow", "grown", "shallow_continued", "grown_trained", "deep_scratch"]
     models = {k: models[k] for k in order if k in models}
-    result = _train_split(models, p.data, p.data_dir, ("shallow", "grown"))
+    result = _train_split(models, p.data, p.data_dir, ("shallow", "grown"),
+                          p.budget.identity_images)
     more = p.member(f"{big}-grown-s{seed}")
     result.update({"small": small, "big": big, "seed": seed,
                    "further_iters": more.recipe.iters if more else None,

@@ -404,14 +404,14 @@ class Page:
         claims = v.shortcut_claims(sc)
         dev = None
         if sc:
-            seeds = len(sc["options"]["A"]["seeds"])
-            dev = t(f"{sc['model']} on {self.p.data} with {seeds} seed(s) per option (the "
+            seeds = ", ".join(f"{o} {len(d['seeds'])}" for o, d in sc["options"].items())
+            dev = t(f"{sc['model']} on {self.p.data}, seeds per option: {seeds} (the "
                     "paper's Table 3: resnet34 on ImageNet, top-1 error A 25.03, B 24.52, C "
                     "24.19). reslab's CIFAR nets use option A by default, as the paper; its "
                     "ImageNet nets default to B (the paper's choice for resnet50/101/152), and "
                     "Table 2's resnet18/34 used A: `--shortcut A` (the full budget's ImageNet "
                     "plan does).",
-                    f"{self.p.data}에서 {sc['model']}, option마다 seed {seeds}개 (논문 Table 3: "
+                    f"{self.p.data}에서 {sc['model']}, option별 seed 수: {seeds} (논문 Table 3: "
                     "ImageNet resnet34, top-1 error A 25.03, B 24.52, C 24.19). reslab의 CIFAR "
                     "net은 논문처럼 기본 option A; ImageNet net은 기본 B (논문의 resnet50/101/152 "
                     "선택)이고, Table 2의 resnet18/34는 A: `--shortcut A` (full budget의 ImageNet "
