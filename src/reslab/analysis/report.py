@@ -120,7 +120,9 @@ def _inline(text: str) -> str:
     return re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"<em>\1</em>", out)
 
 
-_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+_CSS = ("body{font-family:system-ui,\"Noto Sans CJK KR\",\"Malgun Gothic\",\"Apple SD Gothic Neo\","
+        "sans-serif;"
+        "max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
         "padding:3px 8px;text-align:left}img{max-width:100%}"
         "pre{background:#f6f6f6;padding:.6em;overflow-x:auto}")

@@ -294,7 +294,18 @@ class Page:
 
         t, deg = self.t, self.m["degradation"]
         flat, orderings = v.fig6_claims(deg)
+        r = self.p.base
+        every = r.train_error_every
         dev = self._schedule_deviation()
+        if every:
+            dev += " " + t(f"Training errors are running errors over the last {every} "
+                           f"iterations ({every * r.batch_size:,} augmented images, as the "
+                           "paper's thin curves), so a final one carries sampling noise of "
+                           "about a point; the seeds' spread includes it.",
+                           f"training error는 마지막 {every} iteration (augmentation된 image "
+                           f"{every * r.batch_size:,}장)의 running error (논문의 가는 곡선처럼)라서 "
+                           "최종값에 1 point 정도의 sampling noise가 있고, seed 간 spread에 "
+                           "포함된다.")
         if flat and all(c.verdict != HOLDS for c in flat):
             dev += " " + t("No run had flattened at its last lr (see the flatness rows): the "
                            "orderings are those of short training, not of converged nets.",
@@ -367,11 +378,12 @@ class Page:
         if idn:
             dev = t(f"one seed ({idn['seed']}); the further training is {idn['further_iters']} "
                     f"iterations at the last lr {idn['further_lr']:g} for both nets (the "
-                    "shallow net's is the control); errors in eval mode on the whole unaugmented "
-                    "training split.",
+                    f"shallow net's is the control); errors in eval mode on {idn['images']:,} "
+                    "unaugmented training images (the first of the training split).",
                     f"seed 1개 ({idn['seed']}); 추가 학습은 두 net 모두 마지막 lr "
                     f"{idn['further_lr']:g}로 {idn['further_iters']} iteration (얕은 net은 "
-                    "대조군); error는 eval mode, augmentation 없는 training split 전체에서.")
+                    f"대조군); error는 eval mode, augmentation 없는 training image "
+                    f"{idn['images']:,}장 (training split의 앞부분)에서.")
         self._section(t("The identity construction (section 1), on the training set",
                         "Identity 구성 (section 1), training set에서"), claims, dev)
         if idn is None:

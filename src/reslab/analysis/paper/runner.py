@@ -213,7 +213,8 @@ def run_members(p: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = N
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max(1, jobs)) as pool:
         try:
             while pending or running or waiting:
-                run_ready_steps()
+                if jobs == 1:
+                    run_ready_steps()
                 ready = [m for m in pending if set(m.needs) <= done]
                 if jobs == 1 and ready:
                     m = ready[0]
@@ -234,12 +235,17 @@ def run_members(p: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = N
                     r = m.recipe.replace(threads=threads)
                     running[pool.submit(train_in_subprocess, r, m.run_dir(out), Path(tmp),
                                         say, m.name, MOVES_WITH_DIR)] = m
+                if jobs > 1:  # with the pool full: the analyses run while members train
+                    ran = len(waiting)
+                    run_ready_steps()
+                    if len(waiting) < ran:
+                        continue  # a step may have made members ready (grow)
                 if not running:
                     if waiting and not pending:
                         blocked = ", ".join(s.name for s in waiting)
                         raise UserError(f"members {blocked} need runs that are not in the plan")
-                    if pending and not ready and not [s for s in waiting
-                                                      if set(s.needs) <= done]:
+                    if pending and not [m for m in pending if set(m.needs) <= done] and \
+                            not [s for s in waiting if set(s.needs) <= done]:
                         raise UserError("the plan's members wait on each other")
                     continue
                 finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
