@@ -13,6 +13,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import json
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from typing import Any
 
 from ...errors import UserError
 from ...io import atomic_write_text
-from ..degradation import check_reusable, raise_for_exit, train_in_subprocess, train_or_reuse
+from ..degradation import (Members, check_reusable, raise_for_exit, train_in_subprocess,
+                           train_or_reuse)
 from . import measure
 from .budgets import Plan, TrainMember, weights_for
 
@@ -200,6 +202,7 @@ def run_members(p: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = N
     pending = sorted(members, key=lambda m: -m.cost)   # longest first: they set the end
     waiting = list(all_steps)
     running: dict[Future, TrainMember] = {}
+    members = Members()   # the member processes, each in its own session (stopped by us)
 
     def run_ready_steps() -> None:
         for step in [s for s in waiting if set(s.needs) <= done]:
@@ -234,7 +237,7 @@ def run_members(p: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = N
                         continue
                     r = m.recipe.replace(threads=threads)
                     running[pool.submit(train_in_subprocess, r, m.run_dir(out), Path(tmp),
-                                        say, m.name, MOVES_WITH_DIR)] = m
+                                        say, members, m.name, MOVES_WITH_DIR)] = m
                 if jobs > 1:  # with the pool full: the analyses run while members train
                     ran = len(waiting)
                     run_ready_steps()
@@ -255,7 +258,8 @@ def run_members(p: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = N
                     raise_for_exit(m.name, rc, line)
                     done.add(m.name)
                     progress.finished(m.name, "trained", m.cost)
-        except BaseException:
-            for fut in running:  # Ctrl-C reached the member processes too: let them save
-                fut.result()
+        except BaseException as e:  # Ctrl-C, SIGTERM or a failed member: stop the others
+            members.stop(signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
+            for fut in running:  # each saved its state and exited
+                fut.exception()
             raise
