@@ -16,7 +16,8 @@ from reslab.cli.common import parse_input_shape
 from reslab.errors import UserError
 from reslab.models import create_model, get_arch, list_models
 
-SEED_TRACE = Path(__file__).parent / "data" / "seed_trace_resnet50.txt"
+SEED_TRACE = (Path(__file__).parent.parent / "src" / "reslab" / "analysis" / "paper"
+              / "seed_trace_resnet50.txt")  # shipped: reslab paper compares with it
 LAYER = re.compile(r"layer idx (\d+) : torch\.Size\((\[.*\])\)$")
 
 

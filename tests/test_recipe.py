@@ -40,7 +40,7 @@ def test_paper_cifar_is_the_papers_recipe():
 def test_paper_imagenet_recipe_and_plateau_schedule():
     r = load_recipe("paper-imagenet")
     assert (r.batch_size, r.lr, r.weight_decay, r.schedule) == (256, 0.1, 1e-4, "plateau")
-    assert (r.augment, r.image_size, r.normalize) == ("imagenet", 224, "pixel")  # section 3.4
+    assert (r.augment, r.image_size, r.normalize) == ("imagenet-pca", 224, "pixel")  # sec. 3.4
     st = ScheduleState()
     for err in (0.5, 0.4, 0.4, 0.4, 0.4):  # improves twice, then plateaus for patience=3 epochs
         on_val_error(st, r, err)

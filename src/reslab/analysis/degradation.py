@@ -25,7 +25,7 @@ from ..engine.logging import read_metrics
 from ..engine.recipe import Recipe, coerce, read_toml
 from ..errors import UserError
 from ..models import REGISTRY, get_arch
-from .report import write_run_report
+from .report import training_seconds, write_run_report
 
 # Options that change where or how fast a run goes, not what it learns: a finished run is reused
 # even if they differ.
@@ -70,8 +70,9 @@ def sweep_models(depths: Sequence[int]) -> list[str]:
     return [f"{kind}{d}" for d in dict.fromkeys(depths) for kind in ("plain", "resnet")]
 
 
-def config_diff(r: Recipe, run_dir: Path) -> list[str]:
-    """The recipe fields where run_dir/config.toml differs from r (machinery ignored)."""
+def config_diff(r: Recipe, run_dir: Path, ignore: Sequence[str] = ()) -> list[str]:
+    """The recipe fields where run_dir/config.toml differs from r (machinery and `ignore`
+    ignored)."""
     try:
         stored = coerce(read_toml(run_dir / "config.toml"))
     except UserError as e:
@@ -79,7 +80,8 @@ def config_diff(r: Recipe, run_dir: Path) -> list[str]:
     stored, r = _resolved(stored), _resolved(r)
     return [f"{f.name} {getattr(stored, f.name)!r} != {getattr(r, f.name)!r}"
             for f in fields(Recipe)
-            if f.name not in MACHINERY and getattr(stored, f.name) != getattr(r, f.name)]
+            if f.name not in MACHINERY and f.name not in ignore
+            and getattr(stored, f.name) != getattr(r, f.name)]
 
 
 def _resolved(r: Recipe) -> Recipe:
@@ -90,12 +92,13 @@ def _resolved(r: Recipe) -> Recipe:
     return r
 
 
-def check_reusable(r: Recipe, run_dir: Path) -> bool:
+def check_reusable(r: Recipe, run_dir: Path, ignore: Sequence[str] = ()) -> bool:
     """Whether run_dir holds a run of r; UserError when it holds one of another config (a run
-    directory is never overwritten)."""
+    directory is never overwritten). ignore: fields that may differ (reslab paper's initial
+    weights, whose path moves with DIR while the run directory's name fixes them)."""
     if not (run_dir / "config.toml").is_file():
         return False
-    diff = config_diff(r, run_dir)
+    diff = config_diff(r, run_dir, ignore)
     if diff:
         raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diff)}); "
                         "use another --out or remove it")
@@ -107,16 +110,18 @@ def _silent(_msg: str) -> None:
 
 
 def train_or_reuse(r: Recipe, run_dir: Path, *, quiet: bool = False,
-                   say: Callable[[str], None] = _silent) -> str:
+                   say: Callable[[str], None] = _silent, report: bool = True,
+                   ignore: Sequence[str] = ()) -> str:
     """Trains r into run_dir unless it is finished there: "skipped", "resumed" or "trained".
 
     A directory holding this recipe's run that died before its first saved state is started
-    afresh (its files are replaced); one holding another recipe's run is refused."""
+    afresh (its files are replaced); one holding another recipe's run is refused. report:
+    write the run's report.md and curves.png (reslab paper draws its own figures)."""
     from ..engine import state as run_state
     from ..engine.loop import fit
 
     mode = "trained"
-    if check_reusable(r, run_dir):
+    if check_reusable(r, run_dir, ignore):
         if (run_dir / "model.safetensors").is_file():
             say(f"{r.model}: finished in {run_dir}, skipped")
             return "skipped"
@@ -127,7 +132,8 @@ def train_or_reuse(r: Recipe, run_dir: Path, *, quiet: bool = False,
     if mode == "trained":
         say(f"{r.model}: training into {run_dir}")
         fit(r, run_dir, overwrite=(run_dir / "config.toml").is_file(), quiet=quiet)
-    write_run_report(run_dir, strict=False)
+    if report:
+        write_run_report(run_dir, strict=False)
     return mode
 
 
@@ -153,21 +159,18 @@ def summarize_run(model: str, run_dir: Path) -> dict[str, Any]:
     by_step = {r["step"]: r for r in evals}
     if not by_step and finals:
         by_step = {finals[-1]["step"]: finals[-1]}
+    # train_error_every logs the training error between evaluations too: those points have no
+    # test error (None), so Fig. 6's thin curves get every point the run logged.
+    steps = sorted(by_step.keys() | (train.keys() if by_step else set()))
     arch = get_arch(model)
     last_train = train[max(train)] if train else None
     last_test = finals[-1] if finals else (by_step[max(by_step)] if by_step else None)
-    steps = max((r["step"] for r in rows), default=0)
     return {"model": model, "depth": arch.depth, "residual": arch.residual,
-            "iterations": steps, "train_seconds": _seconds(rows),
+            "iterations": max((r["step"] for r in rows), default=0),
+            "train_seconds": training_seconds(rows),
             "final_train_error": _error(last_train), "final_test_error": _error(last_test),
             "curve": [{"step": s, "train_error": _error(train.get(s)),
-                       "test_error": _error(by_step[s])} for s in sorted(by_step)]}
-
-
-def _seconds(rows: list[dict[str, Any]]) -> float | None:
-    """Training seconds of a run (its last timed evaluation row; resumes included)."""
-    times = [r["time_s"] for r in rows if "time_s" in r]
-    return max(times) if times else None
+                       "test_error": _error(by_step.get(s))} for s in steps]}
 
 
 def budget(result: dict[str, Any]) -> str:
@@ -180,6 +183,48 @@ def budget(result: dict[str, Any]) -> str:
     return f"{iters:,} iterations{per} per run; {secs / 3600:.2f} h of training in all"
 
 
+def train_in_subprocess(r: Recipe, run_dir: Path, tmp: Path, say: Callable[[str], None],
+                        members: Members, name: str | None = None,
+                        ignore: Sequence[str] = ()) -> tuple[int, str]:
+    """Trains r into run_dir in its own `reslab train` process (started by `members`, which
+    can stop it) unless it is finished there: (exit code, last stderr line). A finished run is
+    skipped, an interrupted one resumed, one dead before its first state started afresh; tmp
+    holds the recipe file it is given."""
+    from ..engine import state as run_state
+    from ..engine.recipe import save_recipe
+
+    name = name or r.model
+    threads = f"{r.threads} thread{'s' if r.threads != 1 else ''}"
+    if check_reusable(r, run_dir, ignore) and (run_dir / "model.safetensors").is_file():
+        say(f"{name}: finished in {run_dir}, skipped")
+        return 0, ""
+    if (run_dir / "config.toml").is_file() and run_state.exists(run_dir):
+        say(f"{name}: resuming the interrupted run in {run_dir} ({threads})")
+        argv = ["--resume"]
+    else:
+        say(f"{name}: training into {run_dir} ({threads})")
+        save_recipe(tmp / f"{name}.toml", r)
+        argv = ["--recipe", str(tmp / f"{name}.toml")]
+        if (run_dir / "config.toml").is_file():
+            argv.append("--overwrite")  # this recipe's run, dead before its first state
+    with members.start([sys.executable, "-m", "reslab", "train", *argv, "--out",
+                        str(run_dir), "--quiet"]) as proc:
+        _, err = proc.communicate()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    return proc.returncode, lines[-1] if lines else ""
+
+
+def raise_for_exit(name: str, rc: int, line: str) -> None:
+    """A member process's exit as the sweep's: Interrupted for Ctrl-C/SIGTERM (its state is
+    saved), UserError with its error line for a failure."""
+    if rc in (130, 143):
+        from ..engine.state import Interrupted
+
+        raise Interrupted("SIGINT" if rc == 130 else "SIGTERM", 0)
+    if rc != 0:
+        raise UserError(f"{name}: {line.removeprefix('error: ') or f'exit {rc}'}")
+
+
 def train_in_parallel(recipes: dict[str, Recipe], out: Path, jobs: int,
                       say: Callable[[str], None]) -> None:
     """Trains the members `jobs` at a time, each in its own `reslab train` process with
@@ -190,31 +235,12 @@ def train_in_parallel(recipes: dict[str, Recipe], out: Path, jobs: int,
     error; a SIGINT or SIGTERM to the sweep is passed to every member, which saves its state,
     and the sweep exits when they have."""
     from ..data.loaders import available_cpus
-    from ..engine import state as run_state
-    from ..engine.recipe import save_recipe
 
     threads = max(1, available_cpus() // jobs)
-    each = f"{threads} thread{'s' if threads != 1 else ''}"
 
     def one(model: str, tmp: Path) -> tuple[str, int, str]:
-        r, run_dir = recipes[model].replace(threads=threads), out / model
-        if check_reusable(r, run_dir) and (run_dir / "model.safetensors").is_file():
-            say(f"{model}: finished in {run_dir}, skipped")
-            return model, 0, ""
-        if (run_dir / "config.toml").is_file() and run_state.exists(run_dir):
-            say(f"{model}: resuming the interrupted run in {run_dir} ({each})")
-            argv = ["--resume"]
-        else:
-            say(f"{model}: training into {run_dir} ({each})")
-            save_recipe(tmp / f"{model}.toml", r)
-            argv = ["--recipe", str(tmp / f"{model}.toml")]
-            if (run_dir / "config.toml").is_file():
-                argv.append("--overwrite")  # this recipe's run, dead before its first state
-        with members.start([sys.executable, "-m", "reslab", "train", *argv, "--out",
-                            str(run_dir), "--quiet"]) as proc:
-            _, err = proc.communicate()
-        lines = [ln for ln in err.splitlines() if ln.strip()]
-        return model, proc.returncode, lines[-1] if lines else ""
+        r = recipes[model].replace(threads=threads)
+        return (model, *train_in_subprocess(r, out / model, tmp, say, members, model))
 
     order = sorted(recipes, key=lambda name: -get_arch(recipes[name].model).depth)
     members = Members()
@@ -225,12 +251,7 @@ def train_in_parallel(recipes: dict[str, Recipe], out: Path, jobs: int,
             members.stop(signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
             raise
     for model, rc, line in results:
-        if rc in (130, 143):
-            from ..engine.state import Interrupted
-
-            raise Interrupted("SIGINT" if rc == 130 else "SIGTERM", 0)
-        if rc != 0:
-            raise UserError(f"{model}: {line.removeprefix('error: ') or f'exit {rc}'}")
+        raise_for_exit(model, rc, line)
 
 
 class Members:
@@ -271,10 +292,12 @@ class Members:
 def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: Recipe, *,
                     quiet: bool = False, say: Callable[[str], None] | None = None,
                     jobs: int = 1, seeds: Sequence[int] | None = None,
-                    seeds_depths: Sequence[int] | None = None) -> dict[str, Any]:
+                    seeds_depths: Sequence[int] | None = None,
+                    notes: Sequence[str] = ()) -> dict[str, Any]:
     """Trains the sweep (Fig. 6) and writes OUT/degradation.json and OUT/degradation.png.
     jobs > 1: members trained that many at a time (train_in_parallel). seeds: repeat the runs
-    (of seeds_depths, default all) with these seeds; the spread over seeds is reported."""
+    (of seeds_depths, default all) with these seeds; the spread over seeds is reported.
+    notes: lines said once the sweep is accepted, before training."""
     out = Path(out)
     say = say or _silent
     base = recipe.replace(data=data)
@@ -282,6 +305,8 @@ def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: R
     recipes = {name: base.replace(model=model, seed=seed) for model, seed, name in members}
     for name, r in recipes.items():  # refuse before training anything, not halfway through
         check_reusable(r, out / name)
+    for line in notes:
+        say(line)
     shared = {k: v for k, v in base.to_dict().items() if k not in ("model", "seed")}
     result: dict[str, Any] = {"dataset": data, "recipe": shared, "runs": []}
     if jobs > 1:

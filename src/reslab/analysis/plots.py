@@ -71,13 +71,14 @@ def degradation_figure(runs: Sequence[dict[str, Any]], path: str | Path,
     for ax, residual, name in ((axes[0], False, "plain"), (axes[1], True, "ResNet")):
         for run in sorted((r for r in runs if r["residual"] == residual),
                           key=lambda r: r["depth"]):
-            curve = run["curve"]
             c = colour[run["depth"]]
-            x = [p["step"] for p in curve]
-            dots = {"marker": "o", "ms": 3} if len(curve) < 30 else {}  # short runs: visible
-            ax.plot(x, [_pct(p["train_error"]) for p in curve], ls="--", lw=1, color=c, **dots)
-            ax.plot(x, [_pct(p["test_error"]) for p in curve], lw=2.2, color=c,
-                    label=f"{name}-{run['depth']}", **dots)
+            for key, style in (("train_error", {"ls": "--", "lw": 1}),
+                               ("test_error", {"lw": 2.2, "label": f"{name}-{run['depth']}"})):
+                # Each series its own points: training errors may be logged between tests.
+                points = [p for p in run["curve"] if p.get(key) is not None]
+                dots = {"marker": "o", "ms": 3} if len(points) < 30 else {}  # short: visible
+                ax.plot([p["step"] for p in points], [_pct(p[key]) for p in points], color=c,
+                        **style, **dots)
         ax.set(xlabel="iteration", ylabel="error (%)", title=name)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -190,4 +191,39 @@ def lr_find_figure(result: dict[str, Any], path: str | Path) -> Path:
            title=f"lr range test: {result['model']} on {result['data']}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def ratios_figure(ratios: dict[str, Sequence[float]], path: str | Path,
+                  title: str | None = None) -> Path:
+    """Q&A 1.1: ||F(x)|| / ||x|| of every residual block in forward order, one line per ResNet
+    (the residual branch's size against the identity it is added to)."""
+    fig, (ax,) = _figure(1, width=6.5, height=3.8)
+    for label, values in ratios.items():
+        ax.plot(range(1, len(values) + 1), values, marker=".", lw=1, label=label)
+    ax.set(xlabel="residual block (forward order)", ylabel="||F(x)|| / ||x||",
+           title=title or "residual function against its input")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    if ratios:
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def bars_figure(groups: dict[str, Sequence[float]], path: str | Path, *, ylabel: str,
+                title: str) -> Path:
+    """One bar per group at the mean of its values (in %, e.g. errors), each value a dot and
+    the range a line, so one seed and several read alike."""
+    fig, (ax,) = _figure(1, width=max(4.0, 1.1 * len(groups) + 2), height=3.6)
+    for i, (label, values) in enumerate(groups.items()):
+        vals = [100 * v for v in values]
+        if not vals:
+            continue
+        ax.bar(i, sum(vals) / len(vals), color=f"C{i % 10}", alpha=0.6)
+        ax.plot([i] * len(vals), vals, "k.", ms=6)
+        if len(vals) > 1:
+            ax.plot([i, i], [min(vals), max(vals)], "k-", lw=1)
+    ax.set_xticks(range(len(groups)), list(groups), rotation=15, ha="right", fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)

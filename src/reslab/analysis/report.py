@@ -61,6 +61,10 @@ class Doc:
     def image(self, path: Path, alt: str) -> None:
         self.blocks.append(("img", (Path(path), alt)))
 
+    def code(self, lines: list[str]) -> None:
+        """Lines shown as they are (a trace, a command)."""
+        self.blocks.append(("pre", list(lines)))
+
     def markdown(self, base: Path) -> str:
         """Markdown with image links relative to the directory `base` the file is written to."""
         out = []
@@ -69,6 +73,8 @@ class Doc:
                 out.append(f"{'#' * value[0]} {value[1]}")
             elif kind == "p":
                 out.append(value)
+            elif kind == "pre":
+                out.append("```\n" + "\n".join(value) + "\n```")
             elif kind == "table":
                 header, rows = value
                 lines = [header, ["---"] * len(header), *rows]
@@ -87,11 +93,13 @@ class Doc:
             if kind == "h":
                 body.append(f"<h{value[0]}>{esc(value[1])}</h{value[0]}>")
             elif kind == "p":
-                body.append(f"<p>{esc(value)}</p>")
+                body.append(f"<p>{_inline(value)}</p>")
+            elif kind == "pre":
+                body.append(f"<pre>{esc(chr(10).join(value))}</pre>")
             elif kind == "table":
                 header, rows = value
-                head = "".join(f"<th>{esc(c)}</th>" for c in header)
-                cells = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
+                head = "".join(f"<th>{_inline(c)}</th>" for c in header)
+                cells = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>"
                                 for r in rows)
                 body.append(f"<table><tr>{head}</tr>{cells}</table>")
             elif value[0].is_file():
@@ -102,9 +110,22 @@ class Doc:
                 + "\n</body></html>\n")
 
 
-_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+def _inline(text: str) -> str:
+    """Escaped text with the Markdown the reports use inline: `code`, **bold**, *italic*."""
+    import re
+
+    out = html.escape(text)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"<em>\1</em>", out)
+
+
+_CSS = ("body{font-family:system-ui,\"Noto Sans CJK KR\",\"Malgun Gothic\",\"Apple SD Gothic Neo\","
+        "sans-serif;"
+        "max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-        "padding:3px 8px;text-align:left}img{max-width:100%}")
+        "padding:3px 8px;text-align:left}img{max-width:100%}"
+        "pre{background:#f6f6f6;padding:.6em;overflow-x:auto}")
 
 
 def percent(v: float | None) -> str:
@@ -113,9 +134,11 @@ def percent(v: float | None) -> str:
 
 
 def results_table(result: dict[str, Any]) -> list[list[str]]:
-    """Rows [model, depth, final train error %, final test error %] for text and reports."""
-    return [[r["model"], str(r["depth"]), percent(r["final_train_error"]),
-             percent(r["final_test_error"])] for r in result["runs"]]
+    """Rows [model, seed, depth, final train error %, final test error %] for text and
+    reports (the seed labels each repeat of a model)."""
+    return [[r["model"], str(r.get("seed", "-")), str(r["depth"]),
+             percent(r["final_train_error"]), percent(r["final_test_error"])]
+            for r in result["runs"]]
 
 
 SPLITS = ("train", "val", "test")
@@ -190,16 +213,25 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     return read_toml(path) if path.is_file() else {}
 
 
-def _run_line(model: str, data: str, steps: int, run_dir: Path) -> str:
-    """"resnet20 on cifar10, 64000 iterations in 1234 s." plus skipped images (summary.json)."""
+def training_seconds(rows: list[dict[str, Any]]) -> float | None:
+    """Training seconds of a run: its last timed evaluation row (resumes included), the number
+    degradation.json's train_seconds and every report give."""
+    times = [r["time_s"] for r in rows if _number(r.get("time_s"))]
+    return max(times) if times else None
+
+
+def _run_line(model: str, data: str, rows: list[dict[str, Any]], run_dir: Path) -> str:
+    """"resnet20 on cifar10, 64000 iterations in 1234.0 s of training." plus skipped images
+    (summary.json)."""
     path = run_dir / "summary.json"
     summary = read_json(path, "summary") if path.is_file() else {}
     if not isinstance(summary, dict):
         summary = {}
-    wall, skipped = summary.get("wall_s"), summary.get("skipped_images")
-    line = f"{model} on {data}, {steps} iterations"
-    if isinstance(wall, (int, float)) and not isinstance(wall, bool):
-        line += f" in {wall:.1f} s"
+    skipped = summary.get("skipped_images")
+    line = f"{model} on {data}, {max((r['step'] for r in rows), default=0)} iterations"
+    seconds = training_seconds(rows)
+    if seconds is not None:
+        line += f" in {seconds:.1f} s of training"
     if isinstance(skipped, int) and skipped:
         names = [str(n) for n in summary.get("skipped") or [] if isinstance(n, str)]
         shown = f" ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})" if names else ""
@@ -214,7 +246,7 @@ def _run_section(doc: Doc, run_dir: Path) -> dict[str, Any]:
     model, data = str(config.get("model", "?")), str(config.get("data", "?"))
     last = final_metrics(rows)
     steps = max((r["step"] for r in rows), default=0)
-    doc.para(_run_line(model, data, steps, run_dir))
+    doc.para(_run_line(model, data, rows, run_dir))
     doc.table(["split", "top-1 acc %", "top-1 err %", "top-5 err %", "loss", "images"],
               [_metrics_row(split, r) for split, r in last.items()])
     ref = paper_reference(model, data)
@@ -255,16 +287,16 @@ def _degradation_section(doc: Doc, run_dir: Path, level: int) -> None:
     doc.heading(level + 1, "Degradation: plain vs ResNet (Fig. 6)")
     doc.para(f"Dataset {result['dataset']}; every run with the same recipe and budget. "
              "The paper: deeper plain nets have higher training error, deeper ResNets lower.")
-    doc.table(["model", "depth", "final train error %", "final test error %"],
+    doc.table(["model", "seed", "depth", "final train error %", "final test error %"],
               results_table(result))
     doc.image(run_dir / "degradation.png", "degradation curves")
-    from .claims import paper_claims, verdict
+    from .claims import paper_claims, responses_by_model
 
-    responses = (read_responses(run_dir / "responses.json")
+    responses = (responses_by_model(read_responses(run_dir / "responses.json"))
                  if (run_dir / "responses.json").is_file() else None)
     doc.heading(level + 1, "The paper's claims, checked")
     doc.table(["claim (section 4.2, Fig. 6 and 7)", "here", "evidence"],
-              [[c["claim"], verdict(c), c["evidence"]] for c in paper_claims(result, responses)])
+              [[c.text, c.verdict, c.evidence] for c in paper_claims(result, responses)])
 
 
 def add_run(doc: Doc, run_dir: Path, level: int = 1) -> dict[str, Any] | None:

@@ -124,38 +124,87 @@ def model_labels(paths: list[str], archs: list[str]) -> list[str]:
     return labels
 
 
-def compute_responses(ckpts: list[str], data: str, *, data_dir: str | None = None,
-                      split: str = "test", max_images: int | None = None,
-                      batch_size: int = 256, device: str = "cpu") -> dict[str, list[float]]:
-    """{label: stds in layer order} for each checkpoint on the split of `data` (Fig. 7).
+class PreparedData:
+    """Datasets prepared as each checkpoint was trained (its record's preprocessing), loaded
+    once per distinct preparation; on the dataset it was trained on, with the same val
+    hold-out."""
 
-    Each model sees the images prepared as in its training (its record's preprocessing), and,
-    when `data` is the dataset it was trained on, the same val hold-out."""
-    from ..checkpoint import load_checkpoint
-    from ..data import load_data
+    def __init__(self, data: str, data_dir: str | None = None) -> None:
+        self.data, self.data_dir, self._cache = data, data_dir, {}
 
-    loaded = [load_checkpoint(c, device) for c in ckpts]
-    datasets: dict[str, Any] = {}  # one load per distinct preparation
-    out = {}
-    for label, (model, record) in zip(model_labels(ckpts, [r.architecture for _, r in loaded]), loaded):
+    def for_record(self, record: Any) -> Any:
+        from ..data import load_data
+
         pre, trained = record.preprocess, record.data or {}
-        same = trained.get("spec") == data
+        same = trained.get("spec") == self.data
         options = {"val_split": trained.get("val_split", 0) if same else 0,
                    "seed": trained.get("seed", 0) if same else 0,
                    "image_size": pre.input_size[-1], "normalize": pre.normalize,
                    "crop_fraction": pre.crop_fraction}
         key = json.dumps({**options, **pre.to_json()}, sort_keys=True) + _digest(pre.mean_image)
-        if key not in datasets:
-            datasets[key] = load_data(data, data_dir=data_dir, augment="none",
-                                      stats=pre.stats(), **options)
-        dataset = datasets[key]
+        if key not in self._cache:
+            self._cache[key] = load_data(self.data, data_dir=self.data_dir, augment="none",
+                                         stats=pre.stats(), **options)
+        return self._cache[key]
+
+    def batches(self, label: str, model: ResNet, record: Any, split: str, batch_size: int,
+                device: str) -> Iterator[Any]:
+        dataset = self.for_record(record)
         if model.conv1.in_channels != dataset.in_chans:
             raise UserError(f"{label} takes {model.conv1.in_channels}-channel images; "
-                            f"{data} has {dataset.in_chans}")
-        batches = dataset.eval_batches(split, fit_batch(batch_size, dataset.input_size),
-                                       torch.device(device))
+                            f"{self.data} has {dataset.in_chans}")
+        return dataset.eval_batches(split, fit_batch(batch_size, dataset.input_size),
+                                    torch.device(device))
+
+
+def compute_responses(ckpts: list[str], data: str, *, data_dir: str | None = None,
+                      split: str = "test", max_images: int | None = None,
+                      batch_size: int = 256, device: str = "cpu") -> dict[str, list[float]]:
+    """{label: stds in layer order} for each checkpoint on the split of `data` (Fig. 7).
+
+    Each model sees the images prepared as in its training (PreparedData)."""
+    from ..checkpoint import load_checkpoint
+
+    loaded = [load_checkpoint(c, device) for c in ckpts]
+    prepared = PreparedData(data, data_dir)
+    out = {}
+    for label, (model, record) in zip(model_labels(ckpts, [r.architecture for _, r in loaded]), loaded):
+        batches = prepared.batches(label, model, record, split, batch_size, device)
         out[label] = layer_responses(model, take_images(batches, max_images))
     return out
+
+
+@torch.no_grad()
+def residual_ratios(model: ResNet, batches: Iterable[Any]) -> list[float]:
+    """For each residual block, in forward order: the mean over images of ||F(x)|| / ||x||,
+    F(x) the residual branch (up to its last BN) and x what the shortcut adds to it (the
+    identity, or its zero-padded/projected form where the shape changes). Small values: the
+    block stays close to the identity (seed notes, Q&A 1.1). Plain nets have no shortcut:
+    UserError."""
+    if not model.block_options["residual"]:
+        raise UserError("a plain net has no shortcut: F(x) / x is defined for ResNets only")
+    was_training = model.training
+    model.eval()
+    sums: list[float] = []
+    n = 0
+    try:
+        for x in _inputs(batches):
+            h, ratios = model.forward_stem(x), []
+            for _, stage in model.stages():
+                for block in stage:
+                    branch = block.residual_branch(h)
+                    identity = h if block.downsample is None else block.downsample(h)
+                    ratios.append(float((branch.flatten(1).norm(dim=1)
+                                         / identity.flatten(1).norm(dim=1).clamp_min(1e-12))
+                                        .double().sum()))
+                    h = block.merge(h, branch)
+            sums = [a + b for a, b in zip(sums, ratios)] if sums else ratios
+            n += len(x)
+    finally:
+        model.train(was_training)
+    if not n:
+        raise UserError("no images to measure the residual functions on")
+    return [v / n for v in sums]
 
 
 def _digest(t: torch.Tensor | None) -> str:

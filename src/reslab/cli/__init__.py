@@ -16,7 +16,7 @@ from ..errors import UserError
 
 # Order is the order of `reslab --help`.
 COMMANDS = ("models", "summary", "trace", "train", "lr_find", "eval", "predict", "responses",
-            "degradation", "grow", "report", "export", "import_", "bench", "serve")
+            "degradation", "grow", "paper", "report", "export", "import_", "bench", "serve")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -44,17 +44,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis.degradation import run_degradation
     from ..analysis.report import results_table
-    from ..engine.recipe import load_recipe
+    from ..engine.recipe import coerce, load_recipe, shorten
     from ..engine.state import Interrupted
     from ..limits import MAX_SEED, check_int
     from .common import print_json
 
     overrides = recipe_overrides(args, skip=NOT_FLAGS)
-    recipe = load_recipe(args.recipe, {**overrides, "data": args.data})
 
     def say(msg: str) -> None:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
+
+    iters, milestones = overrides.pop("iters"), overrides.pop("milestones")
+    recipe = load_recipe(args.recipe, {**overrides, "data": args.data,
+                                       "milestones": milestones})
+    line = ""
+    if iters is not None:  # a shorter sweep keeps the schedule's shape: the lr still drops
+        recipe, line = shorten(recipe, coerce({"iters": iters}).iters,
+                               recipe.milestones if milestones is not None else None)
 
     try:
         result = run_degradation(args.data, args.depths, Path(args.out), recipe,
@@ -62,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                                  jobs=check_int("--jobs", args.jobs, 1, 64),
                                  seeds=[check_int("--seeds", s, 0, MAX_SEED)
                                         for s in args.seeds or []] or None,
-                                 seeds_depths=args.seeds_depths)
+                                 seeds_depths=args.seeds_depths, notes=[line] if line else [])
     except Interrupted as e:
         print(f"stopped by {e.signame} at step {e.step}; state saved. Run the same command "
               "again to continue", file=sys.stderr)
@@ -70,13 +77,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
-    print(f"{'model':<12}{'depth':>6}{'train err %':>13}{'test err %':>12}")
-    for model, depth, train, test in results_table(result):
-        print(f"{model:<12}{depth:>6}{train:>13}{test:>12}")
-    from ..analysis.claims import paper_claims, verdict
+    print(f"{'model':<12}{'seed':>5}{'depth':>6}{'train err %':>13}{'test err %':>12}")
+    for model, seed, depth, train, test in results_table(result):
+        print(f"{model:<12}{seed:>5}{depth:>6}{train:>13}{test:>12}")
+    from ..analysis.claims import paper_claims
 
     print(f"budget: {result.get('budget', '-')}")
     for c in paper_claims(result):
-        print(f"{verdict(c):>14}: {c['claim']} ({c['evidence']})")
+        print(f"{c.verdict:>14}: {c.text} ({c.evidence})")
     print(f"wrote {Path(args.out) / 'degradation.json'} and degradation.png")
     return 0

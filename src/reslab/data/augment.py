@@ -18,7 +18,11 @@ import torch.nn.functional as F
 from .images import SCALE_RANGE
 from .normalize import Normalizer
 
-AUGMENTS = ("crop-flip", "crop", "flip", "none", "imagenet")  # "crop": no mirror (digits)
+AUGMENTS = ("crop-flip", "crop", "flip", "none", "imagenet", "imagenet-pca")  # crop: digits
+# Scale augmentation, flip and colour (section 3.4): "imagenet" adds fb.resnet.torch's colour
+# jitter to the PCA lighting, "imagenet-pca" has the PCA lighting only (AlexNet's "standard
+# colour augmentation" the paper cites: the paper-imagenet recipe).
+SCALE_AUGMENTS = ("imagenet", "imagenet-pca")
 # AlexNet's PCA colour augmentation (the paper's "standard colour augmentation [21]", section
 # 3.4): ImageNet RGB eigenvalues/vectors as used by fb.resnet.torch; alpha ~ N(0, 0.1).
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -61,15 +65,17 @@ def plan_epoch(n: int, augment: str, g: torch.Generator, *, pad: int,
     params: dict[str, torch.Tensor] = {}
     if augment in ("crop-flip", "crop"):
         params["shift"] = torch.randint(0, 2 * pad + 1, (n, 2), generator=g)
-    if augment in ("crop-flip", "flip", "imagenet"):
+    if augment in ("crop-flip", "flip", *SCALE_AUGMENTS):
         params["flip"] = torch.randint(0, 2, (n,), generator=g).bool()
-    if augment == "imagenet":
+    if augment in SCALE_AUGMENTS:
         lo, hi = SCALE_RANGE
         params["scale"] = lo + (hi - lo) * torch.rand(n, generator=g)
         params["offset"] = torch.rand(n, 2, generator=g)
         params["seed"] = torch.randint(0, 2**62, (n,), generator=g)
         params["jitter"] = 1 - JITTER + 2 * JITTER * torch.rand(n, 3, generator=g)
         params["light"] = LIGHTING_STD * torch.randn(n, 3, generator=g)
+        if augment == "imagenet-pca":  # drawn all the same: the other draws stay in step
+            params["jitter"] = torch.ones(n, 3)
     if erase > 0:
         params["erase"] = torch.rand(n, generator=g) < erase
         params["erase_box"] = torch.rand(n, 4, generator=g)  # area, aspect, top, left in [0, 1)

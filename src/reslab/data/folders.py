@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import UserError, warn
-from .augment import EpochPlan, imagenet_batch, pad_fill, window_batch
+from .augment import SCALE_AUGMENTS, EpochPlan, imagenet_batch, pad_fill, window_batch
 from .base import Batch, Data, Span
 from .datasets import FolderSource
 from .images import (FOLDER_CROP_FRACTION, eval_geometry, open_image, pil_to_uint8, scale_crop,
@@ -134,7 +134,7 @@ class FolderData(Data):
 
     def _train_iter(self, plan: EpochPlan, spans: list[Span],
                     device: torch.device) -> Iterator[Batch]:
-        scale_aug = self.augment == "imagenet"
+        scale_aug = self.augment in SCALE_AUGMENTS
         pad = self.pad if self.augment in ("crop-flip", "crop") else 0
         sampler = _KeyBatches(plan.order, plan.params.get("seed"), spans)
         batches = self.decode(self._items["train"], sampler, device, scale_aug=scale_aug)

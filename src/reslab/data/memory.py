@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from .augment import EpochPlan, imagenet_batch, pad_fill, window_batch
+from .augment import SCALE_AUGMENTS, EpochPlan, imagenet_batch, pad_fill, window_batch
 from .base import Batch, Data, Span
 from .datasets import Split
 
@@ -39,7 +39,7 @@ class InMemoryData(Data):
         for lo, hi in spans:
             order, params = plan.take(lo, hi)
             idx = order.to(device, non_blocking=True)
-            if self.augment == "imagenet":
+            if self.augment in SCALE_AUGMENTS:
                 x = imagenet_batch(x_all.index_select(0, idx), params, self.normalize)
             else:
                 x = window_batch(x_all, idx, params, pad, self.normalize)

@@ -235,6 +235,8 @@ def _train(run: Run, resume: bool) -> dict[str, Any]:
                 epoch_end = run.step % run.steps_per_epoch == 0
                 if epoch_end or run.step == run.total:
                     val = _end_of_epoch(run, log, progress, epoch_end)
+                elif r.train_error_every and run.step % r.train_error_every == 0:
+                    _log_train_error(run, log)
                 elif r.save_every and run.step % r.save_every == 0 and out is not None:
                     run_state.save(run, out)
                 if broadcast_flag(stop.requested, run.d, run.device):
@@ -320,12 +322,20 @@ def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
     return value
 
 
+def _log_train_error(run: Run, log: MetricsLog) -> dict[str, Any]:
+    """Logs the running training accuracy and loss since the last such row (the epoch's, or
+    the last train_error_every iterations'), and starts a new tally."""
+    train = run.train_tally.result(run.d)
+    run.train_tally = Tally(run.device)
+    log.log(step=run.step, epoch=run.step / run.steps_per_epoch, split="train",
+            time_s=round(run.elapsed(), 2), **train)
+    return train
+
+
 def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: bool) -> dict | None:
     """Evaluate (train running accuracy, val or test), adjust the schedule, checkpoint."""
     r, epoch = run.r, run.step / run.steps_per_epoch
-    train = run.train_tally.result(run.d)
-    run.train_tally = Tally(run.device)
-    log.log(step=run.step, epoch=epoch, split="train", time_s=round(run.elapsed(), 2), **train)
+    train = _log_train_error(run, log)
     val = None
     last = run.step == run.total
     split = "val" if "val" in run.data.splits else "test" if "test" in run.data.splits else None

@@ -41,7 +41,8 @@ INT_BOUNDS = {"batch_size": (1, MAX_BATCH), "iters": (1, MAX_ITERS),
               "warmup_iters": (0, MAX_ITERS), "plateau_patience": (1, 100_000),
               "image_size": (1, MAX_IMAGE_SIDE), "pad": (0, MAX_PAD), "val_split": (0, 10**9),
               "workers": (0, MAX_WORKERS), "seed": (0, MAX_SEED), "threads": (0, MAX_THREADS),
-              "save_every": (0, MAX_ITERS), "eval_every": (0, MAX_EPOCHS)}
+              "save_every": (0, MAX_ITERS), "eval_every": (0, MAX_EPOCHS),
+              "train_error_every": (0, MAX_ITERS)}
 # (lo, hi, lo excluded, hi excluded)
 FLOAT_BOUNDS = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, True, False),
                 "freeze_epochs": (0.0, MAX_EPOCHS, False, False),
@@ -109,6 +110,7 @@ class Recipe:
     compile: bool = False
     save_every: int = 0                  # iterations between resumable states (0: epoch ends)
     eval_every: int = 1                  # epochs between evaluations (0: at the end only)
+    train_error_every: int = 0           # also log the running training error every N iters
     tensorboard: bool = False
     # fitting the recipe to the data (engine/adapt.py)
     adapt: bool = False                  # fit batch, length, resizing, augmentation to the data
@@ -195,7 +197,8 @@ FIELD_HELP = {
     "plateau_patience": "plateau schedule: evaluations without improvement before lr * gamma",
     "ema": "EMA decay of the weights, evaluated and saved instead of them (0: off)",
     "augment": "training augmentation (crop-flip: pad + random crop + mirror, section 4.2; "
-               "imagenet: scale + crop + mirror + colour, section 3.4)",
+               "imagenet: scale + crop + mirror + colour jitter + PCA lighting, section 3.4; "
+               "imagenet-pca: the same with the PCA lighting only, as the paper)",
     "pad": "padding in px for the random crop",
     "erase": "random erasing (Zhong et al. 2017): the probability that a training image gets a "
              "random rectangle (2-40% of it, aspect 0.3-3.3) set to the mean colour",
@@ -221,6 +224,9 @@ FIELD_HELP = {
     "save_every": "also write the resumable state every N iterations (0: epoch ends only)",
     "eval_every": "epochs between evaluations (0: only after the last iteration, which saves "
                   "their time in short runs)",
+    "train_error_every": "also log the running training error over the last N iterations "
+                         "every N iterations (no extra computation: the thin curves of Fig. 6 "
+                         "for runs of a few epochs; 0: at epoch ends only)",
     "tensorboard": "also log to TensorBoard (pip install tensorboard)",
     "adapt": "fit the recipe's batch size, length, progressive resizing and augmentation to the "
              "data's size and image side, with a note for each change (flags you give are kept)",
@@ -368,3 +374,31 @@ def save_recipe(path: str | Path, recipe: Recipe) -> None:
     from ..io import atomic_write_text
 
     atomic_write_text(path, tomli_w.dumps(recipe.to_dict()))
+
+
+def shorten(base: Recipe, iters: int, milestones: list[int] | None = None) -> tuple[Recipe, str]:
+    """base trained for `iters` iterations with its step schedule kept in proportion: the
+    recipe's milestones are scaled by iters / base.iters (paper-cifar's 32k and 48k of 64k
+    become 50% and 75% of iters), so a short run still drops its lr. Explicit `milestones`
+    are kept, but one at or past `iters` is refused (the lr would never drop there).
+    Returns the recipe and a line saying what was done ("" when nothing changed)."""
+    check_int("iters", iters, 1, MAX_ITERS)
+    if milestones:
+        late = [m for m in milestones if m >= iters]
+        if late:
+            raise UserError(f"milestones {late} are at or past the {iters:,} iterations: "
+                            "the lr would never drop there")
+        return base.replace(iters=iters, milestones=list(milestones)), ""
+    if base.schedule != "step" or not base.milestones:
+        return base.replace(iters=iters), ""
+    if base.iters is None:
+        late = [m for m in base.milestones if m >= iters]
+        if late:
+            raise UserError(f"the recipe's milestones {late} are at or past the {iters:,} "
+                            "iterations: give --milestones")
+        return base.replace(iters=iters), ""
+    scaled = sorted({max(1, round(m * iters / base.iters)) for m in base.milestones})
+    scaled = [m for m in scaled if m < iters]
+    line = (f"milestones scaled to the {iters:,} iterations: {scaled} (the recipe's "
+            f"{base.milestones} of {base.iters:,})")
+    return base.replace(iters=iters, milestones=scaled), line

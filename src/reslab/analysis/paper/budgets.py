@@ -1,0 +1,197 @@
+"""What `reslab paper` reruns at each budget: the training members and the analyses.
+
+A budget names the data it is made for, the depths and seeds of the Fig. 6 sweep, the
+iterations of every run (the paper's schedule shortened in proportion, engine.recipe.shorten),
+and the other experiments' sizes. `plan` turns a budget and a dataset into the members: one
+training run each (a normal run directory) plus the analyses that read them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...engine.recipe import Recipe, load_recipe, shorten
+from ...errors import UserError
+from ...models import get_arch
+from ..degradation import MACHINERY
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget: how much of the paper a machine reruns."""
+
+    name: str
+    data: str                            # the dataset it is sized for
+    depths: tuple[int, ...]              # Fig. 6 sweep: plainN and resnetN for each
+    seeds: tuple[int, ...]               # every sweep member is run with each seed
+    iters: int | None                    # per run; None: the recipe's (paper-cifar: 64k)
+    batch_size: int
+    train_error_every: int               # iterations between training-error points (Fig. 6)
+    shortcut_depth: int                  # options A/B/C (Table 3's question) at this depth
+    grow: tuple[int, int]                # the identity construction: resnetS grown to resnetD
+    grow_iters: int                      # further training of the grown net (and a control)
+    warmup_seeds: tuple[int, ...]        # resnet110 with section 4.2's warm-up; () not run
+    response_images: int | None          # test images for Fig. 7 (None: all)
+    ratio_images: int                    # images for ||F(x)|| / ||x|| (Q&A 1.1)
+    identity_images: int | None          # training images the construction is checked on
+    expected: str                        # how long it takes, in words
+    recipe: dict[str, Any] = field(default_factory=dict)   # further recipe fields
+    shortcut_seeds: tuple[int, ...] | None = None          # B and C's seeds (None: seeds)
+
+
+BUDGETS = {
+    "smoke": Budget("smoke", "digits", (8, 14), (0, 1), 30, 32, 5, 8, (8, 14), 10, (), 128, 64,
+                    None, "about 30 s on 2 CPU cores",
+                    {"augment": "crop", "pad": 1}),  # digits are not mirror-symmetric
+    # bf16 where the CPU runs it natively (amp auto, a deviation the page states): 1.6x
+    # faster here, which buys the second seed of every member.
+    "laptop": Budget("laptop", "fashion-mnist", (20, 32), (0, 1), 300, 128, 15, 20, (20, 32),
+                     150, (), 2000, 1000, 10000,
+                     "about 20 minutes on 2 idle CPU cores (longer on a shared machine)",
+                     {"save_every": 100, "amp": "auto"},  # a stop loses <= 100 iterations
+                     shortcut_seeds=(0,)),  # B, C: one seed each, noise from A's two
+    "full": Budget("full", "cifar10", (20, 32, 44, 56), (0, 1, 2), None, 128, 100, 20,
+                   (20, 56), 16000, (0, 1, 2, 3, 4), None, 1000, None,
+                   "about 40 GPU-hours on one modern GPU (37 runs of 64k iterations; "
+                   "resnet110 x5 is a third of it); weeks on a CPU", {"save_every": 2000}),
+}
+# ImageNet (image folders) at the full budget: Table 2's nets (option A for 18/34, as the paper)
+# and Table 3's shortcut options on resnet34, with the paper-imagenet recipe.
+IMAGENET_TABLE2 = ("plain18", "resnet18", "plain34", "resnet34")
+IMAGENET_EXPECTED = ("about 6 GPU-days on 8 GPUs (6 runs of 600k iterations at batch 256); "
+                     "not feasible on a CPU")
+
+
+@dataclass(frozen=True)
+class TrainMember:
+    """One training run of the plan. role: sweep, shortcut, grown, continued or warmup."""
+
+    name: str                 # "plain20-s0", "resnet20-B-s1", "resnet32-grown-s0", ...
+    role: str
+    recipe: Recipe
+    needs: tuple[str, ...] = ()   # steps that must be done first (grow writes the weights)
+
+    def run_dir(self, out: Path) -> Path:
+        """runs/<name>-<digest of the recipe>: a changed budget or dataset is a new run."""
+        return out / "runs" / f"{self.name}-{recipe_digest(self.recipe)}"
+
+    @property
+    def cost(self) -> float:
+        """Relative work: images seen x the net's depth (3x3 layers dominate)."""
+        r = self.recipe
+        return (r.iters or 1) * r.batch_size * get_arch(r.model).depth
+
+
+def recipe_digest(r: Recipe) -> str:
+    """8 hex digits of the recipe's fields that differ from Recipe's defaults (so a field added
+    to Recipe later, with a default, leaves every digest as it was), machinery (threads,
+    device, ...) and the initial weights' path (set from DIR when the run starts: weights_for)
+    left out."""
+    default = Recipe().to_dict()
+    what = {k: v for k, v in sorted(r.to_dict().items())
+            if k not in MACHINERY and k != "weights" and default.get(k, None) != v}
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Plan:
+    budget: Budget
+    data: str
+    data_dir: str | None
+    imagenet: bool
+    base: Recipe                        # the sweep's recipe (model and seed set per member)
+    schedule_note: str                  # how the paper's schedule was shortened ("" if not)
+    members: tuple[TrainMember, ...]
+
+    def by_role(self, role: str) -> list[TrainMember]:
+        return [m for m in self.members if m.role == role]
+
+    def member(self, name: str) -> TrainMember | None:
+        return next((m for m in self.members if m.name == name), None)
+
+
+def base_recipe(budget: Budget, data: str, data_dir: str | None, iters: int | None,
+                device: str, imagenet: bool) -> tuple[Recipe, str]:
+    """The paper's recipe (paper-cifar or paper-imagenet, fp32) on `data`, shortened to the
+    budget's iterations with its milestones in proportion."""
+    extra = {} if imagenet else {"batch_size": budget.batch_size, **budget.recipe}
+    r = load_recipe("paper-imagenet" if imagenet else "paper-cifar",
+                    {"data": data, "data_dir": data_dir, "device": device, "workers": 0,
+                     "train_error_every": budget.train_error_every, "channels_last": True,
+                     **extra})
+    length = iters if iters is not None else budget.iters
+    if length is None:
+        return r, ""
+    return shorten(r, length)
+
+
+def plan(budget_name: str, data: str | None = None, *, data_dir: str | None = None,
+         iters: int | None = None, device: str = "cpu") -> Plan:
+    """The members of `reslab paper` for this budget and data. iters: every run this long
+    instead (tests; milestones in proportion)."""
+    if budget_name not in BUDGETS:
+        raise UserError(f"unknown budget '{budget_name}' (choices: {', '.join(BUDGETS)})")
+    budget = BUDGETS[budget_name]
+    data = data or budget.data
+    imagenet = data.startswith("imagefolder:") and budget.name == "full"
+    base, note = base_recipe(budget, data, data_dir, iters, device, imagenet)
+    members = (_imagenet_members(base) if imagenet
+               else _cifar_members(budget, base, iters))
+    return Plan(budget, data, data_dir, imagenet, base, note, tuple(members))
+
+
+def _name(model: str, seed: int, tag: str = "") -> str:
+    return f"{model}{'-' + tag if tag else ''}-s{seed}"
+
+
+def _cifar_members(b: Budget, base: Recipe, iters: int | None) -> list[TrainMember]:
+    members = [TrainMember(_name(f"{kind}{d}", s), "sweep", base.replace(model=f"{kind}{d}",
+                                                                          seed=s))
+               for d in b.depths for kind in ("plain", "resnet") for s in b.seeds]
+    res = f"resnet{b.shortcut_depth}"
+    members += [TrainMember(_name(res, s, opt), "shortcut",
+                            base.replace(model=res, seed=s, shortcut=opt))
+                for opt in ("B", "C") for s in (b.shortcut_seeds or b.seeds)]
+    # The construction, then equal further training at the last lr of the grown net and of
+    # the shallow net it came from (the control: the shallow net keeps improving too).
+    small, big = (f"resnet{d}" for d in b.grow)
+    last_lr = round(base.lr * base.gamma ** len(base.milestones), 12)  # 0.001, not 0.0010...02
+    more = dict(schedule="constant", lr=last_lr, milestones=[], warmup_iters=0,
+                iters=iters or b.grow_iters, seed=b.seeds[0])
+    members += [TrainMember(_name(big, b.seeds[0], "grown"), "grown",
+                            base.replace(model=big, **more), ("grow",)),
+                TrainMember(_name(small, b.seeds[0], "continued"), "continued",
+                            base.replace(model=small, **more), (_name(small, b.seeds[0]),))]
+    members += [TrainMember(_name("resnet110", s), "warmup",
+                            base.replace(model="resnet110", seed=s, warmup_lr=0.01,
+                                         warmup_until_error=0.8))
+                for s in b.warmup_seeds]
+    return members
+
+
+def _imagenet_members(base: Recipe) -> list[TrainMember]:
+    members = [TrainMember(_name(m, 0), "sweep", base.replace(
+        model=m, seed=0, shortcut="A" if m.startswith("resnet") else None))
+        for m in IMAGENET_TABLE2]
+    members += [TrainMember(_name("resnet34", 0, opt), "shortcut",
+                            base.replace(model="resnet34", seed=0, shortcut=opt))
+                for opt in ("B", "C")]
+    return members
+
+
+def weights_for(member: TrainMember, out: Path, p: Plan) -> TrainMember:
+    """The member with its initial weights set: the grown net from the grow step's file, the
+    continued net from the shallow sweep run (paths known only once DIR is)."""
+    if member.role == "grown":
+        path = out / "members" / f"grown-{member.recipe.model}.safetensors"
+    elif member.role == "continued":
+        source = p.member(member.needs[0])
+        assert source is not None
+        path = source.run_dir(out) / "model.safetensors"
+    else:
+        return member
+    return TrainMember(member.name, member.role,
+                       member.recipe.replace(weights=str(path.resolve())), member.needs)

@@ -1,0 +1,99 @@
+"""`reslab paper --budget smoke|laptop|full --out DIR`: the paper's claims rerun on this machine.
+
+Trains and measures every member of the budget's plan (the Fig. 6 sweep over seeds, the layer
+responses, the identity construction, the shortcut options, resnet110's warm-up where the budget
+has it, Table 1/6 and the notes' trace) into DIR, then writes DIR/paper.md and a self-contained
+DIR/paper.html saying which claims hold, with the numbers. Run the same command again to reuse
+finished members and resume interrupted ones; a changed budget or dataset trains only the
+members it changes. See docs/guides/paper.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+LANGS = ("en", "ko")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..analysis.paper.budgets import BUDGETS
+
+    p = sub.add_parser("paper", help="rerun every claim of the paper at a budget; one page "
+                       "with the verdicts", description=__doc__)
+    p.add_argument("--budget", required=True, choices=tuple(BUDGETS),
+                   help="smoke: seconds on digits; laptop: ~30 min on 2 cores with "
+                        "Fashion-MNIST; full: the paper's schedules (a GPU)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the runs and the page go")
+    p.add_argument("--data", help="dataset (default: the budget's: digits, fashion-mnist, "
+                   "cifar10; imagefolder:PATH with --budget full runs the ImageNet plan)")
+    p.add_argument("--data-dir", help="where the dataset files are")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N members at a time, each a process with CPUs/N threads")
+    p.add_argument("--lang", choices=LANGS, default="en", help="language of the page")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--iters", type=int, metavar="N",
+                   help="every run N iterations instead of the budget's (milestones scaled)")
+    p.add_argument("--only", nargs="+", metavar="GLOB",
+                   help="train only the members matching these names (e.g. 'resnet20-*')")
+    p.add_argument("--plan", action="store_true",
+                   help="print the members, their recipes and the expected time; train nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.paper import plan, run_paper
+    from ..analysis.paper.budgets import recipe_digest
+    from ..engine.setup import select_device
+    from ..engine.state import Interrupted
+    from ..io import check_writable
+    from ..limits import MAX_ITERS, check_int
+
+    jobs = check_int("--jobs", args.jobs, 1, 64)
+    iters = check_int("--iters", args.iters, 1, MAX_ITERS) if args.iters is not None else None
+    device = str(select_device(args.device)) if args.device == "auto" else args.device
+    p = plan(args.budget, args.data, data_dir=args.data_dir, iters=iters, device=device)
+    if args.plan:
+        print(f"budget {p.budget.name} on {p.data}: {len(p.members)} training runs; "
+              f"expected: {p.budget.expected}")
+        if p.schedule_note:
+            print(p.schedule_note)
+        for m in p.members:
+            r = m.recipe
+            print(f"  {m.name:<24} {m.role:<9} {r.model} seed {r.seed}, {r.iters:,} iterations"
+                  if r.iters else f"  {m.name:<24} {m.role:<9} {r.model} seed {r.seed}",
+                  f"[{recipe_digest(r)}]")
+        return 0
+    check_writable(Path(args.out) / "paper.md", "--out")
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    try:
+        md, page = run_paper(p, args.out, jobs=jobs, lang=args.lang, only=args.only,
+                             argv=["reslab", "paper", *_shown_argv(args)], say=say)
+    except Interrupted as e:
+        print(f"stopped by {e.signame}; finished members are kept and interrupted ones saved "
+              "their state. Run the same command again to continue", file=sys.stderr)
+        return e.exit_code
+    print(f"wrote {md} and {page}")
+    return 0
+
+
+def _shown_argv(args: argparse.Namespace) -> list[str]:
+    """The command as the page shows it: the options given, --out as given (relative paths
+    stay relative: no absolute path of this machine goes on the page unless typed)."""
+    out = ["--budget", args.budget, "--out", args.out]
+    for flag, value in (("--data", args.data), ("--data-dir", args.data_dir),
+                        ("--iters", args.iters)):
+        if value is not None:
+            out += [flag, str(value)]
+    if args.jobs != 1:
+        out += ["--jobs", str(args.jobs)]
+    if args.lang != "en":
+        out += ["--lang", args.lang]
+    if args.only:
+        out += ["--only", *args.only]
+    return out
