@@ -16,6 +16,7 @@ keeps its rows.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import statistics
 import tempfile
@@ -87,6 +88,7 @@ def one_run(recipe: str, flags: str, seed: int, target: float, quick: bool,
             "time_to_target_s": hit.get("time_s") if hit["reached"] == "yes" else None,
             "img_s": speeds[-1] if speeds else None,
             "training_s": result["training_s"], "epochs": config.get("epochs"),
+            "load_avg_1min_after": round(os.getloadavg()[0], 2),
             "curve": result["curve"]}
 
 

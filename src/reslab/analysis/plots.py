@@ -227,3 +227,31 @@ def bars_figure(groups: dict[str, Sequence[float]], path: str | Path, *, ylabel:
     ax.set(ylabel=ylabel, title=title)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
+
+
+def image_grid_figure(images: Any, titles: Sequence[str], path: str | Path,
+                      title: str) -> Path:
+    """Images (N, C, H, W in [0, 1]; 1 channel drawn gray) in a near-square grid, each with its
+    title under the figure's: `reslab show-batch` (fastai's show_batch) and `eval --top-losses`
+    (fastai's plot_top_losses)."""
+    import math
+
+    from matplotlib.figure import Figure
+
+    n = len(images)
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    fig = Figure(figsize=(1.9 * cols, (1.9 + 0.16 * lines) * rows + 0.5), layout="constrained")
+    for i in range(rows * cols):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        pixels = images[i].permute(1, 2, 0).clamp(0, 1).numpy()
+        gray = pixels.shape[2] == 1
+        ax.imshow(pixels[..., 0] if gray else pixels, cmap="gray" if gray else None, vmin=0,
+                  vmax=1, interpolation="nearest")
+        ax.set_title(titles[i], fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -15,8 +15,9 @@ import sys
 from ..errors import UserError
 
 # Order is the order of `reslab --help`.
-COMMANDS = ("models", "summary", "trace", "train", "lr_find", "eval", "predict", "responses",
-            "degradation", "grow", "paper", "report", "export", "import_", "bench", "serve")
+COMMANDS = ("models", "summary", "trace", "train", "show_batch", "lr_find", "eval", "predict",
+            "responses", "degradation", "grow", "paper", "report", "export", "import_", "bench",
+            "serve")
 
 
 class _Parser(argparse.ArgumentParser):

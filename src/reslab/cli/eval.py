@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--confusion", metavar="FILE.png",
                    help="also write the confusion matrix (centre view) as a PNG")
+    p.add_argument("--top-losses", nargs=2, metavar=("N", "FILE.png"),
+                   help="also draw the N images of largest loss (centre view), each titled "
+                        "with its true and predicted class and their probabilities")
     p.add_argument("--json", action="store_true")
     add_runtime_option(p)
     p.set_defaults(func=run)
@@ -45,11 +48,12 @@ def run(args: argparse.Namespace) -> int:
         from ..interop import resolve_ckpt_path
 
         check_writable(args.confusion, "--confusion", inputs=[resolve_ckpt_path(args.ckpt)])
+    worst = _top_losses_option(args.top_losses, bool(scales or args.crops == 10), args.ckpt)
     result = evaluate_checkpoint(args.ckpt, data=args.data, data_dir=args.data_dir,
                                  split=args.split, crops=args.crops, scales=scales,
                                  flip={"auto": None, "on": True, "off": False}[args.flip],
                                  batch_size=args.batch_size, device=args.device,
-                                 runtime=args.runtime)
+                                 runtime=args.runtime, top_losses=worst[0] if worst else 0)
     if args.runtime == "auto":
         print(result["runtime_note"], file=sys.stderr)
     if args.confusion:
@@ -58,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         plot_confusion(result["confusion"], [r["class"] for r in result["per_class"]],
                        args.confusion, title=f"{Path(args.ckpt).name} on {result['data']} "
                        f"{result['split']} (top-1 {100 * result['top1']:.2f}%)")
+    if worst:
+        result["top_losses"] = _plot_top_losses(result, args.ckpt, worst[1])
     if len(result.get("per_class") or []) > MAX_TABLE:
         result.pop("confusion")  # 1000 x 1000 counts are a file's job (--confusion), not stdout's
     if args.json:
@@ -75,9 +81,49 @@ def run(args: argparse.Namespace) -> int:
             print(format_table(rows, PER_CLASS))
         elif rows:
             print(f"({len(rows)} classes: --json has the per-class metrics)")
+    if worst:
+        print(f"wrote {worst[1]} (the {len(result['top_losses'])} images of largest loss)",
+              file=sys.stderr)
     return 0
 
 
+def _top_losses_option(value: list[str] | None, multi_view: bool,
+                       ckpt: str) -> tuple[int, str] | None:
+    """--top-losses N FILE.png checked: (N, FILE)."""
+    from ..interop import resolve_ckpt_path
+    from ..io import check_writable
+    from ..limits import check_int
+
+    if value is None:
+        return None
+    if multi_view:
+        raise UserError("--top-losses is computed on the centre view: drop --crops 10/--scales, "
+                        "or evaluate twice")
+    try:
+        n = int(value[0])
+    except ValueError:
+        raise UserError(f"invalid --top-losses N '{value[0]}': expected a number of images, "
+                        "e.g. --top-losses 16 worst.png") from None
+    check_int("--top-losses N", n, 1, MAX_TOP_LOSSES)
+    return n, str(check_writable(value[1], "--top-losses", inputs=[resolve_ckpt_path(ckpt)]))
+
+
+def _plot_top_losses(result: dict, ckpt: str, path: str) -> list[dict]:
+    """Draws the examples of largest loss; their JSON form (no pixels) replaces them."""
+    from ..analysis.plots import image_grid_figure
+
+    names = [r["class"] for r in result["per_class"]]
+    items = result["top_losses"]
+    image_grid_figure([t.image for t in items],
+                      [f"true {names[t.label]} ({t.label_prob:.0%})\n"
+                       f"pred {names[t.predicted]} ({t.prob:.0%})\nloss {t.loss:.2f}"
+                       for t in items], path,
+                      f"largest losses: {Path(ckpt).name} on {result['data']} {result['split']}")
+    return [{"index": t.index, "class": names[t.label], "predicted": names[t.predicted],
+             "prob": t.prob, "class_prob": t.label_prob, "loss": t.loss} for t in items]
+
+
+MAX_TOP_LOSSES = 400  # images in one figure
 MAX_TABLE = 100  # classes shown as a table; more (ImageNet's 1000) only in --json
 PER_CLASS = (("class", "class", ""), ("precision", "precision", ".3f"),
              ("recall", "recall", ".3f"), ("f1", "f1", ".3f"), ("support", "support", "d"))

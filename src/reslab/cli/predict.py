@@ -1,6 +1,8 @@
-"""`reslab predict CKPT IMAGE...`: class names and probabilities for image files of any format
+"""`reslab predict CKPT PATH...`: class names and probabilities for image files of any format
 and mode, prepared as the model was trained (input size, channels, mean/std from the
-checkpoint).
+checkpoint). A PATH is an image file, a folder (its image files, recursively, sorted) or a glob
+pattern in quotes ('photos/**/*.jpg'); --csv FILE also writes one row per image: its path, its
+top-k classes and their probabilities.
 
 --cam DIR also writes a Grad-CAM heat map per image for its top class, DIR/<image stem>.cam.png:
 the crop the model saw with the map over it, titled with the class and its probability
@@ -26,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify image files with a checkpoint",
                        description=__doc__)
     p.add_argument("ckpt", metavar="CKPT", help="run directory or weights file")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("images", metavar="PATH", nargs="+",
+                   help="image files (PNG, JPEG, ...), folders of them (recursively) or glob "
+                        "patterns (quoted; ** spans folders)")
     p.add_argument("--topk", type=int, default=5, metavar="K",
                    help="classes to show per image (default 5)")
     p.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
@@ -38,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "top class: DIR/<image stem>.cam.png")
     p.add_argument("--cam-layer", metavar="NAME", help="stage the heat map is taken from: "
                    "layer1..layer4 (ImageNet family), layer1..layer3 (CIFAR); default the last")
+    p.add_argument("--csv", metavar="FILE", help="also write the predictions as CSV: file, "
+                   "class_1, prob_1, ..., class_K, prob_K per image")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     add_runtime_option(p)
     p.set_defaults(func=run)
@@ -47,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, resolve_ckpt_path
     from ..deploy.cam import cam_layer
     from ..io import ensure_dir
-    from ..deploy.predict import classifier, format_predictions, predict_images
+    from ..deploy.predict import (classifier, format_predictions, image_paths, predict_images,
+                                  predictions_csv)
     from ..deploy.runtime import FirstBatch, check_runtime, runtime_of
     from ..engine.setup import select_device
+    from ..io import atomic_write_text, check_writable
     from ..limits import MAX_BATCH, MAX_CLASSES, check_int
     from .common import print_json
 
@@ -59,24 +67,31 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--cam-layer chooses the layer of the --cam heat maps: give --cam DIR")
     if args.cam is not None:
         ensure_dir(args.cam, "--cam directory")
+    paths = image_paths(args.images)
     device = select_device(args.device)
     runtime = check_runtime(args.runtime, device)
     ckpt = resolve_ckpt_path(args.ckpt)
+    if args.csv is not None:  # never over an image or the weights it reads
+        check_writable(args.csv, "--csv", inputs=[*paths, ckpt])
     model, record = load_checkpoint(ckpt, device=device)
     layer = cam_layer(model, args.cam_layer) if args.cam is not None else None
     fast = FirstBatch(model, runtime, compile=False)
     forward = classifier(fast, record, flip={"auto": None, "on": True, "off": False}[args.flip])
-    results = predict_images(forward, record, args.images, topk=args.topk,
+    results = predict_images(forward, record, paths, topk=args.topk,
                              batch_size=args.batch_size, device=device)
     if args.runtime == "auto":
         print(fast.describe(), file=sys.stderr)
     if args.cam is not None:
         write_cams(model, record, results, layer, args.cam, args.batch_size, device)
+    if args.csv is not None:
+        atomic_write_text(args.csv, predictions_csv(results), "--csv")
     if args.json:
         print_json({"ckpt": str(ckpt), "architecture": record.architecture,
                     "runtime": runtime_of(fast.fast), "predictions": results})
     else:
         print(format_predictions(results))
+    if args.csv is not None:
+        print(f"wrote {args.csv}", file=sys.stderr)
     return 0
 
 

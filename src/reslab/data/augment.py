@@ -9,7 +9,9 @@ skipped batches. Drawing 60,000 shifts and flips costs about a millisecond.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -23,6 +25,10 @@ AUGMENTS = ("crop-flip", "crop", "flip", "none", "imagenet", "imagenet-pca")  # 
 # jitter to the PCA lighting, "imagenet-pca" has the PCA lighting only (AlexNet's "standard
 # colour augmentation" the paper cites: the paper-imagenet recipe).
 SCALE_AUGMENTS = ("imagenet", "imagenet-pca")
+# Learned-free augmentation policies of torchvision.transforms.v2, applied per image after the
+# crop and flip: RandAugment (Cubuk et al. 2020, 2 ops of magnitude 9) and TrivialAugment
+# (Mueller & Hutter 2021, one op of random magnitude).
+AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 # AlexNet's PCA colour augmentation (the paper's "standard colour augmentation [21]", section
 # 3.4): ImageNet RGB eigenvalues/vectors as used by fb.resnet.torch; alpha ~ N(0, 0.1).
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -53,10 +59,11 @@ class EpochPlan:
 
 
 def plan_epoch(n: int, augment: str, g: torch.Generator, *, pad: int,
-               erase: float = 0.0) -> EpochPlan:
+               erase: float = 0.0, auto_augment: str = "none") -> EpochPlan:
     """Draws the order (a permutation of n) and every augmentation parameter for one epoch.
-    erase: the probability of random erasing per image (its draws come last, so a plan without
-    it is the same as before it existed).
+    erase: the probability of random erasing per image; auto_augment: a policy of
+    AUTO_AUGMENTS, which gets one seed per image (their draws come last, so a plan without
+    them is the same as before they existed).
 
     For "imagenet", `scale`/`offset` drive the batched scale augmentation of in-memory data and
     `seed` the per-example scale augmentation that folder workers do (both are drawn so the plan
@@ -79,7 +86,35 @@ def plan_epoch(n: int, augment: str, g: torch.Generator, *, pad: int,
     if erase > 0:
         params["erase"] = torch.rand(n, generator=g) < erase
         params["erase_box"] = torch.rand(n, 4, generator=g)  # area, aspect, top, left in [0, 1)
+    if auto_augment != "none":
+        params["policy_seed"] = torch.randint(0, 2**62, (n,), generator=g)
     return EpochPlan(order, params)
+
+
+@lru_cache(maxsize=None)
+def policy_transform(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The torchvision.transforms.v2 transform of an AUTO_AUGMENTS policy (its defaults)."""
+    from torchvision.transforms import v2
+
+    return {"randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}[name]()
+
+
+def auto_augment(x: torch.Tensor, params: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """Applies the policy to each image of a batch (uint8, or float in [0, 1]) on its own: one
+    op choice and magnitude per image, as torchvision applies it to a dataset's samples.
+
+    v2 transforms draw from the global generator and take no other, so each image's draws come
+    from its own seed of the epoch plan under a forked RNG: the batch is a pure function of its
+    positions (exact resume and sharding) and the global RNG is left as it was."""
+    if "policy_seed" not in params or name == "none" or not len(x):
+        return x
+    transform = policy_transform(name)
+    with torch.random.fork_rng(devices=[]):
+        out = []
+        for image, seed in zip(x, params["policy_seed"].tolist()):
+            torch.default_generator.manual_seed(seed)
+            out.append(transform(image))
+    return torch.stack(out)
 
 
 def random_erase(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -146,11 +181,12 @@ def crop_flip(x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor, pad: int
 
 
 def window_batch(src: torch.Tensor, idx: torch.Tensor, params: dict[str, torch.Tensor],
-                 pad: int, normalize: Normalizer) -> torch.Tensor:
+                 pad: int, normalize: Normalizer, policy: str = "none") -> torch.Tensor:
     """Crop-flip ("shift", "flip"), flip or nothing, and normalisation of images `idx` of a
     uint8 source padded by `pad` (with `normalize.fill`), fused into two gathers and a
     multiply-add. Padding shows the mean colour (0 after normalisation, as when the paper pads
-    mean-subtracted images); a per-pixel mean stays aligned with the pixels it was measured on."""
+    mean-subtracted images); a per-pixel mean stays aligned with the pixels it was measured on.
+    policy: an AUTO_AUGMENTS policy applied to the uint8 crops before normalisation."""
     n, dev = len(idx), src.device
     shift = params.get("shift", torch.zeros(n, 2, dtype=torch.long)).to(dev, non_blocking=True)
     flip = params.get("flip", torch.zeros(n, dtype=torch.bool)).to(dev, non_blocking=True)
@@ -159,7 +195,8 @@ def window_batch(src: torch.Tensor, idx: torch.Tensor, params: dict[str, torch.T
     bias = None
     if normalize.per_pixel:
         bias = take_windows(normalize.padded_bias(pad, hw, dev), torch.zeros_like(idx), rows, cols)
-    return normalize.from_uint8(take_windows(src, idx, rows, cols), bias)
+    crops = auto_augment(take_windows(src, idx, rows, cols), params, policy)
+    return normalize.from_uint8(crops, bias)
 
 
 def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -206,14 +243,15 @@ def colour(x: torch.Tensor, jitter: torch.Tensor, light: torch.Tensor) -> torch.
 
 
 def imagenet_batch(x: torch.Tensor, params: dict[str, torch.Tensor], normalize: Normalizer, *,
-                   geometry_done: bool = False) -> torch.Tensor:
+                   geometry_done: bool = False, policy: str = "none") -> torch.Tensor:
     """augment="imagenet" for a uint8 batch: scale crop and flip (unless a folder worker
-    already did the scale crop: `geometry_done`), colour, then normalisation. Works in [0, 1]
-    pixel units because colour jitter needs them."""
+    already did the scale crop: `geometry_done`), an AUTO_AUGMENTS policy, colour, then
+    normalisation. Works in [0, 1] pixel units because colour jitter needs them."""
     p = {k: v.to(x.device, non_blocking=True) for k, v in params.items()}
     x = x.float().div_(255)
     if geometry_done:
         x = hflip(x, p["flip"])
     else:
         x = scale_crop_flip(x, p["scale"], p["offset"], p["flip"])
+    x = auto_augment(x, params, policy)
     return normalize(colour(x, p["jitter"], p["light"]))

@@ -32,7 +32,7 @@ class Data:
     def __init__(self, *, name: str, class_names: list[str], input_size: tuple[int, int, int],
                  stats: Stats, splits: tuple[str, ...], augment: str, pad: int,
                  crop_fraction: float, skipped: Sequence[str] = (), held_out: int = 0,
-                 erase: float = 0.0) -> None:
+                 erase: float = 0.0, auto_augment: str = "none") -> None:
         self.name, self.class_names = name, list(class_names)
         self.in_chans, self.input_size = input_size[0], tuple(input_size)
         self._stats = stats
@@ -40,6 +40,7 @@ class Data:
         self.splits, self.skipped = splits, list(skipped)
         self.augment, self.pad, self.crop_fraction = augment, pad, crop_fraction
         self.erase = erase  # random erasing probability of a training image
+        self.auto_augment = auto_augment  # a policy of augment.AUTO_AUGMENTS, per image
         self.held_out = held_out  # training images held out as "val" (the resolved --val-split)
 
     @property
@@ -101,7 +102,8 @@ class Data:
             raise UserError(f"rank {rank} / world size {world_size} / start step {start_step} "
                             f"out of range ({steps} steps per epoch)")
         plan = plan_epoch(self.num_examples("train"), self.augment,
-                          epoch_generator(seed, epoch), pad=self.pad, erase=self.erase)
+                          epoch_generator(seed, epoch), pad=self.pad, erase=self.erase,
+                          auto_augment=self.auto_augment)
         share = batch_size // world_size
         spans = [(s * batch_size + rank * share, s * batch_size + (rank + 1) * share)
                  for s in range(start_step, steps)]

@@ -141,11 +141,12 @@ class FolderData(Data):
         for (x, y), (lo, hi) in zip(batches, spans):
             _, params = plan.take(lo, hi)
             if scale_aug:
-                yield imagenet_batch(x, params, self.normalize, geometry_done=True), y
+                yield imagenet_batch(x, params, self.normalize, geometry_done=True,
+                                     policy=self.auto_augment), y
             else:
                 idx = torch.arange(len(x), device=device)
                 yield window_batch(pad_fill(x, pad, self.normalize.fill), idx, params, pad,
-                                   self.normalize), y
+                                   self.normalize, self.auto_augment), y
 
     def _eval_iter(self, split: str, batch_size: int, device: torch.device, rank: int,
                    world_size: int, resize: int | None) -> Iterator[Batch]:

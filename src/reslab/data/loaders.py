@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ..errors import UserError, unknown
 from ..limits import (MAX_DATASET_BYTES, MAX_PAD, MAX_WORKERS, check_float, check_image_side,
                       check_int)
-from .augment import AUGMENTS
+from .augment import AUGMENTS, AUTO_AUGMENTS
 from .base import Data
 from .datasets import ArraySource, FolderSource, Split, load_source
 from .folders import FolderData, folder_stats
@@ -145,7 +145,7 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
               image_size: int | None = None, normalize: str = "channel",
               augment: str = "crop-flip", pad: int = 4, workers: int = 4,
               stats: Stats | None = None, crop_fraction: float | None = None,
-              erase: float = 0.0) -> Data:
+              erase: float = 0.0, auto_augment: str = "none") -> Data:
     """Loads the dataset a --data spec names (docs/guides/training.md, Datasets), ready to batch.
 
     val_split: hold out that many training images as "val" (stratified, seeded); None: 10% of
@@ -156,11 +156,14 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
     "imagenet" (scale augmentation in [256, 480]/224 x size, flip, colour: section 3.4).
     stats, crop_fraction: a checkpoint's preprocessing (reslab.record) to prepare the images
     exactly as for that model, instead of measuring the training split. erase: random erasing
-    probability of a training image (reslab.data.augment.random_erase)."""
+    probability of a training image (reslab.data.augment.random_erase). auto_augment: a
+    torchvision policy per training image (reslab.data.augment.AUTO_AUGMENTS)."""
     if normalize not in NORMALIZE:
         raise unknown("normalization", normalize, NORMALIZE)
     if augment not in AUGMENTS:
         raise unknown("augmentation", augment, AUGMENTS)
+    if auto_augment not in AUTO_AUGMENTS:
+        raise unknown("auto-augmentation policy", auto_augment, AUTO_AUGMENTS)
     if val_split is not None:
         check_int("val_split", val_split, 0, 10**9)
     check_int("pad", pad, 0, MAX_PAD)
@@ -174,7 +177,8 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
         stats = _stats_for(stats, src.in_chans if isinstance(src, FolderSource)
                            else int(src.train[0].shape[1]), spec)
     opts = dict(val_split=val_split, seed=seed, image_size=image_size, normalize=normalize,
-                augment=augment, pad=pad, stats=stats, crop_fraction=crop_fraction, erase=erase)
+                augment=augment, pad=pad, stats=stats, crop_fraction=crop_fraction, erase=erase,
+                auto_augment=auto_augment)
     if isinstance(src, FolderSource):
         return _folder_data(src, workers=workers, **opts)
     return _array_data(src, **opts)

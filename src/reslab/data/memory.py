@@ -40,9 +40,10 @@ class InMemoryData(Data):
             order, params = plan.take(lo, hi)
             idx = order.to(device, non_blocking=True)
             if self.augment in SCALE_AUGMENTS:
-                x = imagenet_batch(x_all.index_select(0, idx), params, self.normalize)
+                x = imagenet_batch(x_all.index_select(0, idx), params, self.normalize,
+                                   policy=self.auto_augment)
             else:
-                x = window_batch(x_all, idx, params, pad, self.normalize)
+                x = window_batch(x_all, idx, params, pad, self.normalize, self.auto_augment)
             yield x, y_all.index_select(0, idx)
 
     def _eval_iter(self, split: str, batch_size: int, device: torch.device, rank: int,

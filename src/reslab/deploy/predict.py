@@ -1,9 +1,14 @@
-"""Classifying image files with a checkpoint: decode (reslab.data.images, the one decoding
-path), prepare as the model was evaluated in training, batch, softmax, top-k."""
+"""Classifying image files with a checkpoint: which files (folders and glob patterns, as timm's
+inference.py takes them), decode (reslab.data.images, the one decoding path), prepare as the
+model was evaluated in training, batch, softmax, top-k; the results as text or CSV."""
 from __future__ import annotations
 
+import csv
+import glob
+import io
 from collections.abc import Callable, Iterator, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +20,37 @@ from ..data.images import open_image, preprocess
 from ..engine.evaluate import flip_tta
 from ..limits import fit_batch
 from ..record import Record
+
+
+def image_paths(args: Sequence[str]) -> list[str]:
+    """The image files the arguments name, in order: a file as given (a missing one fails when
+    it is read, naming it); a folder: the image files under it, recursively, sorted; a glob
+    pattern (*, ?, [...]; ** spans folders): the image files it matches, sorted. Image files are
+    those with an extension PIL reads; hidden files are left out. A folder or pattern without
+    one image is a UserError."""
+    from PIL import Image
+
+    from ..errors import UserError
+
+    exts = {e.lower() for e in Image.registered_extensions()}
+    paths: list[str] = []
+    for arg in args:
+        folder = Path(arg).is_dir()
+        if folder:  # hidden files and folders left out, as glob's * leaves them out
+            found = [str(p) for p in sorted(Path(arg).rglob("*"))
+                     if not any(s.startswith(".") for s in p.relative_to(arg).parts)]
+        elif glob.has_magic(arg):
+            found = sorted(glob.glob(arg, recursive=True))
+        else:
+            paths.append(arg)
+            continue
+        images = [p for p in found if Path(p).suffix.lower() in exts and Path(p).is_file()]
+        if not images:
+            what = "folder" if folder else "pattern"
+            raise UserError(f"no image files in {what} '{arg}' (extensions PIL reads: "
+                            ".png, .jpg, ...)")
+        paths += images
+    return paths
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -89,6 +125,19 @@ def predict_images(forward: Callable[[torch.Tensor], torch.Tensor], record: Reco
             tops = top_classes(forward(x.to(device)), record.class_names, topk)
         results += [{"file": str(path), "top": top} for path, top in zip(chunk, tops)]
     return results
+
+
+def predictions_csv(results: list[dict[str, Any]]) -> str:
+    """One row per image: its path, then its top-k classes and their probabilities
+    (file, class_1, prob_1, ..., class_k, prob_k)."""
+    k = max((len(r["top"]) for r in results), default=0)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob")])
+    for r in results:
+        writer.writerow([r["file"]] + [v for t in r["top"] for v in (t["class"],
+                                                                     f"{t['prob']:.6f}")])
+    return buf.getvalue()
 
 
 def format_predictions(results: list[dict[str, Any]]) -> str:

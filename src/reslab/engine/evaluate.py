@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,47 @@ class Tally:
         self.sums = torch.tensor(values, dtype=torch.float64, device=self.sums.device)
 
 
+@dataclass(frozen=True)
+class TopLoss:
+    """One of the examples the model gets most wrong: its position in the split, true and
+    predicted class, the probabilities of both, its loss, and the image as the model saw it."""
+    index: int
+    label: int
+    predicted: int
+    prob: float       # of the predicted class
+    label_prob: float  # of the true class
+    loss: float
+    image: torch.Tensor  # (C, H, W), normalised as the model's input, on the CPU
+
+
+class TopLosses:
+    """Keeps the n examples of largest cross-entropy loss seen, over batches in split order
+    (ties: the earlier example first), with their images (fastai's top_losses)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+        self.loss = self.index = self.probs = self.labels = self.images = None
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
+        loss = F.cross_entropy(logits, y, reduction="none").cpu()
+        new = (loss, torch.arange(self.seen, self.seen + len(y)), logits.softmax(1).cpu(),
+               y.cpu(), x.float().cpu())
+        self.seen += len(y)
+        if self.loss is not None:
+            new = tuple(torch.cat([old, part]) for old, part in zip(
+                (self.loss, self.index, self.probs, self.labels, self.images), new))
+        keep = torch.sort(new[0], descending=True, stable=True).indices[:self.n]
+        self.loss, self.index, self.probs, self.labels, self.images = (t[keep] for t in new)
+
+    def items(self) -> list[TopLoss]:
+        if self.loss is None:
+            return []
+        return [TopLoss(int(i), int(y), int(p.argmax()), float(p.max()), float(p[y]),
+                        float(loss), img)
+                for loss, i, p, y, img in zip(self.loss, self.index, self.probs, self.labels,
+                                              self.images)]
+
+
 def flip_tta(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """Logits averaged with those of the horizontally flipped image (test-time flip)."""
     return lambda x: 0.5 * (model(x) + model(torch.flip(x, dims=[3])))
@@ -51,10 +93,11 @@ def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
              batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, d: Dist | None = None,
              device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
              predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             predictions: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-             ) -> dict[str, float]:
+             predictions: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+             top_losses: TopLosses | None = None) -> dict[str, float]:
     """{'top1', 'top5', 'loss', 'n'} over the batches (accuracies as fractions). predictions:
-    a list that receives each batch's (labels, predicted classes), for per-class metrics."""
+    a list that receives each batch's (labels, predicted classes), for per-class metrics;
+    top_losses: collects the examples of largest loss."""
     if isinstance(model, nn.Module):
         was_training = model.training
         model.eval()
@@ -68,6 +111,8 @@ def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
         tally.add(logits, y, F.cross_entropy(logits, y, reduction="sum"))
         if predictions is not None:
             predictions.append((y.cpu(), logits.argmax(1).cpu()))
+        if top_losses is not None:
+            top_losses.add(x, y, logits)
     if isinstance(model, nn.Module) and was_training:
         model.train()
     return tally.result(d)
@@ -77,7 +122,8 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
                         data_dir: str | None = None, split: str = "test", crops: int = 1,
                         scales: list[int] | None = None, flip: bool | None = None,
                         batch_size: int = 256, device: str = "auto",
-                        runtime: str | None = None) -> dict[str, Any]:
+                        runtime: str | None = None,
+                        top_losses: int = 0) -> dict[str, Any]:
     """Scores a checkpoint on a split: centre view, the paper's 10-crop, or multi-scale.
 
     Everything comes from the checkpoint's record (reslab.record): the images are prepared as in
@@ -86,7 +132,10 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     flip: average with the horizontal flip (default: as the run's reported numbers did).
     runtime: None, the model as loaded; else reslab.deploy.runtime's "torch", "onnxruntime" or
     "auto" (built on the first batch, as `reslab predict` builds it, so the two agree). The
-    multi-scale test feeds images of several sizes: it runs on torch."""
+    multi-scale test feeds images of several sizes: it runs on torch.
+
+    top_losses: also return the centre view's that many examples of largest loss as
+    "top_losses", TopLoss items with their images de-normalised to [0, 1]."""
     from ..checkpoint import load_checkpoint
     from ..data import load_data
     from ..errors import warn
@@ -149,8 +198,13 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
                           predict=lambda x: tta_logits(forward, x, crops=10, crop_size=size))
     else:
         preds: list[tuple[torch.Tensor, torch.Tensor]] = []
+        worst = TopLosses(top_losses) if top_losses else None
         result = evaluate(model, d.eval_batches(split, batch_size, dev), device=dev,
-                          predict=flip_tta(forward) if flip else forward, predictions=preds)
+                          predict=flip_tta(forward) if flip else forward, predictions=preds,
+                          top_losses=worst)
+        if worst is not None:
+            result["top_losses"] = [replace(
+                t, image=d.normalize.invert(t.image[None])[0].clamp(0, 1)) for t in worst.items()]
         y_true, y_pred = (torch.cat(t).numpy() for t in zip(*preds))
         result["per_class"] = per_class(y_true, y_pred, d.class_names)
         k = len(d.class_names)  # rows: true class, columns: predicted

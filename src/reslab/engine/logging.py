@@ -1,6 +1,9 @@
-"""Progress on the terminal (a bar) or in logs (plain periodic lines), and metrics.jsonl."""
+"""Progress on the terminal (a bar) or in logs (plain periodic lines), metrics.jsonl and the
+same rows as metrics.csv (for spreadsheets and pandas, as Lightning's CSVLogger)."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -66,7 +69,8 @@ def _hms(seconds: float) -> str:
 
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl (flushed and fsynced per write, so a
-    killed run keeps every line it reported). A resumed run first drops lines past its step."""
+    killed run keeps every line it reported), and the same row to metrics.csv beside it. A
+    resumed run first drops lines past its step."""
 
     def __init__(self, path: Path | None, resume_step: int | None = None,
                  tensorboard: bool = False) -> None:
@@ -85,6 +89,9 @@ class MetricsLog:
             atomic_write_text(path, "".join(ln + "\n" for ln in kept))
         elif path.exists():
             path.unlink()
+        self.csv = CsvLog(path.with_suffix(".csv"), [json.loads(ln) for ln in
+                                                    path.read_text().splitlines() if ln.strip()]
+                          if path.exists() else [])
 
     def log(self, **row: Any) -> None:
         if self.path is None:
@@ -93,12 +100,70 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self.csv.append(row)
         if self.tb is not None:
             prefix = row.get("split", "train_step")
             for key in ("loss", "lr", "img_s", "top1", "top5"):
                 if key in row:
                     self.tb.add_scalar(f"{prefix}/{key}", row[key], row["step"])
             self.tb.flush()
+
+
+CSV_COLUMNS = ("step", "epoch", "split", "final", "loss", "lr", "img_s", "top1", "top5", "n",
+               "time_s")  # the keys the loop logs; a row with others widens the header
+
+
+class CsvLog:
+    """metrics.csv: one row per metrics.jsonl row, the columns CSV_COLUMNS (then any other key
+    in order of appearance); a key a row lacks is an empty cell. Started from `rows` (the
+    jsonl's rows a resumed run keeps), so it is exactly the jsonl as a table."""
+
+    def __init__(self, path: Path, rows: list[dict[str, Any]]) -> None:
+        self.path, self.columns = path, list(CSV_COLUMNS)
+        for row in rows:
+            self._widen(row)
+        self._rewrite(rows)
+
+    def _widen(self, row: dict[str, Any]) -> bool:
+        extra = [k for k in row if k not in self.columns]
+        self.columns += extra
+        return bool(extra)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        from ..io import atomic_write_text
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, self.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self._widen(row):  # a new key: the header grows, the old rows get empty cells
+            self._rewrite(read_csv_rows(self.path) + [row])
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.columns, lineterminator="\n").writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_csv_rows(path: Path) -> list[dict[str, Any]]:
+    """metrics.csv's rows as dicts of the cells that are set, numbers as numbers (the jsonl's
+    rows back)."""
+    with open(path, newline="") as f:
+        return [{k: _cell(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def _cell(text: str) -> Any:
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _tensorboard_writer(logdir: Path) -> Any:

@@ -31,6 +31,7 @@ from .adapt import DataFacts, adapt
 from .calibration import BNCheck, first_images, recalibrate_bn
 from .evaluate import Tally, evaluate, flip_tta
 from .logging import MetricsLog, Progress
+from .mixing import batch_mixer, mix_batch
 from .recipe import Recipe, save_recipe
 from .rundir import RunLock, claim
 from .schedule import (ScheduleState, lr_at, on_train_batch, on_val_error, train_side,
@@ -63,6 +64,7 @@ class Run:
         self.data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
                               image_size=self._image_size(r), normalize=r.normalize,
                               augment=r.augment, pad=r.pad, workers=r.workers, erase=r.erase,
+                              auto_augment=r.auto_augment,
                               stats=self._source_stats(r, source_record))
         if not resume:  # a resumed run's stored recipe is already adapted
             r, notes = adapt(r, DataFacts(self.data.num_examples("train"),
@@ -81,7 +83,12 @@ class Run:
         self.optimizer = build_optimizer(r, self.model)
         self.ema = EMA(self.model, r.ema) if r.ema > 0 else None
         self.sched = ScheduleState()
-        self.steps_per_epoch = self.data.steps_per_epoch(r.batch_size, self.d.world_size)
+        self.mixer = batch_mixer(r.mixup, r.cutmix, len(self.data.class_names))
+        if r.early_stopping and "val" not in self.data.splits:
+            raise UserError(f"early_stopping watches the validation top-1: {r.data} has no "
+                            "validation split (hold one out with --val-split N)")
+        self.bad_evals = 0  # evaluations since the best validation top-1 (early stopping)
+        self.steps_per_epoch = self.data.steps_per_epoch(r.step_batch, self.d.world_size)
         self.total = r.iters or max(1, math.ceil(r.epochs * self.steps_per_epoch))
         self.frozen_until = math.ceil(r.freeze_epochs * self.steps_per_epoch)
         self.step, self.best_val, self.train_tally = 0, -1.0, Tally(self.device)
@@ -117,13 +124,16 @@ class Run:
 
     def _fit_batch(self, r: Recipe) -> Recipe:
         n, ws = self.data.num_examples("train"), self.d.world_size
-        if r.batch_size <= n:
+        if r.step_batch <= n:
             return r
-        if n < ws:
-            raise UserError(f"the training set has {n} images, fewer than the {ws} processes")
-        self.messages.append(f"note: batch size {r.batch_size} is larger than the {n} training "
-                             f"images; using {n - n % ws}")
-        return r.replace(batch_size=n - n % ws)
+        times = f" x accumulate {r.accumulate}" if r.accumulate > 1 else ""
+        if n < ws * r.accumulate:
+            raise UserError(f"the training set has {n} images, fewer than the {ws} "
+                            f"processes{times}")
+        fit = n // r.accumulate - n // r.accumulate % ws
+        self.messages.append(f"note: batch size {r.batch_size}{times} is larger than the {n} "
+                             f"training images; using {fit}")
+        return r.replace(batch_size=fit)
 
     def _wrap_model(self) -> torch.nn.Module:
         model = self.model
@@ -216,9 +226,9 @@ def _train(run: Run, resume: bool) -> dict[str, Any]:
     started, seen, val = time.perf_counter(), 0, None
     run.started = started
     try:
-        while run.step < run.total:
+        while run.step < run.total and not stopped_early(run):
             epoch, within = divmod(run.step, run.steps_per_epoch)
-            batches = run.data.train_batches(epoch, r.batch_size, run.device, start_step=within,
+            batches = run.data.train_batches(epoch, r.step_batch, run.device, start_step=within,
                                              rank=run.d.rank, world_size=run.d.world_size,
                                              seed=r.seed)
             for x, y in batches:
@@ -241,7 +251,7 @@ def _train(run: Run, resume: bool) -> dict[str, Any]:
                     run_state.save(run, out)
                 if broadcast_flag(stop.requested, run.d, run.device):
                     raise run_state.Interrupted(stop.signame, run.step)
-                if run.step >= run.total:
+                if run.step >= run.total or stopped_early(run):
                     break
     except run_state.Interrupted as e:
         if out is not None:
@@ -266,9 +276,10 @@ def startup_line(run: Run, resume: bool) -> str:
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(run.amp_dtype, "fp32")
     threads = f", {run.threads.describe()}" if run.device.type == "cpu" else ""
     where = f" -> {run.out}" if run.out is not None else ""
+    batch = f"{r.batch_size}" + (f" x {r.accumulate} accumulated" if r.accumulate > 1 else "")
     return (f"{'resuming' if resume else 'training'} {r.model} "
             f"({'recipe ' + r.recipe if r.recipe else 'custom recipe'}) on {r.data}: {sizes}, {len(d.class_names)} classes, "
-            f"{h}x{w}x{c}; batch {r.batch_size}, {run.total:,} iterations "
+            f"{h}x{w}x{c}; batch {batch}, {run.total:,} iterations "
             f"({run.total / run.steps_per_epoch:.3g} epochs); {run.device}{threads}, "
             f"{precision}{where}")
 
@@ -298,14 +309,11 @@ def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
                                 "(hint: lower --lr, or --amp off)")
 
     warming = warming_up(run.sched, r)
-    h, w = x.shape[-2:]
-    side = train_side(run.step, run.total, r, w)
-    if side != w:  # the height in proportion: non-square images keep their aspect
-        x = F.interpolate(x, size=(max(1, round(h * side / w)), side), mode="bilinear",
-                          antialias=True, align_corners=False)
-    value, logits = sgd_step(run.forward, run.optimizer, run.scaler, x, y,
+    x, target = train_view(run, run.step, x, y)
+    value, logits = sgd_step(run.forward, run.optimizer, run.scaler, x, target,
                              amp_dtype=run.amp_dtype, channels_last=r.channels_last,
-                             label_smoothing=r.label_smoothing, check_loss=check)
+                             label_smoothing=r.label_smoothing, accumulate=r.accumulate,
+                             clip_grad_norm=r.clip_grad_norm, check_loss=check)
     if warming:
         # resnet110's warm-up: this batch's error over all ranks (every rank must switch at the
         # same iteration); one small transfer per step, during the warm-up only.
@@ -332,6 +340,25 @@ def _log_train_error(run: Run, log: MetricsLog) -> dict[str, Any]:
     return train
 
 
+def train_view(run: Run, step: int, x: torch.Tensor,
+               y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch as iteration `step` trains on it: progressively resized, then mixed (mixup or
+    cutmix: the targets become class probabilities); else the labels as they came."""
+    h, w = x.shape[-2:]
+    side = train_side(step, run.total, run.r, w)
+    if side != w:  # the height in proportion: non-square images keep their aspect
+        x = F.interpolate(x, size=(max(1, round(h * side / w)), side), mode="bilinear",
+                          antialias=True, align_corners=False)
+    if run.mixer is None:
+        return x, y
+    return mix_batch(run.mixer, x, y, run.r.seed, step)
+
+
+def stopped_early(run: Run) -> bool:
+    """Early stopping: the validation top-1 has not improved for the recipe's patience."""
+    return 0 < run.r.early_stopping <= run.bad_evals
+
+
 def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: bool) -> dict | None:
     """Evaluate (train running accuracy, val or test), adjust the schedule, checkpoint."""
     r, epoch = run.r, run.step / run.steps_per_epoch
@@ -349,10 +376,14 @@ def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: boo
                        f"loss {val['loss']:.4f}")
         if split == "val":
             on_val_error(run.sched, r, 1 - val["top1"])
-            if val["top1"] > run.best_val:
+            improved = val["top1"] > run.best_val
+            run.bad_evals = 0 if improved else run.bad_evals + 1
+            if improved:
                 run.best_val = val["top1"]
                 if run.out is not None:
                     save_weights(run.out / "best.safetensors", run.eval_model(), run.record())
+            if stopped_early(run) and not last:
+                progress.write(early_stop_line(run, epoch))
     run.last_train = train
     if run.out is not None and (full_epoch or last):
         run_state.save(run, run.out)
@@ -385,6 +416,15 @@ def _check_bn(run: Run) -> BNCheck | None:
     return check
 
 
+def early_stop_line(run: Run, epoch: float) -> str:
+    n = run.bad_evals
+    kept = (f"; the best weights are in {run.out / 'best.safetensors'}, the last in "
+            "model.safetensors" if run.out is not None else "")
+    return (f"early stopping: val top1 has not improved for {n} evaluation{'s' if n != 1 else ''}"
+            f" (best {run.best_val:.4f}); stopped at epoch {epoch:.3g} of "
+            f"{run.total / run.steps_per_epoch:.3g}{kept}")
+
+
 def _finish(run: Run, log: MetricsLog, wall_s: float, val: dict | None) -> dict[str, Any]:
     bn = _check_bn(run)
     test = None
@@ -400,6 +440,7 @@ def _finish(run: Run, log: MetricsLog, wall_s: float, val: dict | None) -> dict[
                "epochs": round(run.step / run.steps_per_epoch, 3), "wall_s": round(wall_s, 2),
                "train": getattr(run, "last_train", None),
                "train_eval": None if bn is None else {"top1": bn.eval_top1, "n": bn.images},
+               "stopped_early": stopped_early(run),
                "val": val if "val" in run.data.splits else None, "test": test,
                "skipped_images": len(run.data.skipped), "skipped": run.data.skipped[:100]}
     if run.out is not None:

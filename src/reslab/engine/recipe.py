@@ -15,7 +15,7 @@ from typing import Any
 
 import tomli_w
 
-from ..data.augment import AUGMENTS
+from ..data.augment import AUGMENTS, AUTO_AUGMENTS
 from ..data.normalize import NORMALIZE
 from ..errors import UserError, unknown
 from ..io import read_text
@@ -30,19 +30,23 @@ CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("step", "cosine", "onecycle", "plateau", "constant"),
     "augment": AUGMENTS,
+    "auto_augment": AUTO_AUGMENTS,
     "normalize": NORMALIZE,
     "amp": ("auto", "off", "bf16", "fp16"),
     "stride_in": ("3x3", "1x1"),
 }
 
 
+MAX_ACCUMULATE = 1024  # micro-batches per optimizer step
+MAX_ALPHA = 100.0      # Beta(alpha, alpha) of mixup/cutmix: beyond ~10 it is always lam = 0.5
 # Every numeric field's range (None-able fields are checked when set): far beyond real use.
 INT_BOUNDS = {"batch_size": (1, MAX_BATCH), "iters": (1, MAX_ITERS),
               "warmup_iters": (0, MAX_ITERS), "plateau_patience": (1, 100_000),
               "image_size": (1, MAX_IMAGE_SIDE), "pad": (0, MAX_PAD), "val_split": (0, 10**9),
               "workers": (0, MAX_WORKERS), "seed": (0, MAX_SEED), "threads": (0, MAX_THREADS),
               "save_every": (0, MAX_ITERS), "eval_every": (0, MAX_EPOCHS),
-              "train_error_every": (0, MAX_ITERS)}
+              "train_error_every": (0, MAX_ITERS),
+              "accumulate": (1, MAX_ACCUMULATE), "early_stopping": (0, 100_000)}
 # (lo, hi, lo excluded, hi excluded)
 FLOAT_BOUNDS = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, True, False),
                 "freeze_epochs": (0.0, MAX_EPOCHS, False, False),
@@ -51,7 +55,9 @@ FLOAT_BOUNDS = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, Tr
                 "warmup_lr": (0.0, MAX_LR, False, False), "ema": (0.0, 1.0, False, True),
                 "warmup_until_error": (0.0, 1.0, True, False),
                 "progressive_from": (0.0, 1.0, True, False),
-                "progressive_until": (0.0, 1.0, True, False), "erase": (0.0, 1.0, False, False)}
+                "progressive_until": (0.0, 1.0, True, False), "erase": (0.0, 1.0, False, False),
+                "mixup": (0.0, MAX_ALPHA, False, False), "cutmix": (0.0, MAX_ALPHA, False, False),
+                "clip_grad_norm": (0.0, 1e9, False, False)}
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class Recipe:
     weight_decay: float = 1e-4
     decay_all: bool = False              # True: decay BN/bias too, as the paper; False: weights only
     label_smoothing: float = 0.0
+    clip_grad_norm: float = 0.0          # max global L2 norm of the gradients (0: off)
+    accumulate: int = 1                  # micro-batches of batch_size per optimizer step
     # schedule
     schedule: str = "step"
     milestones: list[int] = field(default_factory=list)   # iterations where lr is multiplied
@@ -89,11 +97,15 @@ class Recipe:
     warmup_lr: float = 0.0
     warmup_until_error: float | None = None  # resnet110: lr warmup_lr until train error < this
     plateau_patience: int = 2            # epochs without val improvement before lr * gamma
+    early_stopping: int = 0              # evaluations without val improvement before stopping
     ema: float = 0.0                     # EMA decay of the weights (0: off)
     # data
     augment: str = "crop-flip"
     pad: int = 4
     erase: float = 0.0                   # random erasing probability (Zhong et al. 2017)
+    auto_augment: str = "none"           # torchvision RandAugment / TrivialAugment per image
+    mixup: float = 0.0                   # mixup's Beta alpha (Zhang et al. 2018; 0: off)
+    cutmix: float = 0.0                  # CutMix's Beta alpha (Yun et al. 2019; 0: off)
     normalize: str = "channel"
     val_split: int | None = None         # None: 10% of a folder without val/, else none
     tta_flip: bool = False               # average with the horizontal flip at evaluation
@@ -144,6 +156,14 @@ class Recipe:
         if self.schedule == "plateau" and self.eval_every == 0:
             raise UserError("the plateau schedule lowers the lr on evaluations: eval_every 0 "
                             "(at the end only) leaves it none; use eval_every >= 1")
+        if self.early_stopping and self.eval_every == 0:
+            raise UserError("early_stopping counts evaluations without improvement: eval_every "
+                            "0 (at the end only) leaves it none; use eval_every >= 1")
+
+    @property
+    def step_batch(self) -> int:
+        """Images per optimizer step (iteration): accumulate micro-batches of batch_size."""
+        return self.batch_size * self.accumulate
 
     def model_kwargs(self) -> dict[str, Any]:
         """Options for create_model (num_classes/in_chans come from the data)."""
@@ -179,14 +199,21 @@ FIELD_HELP = {
                   "and 224 for ImageNet-family models on image folders)",
     "epochs": "training length in epochs (--iters wins when given)",
     "iters": "training length in iterations (optimizer steps)",
-    "batch_size": "images per optimizer step (clamped to the training set, with a note)",
+    "batch_size": "images per optimizer step (clamped to the training set, with a note); "
+                  "with accumulate N, images per forward/backward pass (micro-batch)",
     "optimizer": "optimizer",
     "lr": "peak learning rate",
     "momentum": "SGD momentum",
     "nesterov": "Nesterov momentum",
     "weight_decay": "L2 weight decay",
     "decay_all": "decay BN scales and biases too (the paper) instead of weights only",
-    "label_smoothing": "label smoothing of the cross-entropy targets",
+    "label_smoothing": "label smoothing of the cross-entropy targets (also of mixup's and "
+                       "cutmix's mixed targets)",
+    "clip_grad_norm": "clip the gradients' global L2 norm to this before each optimizer step "
+                      "(0: off)",
+    "accumulate": "gradient accumulation: an optimizer step (iteration) sums the gradients of "
+                  "this many micro-batches of batch_size images, so it sees batch_size x "
+                  "accumulate images; iterations, epochs and milestones count optimizer steps",
     "schedule": "learning-rate schedule",
     "milestones": "step schedule: iterations where lr is multiplied by gamma, e.g. 32000,48000",
     "gamma": "lr factor at each milestone or plateau",
@@ -195,6 +222,9 @@ FIELD_HELP = {
     "warmup_until_error": "resnet110 (section 4.2): stay at warmup_lr until the training error "
                           "of the last 50 batches is below this",
     "plateau_patience": "plateau schedule: evaluations without improvement before lr * gamma",
+    "early_stopping": "stop when the validation top-1 has not improved for this many "
+                      "evaluations (needs a validation split; the best weights stay in "
+                      "best.safetensors; 0: off)",
     "ema": "EMA decay of the weights, evaluated and saved instead of them (0: off)",
     "augment": "training augmentation (crop-flip: pad + random crop + mirror, section 4.2; "
                "imagenet: scale + crop + mirror + colour jitter + PCA lighting, section 3.4; "
@@ -202,6 +232,14 @@ FIELD_HELP = {
     "pad": "padding in px for the random crop",
     "erase": "random erasing (Zhong et al. 2017): the probability that a training image gets a "
              "random rectangle (2-40% of it, aspect 0.3-3.3) set to the mean colour",
+    "auto_augment": "an augmentation policy per training image after crop and flip "
+                    "(torchvision.transforms.v2 RandAugment: 2 ops of magnitude 9, or "
+                    "TrivialAugmentWide: 1 op of random magnitude)",
+    "mixup": "mixup (Zhang et al. 2018): each batch blended with itself rolled by one, weight "
+             "~ Beta(alpha, alpha), targets mixed alike (torchvision.transforms.v2.MixUp); the "
+             "alpha, e.g. 0.2 (0: off; with cutmix, one of the two per batch)",
+    "cutmix": "CutMix (Yun et al. 2019): a box of the rolled batch pasted in, targets mixed by "
+              "its area (torchvision.transforms.v2.CutMix); the alpha, e.g. 1.0 (0: off)",
     "normalize": "per-channel mean/std, or the per-pixel mean image (the paper)",
     "val_split": "training images held out for validation, stratified and seeded (default: 10% "
                  "of an image folder without val/, else none; 0: no validation)",

@@ -29,6 +29,7 @@ class Run(Protocol):
     ema: Any
     sched: ScheduleState
     best_val: float
+    bad_evals: int
     elapsed_before: float
     train_tally: Any
 
@@ -102,6 +103,7 @@ def save(run: Run, out: Path) -> None:
         "ema": run.ema.state_dict() if run.ema is not None else None,
         "schedule": run.sched.to_dict(),
         "best_val": run.best_val,
+        "bad_evals": run.bad_evals,
         "elapsed": run.elapsed(),
         "train_tally": run.train_tally.state(),
         "rng": _rng_state(),
@@ -124,6 +126,7 @@ def restore(run: Run, out: Path) -> None:
             run.ema.load_state_dict(s["ema"])
         run.sched = ScheduleState(**s["schedule"])
         run.step, run.best_val = int(s["step"]), float(s["best_val"])
+        run.bad_evals = int(s.get("bad_evals", 0))  # absent from states before early stopping
         run.elapsed_before = float(s["elapsed"])
         run.train_tally.load(s["train_tally"])
         _set_rng_state(s["rng"])
