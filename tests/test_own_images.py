@@ -243,8 +243,9 @@ def test_version_and_help_with_choices_ranges_and_defaults(capsys: pytest.Captur
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     text = " ".join(text.split())
     assert "optimizer; choices: sgd, adamw; built-in default sgd" in text
-    assert "images per optimizer step (clamped to the training set, with a note); range " \
-           "1..65,536; built-in default 128" in text
+    assert "images per forward/backward pass: per optimizer step, unless accumulate adds up " \
+           "several (clamped to the training set, with a note); range 1..65,536; built-in " \
+           "default 128" in text
     assert "choices: auto, off, bf16, fp16; built-in default auto" in text
     assert "recipe field lr" not in text  # the old, empty help
 

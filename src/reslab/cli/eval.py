@@ -115,8 +115,8 @@ def _plot_top_losses(result: dict, ckpt: str, path: str) -> list[dict]:
     names = [r["class"] for r in result["per_class"]]
     items = result["top_losses"]
     image_grid_figure([t.image for t in items],
-                      [f"true {names[t.label]} ({t.label_prob:.0%})\n"
-                       f"pred {names[t.predicted]} ({t.prob:.0%})\nloss {t.loss:.2f}"
+                      [f"true {names[t.label]} ({t.label_prob:.1%})\n"
+                       f"pred {names[t.predicted]} ({t.prob:.1%})\nloss {t.loss:.2f}"
                        for t in items], path,
                       f"largest losses: {Path(ckpt).name} on {result['data']} {result['split']}")
     return [{"index": t.index, "class": names[t.label], "predicted": names[t.predicted],

@@ -17,12 +17,14 @@ from ..errors import UserError, warn
 from .common import add_recipe_flags, recipe_overrides
 
 # Fields the sweep sets or has no use for: its own length and lrs, the schedule, evaluation,
-# checkpoints, EMA weights, compilation, progressive resizing. --model and --data are required
-# flags of their own.
+# checkpoints, EMA weights, compilation, progressive resizing, the training tricks. --model and
+# --data are required flags of their own.
 NOT_FLAGS = ("model", "data", "epochs", "iters", "lr", "schedule", "milestones", "gamma",
              "warmup_iters", "warmup_lr", "warmup_until_error", "plateau_patience", "ema",
              "tta_flip", "save_every", "eval_every", "tensorboard", "compile",
-             "progressive_from", "progressive_until")
+             "progressive_from", "progressive_until",
+             # training tricks the sweep does not apply (it runs its own plain steps)
+             "early_stopping", "mixup", "cutmix", "auto_augment", "accumulate", "clip_grad_norm")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -199,8 +199,8 @@ FIELD_HELP = {
                   "and 224 for ImageNet-family models on image folders)",
     "epochs": "training length in epochs (--iters wins when given)",
     "iters": "training length in iterations (optimizer steps)",
-    "batch_size": "images per optimizer step (clamped to the training set, with a note); "
-                  "with accumulate N, images per forward/backward pass (micro-batch)",
+    "batch_size": "images per forward/backward pass: per optimizer step, unless accumulate "
+                  "adds up several (clamped to the training set, with a note)",
     "optimizer": "optimizer",
     "lr": "peak learning rate",
     "momentum": "SGD momentum",
