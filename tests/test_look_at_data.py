@@ -152,8 +152,9 @@ def test_show_batch_draws_the_first_step_as_the_loop_trains_on_it():
     from reslab.engine.loop import Run, train_view
     from reslab.engine.recipe import load_recipe
 
+    # 1,600 iterations (nothing is trained): long enough to keep progressive resizing
     r = load_recipe("fast", {"model": "resnet8", "data": "synthetic:64x1x28x28:4",
-                             "batch_size": 8, "workers": 0, "device": "cpu"})
+                             "batch_size": 8, "epochs": 200, "workers": 0, "device": "cpu"})
     shown = training_images(r, 10)  # two steps of 8
     assert len(shown.images) == len(shown.titles) == 10 and shown.side == 12  # 0.43 of 28
     run = Run(r, None, quiet=True)
