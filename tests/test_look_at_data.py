@@ -101,6 +101,12 @@ def test_predict_paths_that_name_no_image_are_clean_errors(ckpt, tmp_path, capsy
     line = clean_error(capsys, ["predict", ckpt, empty / "notes.txt", "--csv",
                                 empty / "notes.txt" / "out.csv"])
     assert line.startswith("error: cannot write --csv") and "is not a directory" in line
+    image = tmp_path / "photo" / "a.png"  # --csv over an image it reads: refused
+    image.parent.mkdir()
+    Image.new("RGB", (8, 8)).save(image)
+    assert clean_error(capsys, ["predict", ckpt, image.parent, "--csv", image]) == (
+        f"error: cannot write --csv {image}: it is the input {image}, which the output would "
+        "replace; write it elsewhere")
 
 
 # --- eval --top-losses -----------------------------------------------------------------------
