@@ -202,3 +202,65 @@ def test_an_unwritable_out_fails_before_the_sweep(monkeypatch, tmp_path, capsys)
     err = clean_error(capsys, [*base, "--out", tmp_path / "file" / "lr.png"])
     assert err == f"error: cannot write --out {tmp_path / 'file' / 'lr.png'}: " \
                   f"{tmp_path / 'file'} is not a directory"
+
+
+# --- fast on small data, robust to noise, a readable plot ---------------------------------
+
+def _noisy_curve(lrs: list[float], seed: int = 0) -> list[float]:
+    """A loss that is flat (2.3) at tiny lrs, falls to 0.4 by lr 0.3, then blows up; with
+    batch-to-batch noise of 0.25 (a small training set)."""
+    rng = np.random.default_rng(seed)
+    curve = []
+    for lr in lrs:
+        x = math.log10(lr)
+        base = 2.3 if x < -3 else 2.3 - 1.9 * (x + 3) / 2.5 if x < -0.5 else 0.4 * 30 ** (x + 0.5)
+        curve.append(float(base + rng.normal(0, 0.25)))
+    return curve
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_suggestion_is_robust_to_noise(monkeypatch, seed):
+    """Never at the very start of the sweep; on the way down, 1 to 100x below the lowest
+    smoothed loss's lr; for these curves inside the falling stretch."""
+    lrs = lrf.sweep_lrs(1e-6, 10.0, 60)
+    _scripted(monkeypatch, _noisy_curve(lrs, seed))
+    result = lrf.lr_find(load_recipe("demo", RECIPE), iters=60, max_seconds=0)
+    low = result["min_loss_lr"]
+    assert result["suggestion_index"] >= 6
+    assert low / 100 <= result["suggestion"] <= low
+    assert 1e-3 <= result["suggestion"] <= 0.3
+
+
+def test_small_data_gets_fewer_steps_and_a_time_bound_keeps_the_whole_range(monkeypatch):
+    _scripted(monkeypatch, [2.0 - 0.001 * i for i in range(200)])
+    result = lrf.lr_find(load_recipe("demo", RECIPE), max_seconds=0)  # 64 images, batch 16
+    assert result["iters"] == 32 == result["steps"]  # 8 epochs of 4 steps, not 100
+
+    clock = iter(range(0, 10**6, 2))  # each step takes 2 s
+    monkeypatch.setattr(lrf, "_clock", lambda: next(clock))
+    _scripted(monkeypatch, [2.0 - 0.001 * i for i in range(200)])
+    result = lrf.lr_find(load_recipe("demo", RECIPE), iters=100, max_seconds=60)
+    assert result["steps"] <= 32 and result["time_bounded"]
+    assert result["lrs"][0] == pytest.approx(1e-6) and result["lrs"][-1] == pytest.approx(10.0)
+    assert all(b > a for a, b in zip(result["lrs"], result["lrs"][1:]))
+
+
+def test_the_plot_is_clipped_to_the_useful_range(monkeypatch, tmp_path):
+    import reslab.analysis.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    lrs = lrf.sweep_lrs(1e-6, 10.0, 60)
+    losses = _noisy_curve(lrs)[:50] + [30.0, 80.0, 300.0]
+    smoothed = [float(v) for v in np.convolve(losses, np.ones(3) / 3, mode="same")]
+    plots.lr_find_figure({"model": "resnet20", "data": "digits", "lrs": lrs[:53],
+                          "losses": losses, "smoothed": smoothed, "suggestion": lrs[30],
+                          "suggestion_index": 30}, tmp_path / "lr.png")
+    bottom, top = figures[0].axes[0].get_ylim()
+    assert top < 4.0 and bottom < min(smoothed)
+
+
+def test_max_seconds_flag(capsys, tmp_path):
+    assert "invalid --max-seconds -1" in clean_error(capsys, [
+        "lr-find", "--model", "resnet20", "--data", "synthetic:64x3x8x8:4", "--max-seconds",
+        "-1", "--out", tmp_path / "lr.png"])

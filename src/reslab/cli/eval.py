@@ -15,8 +15,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("ckpt", metavar="CKPT", help="run directory or weights file")
     p.add_argument("--data", help="dataset (default: the one the run was trained on)")
-    p.add_argument("--data-dir")
-    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--data-dir", help="where the dataset files are (default: where the run "
+                   "found them, else the system copy or download cache)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"),
+                   help="split to score (default test; val: the run's own hold-out)")
     p.add_argument("--crops", type=int, default=1, choices=(1, 10),
                    help="1: centre; 10: four corners, centre and their flips (paper 3.4)")
     p.add_argument("--scales", help="comma-separated shorter sides, e.g. 224,256,384,480,640: "
@@ -24,14 +26,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
                    help="average with the horizontally flipped image: auto (default) does what "
                         "the run's reported numbers did (its record says), on, off")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N",
+                   help="images per forward pass (default 256)")
+    p.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N | mps")
     p.add_argument("--confusion", metavar="FILE.png",
                    help="also write the confusion matrix (centre view) as a PNG")
     p.add_argument("--top-losses", nargs=2, metavar=("N", "FILE.png"),
                    help="also draw the N images of largest loss (centre view), each titled "
                         "with its true and predicted class and their probabilities")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_option(p)
     p.set_defaults(func=run)
 

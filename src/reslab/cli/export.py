@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..deploy.export import FORMATS
+from ..choices import EXPORT_FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export to ONNX / TorchScript with a parity check",
                        description=__doc__)
     p.add_argument("ckpt", metavar="CKPT", help="run directory or weights file")
-    p.add_argument("--format", default="onnx", choices=FORMATS,
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS,
                    help="onnx (onnxruntime-checked), torchscript (torch.jit), or pt2 "
                         "(torch.export); default onnx")
-    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="the file to write (e.g. model.onnx, model.pt, model.pt2)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=run)
 

@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE.png", help="the plot")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="the result as one JSON object")
-    add_recipe_flags(p, skip=NOT_FLAGS)
+    add_recipe_flags(p, lambda a: a.recipe or "fast", skip=NOT_FLAGS)
     p.set_defaults(func=run)
 
 

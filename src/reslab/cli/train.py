@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..engine.recipe import Recipe, load_recipe, recipe_names
 from ..errors import UserError
+from ..text import plural
 from .common import add_recipe_flags, recipe_overrides
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,13 +24,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="--out already holds a run: delete its files and start afresh")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print a final JSON summary on stdout")
-    add_recipe_flags(p)
+    add_recipe_flags(p, recipe_in_use)
     p.set_defaults(func=run)
+
+
+def recipe_in_use(args: argparse.Namespace) -> str:
+    """--recipe, else the demo without --model/--data, else fast."""
+    return args.recipe or ("fast" if args.model or args.data else "demo")
 
 
 def resolve(args: argparse.Namespace) -> Recipe:
     overrides = recipe_overrides(args)
-    name = args.recipe or ("fast" if args.model or args.data else "demo")
+    name = recipe_in_use(args)
     recipe = load_recipe(name, overrides)
     if not args.data and name != "demo" and not args.quiet and not getattr(args, "json", False):
         print(f"note: no --data given: training on {recipe.data}, the dataset of recipe "
@@ -69,6 +75,6 @@ def run(args: argparse.Namespace) -> int:
         test = summary.get("test")
         score = (f"test top1 {test['top1']:.4f}" if test else
                  "not evaluated (no validation or test images)")
-        print(f"done: {summary['steps']} iterations in {summary['wall_s']:.1f} s; {score}; "
+        print(f"done: {plural(summary['steps'], 'iteration')} in {summary['wall_s']:.1f} s; {score}; "
               f"run directory {out}", file=sys.stderr)
     return 0

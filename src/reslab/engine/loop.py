@@ -25,6 +25,7 @@ from ..models import get_arch
 from ..errors import UserError, warn
 from ..record import Preprocess, Record, save_weights
 from ..threads import ThreadGovernor
+from ..text import plural
 from . import state as run_state
 from .distributed import all_reduce_sum, broadcast_flag, cleanup, init_distributed
 from .adapt import DataFacts, adapt
@@ -278,10 +279,11 @@ def startup_line(run: Run, resume: bool) -> str:
     where = f" -> {run.out}" if run.out is not None else ""
     batch = f"{r.batch_size}" + (f" x {r.accumulate} accumulated" if r.accumulate > 1 else "")
     return (f"{'resuming' if resume else 'training'} {r.model} "
-            f"({'recipe ' + r.recipe if r.recipe else 'custom recipe'}) on {r.data}: {sizes}, {len(d.class_names)} classes, "
-            f"{h}x{w}x{c}; batch {batch}, {run.total:,} iterations "
-            f"({run.total / run.steps_per_epoch:.3g} epochs); {run.device}{threads}, "
-            f"{precision}{where}")
+            f"({'recipe ' + r.recipe if r.recipe else 'custom recipe'}) on {r.data}: {sizes}, "
+            f"{plural(len(d.class_names), 'class')}, {h}x{w}x{c}; batch {batch}, "
+            f"{plural(run.total, 'iteration')} "
+            f"({plural(run.total / run.steps_per_epoch, 'epoch', fmt='.3g')}); "
+            f"{run.device}{threads}, {precision}{where}")
 
 
 def quiet_rank(run: Run) -> bool:

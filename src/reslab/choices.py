@@ -1,0 +1,13 @@
+"""The names a user chooses among on the command line (augmentations, normalisations, shortcut
+options, export formats), in a module that imports nothing: the parser and its `--help` are
+built from them without importing torch. The modules that implement each choice import the
+names from here."""
+from __future__ import annotations
+
+AUGMENTS = ("crop-flip", "crop", "flip", "none", "imagenet", "imagenet-pca")  # crop: digits
+AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")  # torchvision v2 policies, per image
+FLIPPING_AUGMENTS = ("crop-flip", "flip", "imagenet", "imagenet-pca")  # they mirror images
+NORMALIZE = ("channel", "pixel")
+SHORTCUTS = ("A", "B", "C")
+STRIDE_IN = ("3x3", "1x1")
+EXPORT_FORMATS = ("onnx", "torchscript", "pt2")
