@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             rc = main(["lr-find", "--model", "resnet20", "--data", "synthetic:256x3x16x16:4",
                        *FAST, "--start-lr", str(START), "--end-lr", str(END), "--iters",
-                       str(ITERS), "--out", "plot.png", "--json", "--quiet"])
+                       str(ITERS), "--max-seconds", "0", "--out", "plot.png", "--json",
+                       "--quiet"])
     finally:
         os.chdir(here)
     assert rc == 0, err.getvalue()
@@ -71,7 +73,9 @@ def test_lrs_grow_geometrically_from_start_to_end(sweep):
 def test_smoothed_loss_is_finite_and_bias_corrected(sweep):
     result, _, _ = sweep
     assert all(math.isfinite(v) for v in result["losses"] + result["smoothed"])
-    assert result["smoothed"] == pytest.approx(_smoothed(result["losses"]), rel=1e-9)
+    assert result["beta"] == lrf.smoothing(ITERS) == pytest.approx(1 - 1 / 7.5)
+    assert result["smoothed"] == pytest.approx(_smoothed(result["losses"], result["beta"]),
+                                               rel=1e-9)
 
 
 def test_it_stops_where_the_loss_blows_up_and_suggests_an_lr_below(sweep):
@@ -130,7 +134,7 @@ def test_the_4x_rule_and_a_non_finite_loss(monkeypatch):
                                                                   for i in range(1, 40)]
     seen = _scripted(monkeypatch, falling_then_rising)
     result = lrf.lr_find(recipe, start_lr=1e-4, end_lr=1.0, iters=79)
-    smoothed = _smoothed(falling_then_rising)
+    smoothed = _smoothed(falling_then_rising, result["beta"])
     first = next(i for i, s in enumerate(smoothed) if s > 4 * min(smoothed[:i + 1]))
     assert result["stopped"] == "diverged" and result["steps"] == first + 1
     assert seen == result["lrs"] == lrf.sweep_lrs(1e-4, 1.0, 79)[:first + 1]
@@ -187,7 +191,8 @@ def test_text_output(monkeypatch, tmp_path, capsys):
                  "--batch-size", "16", "--iters", "30", "--start-lr", "1e-3", "--end-lr", "1",
                  "--out", str(tmp_path / "lr.png")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("resnet20 on synthetic:64x3x8x8:4: 20 of 30 steps, lr 0.001 to ")
+    assert re.match(r"resnet20 on synthetic:64x3x8x8:4: 20 of 30 steps in \d+\.\d s, lr 0\.001 "
+                    r"to ", lines[0])
     assert lines[0].endswith(": the loss was not finite")
     assert lines[1].startswith("suggested lr: ") and lines[-1] == f"wrote {tmp_path / 'lr.png'}"
 
@@ -218,15 +223,16 @@ def _noisy_curve(lrs: list[float], seed: int = 0) -> list[float]:
     return curve
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_the_suggestion_is_robust_to_noise(monkeypatch, seed):
+@pytest.mark.parametrize("iters,seed", [(30, s) for s in range(8)] + [(100, 0)])
+def test_the_suggestion_is_robust_to_noise(monkeypatch, iters, seed):
     """Never at the very start of the sweep; on the way down, 1 to 100x below the lowest
-    smoothed loss's lr; for these curves inside the falling stretch."""
-    lrs = lrf.sweep_lrs(1e-6, 10.0, 60)
+    smoothed loss's lr; for these curves inside the falling stretch. (fastai's rule with its
+    0.98 smoothing suggested 5.3e-6 for seed 4, as it did on a real folder of 300 images.)"""
+    lrs = lrf.sweep_lrs(1e-6, 10.0, iters)
     _scripted(monkeypatch, _noisy_curve(lrs, seed))
-    result = lrf.lr_find(load_recipe("demo", RECIPE), iters=60, max_seconds=0)
+    result = lrf.lr_find(load_recipe("demo", RECIPE), iters=iters, max_seconds=0)
     low = result["min_loss_lr"]
-    assert result["suggestion_index"] >= 6
+    assert result["suggestion_index"] >= iters // 10
     assert low / 100 <= result["suggestion"] <= low
     assert 1e-3 <= result["suggestion"] <= 0.3
 
@@ -236,11 +242,18 @@ def test_small_data_gets_fewer_steps_and_a_time_bound_keeps_the_whole_range(monk
     result = lrf.lr_find(load_recipe("demo", RECIPE), max_seconds=0)  # 64 images, batch 16
     assert result["iters"] == 32 == result["steps"]  # 8 epochs of 4 steps, not 100
 
-    clock = iter(range(0, 10**6, 2))  # each step takes 2 s
-    monkeypatch.setattr(lrf, "_clock", lambda: next(clock))
+    now = [0.0]
+    monkeypatch.setattr(lrf, "_clock", lambda: now[0])
     _scripted(monkeypatch, [2.0 - 0.001 * i for i in range(200)])
+    scripted = lrf.sgd_step
+
+    def two_seconds(*args, **kwargs):
+        now[0] += 2.0
+        return scripted(*args, **kwargs)
+
+    monkeypatch.setattr(lrf, "sgd_step", two_seconds)
     result = lrf.lr_find(load_recipe("demo", RECIPE), iters=100, max_seconds=60)
-    assert result["steps"] <= 32 and result["time_bounded"]
+    assert result["steps"] == result["iters"] == 30 and result["time_bounded"]
     assert result["lrs"][0] == pytest.approx(1e-6) and result["lrs"][-1] == pytest.approx(10.0)
     assert all(b > a for a, b in zip(result["lrs"], result["lrs"][1:]))
 

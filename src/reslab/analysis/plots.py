@@ -172,8 +172,10 @@ def cam_figure(image: Any, heat: Any, path: str | Path, title: str) -> Path:
 
 def lr_find_figure(result: dict[str, Any], path: str | Path) -> Path:
     """The learning-rate range test (reslab.engine.lr_find): loss per step (thin) and its
-    smoothed curve against the lr on a log axis, the suggestion marked. The y axis ends a little
-    above the highest smoothed loss, so the last steps' blow-up does not squash the curve."""
+    smoothed curve against the lr on a log axis, the suggestion marked. The y axis shows the
+    smoothed loss from its start down to its minimum, with a margin: the last steps' blow-up
+    (up to 4x the minimum, and single losses far beyond) runs off the top instead of squashing
+    the useful part."""
     fig, (ax,) = _figure(1, width=6.0, height=4.0)
     lrs, smoothed = result["lrs"], result["smoothed"]
     ax.plot(lrs, result["losses"], lw=0.6, color="0.7", label="loss per step")
@@ -184,8 +186,10 @@ def lr_find_figure(result: dict[str, Any], path: str | Path) -> Path:
         ax.plot([lrs[i]], [smoothed[i]], "o", color="C3",
                 label=f"suggestion {lrs[i]:.3g} (steepest descent)")
     if smoothed:
-        low, high = min(smoothed), max(smoothed)
-        ax.set_ylim(low - 0.05 * (high - low + 1e-12), high + 0.1 * (high - low + 1e-12))
+        lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
+        low, high = smoothed[lowest], max(smoothed[:lowest + 1])
+        span = max(high - low, 0.05 * abs(high), 1e-6)
+        ax.set_ylim(low - 0.15 * span, high + 0.25 * span)
     ax.set_xscale("log")
     ax.set(xlabel="learning rate (log scale)", ylabel="training loss",
            title=f"lr range test: {result['model']} on {result['data']}")
