@@ -208,12 +208,12 @@ def test_eval_text_has_no_top5_for_3_classes_and_announces_the_confusion_png(tin
 
 
 def test_ten_crops_warn_when_the_run_was_trained_without_flips(tiny_run, capsys):
-    rc, err = run_cli(capsys, ["eval", str(tiny_run), "--device", "cpu", "--crops", "10"])
-    assert rc == 0 and err == [
+    assert main(["eval", str(tiny_run), "--device", "cpu", "--crops", "10"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
         "warning: --crops 10 also scores mirrored views, but this run was trained without "
         "flips (augment crop): mirrored images may score lower; --crops 1 --flip off scores "
         "the images as trained"]
-    out = capsys.readouterr().out
     assert "10-crop with mirrored views" in out
 
 
@@ -269,7 +269,13 @@ def test_finetune_with_a_conflicting_model_names_both_and_the_fix(tiny_run, caps
 
 
 def test_make_demo_ends_by_saying_how_to_run_reslab():
-    makefile = (Path(SRC).parent / "Makefile").read_text()
-    demo = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
-    assert ".venv/bin/reslab" in demo.splitlines()[-1] or "activate" in demo.splitlines()[-1]
-    assert "source $(BIN)/activate" in demo and "$(BIN)/reslab --help" in demo
+    root = Path(SRC).parent
+    demo = (root / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert demo.splitlines()[-1].strip() == "@$(MAKE) -s --no-print-directory how-to-run"
+    said = subprocess.run(["make", "-s", "--no-print-directory", "how-to-run"], cwd=root,
+                          capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0 and said.stdout.splitlines() == [
+        "reslab is installed in .venv/, not on your PATH. Run it as",
+        "  .venv/bin/reslab --help",
+        "or activate the environment once per shell:",
+        "  source .venv/bin/activate   # then: reslab --help"]

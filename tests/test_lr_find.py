@@ -277,3 +277,22 @@ def test_max_seconds_flag(capsys, tmp_path):
     assert "invalid --max-seconds -1" in clean_error(capsys, [
         "lr-find", "--model", "resnet20", "--data", "synthetic:64x3x8x8:4", "--max-seconds",
         "-1", "--out", tmp_path / "lr.png"])
+
+
+def test_an_image_folder_is_swept_at_the_size_training_uses(monkeypatch, tmp_path):
+    """A CIFAR-family model on a folder of 40 px images: 32 px as in training, not 224."""
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (40, 40), (i * 20, 0, 0)).save(tmp_path / "train" / c / f"{i}.png")
+    sides = []
+
+    def step(forward, optimizer, scaler, x, y, *, check_loss, **_):
+        sides.append(x.shape[-1])
+        return 2.0, None
+
+    monkeypatch.setattr(lrf, "sgd_step", step)
+    recipe = load_recipe("fast", {**RECIPE, "data": f"imagefolder:{tmp_path}",
+                                  "amp": "off", "progressive_from": None})
+    result = lrf.lr_find(recipe, iters=10, max_seconds=0)
+    assert set(sides) == {32} and result["batch_size"] == 14  # 16 clamped to the 14 kept

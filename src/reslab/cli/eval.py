@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate_checkpoint
     from ..io import check_writable
+    from ..text import plural
 
     scales = _parse_scales(args.scales) if args.scales else None
     if args.confusion and (scales or args.crops == 10):
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         plot_confusion(result["confusion"], [r["class"] for r in result["per_class"]],
                        args.confusion, title=f"{Path(args.ckpt).name} on {result['data']} "
                        f"{result['split']} (top-1 {100 * result['top1']:.2f}%)")
+        result["wrote"] = [str(args.confusion)]
     if worst:
         result["top_losses"] = _plot_top_losses(result, args.ckpt, worst[1])
     if len(result.get("per_class") or []) > MAX_TABLE:
@@ -72,18 +74,22 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        view = ("multi-scale " + ",".join(map(str, scales)) if scales else "10-crop"
-                if args.crops == 10 else "centre view + flip" if result["flip"] else "centre view")
+        view = ("multi-scale " + ",".join(map(str, scales)) if scales
+                else "10-crop with mirrored views" if args.crops == 10
+                else "centre view + flip" if result["flip"] else "centre view")
+        # With 5 classes or fewer every label is among the top 5: top-5 says nothing.
+        top5 = f"top5 {result['top5']:.4f}  " if result["num_classes"] > 5 else ""
         print(f"{Path(args.ckpt)} on {result['data']} {result['split']} (n={result['n']}, "
-              f"{view}): top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  "
-              f"loss {result['loss']:.4f}")
+              f"{view}): top1 {result['top1']:.4f}  {top5}loss {result['loss']:.4f}")
         rows = result.get("per_class") or []
         if 0 < len(rows) <= MAX_TABLE:
             from ..bench import format_table
 
             print(format_table(rows, PER_CLASS))
         elif rows:
-            print(f"({len(rows)} classes: --json has the per-class metrics)")
+            print(f"({plural(len(rows), 'class')}: --json has the per-class metrics)")
+        for path in result.get("wrote", []):
+            print(f"wrote {path}")
     if worst:
         print(f"wrote {worst[1]} (the {len(result['top_losses'])} images of largest loss)",
               file=sys.stderr)

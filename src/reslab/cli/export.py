@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         size = result.path.stat().st_size / 2**20
         diffs = ", ".join(f"batch {n}: {d:.2e}" for n, d in result.max_abs_diff.items())
-        print(f"exported {ckpt} ({record.architecture}) to {result.path} "
-              f"[{result.format}, {size:.1f} MiB, dynamic batch]")
+        print(f"wrote {result.path}: {ckpt} ({record.architecture}) exported as "
+              f"{result.format}, {size:.1f} MiB, dynamic batch")
         print(f"parity vs PyTorch, max abs diff: {diffs} "
               f"({'ok' if result.ok else 'FAILED'}, tolerance {result.tolerance:.1e})")
     if not result.ok:

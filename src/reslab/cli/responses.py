@@ -48,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
                                   split=args.split, max_images=args.max_images,
                                   batch_size=args.batch_size,
                                   device=str(select_device(args.device)))
+    wrote = []
     for ckpt, (label, stds) in zip(args.ckpts, responses.items()):
         if Path(ckpt).is_dir():
             atomic_write_text(Path(ckpt) / "responses.json", json.dumps({label: stds}) + "\n")
+            wrote.append(Path(ckpt) / "responses.json")
     if args.out:
         from ..analysis.plots import responses_figure
 
@@ -62,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
     for label, stds in responses.items():
         print(f"{label}: {plural(len(stds), 'layer')}, std mean {sum(stds) / len(stds):.4f}, "
               f"min {min(stds):.4f}, max {max(stds):.4f}")
-    if args.out:
-        print(f"wrote {args.out}")
+    for path in [*wrote, *([args.out] if args.out else [])]:
+        print(f"wrote {path}")
     return 0

@@ -92,6 +92,10 @@ class Run:
         self.steps_per_epoch = self.data.steps_per_epoch(r.step_batch, self.d.world_size)
         self.total = r.iters or max(1, math.ceil(r.epochs * self.steps_per_epoch))
         self.frozen_until = math.ceil(r.freeze_epochs * self.steps_per_epoch)
+        if self.frozen_until:
+            self.messages.append(f"note: head-only phase: iterations 1-{self.frozen_until} "
+                                 f"({plural(r.freeze_epochs, 'epoch', fmt='.3g')}) train only "
+                                 "the classifier (fc)")
         self.step, self.best_val, self.train_tally = 0, -1.0, Tally(self.device)
         self.elapsed_before, self.started = 0.0, time.perf_counter()  # training seconds
         self.forward = self._wrap_model()
@@ -236,6 +240,9 @@ def _train(run: Run, resume: bool) -> dict[str, Any]:
                 run.threads.tick()
                 loss = _train_step(run, x, y)
                 run.step += 1
+                if run.step == run.frozen_until < run.total:
+                    progress.write(f"note: head-only phase over after iteration {run.step}: "
+                                   "training every layer")
                 seen += len(y) * run.d.world_size
                 img_s = seen / (time.perf_counter() - started)
                 if run.step % 20 == 0 or run.step == run.total:

@@ -57,6 +57,7 @@ from ..data import Data, load_data
 from ..errors import UserError
 from ..limits import LR_FIND_ITERS, MAX_LR, check_float, check_int
 from .logging import Progress
+from .loop import Run
 from .recipe import Recipe
 from .setup import build_model, build_optimizer, seed_everything, select_device
 from .step import sgd_step
@@ -195,8 +196,11 @@ def lr_find(recipe: Recipe, *, start_lr: float = 1e-6, end_lr: float = 10.0,
         torch.set_num_threads(r.threads)
     device = select_device(r.device)
     seed_everything(r.seed, r.deterministic)
+    # The image size and worker count training would use: an image folder at the model
+    # family's resolution (32 px for the CIFAR family, not 224: 49x the work per step).
+    r = Run._fit_workers(r)
     data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
-                     image_size=r.image_size, normalize=r.normalize, augment=r.augment,
+                     image_size=Run._image_size(r), normalize=r.normalize, augment=r.augment,
                      pad=r.pad, workers=r.workers, erase=r.erase)
     model, messages = _model(r, data, device)
     n = data.num_examples("train")
