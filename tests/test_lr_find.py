@@ -296,3 +296,23 @@ def test_an_image_folder_is_swept_at_the_size_training_uses(monkeypatch, tmp_pat
                                   "amp": "off", "progressive_from": None})
     result = lrf.lr_find(recipe, iters=10, max_seconds=0)
     assert set(sides) == {32} and result["batch_size"] == 14  # 16 clamped to the 14 kept
+
+
+def test_a_machine_that_gets_slower_is_re_planned_again(monkeypatch):
+    """1 s per step at first, 4 s from step 10 on (another program started): the plan shrinks
+    again, and the sweep still ends at end_lr."""
+    now = [0.0]
+    monkeypatch.setattr(lrf, "_clock", lambda: now[0])
+    _scripted(monkeypatch, [2.0 - 0.001 * i for i in range(200)])
+    scripted, calls = lrf.sgd_step, []
+
+    def slower(*args, **kwargs):
+        calls.append(1)
+        now[0] += 1.0 if len(calls) <= 10 else 4.0
+        return scripted(*args, **kwargs)
+
+    monkeypatch.setattr(lrf, "sgd_step", slower)
+    result = lrf.lr_find(load_recipe("demo", RECIPE), iters=100, max_seconds=60)
+    assert result["time_bounded"] and result["steps"] == result["iters"] < 60
+    assert now[0] <= 60 + 4 * 10  # within a re-planning period of the bound
+    assert result["lrs"][-1] == pytest.approx(10.0)

@@ -200,7 +200,8 @@ def apply_state_dict(model: nn.Module, state: StateDict, source: str,
         old, new = state.pop("fc.weight").shape, own["fc.weight"].shape
         state.pop("fc.bias")
         fresh = set(_HEAD)
-        messages.append(f"head replaced: {source} has {plural(old[0], 'class')}, the model {new[0]}; "
+        messages.append(f"head replaced: {source} has {plural(old[0], 'class', fmt='d')}, "
+                        f"the model {new[0]}; "
                         "fc is freshly initialised for fine-tuning")
     messages += _adapt_stem(own, state)
     _check_match(own, state, f"{source} does not match {target}", skip=fresh)

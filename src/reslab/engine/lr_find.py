@@ -14,10 +14,11 @@ The rule, step by step:
 - Step i of n (i = 0 .. n-1) sets lr_i = start * (end / start) ** (i / (n - 1)), a geometric
   sweep from start to end, and takes one training step on the next training batch (epoch after
   epoch, as in training).
-- Time bound (max_seconds, 0: none): after the first PROBE_STEPS steps the time per step is
-  measured; when the n steps would take longer, the rest of the sweep is re-planned with fewer
-  steps, still geometric, still ending at end (at least MIN_STEPS in all), so a slow machine
-  gets a coarser sweep of the whole range rather than half of it.
+- Time bound (max_seconds, 0: none): after the first PROBE_STEPS steps, and every 10 steps
+  after, the time per step so far is measured; when the planned steps would take longer, the
+  rest of the sweep is re-planned with fewer steps, still geometric, still ending at end (at
+  least MIN_STEPS in all), so a slow or busy machine gets a coarser sweep of the whole range
+  rather than half of it.
 - The loss is smoothed with an exponential moving average and Adam's bias correction, as fastai
   and Lightning: avg_i = beta avg_{i-1} + (1 - beta) loss_i (avg_-1 = 0),
   smoothed_i = avg_i / (1 - beta ** (i + 1)). beta = 1 - 1/span with span = n / 8 steps (3 to
@@ -128,19 +129,19 @@ class Plan:
     def __post_init__(self) -> None:
         self.lrs = sweep_lrs(self.start_lr, self.end_lr, self.iters)
 
-    def after_probe(self, seconds: float) -> bool:
-        """Called after PROBE_STEPS steps that took seconds: fewer steps when the rest would
-        not fit the bound (True when re-planned)."""
-        if not self.max_seconds or len(self.lrs) <= MIN_STEPS:
+    def replan(self, done: int, seconds: float) -> bool:
+        """Called after `done` steps that took seconds: fewer steps when the rest would not fit
+        the bound (True when re-planned). Never more steps than planned."""
+        if not self.max_seconds or len(self.lrs) <= max(MIN_STEPS, done + 1):
             return False
-        per_step = seconds / PROBE_STEPS
-        fit = PROBE_STEPS + int(max(0.0, self.max_seconds - seconds) / max(per_step, 1e-9))
-        steps = max(MIN_STEPS, fit)
+        per_step = seconds / done
+        fit = done + int(max(0.0, self.max_seconds - seconds) / max(per_step, 1e-9))
+        steps = max(MIN_STEPS, done + 1, fit)
         if steps >= len(self.lrs):
             return False
         # The rest continues geometrically from the last lr taken to end_lr.
-        rest = sweep_lrs(self.lrs[PROBE_STEPS - 1], self.end_lr, steps - PROBE_STEPS + 1)[1:]
-        self.lrs = self.lrs[:PROBE_STEPS] + rest
+        rest = sweep_lrs(self.lrs[done - 1], self.end_lr, steps - done + 1)[1:]
+        self.lrs = self.lrs[:done] + rest
         return True
 
 
@@ -261,12 +262,15 @@ def _sweep(r: Recipe, model: torch.nn.Module,
     for step, (x, y) in enumerate(batches):
         if step == len(plan.lrs):
             break
-        if step == PROBE_STEPS and plan.after_probe(_clock() - started):
-            sweep.planned, sweep.beta = len(plan.lrs), smoothing(len(plan.lrs))
+        if (step >= PROBE_STEPS and (step - PROBE_STEPS) % 10 == 0
+                and plan.replan(step, _clock() - started)):
+            if step == PROBE_STEPS:  # the steps so far, smoothed as the new plan says
+                sweep.beta = smoothing(len(plan.lrs))
+                ema = SmoothedLoss(sweep.beta)
+                sweep.smoothed = [ema.update(v) for v in sweep.losses]
+                best = min(sweep.smoothed)
+            sweep.planned = len(plan.lrs)
             progress.replan(len(plan.lrs))
-            ema = SmoothedLoss(sweep.beta)  # the steps so far, smoothed as the new plan says
-            sweep.smoothed = [ema.update(v) for v in sweep.losses]
-            best = min(sweep.smoothed)
         lr = plan.lrs[step]
         for group in optimizer.param_groups:
             group["lr"] = lr
