@@ -30,7 +30,8 @@ The rule, step by step:
 - The suggestion is the lr at the steepest descent of the smoothed loss against log(lr)
   (fastai's "steep", Lightning's `suggestion()`), made robust to noise: the slope at each step
   is the least-squares slope of smoothed over log(lr) in a window of WINDOW_DECADES of lr around
-  it (not a two-point difference, which batch noise dominates), and only steps on the way down
+  it, and at least its neighbours (not a two-point difference, which batch noise dominates),
+  and only steps on the way down
   to the lowest smoothed loss, within SEARCH_DECADES below it, are candidates, never the first
   n // 10 steps (too few losses in the average, lr too small to move the weights, as fastai).
   fastai leaves out only the last 5 steps and Lightning the last one; but a net with BN often
@@ -173,7 +174,9 @@ def steepest(lrs: list[float], smoothed: list[float], skip_begin: int) -> int | 
         return None
     slopes = []
     for i in range(first, stop):
-        near = (np.abs(x - x[i]) <= WINDOW_DECADES / 2) & (np.arange(len(x)) >= skip_begin)
+        steps = np.arange(len(x))  # a coarse (time-bounded) sweep: at least the neighbours
+        near = ((np.abs(x - x[i]) <= WINDOW_DECADES / 2) | (np.abs(steps - i) <= 1)) \
+            & (steps >= skip_begin)
         xs, ys = x[near], y[near]
         slopes.append(np.polyfit(xs, ys, 1)[0] if len(xs) >= 2 else 0.0)
     return first + int(np.argmin(slopes))
