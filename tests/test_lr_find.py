@@ -180,6 +180,13 @@ def test_no_suggestion_is_a_warning_and_the_text_says_why_it_stopped(monkeypatch
     rc, err = run_cli(capsys, ["lr-find", "--model", "resnet20", "--data",
                                "synthetic:64x3x8x8:4", *FAST[:-2], "--batch-size", "16",
                                "--iters", "20", "--out", tmp_path / "lr.png"])
+    notes = [e for e in err if e.startswith("note: ")]  # the augmentation adapted to 8 px
+    assert notes == ["note: recipe fast adapted to the data: augment crop (recipe crop-flip): 8 "
+                     "px images are usually glyphs whose mirror image is another class "
+                     "(--augment crop-flip to mirror anyway)",
+                     "note: recipe fast adapted to the data: pad 1 px (recipe 2): at most 1/8 "
+                     "of the 8 px side"]
+    err = err[len(notes):]
     assert rc == 0 and len(err) == 1 and err[0].startswith("warning: no suggestion: the sweep "
                                                            "stopped after 12 of 20 steps")
     assert (tmp_path / "lr.png").is_file()
@@ -328,3 +335,17 @@ def test_a_coarse_time_bounded_sweep_still_finds_the_descent():
     smoothed = [1.45, 1.377, 1.38, 1.392, 1.388, 1.391, 1.415, 1.39, 1.393, 1.366, 1.326, 1.263,
                 1.192, 1.265, 1.469, 1.605, 1.977, 3.643, 7.709]
     assert 1e-3 < lrs[lrf.steepest(lrs, smoothed, skip_begin=2)] < 1.2e-2
+
+
+def test_the_sweep_uses_the_batch_training_would_adapt_to(monkeypatch, capsys):
+    """250 images: training's fast recipe halves batch 128 to 16 (8 steps an epoch); the lr
+    range test measures that batch, and says so."""
+    _scripted(monkeypatch, [2.0 - 0.001 * i for i in range(200)])
+    recipe = load_recipe("fast", {"model": "resnet20", "data": "synthetic:250x3x16x16:4",
+                                  "workers": 0, "device": "cpu", "channels_last": False,
+                                  "amp": "off"})
+    result = lrf.lr_find(recipe, iters=10, max_seconds=0, quiet=False)
+    assert result["batch_size"] == 16
+    err = capsys.readouterr().err
+    assert "note: recipe fast adapted to the data: batch 16 (recipe 128) for 250 training " \
+           "images" in err and "epochs" not in err

@@ -1,5 +1,11 @@
 """reslab: deep residual learning (He et al., 2015), exact and reproducible."""
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and the API reference; at run time: __getattr__ below
+    from .checkpoint import load_checkpoint
+    from .errors import UserError
+    from .models import create_model, list_models
+    from .record import Record
 
 __version__ = "0.2.0"
 __all__ = ["Record", "UserError", "__version__", "create_model", "list_models",

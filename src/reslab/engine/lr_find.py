@@ -10,7 +10,8 @@ The rule, step by step:
   replaced by the sweep; torch.compile and torchrun are not used (a few hundred steps).
 - The number of steps n: --iters, else 8 epochs of the training set, at least 30 and at most
   100 (fastai's and Lightning's length): a folder of 300 images gets 30 steps, not 100 epochs.
-  The batch is clamped to the training set, as in training.
+  The batch (and augmentation) are those training would use: adapted to the data as
+  reslab.engine.adapt says, and clamped to the training set.
 - Step i of n (i = 0 .. n-1) sets lr_i = start * (end / start) ** (i / (n - 1)), a geometric
   sweep from start to end, and takes one training step on the next training batch (epoch after
   epoch, as in training).
@@ -58,6 +59,7 @@ import torch
 from ..data import Data, load_data
 from ..errors import UserError
 from ..limits import LR_FIND_ITERS, MAX_LR, check_float, check_int
+from .adapt import DataFacts, adapt
 from .logging import Progress
 from .loop import Run
 from .recipe import Recipe
@@ -206,8 +208,16 @@ def lr_find(recipe: Recipe, *, start_lr: float = 1e-6, end_lr: float = 10.0,
     data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
                      image_size=Run._image_size(r), normalize=r.normalize, augment=r.augment,
                      pad=r.pad, workers=r.workers, erase=r.erase)
-    model, messages = _model(r, data, device)
+    # The batch and augmentation training would adapt to this data (reslab.engine.adapt): the
+    # lr found is for the batch the run will use. The sweep sets the lr and its length, so
+    # neither is adapted.
     n = data.num_examples("train")
+    fixed = {"lr", "epochs", "progressive_from"}
+    r, notes = adapt(r.replace(given=sorted({*r.given, *fixed})),
+                     DataFacts(n, min(data.input_size[1:])))
+    data.augment, data.pad = r.augment, r.pad  # read at batch time
+    model, messages = _model(r, data, device)
+    messages = notes + messages
     if r.batch_size > n:  # as training does: every step a full batch of the small set
         messages.append(f"note: batch size {r.batch_size} is larger than the {n} training "
                         f"images; using {n}")
