@@ -50,7 +50,8 @@ class _Parser(argparse.ArgumentParser):
         namespace, extras = self.parse_known_args(args, namespace)
         if extras:
             target = _subparsers(self).get(getattr(namespace, "command", None), self)
-            target.error(f"unrecognized arguments: {' '.join(extras)}{_closest_flags(target, extras)}")
+            target.error(f"unrecognized arguments: {' '.join(extras)}"
+                         f"{_closest_flags(target, extras)}")
         return namespace
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:

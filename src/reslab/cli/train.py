@@ -106,6 +106,6 @@ def run(args: argparse.Namespace) -> int:
         test = summary.get("test")
         score = (f"test top1 {test['top1']:.4f}" if test else
                  "not evaluated (no validation or test images)")
-        print(f"done: {plural(summary['steps'], 'iteration')} in {summary['wall_s']:.1f} s; {score}; "
-              f"run directory {out}", file=sys.stderr)
+        print(f"done: {plural(summary['steps'], 'iteration')} in {summary['wall_s']:.1f} s; "
+              f"{score}; run directory {out}", file=sys.stderr)
     return 0
