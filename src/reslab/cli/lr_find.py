@@ -5,8 +5,8 @@ training set, 30 to 100; fewer when --max-seconds would be exceeded), stops when
 loss exceeds 4x its minimum, and suggests the lr where the smoothed loss falls fastest on its
 way down to its lowest point (steepest descent against log lr, fitted over half a decade;
 reslab.engine.lr_find states the rule). Writes the plot of loss against lr; the trained
-weights are thrown away and no run directory is written. The other recipe fields are flags, as for `reslab train` (default recipe:
-fast).
+weights are thrown away and no run directory is written. The other recipe fields are flags,
+as for `reslab train` (default recipe: fast).
 """
 from __future__ import annotations
 
