@@ -53,9 +53,11 @@ def weights_architecture(recipe: Recipe, args: argparse.Namespace, notes: list[s
     """Fine-tuning trains the architecture the --weights record names (with its shortcut and
     stride options) unless --model, --shortcut or --stride-in say otherwise; a --model of
     another architecture cannot load them: an error naming both and the fix."""
-    from ..interop import weights_source
+    from ..interop import TORCHVISION, open_weights, torchvision_weights
 
-    _, record = weights_source(recipe.weights)
+    weights = str(recipe.weights)
+    record = (torchvision_weights(weights)[1] if weights.startswith(TORCHVISION)
+              else open_weights(weights, strict_record=False)[1])
     if record is None:  # a foreign file: no record to read; the recipe's model loads it or not
         return recipe
     arch, kwargs = record.architecture, record.kwargs
