@@ -123,6 +123,14 @@ def test_no_abbreviations_and_errors_name_the_subcommand_and_the_closest_flag(ca
         "choose from 'test', 'val', 'train')")
 
 
+def test_the_parsers_torch_free_choices_are_the_implementations():
+    from reslab.analysis.paper.budgets import BUDGETS
+    from reslab.choices import PAPER_BUDGETS, RUNTIMES
+    from reslab.deploy.runtime import RUNTIMES as IMPLEMENTED
+
+    assert tuple(BUDGETS) == PAPER_BUDGETS and RUNTIMES == IMPLEMENTED
+
+
 def test_help_and_usage_errors_do_not_import_torch_and_take_well_under_a_second():
     probe = ("import sys\n"
              "from reslab.cli import build_parser, main\n"

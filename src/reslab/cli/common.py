@@ -69,7 +69,7 @@ def parse_input_shape(text: str) -> Shape:
 
 
 def add_runtime_option(parser: argparse.ArgumentParser, default: str = "torch") -> None:
-    from ..deploy.runtime import RUNTIMES
+    from ..choices import RUNTIMES
 
     parser.add_argument("--runtime", choices=RUNTIMES, default=default,
                         help="inference runtime: torch (BN folded, channels-last), onnxruntime "
