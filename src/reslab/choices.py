@@ -5,7 +5,10 @@ names from here."""
 from __future__ import annotations
 
 AUGMENTS = ("crop-flip", "crop", "flip", "none", "imagenet", "imagenet-pca")  # crop: digits
-AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")  # torchvision v2 policies, per image
+# Learned-free augmentation policies of torchvision.transforms.v2, applied per image after the
+# crop and flip: RandAugment (Cubuk et al. 2020, 2 ops of magnitude 9) and TrivialAugment
+# (Mueller & Hutter 2021, one op of random magnitude).
+AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 FLIPPING_AUGMENTS = ("crop-flip", "flip", "imagenet", "imagenet-pca")  # they mirror images
 NORMALIZE = ("channel", "pixel")
 SHORTCUTS = ("A", "B", "C")
