@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench docs install clean
+.PHONY: test demo bench docs install clean how-to-run
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,14 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/reslab train --recipe demo --out runs/demo --overwrite
 	$(BIN)/reslab eval runs/demo --data digits
+	@$(MAKE) -s --no-print-directory how-to-run
+
+# reslab lives in the virtual environment, not on PATH: say how to reach it.
+how-to-run:
+	@echo "reslab is installed in $(VENV)/, not on your PATH. Run it as"
+	@echo "  $(BIN)/reslab --help"
+	@echo "or activate the environment once per shell:"
+	@echo "  source $(BIN)/activate   # then: reslab --help"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

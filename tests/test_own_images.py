@@ -242,11 +242,13 @@ def test_version_and_help_with_choices_ranges_and_defaults(capsys: pytest.Captur
     assert capsys.readouterr().out.strip() == "reslab 0.2.0"
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     text = " ".join(text.split())
-    assert "optimizer; choices: sgd, adamw; built-in default sgd" in text
+    # the defaults of the recipe `reslab train` runs without flags: the demo
+    assert "optimizer; choices: sgd, adamw (default sgd from recipe demo)" in text
     assert "images per forward/backward pass: per optimizer step, unless accumulate adds up " \
-           "several (clamped to the training set, with a note); range 1..65,536; built-in " \
-           "default 128" in text
-    assert "choices: auto, off, bf16, fp16; built-in default auto" in text
+           "several (clamped to the training set, with a note); range 1..65,536 (default 64 " \
+           "from recipe demo)" in text
+    assert "choices: auto, off, bf16, fp16 (default off from recipe demo)" in text
+    assert "range [0, 1) (default 0.0, built in)" in text  # ema: not in the demo's file
     assert "recipe field lr" not in text  # the old, empty help
 
 

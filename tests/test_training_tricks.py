@@ -197,7 +197,7 @@ def test_accumulation_on_a_small_training_set_shrinks_the_micro_batch(capsys):
     assert rc == 0
     assert "note: batch size 32 x accumulate 2 is larger than the 40 training images; " \
            "using 20" in err
-    assert "batch 20 x 2 accumulated, 1 iterations" in err[0]
+    assert "batch 20 x 2 accumulated, 1 iteration (1 epoch)" in err[0]
 
 
 # --- early stopping --------------------------------------------------------------------------

@@ -19,7 +19,9 @@ INTRO = """# Command line
 
 Generated from `reslab`'s argument parser when the site is built; `reslab COMMAND --help`
 prints the same. Exit codes: 0 success; 2 bad input (one `error:` line on stderr, no
-traceback); 1 an unexpected failure; 130/143 stopped by SIGINT/SIGTERM after saving. `--debug`
+traceback); 1 an unexpected failure; 130/143 stopped by SIGINT/SIGTERM after saving; 141 stdout
+closed before the output was written (`| head`). The conventions are in
+[the command-line guide](../guides/cli.md). `--debug`
 (or `RESLAB_DEBUG=1`) shows tracebacks. `--json` prints exactly one JSON object on stdout. A
 CKPT argument is a run directory (its final weights `model.safetensors`; for a run stopped
 early its `best.safetensors`) or a weights file.

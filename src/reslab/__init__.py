@@ -1,14 +1,30 @@
 """reslab: deep residual learning (He et al., 2015), exact and reproducible."""
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .checkpoint import load_checkpoint
-from .errors import UserError
-from .models import create_model, list_models
-from .record import Record
+if TYPE_CHECKING:  # for type checkers and the API reference; at run time: __getattr__ below
+    from .checkpoint import load_checkpoint
+    from .errors import UserError
+    from .models import create_model, list_models
+    from .record import Record
 
 __version__ = "0.2.0"
 __all__ = ["Record", "UserError", "__version__", "create_model", "list_models",
            "load_checkpoint", "train"]
+
+# The public names are imported on first use (PEP 562), so `import reslab.cli` and
+# `reslab --help` do not pay for importing torch.
+_LAZY = {"load_checkpoint": "checkpoint", "UserError": "errors", "create_model": "models",
+         "list_models": "models", "Record": "record"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'reslab' has no attribute '{name}'")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def train(recipe: Any, out: Any = None, **kwargs: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from .errors import UserError
 from .io import (is_safetensors, load_safetensors, regular_file, torch_load_safe,
                  unpickle_failure)
 from .limits import MAX_CLASSES, MAX_IN_CHANS, check_int, short_text
+from .text import plural
 from .models import create_model, get_arch, list_models
 from .models.blocks import Bottleneck
 from .record import (MEAN_IMAGE_KEY, InvalidRecord, Preprocess, Record, check_tensors,
@@ -199,7 +200,8 @@ def apply_state_dict(model: nn.Module, state: StateDict, source: str,
         old, new = state.pop("fc.weight").shape, own["fc.weight"].shape
         state.pop("fc.bias")
         fresh = set(_HEAD)
-        messages.append(f"head replaced: {source} has {old[0]} classes, the model {new[0]}; "
+        messages.append(f"head replaced: {source} has {plural(old[0], 'class', fmt='d')}, "
+                        f"the model {new[0]}; "
                         "fc is freshly initialised for fine-tuning")
     messages += _adapt_stem(own, state)
     _check_match(own, state, f"{source} does not match {target}", skip=fresh)

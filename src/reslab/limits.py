@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
 from .errors import UserError
 
 MAX_IMAGE_SIDE = 4096          # px: training, evaluation and prediction resolutions
@@ -37,9 +35,6 @@ MAX_MESSAGE_PART = 200         # characters of a user's value quoted in an error
 # every record read): a mean of 1e30 or a std of 1e-30 only gives logits of 1e29.
 MAX_ABS_MEAN = 10.0
 MIN_STD, MAX_STD = 1e-6, 10.0
-# Tensor dtypes a weights file may hold: what reslab and the usual trainers write.
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-INT_DTYPES = (torch.int64,)
 
 
 def short_text(value: Any, limit: int = MAX_MESSAGE_PART) -> str:

@@ -37,11 +37,16 @@ from .data.images import default_crop_fraction
 from .data.normalize import NORMALIZE, Normalizer, Stats
 from .errors import UserError
 from .io import save_safetensors
-from .limits import (FLOAT_DTYPES, INT_DTYPES, MAX_ABS_MEAN, MAX_BATCH_VALUES, MAX_CLASS_NAME,
-                     MAX_CLASSES, MAX_IMAGE_SIDE, MAX_IN_CHANS, MAX_SEED, MAX_STD, MIN_STD,
-                     check_float, check_int, short_text)
+from .limits import (MAX_ABS_MEAN, MAX_BATCH_VALUES, MAX_CLASS_NAME, MAX_CLASSES,
+                     MAX_IMAGE_SIDE, MAX_IN_CHANS, MAX_SEED, MAX_STD, MIN_STD, check_float,
+                     check_int, short_text)
 from .models import REGISTRY, create_model
 from .models.blocks import PAD_SIDES, SHORTCUTS, STRIDE_IN
+
+# Tensor dtypes a weights file may hold: what reslab and the usual trainers write. (Here, not
+# in reslab.limits, which the command line's parser imports without torch.)
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+INT_DTYPES = (torch.int64,)
 
 FORMAT = "reslab-2"
 OLD_FORMAT = "reslab-1"

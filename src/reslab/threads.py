@@ -133,11 +133,12 @@ class ThreadGovernor:
             self.changes += 1
 
     def describe(self) -> str:
+        from .text import plural
+
         n = torch.get_num_threads()
-        plural = "s" if n != 1 else ""
         if self.reason == "auto":
-            return f"{n} thread{plural} (auto: {n} of {len(self.cpus)} CPUs free)"
-        return f"{n} thread{plural}"
+            return f"{plural(n, 'thread')} (auto: {n} of {plural(len(self.cpus), 'CPU')} free)"
+        return plural(n, "thread")
 
 
 def auto_threads(threads: int = 0) -> ThreadGovernor:

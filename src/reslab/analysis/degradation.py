@@ -24,6 +24,7 @@ from ..io import atomic_write_text
 from ..engine.logging import read_metrics
 from ..engine.recipe import Recipe, coerce, read_toml
 from ..errors import UserError
+from ..text import plural
 from ..models import REGISTRY, get_arch
 from .report import training_seconds, write_run_report
 
@@ -179,8 +180,8 @@ def budget(result: dict[str, Any]) -> str:
     iters = max((r.get("iterations") or 0 for r in runs), default=0)
     secs = sum(r.get("train_seconds") or 0 for r in runs)
     epochs = result.get("epochs_per_run")
-    per = f" ({epochs:.3g} epochs)" if epochs else ""
-    return f"{iters:,} iterations{per} per run; {secs / 3600:.2f} h of training in all"
+    per = f" ({plural(epochs, 'epoch', fmt='.3g')})" if epochs else ""
+    return f"{plural(iters, 'iteration')}{per} per run; {secs / 3600:.2f} h of training in all"
 
 
 def train_in_subprocess(r: Recipe, run_dir: Path, tmp: Path, say: Callable[[str], None],
@@ -194,7 +195,7 @@ def train_in_subprocess(r: Recipe, run_dir: Path, tmp: Path, say: Callable[[str]
     from ..engine.recipe import save_recipe
 
     name = name or r.model
-    threads = f"{r.threads} thread{'s' if r.threads != 1 else ''}"
+    threads = plural(r.threads, "thread")
     if check_reusable(r, run_dir, ignore) and (run_dir / "model.safetensors").is_file():
         say(f"{name}: finished in {run_dir}, skipped")
         return 0, ""

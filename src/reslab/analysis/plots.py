@@ -20,6 +20,20 @@ def _figure(ncols: int, width: float = 5.0, height: float = 3.6) -> tuple[Any, l
     return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
 
 
+def _wrap(text: str, fig: Any, fontsize: float = 12.0) -> str:
+    """text broken into lines that fit the figure's width: matplotlib cuts a title longer than
+    its figure off at the edges (a run directory's path in a narrow confusion matrix)."""
+    import textwrap
+
+    chars = max(16, int(fig.get_figwidth() * 72 / (0.62 * fontsize)))  # ~0.6 em per character
+    return "\n".join(textwrap.wrap(text, chars)) or text
+
+
+def _suptitle(fig: Any, text: str | None, fontsize: float = 12.0) -> None:
+    if text:
+        fig.suptitle(_wrap(text, fig, fontsize), fontsize=fontsize)
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -56,8 +70,7 @@ def curves_figure(rows: Sequence[dict[str, Any]], path: str | Path,
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-    if title:
-        fig.suptitle(title)
+    _suptitle(fig, title)
     return _save(fig, path)
 
 
@@ -86,8 +99,7 @@ def degradation_figure(runs: Sequence[dict[str, Any]], path: str | Path,
     top = _error_axis_top(runs)
     for ax in axes:  # one scale for both panels, so plain and ResNet compare at a glance
         ax.set_ylim(0, top)
-    if title:
-        fig.suptitle(title)
+    _suptitle(fig, title)
     return _save(fig, path)
 
 
@@ -126,8 +138,7 @@ def responses_figure(responses: dict[str, Sequence[float]], path: str | Path,
         ax.grid(alpha=0.3)
         if responses:
             ax.legend(fontsize="small")
-    if title:
-        fig.suptitle(title)
+    _suptitle(fig, title)
     return _save(fig, path)
 
 
@@ -140,7 +151,7 @@ def plot_confusion(cm: Any, class_names: Sequence[str], path: str | Path,
     ax.imshow(counts, cmap="Blues")
     ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), class_names, fontsize=8)
-    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    ax.set(xlabel="predicted class", ylabel="true class", title=_wrap(title, fig))
     top = max(max(row) for row in counts) or 1
     if k <= 30:
         for i, row in enumerate(counts):
@@ -166,14 +177,16 @@ def cam_figure(image: Any, heat: Any, path: str | Path, title: str) -> Path:
     fig.colorbar(overlay, ax=right, fraction=0.046, shrink=0.9)
     left.set_title("as the model saw it", fontsize=9)
     right.set_title("Grad-CAM", fontsize=9)
-    fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title, fontsize=10)
     return _save(fig, path)
 
 
 def lr_find_figure(result: dict[str, Any], path: str | Path) -> Path:
     """The learning-rate range test (reslab.engine.lr_find): loss per step (thin) and its
-    smoothed curve against the lr on a log axis, the suggestion marked. The y axis ends a little
-    above the highest smoothed loss, so the last steps' blow-up does not squash the curve."""
+    smoothed curve against the lr on a log axis, the suggestion marked. The y axis shows the
+    smoothed loss from its start down to its minimum, with a margin: the last steps' blow-up
+    (up to 4x the minimum, and single losses far beyond) runs off the top instead of squashing
+    the useful part."""
     fig, (ax,) = _figure(1, width=6.0, height=4.0)
     lrs, smoothed = result["lrs"], result["smoothed"]
     ax.plot(lrs, result["losses"], lw=0.6, color="0.7", label="loss per step")
@@ -184,11 +197,13 @@ def lr_find_figure(result: dict[str, Any], path: str | Path) -> Path:
         ax.plot([lrs[i]], [smoothed[i]], "o", color="C3",
                 label=f"suggestion {lrs[i]:.3g} (steepest descent)")
     if smoothed:
-        low, high = min(smoothed), max(smoothed)
-        ax.set_ylim(low - 0.05 * (high - low + 1e-12), high + 0.1 * (high - low + 1e-12))
+        lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
+        low, high = smoothed[lowest], max(smoothed[:lowest + 1])
+        span = max(high - low, 0.05 * abs(high), 1e-6)
+        ax.set_ylim(low - 0.15 * span, high + 0.25 * span)
     ax.set_xscale("log")
     ax.set(xlabel="learning rate (log scale)", ylabel="training loss",
-           title=f"lr range test: {result['model']} on {result['data']}")
+           title=_wrap(f"lr range test: {result['model']} on {result['data']}", fig))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
     return _save(fig, path)

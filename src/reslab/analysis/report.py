@@ -22,6 +22,7 @@ from ..limits import MAX_FILE_BYTES
 from ..engine.logging import read_metrics
 from ..engine.recipe import read_toml
 from ..errors import UserError, warn
+from ..text import plural
 
 # The published numbers ours are put beside (docs/paper-numbers.md), as top-1
 # errors (fractions) keyed by dataset, then model ("*": any model on that dataset).
@@ -228,7 +229,7 @@ def _run_line(model: str, data: str, rows: list[dict[str, Any]], run_dir: Path) 
     if not isinstance(summary, dict):
         summary = {}
     skipped = summary.get("skipped_images")
-    line = f"{model} on {data}, {max((r['step'] for r in rows), default=0)} iterations"
+    line = f"{model} on {data}, {plural(max((r['step'] for r in rows), default=0), 'iteration')}"
     seconds = training_seconds(rows)
     if seconds is not None:
         line += f" in {seconds:.1f} s of training"

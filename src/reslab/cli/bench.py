@@ -8,6 +8,7 @@ import sys
 
 from ..errors import UserError
 from ..limits import MAX_THREADS, check_int
+from ..text import plural
 from .common import add_runtime_option, parse_input_shape, print_json
 
 COLUMNS = (("variant", "variant", ""), ("img_s", "img/s", ".1f"),
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     env = result["environment"]
     print(f"{result['model']} on {result['device']} ({env.get('gpu', env['cpu'])}, "
-          f"{env['threads']} threads, torch {env['torch']}), input "
+          f"{plural(env['threads'], 'thread')}, torch {env['torch']}), input "
           f"{'x'.join(map(str, result['input']))}")
     print(f"baseline: {result['baseline']}\n")
     for phase in ("inference", "training"):

@@ -1,5 +1,8 @@
-"""Helpers shared by the subcommands: model options, the --input shape, JSON output, and building
-a model for shape-only analysis."""
+"""Helpers shared by the subcommands: model options, the --input shape, JSON output, building
+a model for shape-only analysis, and the recipe fields as flags.
+
+Nothing here imports torch at module level: the parser (and `reslab --help`) is built without
+it; the functions that need a model import it when called."""
 from __future__ import annotations
 
 import argparse
@@ -7,17 +10,16 @@ import dataclasses
 import json
 import re
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-
-from ..analysis.macs import InputTooSmall, Shape
+from ..choices import SHORTCUTS, STRIDE_IN
 from ..errors import UserError
 from ..limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_IN_CHANS, check_int
-from ..models import create_model, get_arch
-from ..models.blocks import SHORTCUTS, STRIDE_IN
-from ..models.resnet import ResNet
+
+if TYPE_CHECKING:
+    from ..analysis.macs import Shape
+    from ..models.resnet import ResNet
 
 T = TypeVar("T")
 INPUT_HINT = "expected NxCxHxW, e.g. 1x3x224x224"
@@ -67,7 +69,7 @@ def parse_input_shape(text: str) -> Shape:
 
 
 def add_runtime_option(parser: argparse.ArgumentParser, default: str = "torch") -> None:
-    from ..deploy.runtime import RUNTIMES
+    from ..choices import RUNTIMES
 
     parser.add_argument("--runtime", choices=RUNTIMES, default=default,
                         help="inference runtime: torch (BN folded, channels-last), onnxruntime "
@@ -84,6 +86,8 @@ def add_input_option(parser: argparse.ArgumentParser) -> None:
 
 def input_shape(args: argparse.Namespace) -> Shape:
     """The --input shape, else the architecture's default input with --in-chans channels."""
+    from ..models import get_arch
+
     if args.input is not None:
         shape = parse_input_shape(args.input)
     else:
@@ -99,6 +103,10 @@ def input_shape(args: argparse.Namespace) -> Shape:
 def analysis_model(name: str, **kwargs: Any) -> ResNet:
     """A model on the "meta" device: right shapes and parameter counts, no memory, no init
     time. Enough for MACs, summaries and traces, which only read shapes."""
+    import torch
+
+    from ..models import create_model
+
     with torch.device("meta"):
         return create_model(name, **kwargs)
 
@@ -106,6 +114,8 @@ def analysis_model(name: str, **kwargs: Any) -> ResNet:
 def analyze(args: argparse.Namespace, fn: Callable[[ResNet, Shape], T]) -> T:
     """Builds args.model with the given model options (meta device) and applies fn to it and
     the --input shape; an input too small for the net becomes a UserError naming the model."""
+    from ..analysis.macs import InputTooSmall
+
     model = analysis_model(args.model, **model_kwargs(args))
     shape = input_shape(args)
     try:
@@ -124,21 +134,63 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def add_recipe_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+def add_recipe_flags(parser: argparse.ArgumentParser, recipe_in_use: Callable[[Any], str], *,
+                     skip: tuple[str, ...] = ()) -> None:
     """Every Recipe field as a --flag (string-valued; the recipe coerces and validates it), its
-    help generated from the field's description, choices, range and default. Booleans take an
-    optional value: --deterministic means true, --nesterov false turns it off."""
-    from ..engine.recipe import Recipe, field_help
+    help generated from the field's description, choices, range and its default in the recipe
+    in use. Booleans take an optional value: --deterministic means true, --nesterov false turns
+    it off.
+
+    recipe_in_use(args) names the recipe the command would run with, from --recipe, --model and
+    --data (None where not given); `show_recipe_defaults` fills the helps in for the command
+    line being parsed, so `reslab train --recipe fast --help` shows fast's values."""
+    from ..engine.recipe import Recipe
 
     g = parser.add_argument_group("recipe fields (override the recipe file)")
+    actions = {}
     for f in dataclasses.fields(Recipe):
         if f.name in skip or f.name in ("recipe", "given"):  # set by --recipe / the flags given
             continue
-        flag, text = "--" + f.name.replace("_", "-"), field_help(f.name).replace("%", "%%")
+        flag = "--" + f.name.replace("_", "-")
         if str(f.type).startswith("bool"):
-            g.add_argument(flag, nargs="?", const="true", default=None, metavar="BOOL", help=text)
+            actions[f.name] = g.add_argument(flag, nargs="?", const="true", default=None,
+                                             metavar="BOOL")
         else:
-            g.add_argument(flag, default=None, metavar=f.name.upper(), help=text)
+            actions[f.name] = g.add_argument(flag, default=None, metavar=f.name.upper())
+    parser.set_defaults(_recipe_help=(recipe_in_use, actions))
+    show_recipe_defaults(parser, ())
+
+
+def show_recipe_defaults(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Sets the help of each recipe flag of parser (a subcommand's) to the default of the recipe
+    that argv (that subcommand's arguments) would run with. A parser without recipe flags is
+    left as it is."""
+    hook = parser.get_default("_recipe_help")
+    if hook is None:
+        return
+    from ..engine.recipe import RecipeDefaults, field_help
+
+    recipe_in_use, actions = hook
+    defaults = RecipeDefaults.load(recipe_in_use(_preparse(argv)))
+    for name, action in actions.items():
+        action.help = field_help(name, defaults).replace("%", "%%")
+
+
+def _preparse(argv: Sequence[str]) -> argparse.Namespace:
+    """--recipe, --model and --data of a command line, wherever they are (before or after
+    --help); anything malformed counts as not given: the real parse reports it."""
+    pre = _Preparser(add_help=False, allow_abbrev=False)
+    for flag in ("--recipe", "--model", "--data"):
+        pre.add_argument(flag)
+    try:
+        return pre.parse_known_args(list(argv))[0]
+    except argparse.ArgumentError:
+        return argparse.Namespace(recipe=None, model=None, data=None)
+
+
+class _Preparser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # silent: the real parse says what is wrong
+        raise argparse.ArgumentError(None, message)
 
 
 def recipe_overrides(args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default 1: one after another)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print degradation.json on stdout")
-    add_recipe_flags(p, skip=NOT_FLAGS)
+    add_recipe_flags(p, lambda a: a.recipe or "paper-cifar", skip=NOT_FLAGS)
     p.set_defaults(func=run)
 
 

@@ -15,8 +15,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("ckpt", metavar="CKPT", help="run directory or weights file")
     p.add_argument("--data", help="dataset (default: the one the run was trained on)")
-    p.add_argument("--data-dir")
-    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--data-dir", help="where the dataset files are (default: where the run "
+                   "found them, else the system copy or download cache)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"),
+                   help="split to score (default test; val: the run's own hold-out)")
     p.add_argument("--crops", type=int, default=1, choices=(1, 10),
                    help="1: centre; 10: four corners, centre and their flips (paper 3.4)")
     p.add_argument("--scales", help="comma-separated shorter sides, e.g. 224,256,384,480,640: "
@@ -24,14 +26,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
                    help="average with the horizontally flipped image: auto (default) does what "
                         "the run's reported numbers did (its record says), on, off")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N",
+                   help="images per forward pass (default 256)")
+    p.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N | mps")
     p.add_argument("--confusion", metavar="FILE.png",
                    help="also write the confusion matrix (centre view) as a PNG")
     p.add_argument("--top-losses", nargs=2, metavar=("N", "FILE.png"),
                    help="also draw the N images of largest loss (centre view), each titled "
                         "with its true and predicted class and their probabilities")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_option(p)
     p.set_defaults(func=run)
 
@@ -39,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate_checkpoint
     from ..io import check_writable
+    from ..text import plural
 
     scales = _parse_scales(args.scales) if args.scales else None
     if args.confusion and (scales or args.crops == 10):
@@ -62,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         plot_confusion(result["confusion"], [r["class"] for r in result["per_class"]],
                        args.confusion, title=f"{Path(args.ckpt).name} on {result['data']} "
                        f"{result['split']} (top-1 {100 * result['top1']:.2f}%)")
+        result["wrote"] = [str(args.confusion)]
     if worst:
         result["top_losses"] = _plot_top_losses(result, args.ckpt, worst[1])
     if len(result.get("per_class") or []) > MAX_TABLE:
@@ -69,18 +74,22 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        view = ("multi-scale " + ",".join(map(str, scales)) if scales else "10-crop"
-                if args.crops == 10 else "centre view + flip" if result["flip"] else "centre view")
+        view = ("multi-scale " + ",".join(map(str, scales)) if scales
+                else "10-crop with mirrored views" if args.crops == 10
+                else "centre view + flip" if result["flip"] else "centre view")
+        # With 5 classes or fewer every label is among the top 5: top-5 says nothing.
+        top5 = f"top5 {result['top5']:.4f}  " if result["num_classes"] > 5 else ""
         print(f"{Path(args.ckpt)} on {result['data']} {result['split']} (n={result['n']}, "
-              f"{view}): top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  "
-              f"loss {result['loss']:.4f}")
+              f"{view}): top1 {result['top1']:.4f}  {top5}loss {result['loss']:.4f}")
         rows = result.get("per_class") or []
         if 0 < len(rows) <= MAX_TABLE:
             from ..bench import format_table
 
             print(format_table(rows, PER_CLASS))
         elif rows:
-            print(f"({len(rows)} classes: --json has the per-class metrics)")
+            print(f"({plural(len(rows), 'class')}: --json has the per-class metrics)")
+        for path in result.get("wrote", []):
+            print(f"wrote {path}")
     if worst:
         print(f"wrote {worst[1]} (the {len(result['top_losses'])} images of largest loss)",
               file=sys.stderr)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..deploy.export import FORMATS
+from ..choices import EXPORT_FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export to ONNX / TorchScript with a parity check",
                        description=__doc__)
     p.add_argument("ckpt", metavar="CKPT", help="run directory or weights file")
-    p.add_argument("--format", default="onnx", choices=FORMATS,
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS,
                    help="onnx (onnxruntime-checked), torchscript (torch.jit), or pt2 "
                         "(torch.export); default onnx")
-    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="the file to write (e.g. model.onnx, model.pt, model.pt2)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=run)
 
@@ -36,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         size = result.path.stat().st_size / 2**20
         diffs = ", ".join(f"batch {n}: {d:.2e}" for n, d in result.max_abs_diff.items())
-        print(f"exported {ckpt} ({record.architecture}) to {result.path} "
-              f"[{result.format}, {size:.1f} MiB, dynamic batch]")
+        print(f"wrote {result.path}: {ckpt} ({record.architecture}) exported as "
+              f"{result.format}, {size:.1f} MiB, dynamic batch")
         print(f"parity vs PyTorch, max abs diff: {diffs} "
               f"({'ok' if result.ok else 'FAILED'}, tolerance {result.tolerance:.1e})")
     if not result.ok:

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import resolve_ckpt_path
     from ..io import check_writable
     from ..models.surgery import grow_checkpoint
+    from ..text import plural
     from .common import print_json
 
     check_writable(args.out, "--out", inputs=[resolve_ckpt_path(args.ckpt)])
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(f"grew {grown.source} -> {args.to}: copied {grown.copied_blocks} blocks, added "
-              f"{grown.added_blocks} identity blocks; max |logit difference| "
+        print(f"grew {grown.source} -> {args.to}: copied "
+              f"{plural(grown.copied_blocks, 'block')}, added "
+              f"{plural(grown.added_blocks, 'identity block')}; max |logit difference| "
               f"{grown.max_abs_logit_diff:.3g} on random inputs; wrote {args.out}")
     return 0

@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, metavar="PX",
                    help=f"training resolution, 1..{MAX_IMAGE_SIDE} (default 224 ImageNet "
                         "family, 32 CIFAR)")
-    p.add_argument("--out", required=True, metavar="FILE.safetensors")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors",
+                   help="the reslab weights file to write")
     p.set_defaults(func=run)
 
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_writable, same_file
     from ..limits import check_image_side
     from ..record import Record, check_stats, save_weights
+    from ..text import plural
     from .common import model_kwargs
 
     if args.input_size is not None:
@@ -101,5 +103,6 @@ def run(args: argparse.Namespace) -> int:
     for message in messages:
         print(message)
     params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.out}: {args.model}, {k} classes, {c} input channels, {params:,} params")
+    print(f"wrote {args.out}: {args.model}, {plural(k, 'class')}, {plural(c, 'input channel')}, "
+          f"{plural(params, 'param')}")
     return 0

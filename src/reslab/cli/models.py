@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..analysis.macs import profile
-from ..analysis.summary import format_macs, format_shape, format_table
-from ..models import get_arch, list_models
 from .common import analysis_model, print_json
 
 
@@ -22,6 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def describe(name: str) -> dict:
     """One architecture as a dict: the facts of the registry plus params and MACs."""
+    from ..analysis.macs import profile
+    from ..models import get_arch
+
     arch = get_arch(name)
     model = analysis_model(name)
     prof = profile(model, arch.default_input)
@@ -33,6 +33,9 @@ def describe(name: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis.summary import format_macs, format_shape, format_table
+    from ..models import list_models
+
     rows = [describe(name) for name in list_models(args.family)]
     if args.json:
         print_json({"models": rows})

@@ -17,11 +17,11 @@ LANGS = ("en", "ko")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..analysis.paper.budgets import BUDGETS
+    from ..choices import PAPER_BUDGETS
 
     p = sub.add_parser("paper", help="rerun every claim of the paper at a budget; one page "
                        "with the verdicts", description=__doc__)
-    p.add_argument("--budget", required=True, choices=tuple(BUDGETS),
+    p.add_argument("--budget", required=True, choices=PAPER_BUDGETS,
                    help="smoke: seconds on digits; laptop: ~30 min on 2 cores with "
                         "Fashion-MNIST; full: the paper's schedules (a GPU)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the runs and the page go")

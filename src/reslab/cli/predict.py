@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
                    help="average with the mirrored image: auto (default) as the run's "
                         "evaluation did (its record says), on, off")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, metavar="N",
+                   help="images per forward pass (default 32)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
     p.add_argument("--cam", metavar="DIR", help="write a Grad-CAM heat map per image for its "
                    "top class: DIR/<image stem>.cam.png")

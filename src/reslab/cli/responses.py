@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--split", default="test", help="split to measure on (default test)")
     p.add_argument("--max-images", type=int, metavar="N", help="use only the first N images")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, metavar="N",
+                   help="images per forward pass (default 256)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--out", metavar="FILE.png", help="write the figure here")
     p.add_argument("--json", action="store_true",
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..text import plural
     from ..analysis.responses import compute_responses
     from ..io import atomic_write_text, check_writable
     from ..engine.setup import select_device
@@ -46,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
                                   split=args.split, max_images=args.max_images,
                                   batch_size=args.batch_size,
                                   device=str(select_device(args.device)))
+    wrote = []
     for ckpt, (label, stds) in zip(args.ckpts, responses.items()):
         if Path(ckpt).is_dir():
             atomic_write_text(Path(ckpt) / "responses.json", json.dumps({label: stds}) + "\n")
+            wrote.append(Path(ckpt) / "responses.json")
     if args.out:
         from ..analysis.plots import responses_figure
 
@@ -58,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(responses)
         return 0
     for label, stds in responses.items():
-        print(f"{label}: {len(stds)} layers, std mean {sum(stds) / len(stds):.4f}, "
+        print(f"{label}: {plural(len(stds), 'layer')}, std mean {sum(stds) / len(stds):.4f}, "
               f"min {min(stds):.4f}, max {max(stds):.4f}")
-    if args.out:
-        print(f"wrote {args.out}")
+    for path in [*wrote, *([args.out] if args.out else [])]:
+        print(f"wrote {path}")
     return 0

@@ -10,6 +10,7 @@ import sys
 
 from ..errors import UserError
 from .common import add_recipe_flags
+from .train import recipe_in_use
 
 MAX_SHOWN = 256  # images in one figure
 
@@ -21,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE.png", help="the figure")
     p.add_argument("--n", type=int, default=16, metavar="N",
                    help=f"images to draw, 1..{MAX_SHOWN} (default 16)")
-    add_recipe_flags(p)
+    add_recipe_flags(p, recipe_in_use)  # the recipe train would use
     p.set_defaults(func=run, quiet=False, json=False)
 
 

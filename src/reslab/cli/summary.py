@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..analysis.summary import format_shape, render_summary, summarize
 from .common import add_input_option, add_model_options, analyze, model_kwargs, print_json
 
 
@@ -20,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis.summary import format_shape, render_summary, summarize
+
     summary = analyze(args, summarize)
     options = model_kwargs(args)
     if args.json:

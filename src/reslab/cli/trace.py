@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..analysis.trace import render_trace, trace
 from .common import add_input_option, add_model_options, analyze
 
 
@@ -22,5 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis.trace import render_trace, trace
+
     print(render_trace(analyze(args, trace)))
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..engine.recipe import Recipe, load_recipe, recipe_names
 from ..errors import UserError
+from ..text import plural
 from .common import add_recipe_flags, recipe_overrides
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,18 +24,56 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="--out already holds a run: delete its files and start afresh")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print a final JSON summary on stdout")
-    add_recipe_flags(p)
+    add_recipe_flags(p, recipe_in_use)
     p.set_defaults(func=run)
+
+
+def recipe_in_use(args: argparse.Namespace) -> str:
+    """--recipe, else the demo without --model/--data, else fast."""
+    return args.recipe or ("fast" if args.model or args.data else "demo")
 
 
 def resolve(args: argparse.Namespace) -> Recipe:
     overrides = recipe_overrides(args)
-    name = args.recipe or ("fast" if args.model or args.data else "demo")
+    name = recipe_in_use(args)
     recipe = load_recipe(name, overrides)
-    if not args.data and name != "demo" and not args.quiet and not getattr(args, "json", False):
-        print(f"note: no --data given: training on {recipe.data}, the dataset of recipe "
-              f"{name}", file=sys.stderr)
+    notes = []
+    if not args.data and name != "demo":
+        notes.append(f"note: no --data given: training on {recipe.data}, the dataset of recipe "
+                     f"{name}")
+    if recipe.weights:
+        recipe = weights_architecture(recipe, args, notes)
+    if not args.quiet and not getattr(args, "json", False):
+        for note in notes:
+            print(note, file=sys.stderr)
     return recipe
+
+
+def weights_architecture(recipe: Recipe, args: argparse.Namespace, notes: list[str]) -> Recipe:
+    """Fine-tuning trains the architecture the --weights record names (with its shortcut and
+    stride options) unless --model, --shortcut or --stride-in say otherwise; a --model of
+    another architecture cannot load them: an error naming both and the fix."""
+    from ..interop import TORCHVISION, open_weights, torchvision_weights
+
+    weights = str(recipe.weights)
+    record = (torchvision_weights(weights)[1] if weights.startswith(TORCHVISION)
+              else open_weights(weights, strict_record=False)[1])
+    if record is None:  # a foreign file: no record to read; the recipe's model loads it or not
+        return recipe
+    arch, kwargs = record.architecture, record.kwargs
+    if args.model is not None and args.model != arch:
+        raise UserError(f"--weights {recipe.weights} holds {arch} weights, not {args.model}: "
+                        f"give --model {arch} (or leave --model out)")
+    options = {k: kwargs[k] for k in ("shortcut", "stride_in")
+               if k in kwargs and getattr(args, k, None) is None}
+    changes = {**options, "model": arch} if args.model is None else options
+    if all(getattr(recipe, k) == v for k, v in changes.items()):
+        return recipe
+    if args.model is None and arch != recipe.model:
+        shortcut = f" (shortcut {kwargs['shortcut']})" if "shortcut" in kwargs else ""
+        notes.append(f"note: --weights {recipe.weights} holds a {arch}{shortcut}: training "
+                     "that architecture (--model chooses another)")
+    return recipe.replace(**changes)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +108,6 @@ def run(args: argparse.Namespace) -> int:
         test = summary.get("test")
         score = (f"test top1 {test['top1']:.4f}" if test else
                  "not evaluated (no validation or test images)")
-        print(f"done: {summary['steps']} iterations in {summary['wall_s']:.1f} s; {score}; "
-              f"run directory {out}", file=sys.stderr)
+        print(f"done: {plural(summary['steps'], 'iteration')} in {summary['wall_s']:.1f} s; "
+              f"{score}; run directory {out}", file=sys.stderr)
     return 0

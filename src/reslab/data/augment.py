@@ -17,18 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..choices import AUGMENTS, AUTO_AUGMENTS  # noqa: F401 (re-exported)
 from .images import SCALE_RANGE
 from .normalize import Normalizer
 
-AUGMENTS = ("crop-flip", "crop", "flip", "none", "imagenet", "imagenet-pca")  # crop: digits
 # Scale augmentation, flip and colour (section 3.4): "imagenet" adds fb.resnet.torch's colour
 # jitter to the PCA lighting, "imagenet-pca" has the PCA lighting only (AlexNet's "standard
 # colour augmentation" the paper cites: the paper-imagenet recipe).
 SCALE_AUGMENTS = ("imagenet", "imagenet-pca")
-# Learned-free augmentation policies of torchvision.transforms.v2, applied per image after the
-# crop and flip: RandAugment (Cubuk et al. 2020, 2 ops of magnitude 9) and TrivialAugment
-# (Mueller & Hutter 2021, one op of random magnitude).
-AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 # AlexNet's PCA colour augmentation (the paper's "standard colour augmentation [21]", section
 # 3.4): ImageNet RGB eigenvalues/vectors as used by fb.resnet.torch; alpha ~ N(0, 0.1).
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-NORMALIZE = ("channel", "pixel")
+from ..choices import NORMALIZE  # noqa: F401 (re-exported)
 
 @dataclass(frozen=True)
 class Stats:

@@ -12,12 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..choices import EXPORT_FORMATS
 from ..errors import UserError, unknown
 from ..io import atomic_write, ensure_dir
 from ..record import Record
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
-FORMATS = ("onnx", "torchscript", "pt2")
+FORMATS = EXPORT_FORMATS
 PARITY_BATCHES = (1, 3)
 
 

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..choices import RUNTIMES  # noqa: F401 (re-exported)
 from ..errors import UserError, unknown
 
-RUNTIMES = ("torch", "onnxruntime", "auto")
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 

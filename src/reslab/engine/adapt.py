@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..text import plural
 from .recipe import Recipe
 
 # An epoch of fewer steps than this is too coarse a unit: halve the batch until it has them.
@@ -74,10 +75,10 @@ def adapt(r: Recipe, facts: DataFacts) -> tuple[Recipe, list[str]]:
     if r.iters is None and "epochs" in free and total < MIN_ITERS:
         epochs = math.ceil(MIN_ITERS / steps)
         changes["epochs"] = float(epochs)
-        notes.append(f"{epochs} epochs (recipe {r.epochs:g}): {r.epochs:g} epochs of {steps} "
-                     f"step{'s' if steps != 1 else ''} would be {total} optimizer step"
-                     f"{'s' if total != 1 else ''}, fewer than the {MIN_ITERS} a net needs "
-                     "to train and its BN statistics to settle")
+        notes.append(f"{epochs} epochs (recipe {r.epochs:g}): "
+                     f"{plural(r.epochs, 'epoch', fmt='g')} of {plural(steps, 'step')} would "
+                     f"be {plural(total, 'optimizer step')}, fewer than the {MIN_ITERS} a net "
+                     "needs to train and its BN statistics to settle")
         total = epochs * steps
 
     if (r.progressive_from is not None and "progressive_from" in free

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import FLIPPING_AUGMENTS
 from ..errors import UserError
 from ..limits import MAX_BATCH, MAX_SCALES, check_image_side, check_int, fit_batch
 from .distributed import Dist, all_reduce_sum
@@ -181,6 +182,12 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     if list(d.class_names) != list(record.class_names):
         warn(f"{spec}'s classes ({_names(d.class_names)}) are not the ones the model was "
              f"trained on ({_names(record.class_names)}); scoring by class index")
+    mirrors = "--crops 10" if crops == 10 and not scales else "--flip on" if flip else None
+    augment = trained_augment(ckpt)
+    if mirrors and augment is not None and augment not in FLIPPING_AUGMENTS:
+        warn(f"{mirrors} also scores mirrored views, but this run was trained without flips "
+             f"(augment {augment}): mirrored images may score lower; --crops 1 --flip off "
+             "scores the images as trained")
     flip = pre.tta_flip if flip is None else flip
     size = d.input_size[1]
     batch_size = fit_batch(batch_size, d.input_size)
@@ -216,7 +223,24 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
         result["runtime"] = runtime_of(forward.fast)
         result["runtime_note"] = forward.describe()
     return {"ckpt": str(ckpt), "data": spec, "split": split, "crops": crops,
-            "scales": scales, "flip": bool(flip and not scales and crops == 1), **result}
+            "scales": scales, "flip": bool(flip and not scales and crops == 1),
+            "num_classes": len(d.class_names), "trained_augment": augment, **result}
+
+
+def trained_augment(ckpt: str | Path) -> str | None:
+    """The training augmentation of the run a checkpoint belongs to (its config.toml), None
+    when it is not in a run directory."""
+    from .recipe import read_toml
+
+    path = Path(ckpt)
+    config = (path if path.is_dir() else path.parent) / "config.toml"
+    if not config.is_file():
+        return None
+    try:
+        value = read_toml(config, "run config").get("augment", "crop-flip")
+    except UserError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def per_class(y_true: Any, y_pred: Any, names: Sequence[str]) -> list[dict[str, Any]]:

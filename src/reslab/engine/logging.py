@@ -46,6 +46,13 @@ class Progress:
             print(f"step {step}/{self.total} {fields} eta {_hms(eta)}", file=sys.stderr,
                   flush=True)
 
+    def replan(self, total: int) -> None:
+        """The run will take total steps, not the number it started with."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+
     def write(self, line: str) -> None:
         if self.quiet:
             return

@@ -25,6 +25,7 @@ from ..models import get_arch
 from ..errors import UserError, warn
 from ..record import Preprocess, Record, save_weights
 from ..threads import ThreadGovernor
+from ..text import plural
 from . import state as run_state
 from .distributed import all_reduce_sum, broadcast_flag, cleanup, init_distributed
 from .adapt import DataFacts, adapt
@@ -91,6 +92,10 @@ class Run:
         self.steps_per_epoch = self.data.steps_per_epoch(r.step_batch, self.d.world_size)
         self.total = r.iters or max(1, math.ceil(r.epochs * self.steps_per_epoch))
         self.frozen_until = math.ceil(r.freeze_epochs * self.steps_per_epoch)
+        if self.frozen_until:
+            self.messages.append(f"note: head-only phase: iterations 1-{self.frozen_until} "
+                                 f"({plural(r.freeze_epochs, 'epoch', fmt='.3g')}) train only "
+                                 "the classifier (fc)")
         self.step, self.best_val, self.train_tally = 0, -1.0, Tally(self.device)
         self.elapsed_before, self.started = 0.0, time.perf_counter()  # training seconds
         self.forward = self._wrap_model()
@@ -235,6 +240,9 @@ def _train(run: Run, resume: bool) -> dict[str, Any]:
                 run.threads.tick()
                 loss = _train_step(run, x, y)
                 run.step += 1
+                if run.step == run.frozen_until < run.total:
+                    progress.write(f"note: head-only phase over after iteration {run.step}: "
+                                   "training every layer")
                 seen += len(y) * run.d.world_size
                 img_s = seen / (time.perf_counter() - started)
                 if run.step % 20 == 0 or run.step == run.total:
@@ -278,10 +286,11 @@ def startup_line(run: Run, resume: bool) -> str:
     where = f" -> {run.out}" if run.out is not None else ""
     batch = f"{r.batch_size}" + (f" x {r.accumulate} accumulated" if r.accumulate > 1 else "")
     return (f"{'resuming' if resume else 'training'} {r.model} "
-            f"({'recipe ' + r.recipe if r.recipe else 'custom recipe'}) on {r.data}: {sizes}, {len(d.class_names)} classes, "
-            f"{h}x{w}x{c}; batch {batch}, {run.total:,} iterations "
-            f"({run.total / run.steps_per_epoch:.3g} epochs); {run.device}{threads}, "
-            f"{precision}{where}")
+            f"({'recipe ' + r.recipe if r.recipe else 'custom recipe'}) on {r.data}: {sizes}, "
+            f"{plural(len(d.class_names), 'class')}, {h}x{w}x{c}; batch {batch}, "
+            f"{plural(run.total, 'iteration')} "
+            f"({plural(run.total / run.steps_per_epoch, 'epoch', fmt='.3g')}); "
+            f"{run.device}{threads}, {precision}{where}")
 
 
 def quiet_rank(run: Run) -> bool:

@@ -8,24 +8,38 @@ The rule, step by step:
   model (fresh, or --weights), optimizer (`build_optimizer`: SGD or AdamW, momentum, nesterov,
   weight-decay groups), label smoothing, amp and channels_last. The recipe's schedule is
   replaced by the sweep; torch.compile and torchrun are not used (a few hundred steps).
+- The number of steps n: --iters, else 8 epochs of the training set, at least 30 and at most
+  100 (fastai's and Lightning's length): a folder of 300 images gets 30 steps, not 100 epochs.
+  The batch (and augmentation) are those training would use: adapted to the data as
+  reslab.engine.adapt says, and clamped to the training set.
 - Step i of n (i = 0 .. n-1) sets lr_i = start * (end / start) ** (i / (n - 1)), a geometric
   sweep from start to end, and takes one training step on the next training batch (epoch after
   epoch, as in training).
+- Time bound (max_seconds, 0: none): after the first PROBE_STEPS steps, and every 10 steps
+  after, the time per step so far is measured; when the planned steps would take longer, the
+  rest of the sweep is re-planned with fewer steps, still geometric, still ending at end (at
+  least MIN_STEPS in all), so a slow or busy machine gets a coarser sweep of the whole range
+  rather than half of it.
 - The loss is smoothed with an exponential moving average and Adam's bias correction, as fastai
-  and Lightning: avg_i = beta avg_{i-1} + (1 - beta) loss_i (avg_-1 = 0, beta = 0.98),
-  smoothed_i = avg_i / (1 - beta ** (i + 1)).
+  and Lightning: avg_i = beta avg_{i-1} + (1 - beta) loss_i (avg_-1 = 0),
+  smoothed_i = avg_i / (1 - beta ** (i + 1)). beta = 1 - 1/span with span = n / 8 steps (3 to
+  50; 50 is fastai's 0.98): their fixed 0.98 averages over 50 steps, longer than a short sweep,
+  which shifts the curve's minimum far to the right.
 - The sweep stops early when smoothed_i exceeds 4 times the lowest smoothed loss so far (their
   divergence threshold), or at a loss that is not finite (that step is neither applied nor
   recorded).
 - The suggestion is the lr at the steepest descent of the smoothed loss against log(lr)
-  (fastai's "steep", Lightning's `suggestion()`): the most negative numpy.gradient (central
-  differences) of smoothed over log(lr), leaving out the first n // 10 steps (too few losses in
-  the average, lr too small to move the weights, as fastai) and every step after the lowest
-  smoothed loss. fastai leaves out only the last 5 steps and Lightning the last one; but a net
-  with BN often spikes at a high lr and partly recovers before the 4x threshold is reached, and
-  that recovery is a steep descent too (seen on synthetic data: their rule suggested an lr 6x
-  past the minimum, inside the spike). Past the minimum the loss no longer improves, so here the
-  suggestion lies on the way down to it. None when fewer than 3 steps remain.
+  (fastai's "steep", Lightning's `suggestion()`), made robust to noise: the slope at each step
+  is the least-squares slope of smoothed over log(lr) in a window of WINDOW_DECADES of lr around
+  it, and at least its neighbours (not a two-point difference, which batch noise dominates),
+  and only steps on the way down
+  to the lowest smoothed loss, within SEARCH_DECADES below it, are candidates, never the first
+  n // 10 steps (too few losses in the average, lr too small to move the weights, as fastai).
+  fastai leaves out only the last 5 steps and Lightning the last one; but a net with BN often
+  spikes at a high lr and partly recovers before the 4x threshold is reached, and that recovery
+  is a steep descent too (their rule suggested an lr 6x past the minimum, inside the spike);
+  and on a small folder their rule picked 5.2e-6, a noise dip at the start of the sweep, with
+  the minimum at 0.07. None when fewer than 3 candidates remain.
 
 The weights are thrown away afterwards: nothing is saved, no run directory is written. `lr_find`
 returns the numbers; the figure is `reslab.analysis.plots.lr_find_figure`.
@@ -34,7 +48,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,27 +59,48 @@ import torch
 from ..data import Data, load_data
 from ..errors import UserError
 from ..limits import LR_FIND_ITERS, MAX_LR, check_float, check_int
+from .adapt import DataFacts, adapt
 from .logging import Progress
+from .loop import Run
 from .recipe import Recipe
 from .setup import build_model, build_optimizer, seed_everything, select_device
 from .step import sgd_step
 
-BETA = 0.98       # EMA factor of the smoothed loss (fastai, Lightning)
+BETA = 0.98       # EMA factor of the smoothed loss of long sweeps (fastai, Lightning)
 DIVERGED = 4.0    # stop when the smoothed loss exceeds this times its minimum (fastai, Lightning)
+AUTO_EPOCHS, AUTO_STEPS = 8, (30, 100)  # the default number of steps (module docstring)
+PROBE_STEPS, MIN_STEPS = 3, 20          # the time bound: steps timed, fewest steps planned
+WINDOW_DECADES = 0.5   # of lr, the window of the least-squares slope
+SEARCH_DECADES = 2.0   # of lr below the lowest smoothed loss, where the suggestion is looked for
+MAX_SECONDS = 86_400
+
+_clock: Callable[[], float] = time.perf_counter  # tests replace it
 
 
 class _NonFinite(Exception):
     """The loss of a step is NaN or infinite: the sweep ends before that step is applied."""
 
 
-def check_sweep(start_lr: float, end_lr: float, iters: int) -> tuple[float, float, int]:
+def check_sweep(start_lr: float, end_lr: float, iters: int | None
+                ) -> tuple[float, float, int | None]:
     """The sweep's bounds, validated (reslab.limits): 0 < start_lr < end_lr <= MAX_LR,
-    iters in LR_FIND_ITERS."""
+    iters in LR_FIND_ITERS (None: chosen from the training set)."""
     start = check_float("start_lr", start_lr, 0.0, MAX_LR, lo_open=True)
     end = check_float("end_lr", end_lr, 0.0, MAX_LR, lo_open=True)
     if start >= end:
         raise UserError(f"start_lr {start:g} must be below end_lr {end:g}")
-    return start, end, check_int("iters", iters, *LR_FIND_ITERS)
+    return start, end, None if iters is None else check_int("iters", iters, *LR_FIND_ITERS)
+
+
+def auto_iters(steps_per_epoch: int) -> int:
+    """The default length: AUTO_EPOCHS epochs, within AUTO_STEPS."""
+    lo, hi = AUTO_STEPS
+    return min(hi, max(lo, AUTO_EPOCHS * steps_per_epoch))
+
+
+def smoothing(iters: int) -> float:
+    """beta of the smoothed loss for a sweep of iters steps (module docstring)."""
+    return 1 - 1 / min(50.0, max(3.0, iters / 8))
 
 
 def sweep_lrs(start_lr: float, end_lr: float, iters: int) -> list[float]:
@@ -85,9 +121,39 @@ class SmoothedLoss:
 
 
 @dataclass
+class Plan:
+    """The lrs to sweep, re-planned once with fewer steps when the time bound requires."""
+
+    start_lr: float
+    end_lr: float
+    iters: int
+    max_seconds: float = 0.0  # 0: no bound
+
+    def __post_init__(self) -> None:
+        self.lrs = sweep_lrs(self.start_lr, self.end_lr, self.iters)
+
+    def replan(self, done: int, seconds: float) -> bool:
+        """Called after `done` steps that took seconds: fewer steps when the rest would not fit
+        the bound (True when re-planned). Never more steps than planned."""
+        if not self.max_seconds or len(self.lrs) <= max(MIN_STEPS, done + 1):
+            return False
+        per_step = seconds / done
+        fit = done + int(max(0.0, self.max_seconds - seconds) / max(per_step, 1e-9))
+        steps = max(MIN_STEPS, done + 1, fit)
+        if steps >= len(self.lrs):
+            return False
+        # The rest continues geometrically from the last lr taken to end_lr.
+        rest = sweep_lrs(self.lrs[done - 1], self.end_lr, steps - done + 1)[1:]
+        self.lrs = self.lrs[:done] + rest
+        return True
+
+
+@dataclass
 class Sweep:
     """What the sweep recorded, one entry per step taken; why and at which lr it stopped."""
 
+    planned: int = 0     # steps planned (after any re-planning)
+    beta: float = BETA   # of the smoothed loss
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
@@ -96,50 +162,87 @@ class Sweep:
 
 
 def steepest(lrs: list[float], smoothed: list[float], skip_begin: int) -> int | None:
-    """Index of the steepest descent of smoothed against log(lr) among the steps from
-    skip_begin to the lowest smoothed loss (module docstring); None when fewer than 3 remain."""
-    stop = int(np.argmin(smoothed)) + 1 if smoothed else 0
-    if stop - skip_begin < 3:
+    """Index of the steepest descent of smoothed against log(lr), slopes fitted over a window,
+    among the steps from skip_begin (and SEARCH_DECADES below the lowest smoothed loss) to the
+    lowest smoothed loss (module docstring); None when fewer than 3 candidates remain."""
+    if not smoothed:
         return None
-    slope = np.gradient(np.asarray(smoothed[skip_begin:stop]), np.log(lrs[skip_begin:stop]))
-    return skip_begin + int(np.argmin(slope))
+    stop = int(np.argmin(smoothed)) + 1
+    # Every step enters the fits (a window at the minimum sees the rise after it, so its slope
+    # is about 0), but only steps up to the minimum are candidates.
+    x, y = np.log10(np.asarray(lrs[:len(smoothed)])), np.asarray(smoothed)
+    first = max(skip_begin, int(np.searchsorted(x, x[stop - 1] - SEARCH_DECADES)))
+    if stop - first < 3:
+        return None
+    slopes = []
+    for i in range(first, stop):
+        steps = np.arange(len(x))  # a coarse (time-bounded) sweep: at least the neighbours
+        near = ((np.abs(x - x[i]) <= WINDOW_DECADES / 2) | (np.abs(steps - i) <= 1)) \
+            & (steps >= skip_begin)
+        xs, ys = x[near], y[near]
+        slopes.append(np.polyfit(xs, ys, 1)[0] if len(xs) >= 2 else 0.0)
+    return first + int(np.argmin(slopes))
 
 
-def lr_find(recipe: Recipe, *, start_lr: float = 1e-6, end_lr: float = 10.0, iters: int = 200,
-            quiet: bool = True) -> dict[str, Any]:
+def lr_find(recipe: Recipe, *, start_lr: float = 1e-6, end_lr: float = 10.0,
+            iters: int | None = None, max_seconds: float = 60.0, quiet: bool = True
+            ) -> dict[str, Any]:
     """Runs the range test (module docstring) with the recipe's data, model and optimizer.
 
-    Returns {model, data, optimizer, batch_size, start_lr, end_lr, iters, steps, stopped
-    ("diverged", "non-finite loss" or None), stop_lr (the lr of the step that ended it),
-    suggestion (an lr, or None), suggestion_index, min_loss_lr (where the smoothed loss is
-    lowest), lrs, losses, smoothed (per step taken)}. Progress, and what loading --weights
-    reports, go to stderr unless quiet."""
+    Returns {model, data, optimizer, batch_size, start_lr, end_lr, iters (the steps planned),
+    time_bounded (whether max_seconds cut the plan), beta, steps, stopped ("diverged",
+    "non-finite loss" or None), stop_lr (the lr of the step that ended it), suggestion (an lr,
+    or None), suggestion_index, min_loss_lr (where the smoothed loss is lowest), lrs, losses,
+    smoothed (per step taken), wall_s}. Progress, and what loading --weights reports, go to
+    stderr unless quiet."""
     start_lr, end_lr, iters = check_sweep(start_lr, end_lr, iters)
+    max_seconds = check_float("max_seconds", max_seconds, 0.0, MAX_SECONDS)
     r = recipe
     if r.threads:
         torch.set_num_threads(r.threads)
     device = select_device(r.device)
     seed_everything(r.seed, r.deterministic)
+    # The image size and worker count training would use: an image folder at the model
+    # family's resolution (32 px for the CIFAR family, not 224: 49x the work per step).
+    r = Run._fit_workers(r)
     data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
-                     image_size=r.image_size, normalize=r.normalize, augment=r.augment,
+                     image_size=Run._image_size(r), normalize=r.normalize, augment=r.augment,
                      pad=r.pad, workers=r.workers, erase=r.erase)
+    # The batch and augmentation training would adapt to this data (reslab.engine.adapt): the
+    # lr found is for the batch the run will use. The sweep sets the lr and its length, so
+    # neither is adapted.
+    n = data.num_examples("train")
+    fixed = {"lr", "epochs", "progressive_from"}
+    r, notes = adapt(r.replace(given=sorted({*r.given, *fixed})),
+                     DataFacts(n, min(data.input_size[1:])))
+    data.augment, data.pad = r.augment, r.pad  # read at batch time
     model, messages = _model(r, data, device)
+    messages = notes + messages
+    if r.batch_size > n:  # as training does: every step a full batch of the small set
+        messages.append(f"note: batch size {r.batch_size} is larger than the {n} training "
+                        f"images; using {n}")
+        r = r.replace(batch_size=n)
+    iters = iters or auto_iters(data.steps_per_epoch(r.batch_size))
     progress = Progress(iters, quiet=quiet, desc="lr-find")
     for message in messages:
         progress.write(message)
+    started = _clock()
     try:
-        sweep = _sweep(r, model, _batches(r, data, device), sweep_lrs(start_lr, end_lr, iters),
-                       device, progress)
+        sweep = _sweep(r, model, _batches(r, data, device), Plan(start_lr, end_lr, iters,
+                                                                  max_seconds), device, progress)
     finally:
         progress.close()
-    best = steepest(sweep.lrs, sweep.smoothed, skip_begin=iters // 10)
+    best = steepest(sweep.lrs, sweep.smoothed, skip_begin=sweep.planned // 10)
     lowest = int(np.argmin(sweep.smoothed)) if sweep.smoothed else None
     return {"model": r.model, "data": r.data, "optimizer": r.optimizer,
-            "batch_size": r.batch_size, "start_lr": start_lr, "end_lr": end_lr, "iters": iters,
+            "batch_size": r.batch_size, "start_lr": start_lr, "end_lr": end_lr,
+            "iters": sweep.planned, "time_bounded": sweep.planned < iters,
+            "max_seconds": max_seconds, "beta": sweep.beta,
             "steps": len(sweep.lrs), "stopped": sweep.stopped, "stop_lr": sweep.stop_lr,
             "suggestion": None if best is None else sweep.lrs[best], "suggestion_index": best,
             "min_loss_lr": None if lowest is None else sweep.lrs[lowest],
-            "lrs": sweep.lrs, "losses": sweep.losses, "smoothed": sweep.smoothed}
+            "lrs": sweep.lrs, "losses": sweep.losses, "smoothed": sweep.smoothed,
+            "wall_s": round(_clock() - started, 2)}
 
 
 def _model(r: Recipe, data: Data, device: torch.device) -> tuple[torch.nn.Module, list[str]]:
@@ -161,14 +264,27 @@ def _batches(r: Recipe, data: Data, device: torch.device
 
 
 def _sweep(r: Recipe, model: torch.nn.Module,
-           batches: Iterator[tuple[torch.Tensor, torch.Tensor]], lrs: list[float],
+           batches: Iterator[tuple[torch.Tensor, torch.Tensor]], plan: Plan,
            device: torch.device, progress: Progress) -> Sweep:
     """One training step per lr, recorded, until the loss diverges or the lrs run out."""
     optimizer = build_optimizer(r, model)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(r.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    sweep, ema, best = Sweep(), SmoothedLoss(), math.inf
-    for lr, (x, y) in zip(lrs, batches):
+    sweep = Sweep(planned=plan.iters, beta=smoothing(plan.iters))
+    ema, best, started = SmoothedLoss(sweep.beta), math.inf, _clock()
+    for step, (x, y) in enumerate(batches):
+        if step == len(plan.lrs):
+            break
+        if (step >= PROBE_STEPS and (step - PROBE_STEPS) % 10 == 0
+                and plan.replan(step, _clock() - started)):
+            if step == PROBE_STEPS:  # the steps so far, smoothed as the new plan says
+                sweep.beta = smoothing(len(plan.lrs))
+                ema = SmoothedLoss(sweep.beta)
+                sweep.smoothed = [ema.update(v) for v in sweep.losses]
+                best = min(sweep.smoothed)
+            sweep.planned = len(plan.lrs)
+            progress.replan(len(plan.lrs))
+        lr = plan.lrs[step]
         for group in optimizer.param_groups:
             group["lr"] = lr
         try:

@@ -15,14 +15,12 @@ from typing import Any
 
 import tomli_w
 
-from ..data.augment import AUGMENTS, AUTO_AUGMENTS
-from ..data.normalize import NORMALIZE
+from ..choices import AUGMENTS, AUTO_AUGMENTS, NORMALIZE, STRIDE_IN
 from ..errors import UserError, unknown
 from ..io import read_text
 from ..limits import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_ITERS, MAX_LR, MAX_PAD, MAX_SEED,
                       MAX_TEXT_BYTES, MAX_THREADS, MAX_WORKERS, check_float, check_int,
                       short_text)
-from ..models import REGISTRY
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -33,7 +31,7 @@ CHOICES = {
     "auto_augment": AUTO_AUGMENTS,
     "normalize": NORMALIZE,
     "amp": ("auto", "off", "bf16", "fp16"),
-    "stride_in": ("3x3", "1x1"),
+    "stride_in": STRIDE_IN,
 }
 
 
@@ -136,6 +134,8 @@ class Recipe:
             value = getattr(self, name)
             if value not in choices:
                 raise UserError(f"invalid {name} '{value}' (choices: {', '.join(choices)})")
+        from ..models import REGISTRY  # here, not at the top: the CLI's --help stays torch-free
+
         if self.model not in REGISTRY:
             raise unknown("model", self.model, REGISTRY)
         if not self.data:
@@ -274,10 +274,10 @@ FIELD_HELP = {
 }
 
 
-def field_help(name: str) -> str:
-    """`--help` text of a recipe field: what it does, its choices or range, its built-in
-    default (a recipe file may set another)."""
-    f = {f.name: f for f in fields(Recipe)}[name]
+def field_help(name: str, defaults: RecipeDefaults | None = None) -> str:
+    """`--help` text of a recipe field: what it does, its choices or range, and its default in
+    the recipe in use and where that comes from ("from recipe fast", or "built in" when the
+    recipe file does not set it)."""
     parts = [FIELD_HELP.get(name, name.replace("_", " "))]
     if name in CHOICES:
         parts.append(f"choices: {', '.join(CHOICES[name])}")
@@ -287,9 +287,50 @@ def field_help(name: str) -> str:
     if name in FLOAT_BOUNDS:
         lo, hi, lo_open, hi_open = FLOAT_BOUNDS[name]
         parts.append(f"range {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    parts.append(f"built-in default {default if default not in (None, []) else 'none'}")
-    return "; ".join(parts)
+    defaults = defaults or RecipeDefaults()
+    value, source = defaults.of(name)
+    return "; ".join(parts) + f" (default {_cli_text(value)}{source})"
+
+
+@dataclass(frozen=True)
+class RecipeDefaults:
+    """The values a recipe file sets, as written there (for --help: nothing is validated and
+    torch is not imported). name None: no recipe file, every default built in."""
+
+    name: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, name_or_file: str) -> RecipeDefaults:
+        """The recipe's values; one that does not load (unknown name, bad file) gives the
+        built-in defaults: --help still works, and the run itself reports the error."""
+        try:
+            values = read_toml(_recipe_path(name_or_file))
+        except UserError:
+            return cls()
+        values.pop("description", None)
+        return cls(name_or_file, values)
+
+    def of(self, name: str) -> tuple[Any, str]:
+        """(default value, where it comes from)."""
+        if name in self.values:
+            return self.values[name], f" from recipe {self.name}"
+        f = {f.name: f for f in fields(Recipe)}[name]
+        built_in = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+            else f.default
+        return built_in, ", built in"
+
+
+def _cli_text(value: Any) -> str:
+    """A value as it is typed on the command line: lists comma-separated, booleans lower
+    case, no value "none"."""
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Recipe))
@@ -393,12 +434,7 @@ def read_toml(path: Path, what: str = "recipe") -> dict[str, Any]:
 
 def load_recipe(name_or_file: str = "demo", overrides: dict[str, Any] | None = None) -> Recipe:
     """A named recipe (configs/NAME.toml) or a TOML file, with overrides applied on top."""
-    path = Path(name_or_file)
-    if not (name_or_file.endswith(".toml") or path.is_file()):
-        path = CONFIG_DIR / f"{name_or_file}.toml"
-        if not path.is_file():
-            raise unknown("recipe", name_or_file, recipe_names())
-    values = read_toml(path)
+    values = read_toml(_recipe_path(name_or_file))
     values.pop("description", None)
     values.setdefault("recipe", name_or_file)
     given = {k.replace("-", "_"): v for k, v in (overrides or {}).items() if v is not None}
@@ -406,6 +442,16 @@ def load_recipe(name_or_file: str = "demo", overrides: dict[str, Any] | None = N
     recipe = coerce(values | given)  # checks the file's own `given` like any field
     names = sorted(set(recipe.given) | (set(given) & set(_FIELD_NAMES) - {"recipe"}))
     return recipe.replace(given=names) if names != recipe.given else recipe
+
+
+def _recipe_path(name_or_file: str) -> Path:
+    """configs/NAME.toml for a recipe name, else the file given."""
+    path = Path(name_or_file)
+    if not (name_or_file.endswith(".toml") or path.is_file()):
+        path = CONFIG_DIR / f"{name_or_file}.toml"
+        if not path.is_file():
+            raise unknown("recipe", name_or_file, recipe_names())
+    return path
 
 
 def save_recipe(path: str | Path, recipe: Recipe) -> None:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SHORTCUTS = ("A", "B", "C")
-STRIDE_IN = ("3x3", "1x1")
+from ..choices import SHORTCUTS, STRIDE_IN  # noqa: F401 (re-exported)
+
 # Where option A puts its zero channels: after the input's (reslab, fb.resnet.torch) or half
 # on each side (akamaster/pytorch_resnet_cifar10's LambdaLayer, whose checkpoints reslab imports).
 PAD_SIDES = ("after", "both")
