@@ -104,6 +104,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run the model once over some images: intra-op threads from the CPUs that are
+# free when they start (reslab/threads.py), unless OMP_NUM_THREADS or the caller chose.
+ONE_SHOT = ("eval", "predict", "responses", "export", "grow", "show-batch")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from ..io import Terminated, clean_up_on_signals
@@ -116,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             build_parser().print_help()
             return 2
+        if args.command in ONE_SHOT:  # train, lr-find and serve choose their own
+            from ..threads import auto_threads
+
+            auto_threads()
         return int(args.func(args) or 0)
     except (UserError, ValueError, KeyError, FileNotFoundError) as e:
         if debug:

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 from .common import add_runtime_option
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                                  split=args.split, crops=args.crops, scales=scales,
                                  flip={"auto": None, "on": True, "off": False}[args.flip],
                                  batch_size=args.batch_size, device=args.device,
-                                 runtime=args.runtime, top_losses=worst[0] if worst else 0)
+                                 runtime=_runtime(args, scales),
+                                 top_losses=worst[0] if worst else 0)
     if args.runtime == "auto":
         print(result["runtime_note"], file=sys.stderr)
     if args.confusion:
@@ -146,3 +148,14 @@ def _parse_scales(text: str) -> list[int]:
     if not scales or min(scales) < 1:
         raise ValueError(f"invalid --scales '{text}': expected sizes like 224,256,384")
     return scales
+
+
+def _runtime(args: argparse.Namespace, scales: list[int] | None) -> Any:
+    """The wrapper evaluate_checkpoint applies for --runtime (None: the model as loaded)."""
+    if args.runtime is None:
+        return None
+    from ..deploy.optimize import first_batch_runtime
+    from ..engine.setup import select_device
+
+    return first_batch_runtime(args.runtime, select_device(args.device),
+                               multiscale=bool(scales))

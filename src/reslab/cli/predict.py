@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io import ensure_dir
     from ..deploy.predict import (classifier, format_predictions, image_paths, predict_images,
                                   predictions_csv)
-    from ..deploy.runtime import FirstBatch, check_runtime, runtime_of
+    from ..deploy.optimize import FirstBatch
+    from ..deploy.runtime import check_runtime, runtime_of
     from ..engine.setup import select_device
     from ..io import atomic_write_text, check_writable
     from ..limits import MAX_BATCH, MAX_CLASSES, check_int

@@ -41,39 +41,10 @@ def resolve(args: argparse.Namespace) -> Recipe:
     if not args.data and name != "demo":
         notes.append(f"note: no --data given: training on {recipe.data}, the dataset of recipe "
                      f"{name}")
-    if recipe.weights:
-        recipe = weights_architecture(recipe, args, notes)
     if not args.quiet and not getattr(args, "json", False):
         for note in notes:
             print(note, file=sys.stderr)
     return recipe
-
-
-def weights_architecture(recipe: Recipe, args: argparse.Namespace, notes: list[str]) -> Recipe:
-    """Fine-tuning trains the architecture the --weights record names (with its shortcut and
-    stride options) unless --model, --shortcut or --stride-in say otherwise; a --model of
-    another architecture cannot load them: an error naming both and the fix."""
-    from ..interop import TORCHVISION, open_weights, torchvision_weights
-
-    weights = str(recipe.weights)
-    record = (torchvision_weights(weights)[1] if weights.startswith(TORCHVISION)
-              else open_weights(weights, strict_record=False)[1])
-    if record is None:  # a foreign file: no record to read; the recipe's model loads it or not
-        return recipe
-    arch, kwargs = record.architecture, record.kwargs
-    if args.model is not None and args.model != arch:
-        raise UserError(f"--weights {recipe.weights} holds {arch} weights, not {args.model}: "
-                        f"give --model {arch} (or leave --model out)")
-    options = {k: kwargs[k] for k in ("shortcut", "stride_in")
-               if k in kwargs and getattr(args, k, None) is None}
-    changes = {**options, "model": arch} if args.model is None else options
-    if all(getattr(recipe, k) == v for k, v in changes.items()):
-        return recipe
-    if args.model is None and arch != recipe.model:
-        shortcut = f" (shortcut {kwargs['shortcut']})" if "shortcut" in kwargs else ""
-        notes.append(f"note: --weights {recipe.weights} holds a {arch}{shortcut}: training "
-                     "that architecture (--model chooses another)")
-    return recipe.replace(**changes)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,11 +7,17 @@ import copy
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from ..errors import UserError
+from .runtime import check_runtime, choose_faster, onnxruntime_model
+from .runtime import describe as describe_runtime
+from .runtime import runtime_of
 
 CompileMode = bool | Literal["auto"]
 
@@ -64,8 +70,6 @@ def optimize_for_inference(model: nn.Module, example_input: torch.Tensor, *,
     (deploy.runtime.RuntimeChoice) holds the times. On a non-CPU input "auto" is "torch".
     The result's `optimized_with` dict says what was applied, `["runtime"]` which runtime.
     """
-    from .runtime import check_runtime, choose_faster, onnxruntime_model
-
     runtime = check_runtime(runtime, example_input.device)
     if runtime == "onnxruntime":
         return onnxruntime_model(model, example_input, threads=threads)
@@ -111,3 +115,44 @@ def optimize_torch(model: nn.Module, example_input: torch.Tensor, *,
                       stacklevel=2)
         return fast
     return compiled if faster else fast
+
+
+class FirstBatch:
+    """optimize_for_inference built on the first batch it is called with: "auto" times the
+    runtimes on the shape the caller really uses (eval's and predict's batch), not a guess.
+    `fast` is the built callable (None before the first call)."""
+
+    def __init__(self, model: nn.Module, runtime: str, **options: Any) -> None:
+        self.model, self.runtime, self.options = model, runtime, options
+        self.fast: Any = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast is None:
+            # Exporting and folding need ordinary tensors, also inside the caller's
+            # inference_mode; x.clone() there is an ordinary tensor with x's values.
+            with torch.inference_mode(False), torch.no_grad():
+                self.fast = optimize_for_inference(self.model, x.clone(), runtime=self.runtime,
+                                                   **self.options)
+        with torch.inference_mode():
+            return self.fast(x)
+
+    @property
+    def runtime_name(self) -> str:
+        """The runtime the first batch chose ("torch" or "onnxruntime")."""
+        return runtime_of(self.fast) if self.fast is not None else self.runtime
+
+    def describe(self) -> str:
+        return describe_runtime(self.fast) if self.fast is not None else f"runtime {self.runtime}"
+
+
+def first_batch_runtime(runtime: str, device: str | torch.device, *, multiscale: bool = False
+                        ) -> Callable[[nn.Module], FirstBatch]:
+    """What evaluate_checkpoint wraps a loaded model with for `--runtime`: the runtime checked
+    against the device; the multi-scale test feeds images of several sizes, so it runs on
+    torch."""
+    runtime = check_runtime(runtime, device)
+    if multiscale and runtime == "onnxruntime":
+        raise UserError("the multi-scale test feeds whole images of several sizes; the "
+                        "onnxruntime runtime takes one: use --runtime torch")
+    runtime = "torch" if multiscale else runtime
+    return lambda model: FirstBatch(model, runtime, compile=False)

@@ -105,8 +105,8 @@ def predict_files(model: nn.Module, record: Record, paths: Sequence[str | PathLi
     file raises UserError naming it (before any result is returned). flip: average the logits
     with the mirrored image's (default: as the run's evaluation did, its record says).
     runtime: None, the model as given; else "torch", "onnxruntime" or "auto"
-    (deploy.runtime.FirstBatch: built on the first batch)."""
-    from .runtime import FirstBatch
+    (deploy.optimize.FirstBatch: built on the first batch)."""
+    from .optimize import FirstBatch
 
     model = model.to(device).eval()
     fast = model if runtime is None else FirstBatch(model, runtime, compile=False)

@@ -116,8 +116,8 @@ class RuntimeChoice:
 def choose_faster(candidates: dict[str, Forward], example_input: torch.Tensor, *,
                   target_s: float = 0.1, rounds: int = 3) -> RuntimeChoice:
     """Times each candidate on example_input (warmed up, interleaved rounds, best round each:
-    reslab.bench's rule) and names the fastest."""
-    from ..bench import inference_step, time_steps
+    reslab.timing's rule) and names the fastest."""
+    from ..timing import inference_step, time_steps
 
     steps = {name: inference_step(fn, example_input) for name, fn in candidates.items()}
     seconds = time_steps(steps, rounds=rounds, target_s=target_s)
@@ -134,28 +134,3 @@ def describe(model: Any) -> str:
     """One line on the runtime a callable runs on and, for "auto", why."""
     choice = getattr(model, "choice", None)
     return choice.describe() if choice is not None else f"runtime {runtime_of(model)}"
-
-
-class FirstBatch:
-    """optimize_for_inference built on the first batch it is called with: "auto" times the
-    runtimes on the shape the caller really uses (eval's and predict's batch), not a guess.
-    `fast` is the built callable (None before the first call)."""
-
-    def __init__(self, model: nn.Module, runtime: str, **options: Any) -> None:
-        self.model, self.runtime, self.options = model, runtime, options
-        self.fast: Any = None
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast is None:
-            from .optimize import optimize_for_inference
-
-            # Exporting and folding need ordinary tensors, also inside the caller's
-            # inference_mode; x.clone() there is an ordinary tensor with x's values.
-            with torch.inference_mode(False), torch.no_grad():
-                self.fast = optimize_for_inference(self.model, x.clone(), runtime=self.runtime,
-                                                   **self.options)
-        with torch.inference_mode():
-            return self.fast(x)
-
-    def describe(self) -> str:
-        return describe(self.fast) if self.fast is not None else f"runtime {self.runtime}"

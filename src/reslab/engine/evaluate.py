@@ -123,7 +123,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
                         data_dir: str | None = None, split: str = "test", crops: int = 1,
                         scales: list[int] | None = None, flip: bool | None = None,
                         batch_size: int = 256, device: str = "auto",
-                        runtime: str | None = None,
+                        runtime: Callable[[nn.Module], Any] | None = None,
                         top_losses: int = 0) -> dict[str, Any]:
     """Scores a checkpoint on a split: centre view, the paper's 10-crop, or multi-scale.
 
@@ -131,9 +131,10 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     its training (size, crop, mean/std or per-pixel mean), the dataset defaults to the one it was
     trained on, with its val hold-out and seed so `--split val` is the same split as in training.
     flip: average with the horizontal flip (default: as the run's reported numbers did).
-    runtime: None, the model as loaded; else reslab.deploy.runtime's "torch", "onnxruntime" or
-    "auto" (built on the first batch, as `reslab predict` builds it, so the two agree). The
-    multi-scale test feeds images of several sizes: it runs on torch.
+    runtime: None, the model as loaded; else what wraps it for another runtime, e.g.
+    reslab.deploy.optimize.first_batch_runtime("auto", device) (built on the first batch, as
+    `reslab predict` builds it, so the two agree; its result has `runtime_name` and
+    `describe()`). The engine stands below deploy, so the wrapper comes from the caller.
 
     top_losses: also return the centre view's that many examples of largest loss as
     "top_losses", TopLoss items with their images de-normalised to [0, 1]."""
@@ -150,14 +151,6 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
         for s in scales:
             check_image_side("scale", s)
     dev = select_device(device)
-    if runtime is not None:
-        from ..deploy.runtime import check_runtime
-
-        runtime = check_runtime(runtime, dev)
-        if scales and runtime == "onnxruntime":
-            raise UserError("the multi-scale test feeds whole images of several sizes; the "
-                            "onnxruntime runtime takes one: use --runtime torch")
-        runtime = "torch" if scales else runtime
     model, record = load_checkpoint(ckpt, device=dev)
     trained = record.data or {}
     spec = data or trained.get("spec")
@@ -191,11 +184,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     flip = pre.tta_flip if flip is None else flip
     size = d.input_size[1]
     batch_size = fit_batch(batch_size, d.input_size)
-    forward: Callable[[torch.Tensor], torch.Tensor] = model
-    if runtime is not None:
-        from ..deploy.runtime import FirstBatch
-
-        forward = FirstBatch(model, runtime, compile=False)
+    forward = model if runtime is None else runtime(model)
     if scales:
         result = evaluate_scored(multiscale_logits(
             forward, [d.eval_batches(split, batch_size, dev, resize=s) for s in scales]), dev)
@@ -218,9 +207,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
         result["confusion"] = torch.bincount(torch.as_tensor(y_true * k + y_pred),
                                              minlength=k * k).view(k, k).tolist()
     if runtime is not None:
-        from ..deploy.runtime import runtime_of
-
-        result["runtime"] = runtime_of(forward.fast)
+        result["runtime"] = forward.runtime_name
         result["runtime_note"] = forward.describe()
     return {"ckpt": str(ckpt), "data": spec, "split": split, "crops": crops,
             "scales": scales, "flip": bool(flip and not scales and crops == 1),

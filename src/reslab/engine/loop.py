@@ -37,8 +37,8 @@ from .recipe import Recipe, save_recipe
 from .rundir import RunLock, claim
 from .schedule import (ScheduleState, lr_at, on_train_batch, on_val_error, train_side,
                        warming_up)
-from .setup import (EMA, build_model, build_optimizer, resolve_amp, seed_everything,
-                    select_device)
+from .setup import (EMA, architecture_from_weights, build_model, build_optimizer, resolve_amp,
+                    seed_everything, select_device)
 from .step import sgd_step
 
 
@@ -61,6 +61,9 @@ class Run:
         state, source_record = open_weights(r.weights, strict_record=False) if r.weights \
             else (None, None)
         self.layout = layout_kwargs(state, source_record) if state is not None else {}
+        if not resume:
+            r, notes = architecture_from_weights(r, source_record)
+            self.messages += notes
         r = self._fit_workers(r)
         self.data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
                               image_size=self._image_size(r), normalize=r.normalize,

@@ -59,6 +59,7 @@ import torch
 from ..data import Data, load_data
 from ..errors import UserError
 from ..limits import LR_FIND_ITERS, MAX_LR, check_float, check_int
+from ..threads import ThreadGovernor
 from .adapt import DataFacts, adapt
 from .logging import Progress
 from .loop import Run
@@ -198,8 +199,7 @@ def lr_find(recipe: Recipe, *, start_lr: float = 1e-6, end_lr: float = 10.0,
     start_lr, end_lr, iters = check_sweep(start_lr, end_lr, iters)
     max_seconds = check_float("max_seconds", max_seconds, 0.0, MAX_SECONDS)
     r = recipe
-    if r.threads:
-        torch.set_num_threads(r.threads)
+    ThreadGovernor(r.threads, deterministic=r.deterministic, once=True)
     device = select_device(r.device)
     seed_everything(r.seed, r.deterministic)
     # The image size and worker count training would use: an image folder at the model

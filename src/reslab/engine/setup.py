@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import create_model
+from ..record import Record
 from .recipe import Recipe
 
 
@@ -116,3 +117,28 @@ class EMA:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for k, v in state.items():
             self.shadow[k].copy_(v)
+
+
+def architecture_from_weights(r: Recipe, record: Record | None) -> tuple[Recipe, list[str]]:
+    """Fine-tuning trains the architecture the --weights record names (with its shortcut and
+    stride options) unless the user gave --model, --shortcut or --stride-in (Recipe.given); a
+    given --model of another architecture cannot load them: an error naming both and the fix.
+    A foreign file has no record: the recipe's model loads it or says why not."""
+    if record is None:
+        return r, []
+    arch, kwargs = record.architecture, record.kwargs
+    if "model" in r.given and r.model != arch:
+        raise UserError(f"--weights {r.weights} holds {arch} weights, not {r.model}: "
+                        f"give --model {arch} (or leave --model out)")
+    changes = {k: kwargs[k] for k in ("shortcut", "stride_in")
+               if k in kwargs and k not in r.given}
+    if "model" not in r.given:
+        changes["model"] = arch
+    if all(getattr(r, k) == v for k, v in changes.items()):
+        return r, []
+    notes = []
+    if "model" not in r.given and arch != r.model:
+        shortcut = f" (shortcut {kwargs['shortcut']})" if "shortcut" in kwargs else ""
+        notes.append(f"note: --weights {r.weights} holds a {arch}{shortcut}: training that "
+                     "architecture (--model chooses another)")
+    return r.replace(**changes), notes
