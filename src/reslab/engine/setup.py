@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..models import create_model
+from ..models import create_model, get_arch
 from ..record import Record
 from .recipe import Recipe
 
@@ -130,11 +130,16 @@ def architecture_from_weights(r: Recipe, record: Record | None) -> tuple[Recipe,
     if "model" in r.given and r.model != arch:
         raise UserError(f"--weights {r.weights} holds {arch} weights, not {r.model}: "
                         f"give --model {arch} (or leave --model out)")
+    model = r.model if "model" in r.given else arch
+    # The recipe's effective options (shortcut None: the family's default), so that a recipe
+    # already training this layout is left exactly as it is (its stored config unchanged).
+    current = {"shortcut": r.shortcut or get_arch(model).default_shortcut,
+               "stride_in": r.stride_in}
     changes = {k: kwargs[k] for k in ("shortcut", "stride_in")
-               if k in kwargs and k not in r.given}
-    if "model" not in r.given:
-        changes["model"] = arch
-    if all(getattr(r, k) == v for k, v in changes.items()):
+               if k in kwargs and k not in r.given and kwargs[k] != current[k]}
+    if model != r.model:
+        changes["model"] = model
+    if not changes:
         return r, []
     notes = []
     if "model" not in r.given and arch != r.model:
