@@ -33,7 +33,7 @@ def test_fast_on_a_small_folder_gets_a_batch_length_and_no_resizing_that_fit() -
         "be 72 optimizer steps, fewer than the 400 a net needs to train and its BN statistics "
         "to settle",
         "note: recipe fast adapted to the data: no progressive resizing: it pays on long runs, "
-        "and 400 iterations are fewer than 1500"]
+        "and 400 iterations are fewer than 1,500"]
 
 
 def test_fast_on_fashion_mnist_is_unchanged() -> None:

@@ -349,3 +349,16 @@ def test_the_sweep_uses_the_batch_training_would_adapt_to(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "note: recipe fast adapted to the data: batch 16 (recipe 128) for 250 training " \
            "images" in err and "epochs" not in err
+
+
+def test_a_loss_that_rises_before_it_falls_still_gets_a_suggestion() -> None:
+    """The smoothed loss starts at the first raw loss; when the loss first rises (a net at init
+    on a small folder), that start is the global minimum. The minimum and the suggestion are
+    looked for after the sweep's first tenth."""
+    from reslab.engine.lr_find import lowest_after, steepest
+
+    lrs = list(np.geomspace(1e-6, 1.0, 40))
+    smoothed = [1.28] + [1.6 - 0.25 * min(1.0, i / 30) for i in range(1, 40)]
+    assert int(np.argmin(smoothed)) == 0 and lowest_after(smoothed, 4) == 30
+    best = steepest(lrs, smoothed, skip_begin=4)
+    assert best is not None and 4 <= best < 30

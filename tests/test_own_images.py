@@ -126,7 +126,7 @@ def test_unreadable_files_are_one_warning_line_each_and_named_in_the_report(
                    f"'{broken}' (skipped)"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped"] == [str(broken)]
-    assert f"1 unreadable images skipped ({broken})" in (out / "report.md").read_text()
+    assert f"1 unreadable image skipped ({broken})" in (out / "report.md").read_text()
 
 
 def test_defaults_fit_the_data_and_the_machine() -> None:

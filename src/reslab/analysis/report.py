@@ -236,7 +236,7 @@ def _run_line(model: str, data: str, rows: list[dict[str, Any]], run_dir: Path) 
     if isinstance(skipped, int) and skipped:
         names = [str(n) for n in summary.get("skipped") or [] if isinstance(n, str)]
         shown = f" ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})" if names else ""
-        line += f"; {skipped} unreadable images skipped{shown}"
+        line += f"; {plural(skipped, 'unreadable image')} skipped{shown}"
     return line + "."
 
 

@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="classes per image unless the request's ?topk= says (default 5)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="intra-op threads of the model (torch and ONNX Runtime; default: the "
-                        "CPUs this process may use)")
+                        "CPUs other programs leave free when the server starts)")
     p.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
                    help="average with the mirrored image: auto (default) as the run's "
                         "evaluation did, on, off")
@@ -72,11 +72,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"reslab serve needs fastapi, uvicorn, python-multipart and "
                         f"prometheus_client ({e.name} is missing): pip install "
                         "'reslab[serve]'") from None
-    from ..deploy.runtime import available_cpus
     from ..limits import MAX_THREADS, check_int
 
     opts = options(args)
-    threads = check_int("--threads", available_cpus() if args.threads is None else args.threads,
+    threads = check_int("--threads", _free_threads() if args.threads is None else args.threads,
                         1, MAX_THREADS)
     sock = listen(args.host, args.port)  # before the model: a taken port fails at once
     import torch
@@ -97,3 +96,15 @@ def run(args: argparse.Namespace) -> int:
     serve(service, opts, sock, on_ready=ready)
     print("stopped: in-flight requests answered", file=sys.stderr, flush=True)
     return 0
+
+
+def _free_threads() -> int:
+    """The CPUs other programs leave free (reslab/threads.py): the runtime choice is timed with
+    these threads, and on a busy machine more threads than free CPUs make torch look many
+    times slower than it is."""
+    import torch
+
+    from ..threads import auto_threads
+
+    auto_threads()
+    return torch.get_num_threads()

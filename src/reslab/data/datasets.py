@@ -418,7 +418,8 @@ def scan_folder(path: str, workers: int = 4) -> FolderSource:
                             f"{', '.join(map(repr, empty[:5]))}); a classifier needs 2 or more")
         warn(f"class folder{'s' if len(empty) > 1 else ''} "
              f"{', '.join(map(repr, empty[:5]))}{' ...' if len(empty) > 5 else ''} in "
-             f"'{train_dir}' hold no readable images: dropped, {len(kept)} classes remain")
+             f"'{train_dir}' {'hold' if len(empty) > 1 else 'holds'} no readable images: "
+             f"dropped, {len(kept)} classes remain")
         relabel = {old: new for new, old in enumerate(kept)}
         classes = [classes[i] for i in kept]
         train = [(p, relabel[label]) for p, label in train]

@@ -84,8 +84,9 @@ def adapt(r: Recipe, facts: DataFacts) -> tuple[Recipe, list[str]]:
     if (r.progressive_from is not None and "progressive_from" in free
             and total < PROGRESSIVE_MIN_ITERS):
         changes["progressive_from"] = None
-        notes.append(f"no progressive resizing: it pays on long runs, and {total} iterations "
-                     f"are fewer than {PROGRESSIVE_MIN_ITERS}")
+        notes.append(f"no progressive resizing: it pays on long runs, and "
+                     f"{plural(total, 'iteration')} {'is' if total == 1 else 'are'} fewer "
+                     f"than {PROGRESSIVE_MIN_ITERS:,}")
 
     augment = r.augment
     if facts.side < MIN_FLIP_SIDE and "augment" in free and "flip" in augment:

@@ -162,13 +162,21 @@ class Sweep:
     stop_lr: float | None = None
 
 
+def lowest_after(smoothed: list[float], skip_begin: int) -> int:
+    """Index of the lowest smoothed loss after the first skip_begin steps: the average starts
+    at the first raw loss, which a loss that rises before it falls would leave as the minimum
+    (the lowest loss "at the start lr" says nothing about the lr)."""
+    skip = skip_begin if len(smoothed) > skip_begin else 0
+    return skip + int(np.argmin(smoothed[skip:]))
+
+
 def steepest(lrs: list[float], smoothed: list[float], skip_begin: int) -> int | None:
     """Index of the steepest descent of smoothed against log(lr), slopes fitted over a window,
     among the steps from skip_begin (and SEARCH_DECADES below the lowest smoothed loss) to the
     lowest smoothed loss (module docstring); None when fewer than 3 candidates remain."""
     if not smoothed:
         return None
-    stop = int(np.argmin(smoothed)) + 1
+    stop = lowest_after(smoothed, skip_begin) + 1
     # Every step enters the fits (a window at the minimum sees the rise after it, so its slope
     # is about 0), but only steps up to the minimum are candidates.
     x, y = np.log10(np.asarray(lrs[:len(smoothed)])), np.asarray(smoothed)
@@ -233,7 +241,7 @@ def lr_find(recipe: Recipe, *, start_lr: float = 1e-6, end_lr: float = 10.0,
     finally:
         progress.close()
     best = steepest(sweep.lrs, sweep.smoothed, skip_begin=sweep.planned // 10)
-    lowest = int(np.argmin(sweep.smoothed)) if sweep.smoothed else None
+    lowest = lowest_after(sweep.smoothed, sweep.planned // 10) if sweep.smoothed else None
     return {"model": r.model, "data": r.data, "optimizer": r.optimizer,
             "batch_size": r.batch_size, "start_lr": start_lr, "end_lr": end_lr,
             "iters": sweep.planned, "time_bounded": sweep.planned < iters,
