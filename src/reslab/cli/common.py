@@ -168,7 +168,7 @@ def show_recipe_defaults(parser: argparse.ArgumentParser, argv: Sequence[str]) -
     hook = parser.get_default("_recipe_help")
     if hook is None:
         return
-    from ..engine.recipe import RecipeDefaults, field_help
+    from ..engine.recipe_help import RecipeDefaults, field_help
 
     recipe_in_use, actions = hook
     defaults = RecipeDefaults.load(recipe_in_use(_preparse(argv)))
