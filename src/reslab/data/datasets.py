@@ -1,13 +1,11 @@
 """Dataset sources: each turns a spec into uint8 tensors (in-memory sets) or a list of image
 files (image folders), plus class names. Parsing of the on-disk formats lives here: idx
-(Fashion-MNIST), CIFAR's pickled batches (through a restricted unpickler), folder scanning."""
+(Fashion-MNIST), CIFAR's pickled batches (read by data.pickles), folder scanning."""
 from __future__ import annotations
 
-import codecs
 import gzip
 import math
 import os
-import pickle
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +21,7 @@ from ..errors import UserError, unknown, warn
 from ..io import read_bytes, regular_file
 from ..limits import MAX_DATASET_BYTES, MAX_FILE_BYTES, MAX_IMAGE_SIDE, short_text
 from .images import GRAY_MODES, probe_image
+from .pickles import load_pickle
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic")
 SYSTEM_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -211,57 +210,6 @@ def fashion_mnist(data_dir: str | None = None) -> ArraySource:
             raise UserError(f"idx files '{f}' and its labels do not form a 10-class image set")
     return ArraySource("fashion-mnist", list(FASHION_CLASSES), _split(xtr[:, None], ytr),
                        _split(xte[:, None], yte))
-
-
-class _Refused(Exception):
-    pass
-
-
-def _array_globals() -> dict[tuple[str, str], Any]:
-    """The only callables a pickled numpy array needs (numpy 1 and 2 module names)."""
-    try:
-        from numpy._core import multiarray, numeric
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray,
-                                           ("numpy", "dtype"): np.dtype,
-                                           ("_codecs", "encode"): codecs.encode}
-    for pkg in ("numpy.core", "numpy._core"):
-        allowed[(f"{pkg}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{pkg}.multiarray", "scalar")] = multiarray.scalar
-        if hasattr(numeric, "_frombuffer"):  # protocol 5 pickles of contiguous arrays
-            allowed[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer
-    return allowed
-
-
-class ArrayUnpickler(pickle.Unpickler):
-    """Unpickles dicts/lists of numpy arrays and plain values; refuses every other global, so a
-    crafted file cannot run code (a __reduce__ payload needs a global such as os.system)."""
-    _allowed = _array_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise _Refused(f"{module}.{name}") from None
-
-
-def load_pickle(path: Path) -> Any:
-    """A trusted-format pickle (CIFAR batch) read through ArrayUnpickler; UserError otherwise.
-    latin1 decodes Python 2 strings as numpy requires; keys may come back as str or bytes."""
-    path = regular_file(path, "pickled batch")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise UserError(f"pickled batch {path} is larger than {MAX_FILE_BYTES:,} bytes, the most "
-                        "reslab reads")
-    try:
-        with open(path, "rb") as f:
-            return ArrayUnpickler(f, encoding="latin1").load()
-    except _Refused as exc:
-        raise UserError(f"refusing to load '{path}': it references {exc}, which is not part of "
-                        "a numpy array (only arrays and plain values are allowed)") from None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            pickle.UnpicklingError) as exc:
-        raise UserError(f"cannot read pickled batch '{path}': {exc}") from None
 
 
 def _field(d: Any, key: str, path: Path) -> Any:
