@@ -659,3 +659,31 @@ def test_folder_per_pixel_mean_is_a_crop_size_image_used_by_train_and_eval(tmp_p
     assert x_train.shape == (4, 3, 16, 16)
     torch.testing.assert_close(x_zero - x_train, (mean_image / std).expand(4, -1, -1, -1),
                                atol=1e-5, rtol=0)
+
+
+def test_a_small_folder_is_decoded_once_and_gives_the_same_batches(tmp_path, monkeypatch):
+    """A split that fits in memory is decoded once and kept: every epoch and every evaluation
+    then reads the kept pixels, identical to a fresh decode (a larger split is decoded each
+    time, as before)."""
+    from reslab.data import folders
+
+    root = make_folder(tmp_path / "k", modes=("RGB", "L", "RGB"), corrupt=False)
+    opened = []
+    real_open = folders.open_image
+    monkeypatch.setattr(folders, "open_image", lambda p: opened.append(p) or real_open(p))
+
+    def run(cache_bytes):
+        monkeypatch.setattr(folders, "CACHE_BYTES", cache_bytes)
+        opened.clear()
+        data = load_data(f"imagefolder:{root}", image_size=16, workers=0, pad=2)
+        start = len(opened)  # the statistics' sample is decoded at load time either way
+        got = [collect(data.train_batches(e, 2, "cpu", seed=5)) for e in range(3)]
+        got.append(collect(data.eval_batches("val", 4, "cpu")))
+        got.append(collect(data.eval_batches("val", 4, "cpu")))
+        return got, len(opened) - start
+
+    kept, kept_decodes = run(folders.CACHE_BYTES)
+    fresh, fresh_decodes = run(0)
+    assert (kept_decodes, fresh_decodes) == (6 + 6, 3 * 6 + 2 * 6)
+    for (xk, yk), (xf, yf) in zip(kept, fresh):
+        assert torch.equal(xk, xf) and torch.equal(yk, yf)

@@ -16,6 +16,9 @@ from .images import (FOLDER_CROP_FRACTION, eval_geometry, open_image, pil_to_uin
 from .normalize import Stats, compute_stats
 
 STATS_SAMPLE = 1000  # images decoded to measure a folder's mean/std: enough for 3 decimals
+# A split whose decoded images fit in this many bytes is decoded once and kept: a small folder
+# otherwise spends most of each epoch decoding the same files again.
+CACHE_BYTES = 512 * 2**20
 
 
 class FolderDataset(Dataset):
@@ -109,6 +112,22 @@ def _worker_message(text: str) -> str:
     return lines[-1][len(prefix):] if lines else text
 
 
+class KeptImages:
+    """A split's images at one evaluation geometry, stored as batches of it are decoded. The
+    geometry does not depend on the epoch, so once every image is in, the kept pixels are what
+    a fresh decode would give."""
+
+    def __init__(self, n: int, shape: tuple[int, int, int]) -> None:
+        self.x = torch.empty((n, *shape), dtype=torch.uint8)
+        self.y = torch.empty(n, dtype=torch.int64)
+        self.filled = torch.zeros(n, dtype=torch.bool)
+        self.complete = False
+
+    def store(self, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x[idx], self.y[idx], self.filled[idx] = x.cpu(), y.cpu(), True
+        self.complete = bool(self.filled.all())
+
+
 class FolderData(Data):
     """Image files decoded by `workers` DataLoader processes; geometry in the workers (PIL +
     torchvision.transforms.v2), flips, colour and normalisation batched on the device."""
@@ -116,6 +135,8 @@ class FolderData(Data):
     def __init__(self, items: dict[str, list[tuple[str, int]]], workers: int, **kw) -> None:
         super().__init__(splits=tuple(items), **kw)
         self._items, self.workers = items, workers
+        # (split's file list, side, crop fraction) -> its decoded images, where they fit
+        self._kept: dict[tuple[int, int, float], KeptImages | None] = {}
 
     def _size(self, split: str) -> int:
         return len(self._items[split])
@@ -132,12 +153,39 @@ class FolderData(Data):
                            scale_aug, whole)
         return decode_batches(ds, sampler, device, self.workers)
 
+    def _kept_images(self, split: str) -> KeptImages | None:
+        """split's kept images at input_size (filled as they are decoded), or None when the
+        split is too large to keep."""
+        side = self.input_size[-1]
+        key = (id(self._items[split]), side, self.crop_fraction)  # val and test may be one list
+        if key not in self._kept:
+            n = self._size(split)
+            self._kept[key] = (KeptImages(n, (self.in_chans, side, side))
+                               if n * self.in_chans * side * side <= CACHE_BYTES else None)
+        return self._kept[key]
+
+    def _batches(self, split: str, sampler: _KeyBatches, device: torch.device) -> Iterator[Batch]:
+        """The sampler's uint8 batches of split at the evaluation geometry: from the kept
+        images once every image of the split has been decoded, else decoded (and kept)."""
+        kept = self._kept_images(split)
+        if kept is not None and kept.complete:
+            for lo, hi in sampler.spans:
+                idx = sampler.order[lo:hi]
+                yield kept.x[idx].to(device), kept.y[idx].to(device)
+            return
+        for (x, y), (lo, hi) in zip(self.decode(self._items[split], sampler, device),
+                                    sampler.spans):
+            if kept is not None:
+                kept.store(sampler.order[lo:hi], x, y)
+            yield x, y
+
     def _train_iter(self, plan: EpochPlan, spans: list[Span],
                     device: torch.device) -> Iterator[Batch]:
         scale_aug = self.augment in SCALE_AUGMENTS
         pad = self.pad if self.augment in ("crop-flip", "crop") else 0
         sampler = _KeyBatches(plan.order, plan.params.get("seed"), spans)
-        batches = self.decode(self._items["train"], sampler, device, scale_aug=scale_aug)
+        batches = (self.decode(self._items["train"], sampler, device, scale_aug=True)
+                   if scale_aug else self._batches("train", sampler, device))
         for (x, y), (lo, hi) in zip(batches, spans):
             _, params = plan.take(lo, hi)
             if scale_aug:
@@ -156,8 +204,9 @@ class FolderData(Data):
         shapes cannot be stacked: a batch is then split into runs of one shape, in order."""
         order = torch.arange(rank, self._size(split), world_size)
         spans = [(i, min(i + batch_size, len(order))) for i in range(0, len(order), batch_size)]
-        batches = self.decode(self._items[split], _KeyBatches(order, None, spans), device,
-                              size=resize, whole=resize is not None)
+        sampler = _KeyBatches(order, None, spans)
+        batches = (self._batches(split, sampler, device) if resize is None else
+                   self.decode(self._items[split], sampler, device, size=resize, whole=True))
         for x, y in batches:
             yield self.normalize.from_uint8(x), y
 
