@@ -107,6 +107,24 @@ def test_every_flag_of_every_subcommand_has_help_and_no_abbreviations():
     assert [p.prog for p in parsers if p.allow_abbrev] == []
 
 
+def test_the_shared_flags_are_defined_once_in_cli_common():
+    """--json, --out, --device, --batch-size, --flip, --data and --threads come from the helpers
+    of reslab.cli.common (which tag their actions) in every subcommand, never from a copy."""
+    import re
+
+    from reslab.cli.common import SHARED_FLAGS, SHARED_TAG
+
+    shared = [(p.prog, flag, getattr(a, SHARED_TAG, False)) for p in _all_parsers(build_parser())
+              for a in p._actions for flag in a.option_strings if flag in SHARED_FLAGS]
+    assert len(shared) > 40 and {flag for _, flag, _ in shared} == set(SHARED_FLAGS)
+    assert [f"{prog} {flag}" for prog, flag, tagged in shared if not tagged] == []
+    cli = Path(SRC) / "reslab" / "cli"
+    spelled = re.compile(r"""add_argument\(\s*["'](%s)["']""" % "|".join(SHARED_FLAGS))
+    copies = [f"{f.name}: {m.group(1)}" for f in sorted(cli.glob("*.py")) if f.name != "common.py"
+              for m in spelled.finditer(f.read_text())]
+    assert copies == []
+
+
 # --- usage errors ------------------------------------------------------------------------
 
 def test_no_abbreviations_and_errors_name_the_subcommand_and_the_closest_flag(capsys):

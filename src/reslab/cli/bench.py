@@ -9,7 +9,8 @@ import sys
 from ..errors import UserError
 from ..limits import MAX_THREADS, check_int
 from ..text import plural
-from .common import add_runtime_option, parse_input_shape, print_json
+from .common import (add_batch_size_option, add_device_option, add_json_option,
+                     add_runtime_option, add_threads_option, parse_input_shape, print_json)
 
 COLUMNS = (("variant", "variant", ""), ("img_s", "img/s", ".1f"),
            ("ms_per_batch", "ms/batch", ".1f"), ("vs_baseline", "vs baseline", ".2f"))
@@ -23,8 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="throughput side by side with torchvision",
                        description=__doc__)
     p.add_argument("model", metavar="MODEL", help="architecture name (see `reslab models`)")
-    p.add_argument("--batch-size", type=int, metavar="N",
-                   help="batch size (default: N of --input, else 16 ImageNet family, 128 CIFAR)")
+    add_batch_size_option(p, None, "N of --input, else 16 ImageNet family, 128 CIFAR")
     p.add_argument("--input", metavar="[Nx]CxHxW",
                    help="input shape (default: 3x224x224 ImageNet family, 3x32x32 CIFAR)")
     p.add_argument("--iters", type=int, metavar="N",
@@ -34,14 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", choices=("off", "auto", "on"), default="off",
                    help="torch.compile in the optimized inference variant: off (default; "
                         "compiling takes a minute), on, or auto (keep it if faster)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads for torch (default: torch's choice, one per core)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    add_threads_option(p, "torch", "torch's choice, one per core")
+    add_device_option(p)
     add_runtime_option(p)
     p.add_argument("--precision", action="store_true",
                    help="also time bf16 (where the CPU has it natively) and int8 (PT2E and ONNX "
                         "Runtime QDQ) against both fp32 runtimes, with top-1 agreement")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(p)
     p.set_defaults(func=run)
 
 

@@ -1,5 +1,6 @@
-"""Helpers shared by the subcommands: model options, the --input shape, JSON output, building
-a model for shape-only analysis, and the recipe fields as flags.
+"""Helpers shared by the subcommands: the flags several of them take (--json, --out, --device,
+--batch-size, --flip, --data, --threads: defined here once), model options, the --input shape,
+JSON output, building a model for shape-only analysis, and the recipe fields as flags.
 
 Nothing here imports torch at module level: the parser (and `reslab --help`) is built without
 it; the functions that need a model import it when called."""
@@ -66,6 +67,71 @@ def parse_input_shape(text: str) -> Shape:
         raise UserError(f"invalid --input '{text}': at most {MAX_BATCH:,} images of "
                         f"{MAX_IN_CHANS} channels")
     return dims if len(dims) == 4 else (1, *dims)
+
+
+# --- the flags several subcommands share: one definition each ------------------------------
+# Each helper tags the action it adds (SHARED_TAG), so a test can tell a shared flag defined
+# here from a copy in a subcommand's module.
+SHARED_FLAGS = ("--json", "--out", "--device", "--batch-size", "--flip", "--data", "--threads")
+SHARED_TAG = "reslab_shared"
+# --flip -> the tta_flip value: None lets the checkpoint's record decide (its evaluation's).
+FLIP = {"auto": None, "on": True, "off": False}
+
+
+def _shared(action: argparse.Action) -> argparse.Action:
+    setattr(action, SHARED_TAG, True)
+    return action
+
+
+def add_json_option(parser: argparse.ArgumentParser, what: str = "one JSON object") -> None:
+    """--json: stdout holds `what` (one JSON object) and nothing else."""
+    _shared(parser.add_argument("--json", action="store_true", help=f"print {what} on stdout"))
+
+
+def add_out_option(parser: argparse.ArgumentParser, help: str, *, metavar: str | None = None,
+                   required: bool = False) -> None:
+    """--out: where the command writes; each command says what (help) and its form (metavar:
+    FILE.png, DIR, ...)."""
+    _shared(parser.add_argument("--out", required=required, metavar=metavar, help=help))
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    _shared(parser.add_argument("--device", default="auto",
+                                help="auto (default) | cpu | cuda | cuda:N | mps"))
+
+
+def add_batch_size_option(parser: argparse.ArgumentParser, default: int | None,
+                          default_text: str | None = None) -> None:
+    """--batch-size N of an inference command; default_text says a default that is not one
+    number."""
+    said = f"default {default}" if default_text is None else f"default: {default_text}"
+    _shared(parser.add_argument("--batch-size", type=int, default=default, metavar="N",
+                                help=f"images per forward pass ({said})"))
+
+
+def add_flip_option(parser: argparse.ArgumentParser) -> None:
+    """--flip auto|on|off; tta_flip(args) is its value for the library."""
+    _shared(parser.add_argument("--flip", choices=tuple(FLIP), default="auto",
+                                help="average with the mirrored image: auto (default) as the "
+                                     "run's evaluation did (its record says), on, off"))
+
+
+def tta_flip(args: argparse.Namespace) -> bool | None:
+    """The --flip value as the library's flip argument (None: as the record says)."""
+    return FLIP[args.flip]
+
+
+def add_data_option(parser: argparse.ArgumentParser, default_text: str | None = None) -> None:
+    """--data: required unless the command has a default, which default_text then says."""
+    _shared(parser.add_argument("--data", required=default_text is None,
+                                help="dataset (as for train)" if default_text is None
+                                else f"dataset (default: {default_text})"))
+
+
+def add_threads_option(parser: argparse.ArgumentParser, of: str, default_text: str) -> None:
+    """--threads N: the CPU threads `of` the command's model runs on."""
+    _shared(parser.add_argument("--threads", type=int, metavar="N",
+                                help=f"CPU threads of {of} (default: {default_text})"))
 
 
 def add_runtime_option(parser: argparse.ArgumentParser, default: str = "torch") -> None:
@@ -153,10 +219,10 @@ def add_recipe_flags(parser: argparse.ArgumentParser, recipe_in_use: Callable[[A
             continue
         flag = "--" + f.name.replace("_", "-")
         if str(f.type).startswith("bool"):
-            actions[f.name] = g.add_argument(flag, nargs="?", const="true", default=None,
-                                             metavar="BOOL")
+            action = g.add_argument(flag, nargs="?", const="true", default=None, metavar="BOOL")
         else:
-            actions[f.name] = g.add_argument(flag, default=None, metavar=f.name.upper())
+            action = g.add_argument(flag, default=None, metavar=f.name.upper())
+        actions[f.name] = _shared(action)  # --batch-size, --data, --device of a recipe
     parser.set_defaults(_recipe_help=(recipe_in_use, actions))
     show_recipe_defaults(parser, ())
 

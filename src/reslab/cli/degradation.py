@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_recipe_flags, recipe_overrides
+from .common import (add_data_option, add_json_option, add_out_option, add_recipe_flags,
+                     recipe_overrides)
 
 # The sweep sets the model (and trains each from scratch); --data is its own required flag.
 NOT_FLAGS = ("model", "data", "weights")
@@ -21,10 +22,10 @@ NOT_FLAGS = ("model", "data", "weights")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("degradation", help="plain vs residual nets of several depths, same "
                        "recipe and budget (paper Fig. 6)", description=__doc__)
-    p.add_argument("--data", required=True, help="dataset (as for train)")
+    add_data_option(p)
     p.add_argument("--depths", type=int, nargs="+", required=True, metavar="N",
                    help="CIFAR-family depths 6n+2: 20 32 44 56 110 1202")
-    p.add_argument("--out", required=True, metavar="DIR", help="sweep directory")
+    add_out_option(p, "sweep directory", metavar="DIR", required=True)
     p.add_argument("--recipe", default="paper-cifar", help="recipe name or TOML file "
                    "(default paper-cifar)")
     p.add_argument("--seeds", type=int, nargs="+", metavar="S",
@@ -36,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="train N members at a time, each a process with CPUs/N threads "
                         "(default 1: one after another)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--json", action="store_true", help="print degradation.json on stdout")
+    add_json_option(p, "degradation.json")
     add_recipe_flags(p, lambda a: a.recipe or "paper-cifar", skip=NOT_FLAGS)
     p.set_defaults(func=run)
 

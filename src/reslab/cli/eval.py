@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .common import add_runtime_option
+from .common import (add_batch_size_option, add_data_option, add_device_option,
+                     add_flip_option, add_json_option, add_runtime_option, tta_flip)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1/top-5 accuracy and loss of a checkpoint",
                        description=__doc__)
     p.add_argument("ckpt", metavar="CKPT", help="run directory or weights file")
-    p.add_argument("--data", help="dataset (default: the one the run was trained on)")
+    add_data_option(p, "the one the run was trained on")
     p.add_argument("--data-dir", help="where the dataset files are (default: where the run "
                    "found them, else the system copy or download cache)")
     p.add_argument("--split", default="test", choices=("test", "val", "train"),
@@ -24,18 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="1: centre; 10: four corners, centre and their flips (paper 3.4)")
     p.add_argument("--scales", help="comma-separated shorter sides, e.g. 224,256,384,480,640: "
                    "the paper's fully-convolutional multi-scale test, scores averaged")
-    p.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
-                   help="average with the horizontally flipped image: auto (default) does what "
-                        "the run's reported numbers did (its record says), on, off")
-    p.add_argument("--batch-size", type=int, default=256, metavar="N",
-                   help="images per forward pass (default 256)")
-    p.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N | mps")
+    add_flip_option(p)
+    add_batch_size_option(p, 256)
+    add_device_option(p)
     p.add_argument("--confusion", metavar="FILE.png",
                    help="also write the confusion matrix (centre view) as a PNG")
     p.add_argument("--top-losses", nargs=2, metavar=("N", "FILE.png"),
                    help="also draw the N images of largest loss (centre view), each titled "
                         "with its true and predicted class and their probabilities")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(p)
     add_runtime_option(p)
     p.set_defaults(func=run)
 
@@ -56,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     worst = _top_losses_option(args.top_losses, bool(scales or args.crops == 10), args.ckpt)
     result = evaluate_checkpoint(args.ckpt, data=args.data, data_dir=args.data_dir,
                                  split=args.split, crops=args.crops, scales=scales,
-                                 flip={"auto": None, "on": True, "off": False}[args.flip],
+                                 flip=tta_flip(args),
                                  batch_size=args.batch_size, device=args.device,
                                  runtime=_runtime(args, scales),
                                  top_losses=worst[0] if worst else 0)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..choices import EXPORT_FORMATS
+from .common import add_json_option, add_out_option, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,9 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS,
                    help="onnx (onnxruntime-checked), torchscript (torch.jit), or pt2 "
                         "(torch.export); default onnx")
-    p.add_argument("--out", required=True, metavar="FILE",
-                   help="the file to write (e.g. model.onnx, model.pt, model.pt2)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_out_option(p, "the file to write (e.g. model.onnx, model.pt, model.pt2)",
+                   metavar="FILE", required=True)
+    add_json_option(p)
     p.set_defaults(func=run)
 
 
@@ -25,7 +26,6 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, resolve_ckpt_path
     from ..deploy.export import export_model
     from ..io import check_writable
-    from .common import print_json
 
     ckpt = resolve_ckpt_path(args.ckpt)
     check_writable(args.out, "--out", inputs=[ckpt])

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import add_json_option, add_out_option, print_json
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("grow", help="a deeper net computing exactly the same function "
@@ -15,10 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ckpt", metavar="CKPT", help="run directory or weights file (the shallow net)")
     p.add_argument("--to", required=True, metavar="MODEL", help="deeper architecture, same "
                    "family and block type (e.g. resnet20 -> resnet56, resnet50 -> resnet101)")
-    p.add_argument("--out", required=True, metavar="CKPT2", help="output .safetensors file")
+    add_out_option(p, "output .safetensors file", metavar="CKPT2", required=True)
     p.add_argument("--shortcut", choices=("A", "B", "C"),
                    help="assert the shortcut option (it must equal the trained net's)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_json_option(p, "a JSON summary")
     p.set_defaults(func=run)
 
 
@@ -27,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_writable
     from ..models.surgery import grow_checkpoint
     from ..text import plural
-    from .common import print_json
 
     check_writable(args.out, "--out", inputs=[resolve_ckpt_path(args.ckpt)])
     grown = grow_checkpoint(args.ckpt, args.to, args.out, shortcut=args.shortcut)

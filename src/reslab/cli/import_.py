@@ -10,7 +10,7 @@ from ..limits import MAX_IMAGE_SIDE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .common import add_model_options
+    from .common import add_model_options, add_out_option
 
     p = sub.add_parser("import", help="convert a torchvision/timm/training checkpoint to reslab",
                        description=__doc__)
@@ -29,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, metavar="PX",
                    help=f"training resolution, 1..{MAX_IMAGE_SIDE} (default 224 ImageNet "
                         "family, 32 CIFAR)")
-    p.add_argument("--out", required=True, metavar="FILE.safetensors",
-                   help="the reslab weights file to write")
+    add_out_option(p, "the reslab weights file to write", metavar="FILE.safetensors",
+                   required=True)
     p.set_defaults(func=run)
 
 

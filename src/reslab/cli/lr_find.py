@@ -16,7 +16,8 @@ from typing import Any
 
 from ..errors import UserError, warn
 from ..text import plural
-from .common import add_recipe_flags, recipe_overrides
+from .common import (add_data_option, add_json_option, add_out_option, add_recipe_flags,
+                     print_json, recipe_overrides)
 
 # Fields the sweep sets or has no use for: its own length and lrs, the schedule, evaluation,
 # checkpoints, EMA weights, compilation, progressive resizing, the training tricks. --model and
@@ -33,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr, "
                        "suggest an lr", description=__doc__)
     p.add_argument("--model", required=True, help="architecture (reslab models lists them)")
-    p.add_argument("--data", required=True, help="dataset (as for train)")
+    add_data_option(p)
     p.add_argument("--recipe", default="fast", help="recipe name or TOML file (default fast): "
                    "optimizer, batch size, weight decay, augmentation, ...")
     p.add_argument("--start-lr", type=float, default=1e-6, metavar="LR",
@@ -47,9 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="time bound: after 3 steps the rest of the sweep is re-planned with "
                         "fewer steps (at least 20) when it would take longer (default 60; 0: "
                         "no bound)")
-    p.add_argument("--out", required=True, metavar="FILE.png", help="the plot")
+    add_out_option(p, "the plot", metavar="FILE.png", required=True)
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--json", action="store_true", help="the result as one JSON object")
+    add_json_option(p)
     add_recipe_flags(p, lambda a: a.recipe or "fast", skip=NOT_FLAGS)
     p.set_defaults(func=run)
 
@@ -60,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     from ..limits import check_float
     from ..engine.recipe import load_recipe
     from ..io import check_writable
-    from .common import print_json
 
     check_sweep(args.start_lr, args.end_lr, args.iters)
     check_float("--max-seconds", args.max_seconds, 0.0, MAX_SECONDS)

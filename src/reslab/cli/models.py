@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import analysis_model, print_json
+from .common import add_json_option, analysis_model, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "and MACs (multiply-adds of conv and fc layers) at its "
                                    "default input, with its default options.")
     p.add_argument("--family", choices=("imagenet", "cifar"), help="only this family")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(p)
     p.set_defaults(func=run)
 
 

@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .common import add_data_option, add_device_option, add_out_option
+
 LANGS = ("en", "ko")
 
 
@@ -24,14 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", required=True, choices=PAPER_BUDGETS,
                    help="smoke: seconds on digits; laptop: ~30 min on 2 cores with "
                         "Fashion-MNIST; full: the paper's schedules (a GPU)")
-    p.add_argument("--out", required=True, metavar="DIR", help="where the runs and the page go")
-    p.add_argument("--data", help="dataset (default: the budget's: digits, fashion-mnist, "
-                   "cifar10; imagefolder:PATH with --budget full runs the ImageNet plan)")
+    add_out_option(p, "where the runs and the page go", metavar="DIR", required=True)
+    add_data_option(p, "the budget's: digits, fashion-mnist, cifar10; imagefolder:PATH with "
+                       "--budget full runs the ImageNet plan")
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="train N members at a time, each a process with CPUs/N threads")
     p.add_argument("--lang", choices=LANGS, default="en", help="language of the page")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    add_device_option(p)
     p.add_argument("--iters", type=int, metavar="N",
                    help="every run N iterations instead of the budget's (milestones scaled)")
     p.add_argument("--only", nargs="+", metavar="GLOB",

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from .common import add_runtime_option
+from .common import (add_batch_size_option, add_device_option, add_flip_option, add_json_option,
+                     add_runtime_option, print_json, tta_flip)
 
 if TYPE_CHECKING:
     import torch
@@ -33,19 +34,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "patterns (quoted; ** spans folders)")
     p.add_argument("--topk", type=int, default=5, metavar="K",
                    help="classes to show per image (default 5)")
-    p.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
-                   help="average with the mirrored image: auto (default) as the run's "
-                        "evaluation did (its record says), on, off")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N",
-                   help="images per forward pass (default 32)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
+    add_flip_option(p)
+    add_batch_size_option(p, 32)
+    add_device_option(p)
     p.add_argument("--cam", metavar="DIR", help="write a Grad-CAM heat map per image for its "
                    "top class: DIR/<image stem>.cam.png")
     p.add_argument("--cam-layer", metavar="NAME", help="stage the heat map is taken from: "
                    "layer1..layer4 (ImageNet family), layer1..layer3 (CIFAR); default the last")
     p.add_argument("--csv", metavar="FILE", help="also write the predictions as CSV: file, "
                    "class_1, prob_1, ..., class_K, prob_K per image")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_json_option(p)
     add_runtime_option(p)
     p.set_defaults(func=run)
 
@@ -61,7 +59,6 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.setup import select_device
     from ..io import atomic_write_text, check_writable
     from ..limits import MAX_BATCH, MAX_CLASSES, check_int
-    from .common import print_json
 
     check_int("--topk", args.topk, 1, MAX_CLASSES)
     check_int("--batch-size", args.batch_size, 1, MAX_BATCH)
@@ -78,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     model, record = load_checkpoint(ckpt, device=device)
     layer = cam_layer(model, args.cam_layer) if args.cam is not None else None
     fast = FirstBatch(model, runtime, compile=False)
-    forward = classifier(fast, record, flip={"auto": None, "on": True, "off": False}[args.flip])
+    forward = classifier(fast, record, flip=tta_flip(args))
     results = predict_images(forward, record, paths, topk=args.topk,
                              batch_size=args.batch_size, device=device)
     if args.runtime == "auto":

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_out_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="Markdown and HTML report of run directories",
                        description=__doc__)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run directories or degradation sweep directories")
-    p.add_argument("--out", metavar="FILE", help="FILE.md or FILE.html; the other format is "
-                   "written beside it")
+    add_out_option(p, "FILE.md or FILE.html; the other format is written beside it",
+                   metavar="FILE")
     p.set_defaults(func=run)
 
 

@@ -10,21 +10,22 @@ import argparse
 import json
 from pathlib import Path
 
+from .common import (add_batch_size_option, add_data_option, add_device_option, add_json_option,
+                     add_out_option, print_json)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("responses", help="std of each 3x3 layer's response (paper Fig. 7)",
                        description=__doc__)
     p.add_argument("ckpts", nargs="+", metavar="CKPT", help="run directories or weights files")
-    p.add_argument("--data", required=True, help="dataset (as for train)")
+    add_data_option(p)
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--split", default="test", help="split to measure on (default test)")
     p.add_argument("--max-images", type=int, metavar="N", help="use only the first N images")
-    p.add_argument("--batch-size", type=int, default=256, metavar="N",
-                   help="images per forward pass (default 256)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--out", metavar="FILE.png", help="write the figure here")
-    p.add_argument("--json", action="store_true",
-                   help="print {model: [std per layer]} on stdout")
+    add_batch_size_option(p, 256)
+    add_device_option(p)
+    add_out_option(p, "write the figure here", metavar="FILE.png")
+    add_json_option(p, "{model: [std per layer]}")
     p.set_defaults(func=run)
 
 
@@ -33,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.responses import compute_responses
     from ..io import atomic_write_text, check_writable
     from ..engine.setup import select_device
-    from .common import print_json
 
     from ..limits import MAX_BATCH, check_int
 

@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from .common import add_runtime_option
+from .common import add_flip_option, add_runtime_option, add_threads_option, tta_flip
 
 if TYPE_CHECKING:
     from ..serve import ServeOptions
@@ -38,12 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest image in pixels, from its header (default 40,000,000)")
     p.add_argument("--topk", type=int, default=5, metavar="K",
                    help="classes per image unless the request's ?topk= says (default 5)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="intra-op threads of the model (torch and ONNX Runtime; default: the "
-                        "CPUs other programs leave free when the server starts)")
-    p.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
-                   help="average with the mirrored image: auto (default) as the run's "
-                        "evaluation did, on, off")
+    add_threads_option(p, "the model, torch and ONNX Runtime",
+                       "the CPUs other programs leave free when the server starts")
+    add_flip_option(p)
     p.set_defaults(func=run)
 
 
@@ -82,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(threads)
     service = load_service(args.ckpt, args.runtime, max_batch=opts.max_batch,
-                           flip={"auto": None, "on": True, "off": False}[args.flip],
+                           flip=tta_flip(args),
                            threads=threads)
     if service.record.num_classes < opts.topk:
         opts = dataclasses.replace(opts, topk=service.record.num_classes)

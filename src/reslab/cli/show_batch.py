@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from ..errors import UserError
-from .common import add_recipe_flags
+from .common import add_out_option, add_recipe_flags
 from .train import recipe_in_use
 
 MAX_SHOWN = 256  # images in one figure
@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show-batch", help="draw augmented training images with their labels",
                        description=__doc__)
     p.add_argument("--recipe", help="recipe name or TOML file, as for train")
-    p.add_argument("--out", required=True, metavar="FILE.png", help="the figure")
+    add_out_option(p, "the figure", metavar="FILE.png", required=True)
     p.add_argument("--n", type=int, default=16, metavar="N",
                    help=f"images to draw, 1..{MAX_SHOWN} (default 16)")
     add_recipe_flags(p, recipe_in_use)  # the recipe train would use

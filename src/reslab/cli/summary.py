@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_input_option, add_model_options, analyze, model_kwargs, print_json
+from .common import (add_input_option, add_json_option, add_model_options, analyze,
+                     model_kwargs, print_json)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help="architecture name (see `reslab models`)")
     add_input_option(p)
     add_model_options(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(p)
     p.set_defaults(func=run)
 
 

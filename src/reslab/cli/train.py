@@ -11,19 +11,19 @@ from pathlib import Path
 from ..engine.recipe import Recipe, load_recipe, recipe_names
 from ..errors import UserError
 from ..text import plural
-from .common import add_recipe_flags, recipe_overrides
+from .common import add_json_option, add_out_option, add_recipe_flags, recipe_overrides
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a ResNet; writes a run directory",
                        description=__doc__)
     p.add_argument("--recipe", help="recipe name (configs/: " + ", ".join(recipe_names())
                    + ") or a TOML file; default: demo without --model/--data, else fast")
-    p.add_argument("--out", help="run directory (default runs/MODEL-DATA-TIME)")
+    add_out_option(p, "run directory (default runs/MODEL-DATA-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true",
                    help="--out already holds a run: delete its files and start afresh")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--json", action="store_true", help="print a final JSON summary on stdout")
+    add_json_option(p, "a final JSON summary")
     add_recipe_flags(p, recipe_in_use)
     p.set_defaults(func=run)
 
