@@ -348,3 +348,42 @@ def test_cli_import_roundtrip(tmp_path, tv18, capsys):
     _same_outputs(model, tv18)
     assert meta.architecture == "resnet18" and meta.kwargs["num_classes"] == 10
     assert meta.class_names[3] == "class3" and meta.preprocess.std[0] == pytest.approx(0.229)
+
+
+def test_import_weights_is_what_reslab_import_runs(tmp_path, tv18, capsys):
+    """The library call behind `reslab import`, usable without the command line: the same file
+    (tensors and metadata), and a typed result saying what it wrote."""
+    from reslab.importer import ImportedWeights, import_weights
+
+    src = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in tv18.state_dict().items()}}, src)
+    names = [f"class{i}" for i in range(10)]
+    (tmp_path / "names.txt").write_text("\n".join(names))
+    assert main(["import", str(src), "--model", "resnet18", "--class-names",
+                 str(tmp_path / "names.txt"), "--mean", "0.5,0.4,0.3", "--input-size", "64",
+                 "--out", str(tmp_path / "cli.safetensors")]) == 0
+    assert capsys.readouterr().out == (f"wrote {tmp_path / 'cli.safetensors'}: resnet18, "
+                                       "10 classes, 3 input channels, 11,181,642 params\n")
+    done = import_weights(src, tmp_path / "lib.safetensors", "resnet18", class_names=names,
+                          mean=(0.5, 0.4, 0.3), input_size=64)
+    assert isinstance(done, ImportedWeights) and done.path == tmp_path / "lib.safetensors"
+    assert (done.architecture, done.num_classes, done.in_chans, done.params, done.messages) == \
+        ("resnet18", 10, 3, 11_181_642, ())
+    (meta, tensors), (cli_meta, cli_tensors) = (_contents(done.path),
+                                                 _contents(tmp_path / "cli.safetensors"))
+    assert meta == cli_meta and tensors.keys() == cli_tensors.keys()
+    assert all(torch.equal(tensors[k], cli_tensors[k]) for k in tensors)
+    assert done.record.class_names == tuple(names) and \
+        done.record.preprocess.input_size == (3, 64, 64)
+    with pytest.raises(UserError, match="--model is required"):
+        import_weights(src, tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="--class-names gives 2 names but the model has 10"):
+        import_weights(src, tmp_path / "x.safetensors", "resnet18", class_names=["a", "b"])
+
+
+def _contents(path) -> tuple[dict, dict]:
+    """(metadata, tensors) of a safetensors file (its header's key order is not fixed)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
