@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .engine.rundir import RunDir
 from .errors import UserError
 from .io import (is_safetensors, load_safetensors, regular_file, torch_load_safe,
                  unpickle_failure)
@@ -253,7 +254,6 @@ def _check_match(own: StateDict, state: StateDict, what: str, skip: set[str]) ->
 
 
 TORCHVISION = "torchvision:"
-WEIGHTS_FILES = ("model.safetensors", "best.safetensors")  # the weights the run reported first
 
 
 def resolve_ckpt_path(path: str | Path) -> Path:
@@ -261,10 +261,11 @@ def resolve_ckpt_path(path: str | Path) -> Path:
     of; else, for a run stopped early, its best) or a weights file."""
     path = Path(path)
     if path.is_dir():
-        for name in WEIGHTS_FILES:
-            if (path / name).is_file():
-                return path / name
-        raise UserError(f"no model.safetensors or best.safetensors in run directory {path}")
+        run = RunDir(path)
+        for weights in (run.weights, run.best):  # the weights the run reported first
+            if weights.is_file():
+                return weights
+        raise UserError(f"no {run.weights.name} or {run.best.name} in run directory {path}")
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     return regular_file(path, "checkpoint")

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.degradation import run_degradation
     from ..analysis.report import results_table
     from ..engine.recipe import coerce, load_recipe, shorten
+    from ..engine.rundir import RunDir
     from ..engine.state import Interrupted
     from ..limits import MAX_SEED, check_int
     from .common import print_json
@@ -86,5 +87,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"budget: {result.get('budget', '-')}")
     for c in paper_claims(result):
         print(f"{c.verdict:>14}: {c.text} ({c.evidence})")
-    print(f"wrote {Path(args.out) / 'degradation.json'} and degradation.png")
+    sweep = RunDir(Path(args.out))
+    print(f"wrote {sweep.degradation} and {sweep.degradation_png.name}")
     return 0

@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ..text import plural
     from ..analysis.responses import compute_responses
     from ..io import atomic_write_text, check_writable
+    from ..engine.rundir import RunDir
     from ..engine.setup import select_device
 
     from ..limits import MAX_BATCH, check_int
@@ -51,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     wrote = []
     for ckpt, (label, stds) in zip(args.ckpts, responses.items()):
         if Path(ckpt).is_dir():
-            atomic_write_text(Path(ckpt) / "responses.json", json.dumps({label: stds}) + "\n")
-            wrote.append(Path(ckpt) / "responses.json")
+            path = RunDir(Path(ckpt)).responses
+            atomic_write_text(path, json.dumps({label: stds}) + "\n")
+            wrote.append(path)
     if args.out:
         from ..analysis.plots import responses_figure
 
