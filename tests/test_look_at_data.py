@@ -76,6 +76,24 @@ def test_predict_a_folder_writes_csv_and_agrees_with_eval(ckpt, shapes, tmp_path
     assert result["n"] == len(rows) == 12 and hits / len(rows) == result["top1"]
 
 
+def test_predict_csv_dash_writes_the_csv_to_stdout(ckpt, shapes, tmp_path, capsys,
+                                                  monkeypatch):
+    """`--csv -` means stdout, as `-` does everywhere: the CSV goes there in place of the text
+    table (a file named `-` was written); with --json, which also owns stdout, it is refused."""
+    from reslab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    table = tmp_path / "preds.csv"
+    argv = ["predict", ckpt, shapes / "val", "--topk", "2", "--device", "cpu"]
+    assert main([str(a) for a in [*argv, "--csv", table]]) == 0
+    capsys.readouterr()
+    assert main([str(a) for a in [*argv, "--csv", "-"]]) == 0
+    out, err = capsys.readouterr()
+    assert out == table.read_text() and err == "" and not (tmp_path / "-").exists()
+    assert clean_error(capsys, [*argv, "--csv", "-", "--json"]) == (
+        "error: --csv - and --json both write to stdout: give --csv FILE, or one of them")
+
+
 def test_predict_a_glob_pattern_and_files_keep_their_order(ckpt, shapes, tmp_path, capsys):
     pattern = str(shapes / "val" / "**" / "*.png")
     report, _ = _json(capsys, ["predict", ckpt, pattern, "--json", "--device", "cpu"])

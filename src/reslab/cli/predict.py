@@ -42,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cam-layer", metavar="NAME", help="stage the heat map is taken from: "
                    "layer1..layer4 (ImageNet family), layer1..layer3 (CIFAR); default the last")
     p.add_argument("--csv", metavar="FILE", help="also write the predictions as CSV: file, "
-                   "class_1, prob_1, ..., class_K, prob_K per image")
+                   "class_1, prob_1, ..., class_K, prob_K per image; - writes it to stdout "
+                   "in place of the text")
     add_json_option(p)
     add_runtime_option(p)
     p.set_defaults(func=run)
@@ -60,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     from ..io import atomic_write_text, check_writable
     from ..limits import MAX_BATCH, MAX_CLASSES, check_int
 
+    # `--csv -` is stdout, as `-` is everywhere: the CSV in place of the text table.
+    csv_file = None if args.csv == "-" else args.csv
+    if args.csv == "-" and args.json:
+        raise UserError("--csv - and --json both write to stdout: give --csv FILE, or one of "
+                        "them")
     check_int("--topk", args.topk, 1, MAX_CLASSES)
     check_int("--batch-size", args.batch_size, 1, MAX_BATCH)
     if args.cam_layer is not None and args.cam is None:
@@ -70,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     runtime = check_runtime(args.runtime, device)
     ckpt = resolve_ckpt_path(args.ckpt)
-    if args.csv is not None:  # never over an image or the weights it reads
-        check_writable(args.csv, "--csv", inputs=[*paths, ckpt])
+    if csv_file is not None:  # never over an image or the weights it reads
+        check_writable(csv_file, "--csv", inputs=[*paths, ckpt])
     model, record = load_checkpoint(ckpt, device=device)
     layer = cam_layer(model, args.cam_layer) if args.cam is not None else None
     fast = FirstBatch(model, runtime, compile=False)
@@ -82,15 +88,17 @@ def run(args: argparse.Namespace) -> int:
         print(fast.describe(), file=sys.stderr)
     if args.cam is not None:
         write_cams(model, record, results, layer, args.cam, args.batch_size, device)
-    if args.csv is not None:
-        atomic_write_text(args.csv, predictions_csv(results), "--csv")
+    if csv_file is not None:
+        atomic_write_text(csv_file, predictions_csv(results), "--csv")
     if args.json:
         print_json({"ckpt": str(ckpt), "architecture": record.architecture,
                     "runtime": runtime_of(fast.fast), "predictions": results})
+    elif args.csv == "-":
+        sys.stdout.write(predictions_csv(results))
     else:
         print(format_predictions(results))
-    if args.csv is not None:
-        print(f"wrote {args.csv}", file=sys.stderr)
+    if csv_file is not None:
+        print(f"wrote {csv_file}", file=sys.stderr)
     return 0
 
 
