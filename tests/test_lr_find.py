@@ -167,11 +167,37 @@ def test_bad_flags_are_one_error_line(flags, says, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_out_must_be_a_file_and_model_data_out_are_required(tmp_path, capsys):
+def test_out_must_be_a_file_and_data_out_are_required(tmp_path, capsys):
     base = ["lr-find", "--model", "resnet20", "--data", "synthetic:64x3x8x8:4"]
     assert "is a directory" in clean_error(capsys, [*base, "--out", tmp_path])
     assert "--out" in clean_error(capsys, base)
     assert "--data" in clean_error(capsys, ["lr-find", "--model", "resnet20", "--out", "x.png"])
+
+
+def test_model_defaults_to_the_recipes_as_for_train(monkeypatch, tmp_path, capsys):
+    """Without --model the sweep trains the recipe's model (train's rule), and --help says
+    which; --model still chooses another."""
+    import reslab.engine.lr_find as engine
+    from reslab.errors import UserError
+
+    swept = []
+
+    def stop(recipe, **_):
+        swept.append(recipe.model)
+        raise UserError("stopped before the sweep")
+
+    monkeypatch.setattr(engine, "lr_find", stop)
+    base = ["lr-find", "--data", "synthetic:64x3x8x8:4", "--out", tmp_path / "lr.png"]
+    for flags in ([], ["--recipe", "demo"], ["--model", "resnet8"]):
+        assert clean_error(capsys, [*base, *flags]) == "error: stopped before the sweep"
+    assert swept == [load_recipe("fast").model, load_recipe("demo").model, "resnet8"]
+    assert swept[:2] == ["resnet14", "resnet20"]
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit):
+        main(["lr-find", "--help"])
+    help_line = next(line for line in capsys.readouterr().out.splitlines()
+                     if line.strip().startswith("--model "))
+    assert help_line.endswith("(default resnet14 from recipe fast)")
 
 
 def test_no_suggestion_is_a_warning_and_the_text_says_why_it_stopped(monkeypatch, tmp_path,

@@ -1,4 +1,4 @@
-"""`reslab lr-find --model M --data D --out FILE.png`: the learning-rate range test (Smith 2017;
+"""`reslab lr-find --data D --out FILE.png`: the learning-rate range test (Smith 2017;
 fastai's and Lightning's lr_find). Trains briefly with the recipe's optimizer while the lr grows
 geometrically from --start-lr to --end-lr over --iters steps (default: 8 epochs of the
 training set, 30 to 100; fewer when --max-seconds would be exceeded), stops when the smoothed
@@ -6,7 +6,8 @@ loss exceeds 4x its minimum, and suggests the lr where the smoothed loss falls f
 way down to its lowest point (steepest descent against log lr, fitted over half a decade;
 reslab.engine.lr_find states the rule). Writes the plot of loss against lr; the trained
 weights are thrown away and no run directory is written. The other recipe fields are flags,
-as for `reslab train` (default recipe: fast).
+as for `reslab train` (default recipe: fast), --model among them: without it the sweep trains
+the recipe's model.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from .common import (add_data_option, add_json_option, add_out_option, add_recip
                      print_json, recipe_overrides)
 
 # Fields the sweep sets or has no use for: its own length and lrs, the schedule, evaluation,
-# checkpoints, EMA weights, compilation, progressive resizing, the training tricks. --model and
-# --data are required flags of their own.
-NOT_FLAGS = ("model", "data", "epochs", "iters", "lr", "schedule", "milestones", "gamma",
+# checkpoints, EMA weights, compilation, progressive resizing, the training tricks. --data is a
+# required flag of its own: the lr it finds is for the data the user names.
+NOT_FLAGS = ("data", "epochs", "iters", "lr", "schedule", "milestones", "gamma",
              "warmup_iters", "warmup_lr", "warmup_until_error", "plateau_patience", "ema",
              "tta_flip", "save_every", "eval_every", "tensorboard", "compile",
              "progressive_from", "progressive_until",
@@ -33,7 +34,6 @@ NOT_FLAGS = ("model", "data", "epochs", "iters", "lr", "schedule", "milestones",
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr, "
                        "suggest an lr", description=__doc__)
-    p.add_argument("--model", required=True, help="architecture (reslab models lists them)")
     add_data_option(p)
     p.add_argument("--recipe", default="fast", help="recipe name or TOML file (default fast): "
                    "optimizer, batch size, weight decay, augmentation, ...")
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out} is a directory: give the plot's file name")
     check_writable(args.out, "--out")
     overrides = recipe_overrides(args, skip=NOT_FLAGS)
-    recipe = load_recipe(args.recipe, {**overrides, "model": args.model, "data": args.data})
+    recipe = load_recipe(args.recipe, {**overrides, "data": args.data})
     result = lr_find(recipe, start_lr=args.start_lr, end_lr=args.end_lr, iters=args.iters,
                      max_seconds=args.max_seconds, quiet=args.quiet)
     lr_find_figure(result, args.out)
