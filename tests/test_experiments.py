@@ -408,6 +408,7 @@ def test_degradation_repeats_seeds_and_reports_their_spread(sweep: Path, tmp_pat
 
 def test_the_papers_claims_are_checked_with_their_numbers() -> None:
     from reslab.analysis.claims import paper_claims
+    from reslab.analysis.sweep_result import DegradationResult
 
     def run(model, depth, res, train, test, seed=0, run=None):
         curve = [{"step": s, "train_error": train + 0.01 * (s < 80), "test_error": test}
@@ -415,7 +416,7 @@ def test_the_papers_claims_are_checked_with_their_numbers() -> None:
         return {"model": model, "depth": depth, "residual": res, "final_train_error": train,
                 "final_test_error": test, "curve": curve, "seed": seed, "run": run or model}
 
-    result = {"recipe": {"milestones": [50, 75]}, "runs": [
+    result = {"dataset": "d", "recipe": {"milestones": [50, 75]}, "runs": [
         run("plain20", 20, False, 0.10, 0.11), run("plain20", 20, False, 0.11, 0.11, 1,
                                                     "plain20-seed1"),
         run("resnet20", 20, True, 0.08, 0.09), run("resnet20", 20, True, 0.07, 0.09, 1,
@@ -423,8 +424,9 @@ def test_the_papers_claims_are_checked_with_their_numbers() -> None:
         run("plain56", 56, False, 0.15, 0.16), run("plain56", 56, False, 0.16, 0.16, 1,
                                                     "plain56-seed1"),
         run("resnet56", 56, True, 0.085, 0.085)]}
-    claims = {c.text: c for c in paper_claims(result, {"plain20": [[1.0, 1.0], [1.0, 1.1]],
-                                                       "resnet20": [[0.5, 0.7], [0.5, 0.6]]})}
+    claims = {c.text: c for c in paper_claims(DegradationResult.from_json(result, "d.json"),
+                                              {"plain20": [[1.0, 1.0], [1.0, 1.1]],
+                                               "resnet20": [[0.5, 0.7], [0.5, 0.6]]})}
     degradation = claims["plain-56 has a higher training error than plain-20 (degradation)"]
     assert degradation.verdict == "holds" and degradation.evidence.startswith(
         "plain20 10.50% (mean of 2 seeds, std 0.71%) vs plain56 15.50% (mean of 2 seeds")
@@ -444,10 +446,13 @@ def test_fig6_error_axis_clips_the_first_epochs_like_the_paper() -> None:
     """Both panels share an axis up to 2.5x the largest final error (never above the data),
     so converged gaps of a point are visible under first epochs at 50%."""
     from reslab.analysis.plots import _error_axis_top
+    from reslab.analysis.sweep_result import SweepMember
 
     def run(errors, final):
-        return {"curve": [{"train_error": e, "test_error": e} for e in errors],
-                "final_train_error": final, "final_test_error": final}
+        return SweepMember.from_json({
+            "model": "plain20", "depth": 20, "residual": False,
+            "curve": [{"step": i, "train_error": e, "test_error": e} for i, e in
+                      enumerate(errors)], "final_train_error": final, "final_test_error": final})
 
     assert _error_axis_top([run([0.5, 0.1], 0.08), run([0.4, 0.06], 0.05)]) == \
         pytest.approx(20.0 * 1.02)

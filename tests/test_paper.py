@@ -126,10 +126,12 @@ def test_orderings_are_judged_against_both_sides_seed_noise() -> None:
 
 
 def test_flatness_is_the_slope_over_the_final_phase_against_the_effect() -> None:
-    def run(errors: list[float]) -> dict:
-        return {"model": "plain20", "run": "plain20-seed1",
-                "curve": [{"step": 100 + 10 * i, "train_error": e} for i, e in
-                          enumerate(errors)]}
+    from reslab.analysis.sweep_result import SweepMember
+
+    def run(errors: list[float]) -> SweepMember:
+        return SweepMember.from_json({
+            "model": "plain20", "depth": 20, "residual": False, "run": "plain20-seed1",
+            "curve": [{"step": 100 + 10 * i, "train_error": e} for i, e in enumerate(errors)]})
 
     # Final phase after step 100: 5 points falling 0.1 point each, 0.4 across the phase.
     slow = run([0.200, 0.199, 0.198, 0.197, 0.196])
@@ -163,7 +165,11 @@ def test_identity_and_shortcut_verdicts_on_constructed_numbers() -> None:
            "wrong": {"shallow": 7, "grown": 7}, "error": {"shallow": 0.07, "grown": 0.07,
                                                            "grown_trained": 0.05,
                                                            "shallow_continued": 0.09}}
-    deg = {"spread": {"resnet20": {"final_train_error": {"std": 0.001}}}}
+    from reslab.analysis.sweep_result import DegradationResult
+
+    deg = DegradationResult.from_json({"dataset": "d", "runs": [], "spread": {"resnet20": {
+        "seeds": [0, 1], "final_train_error": {"mean": 0.07, "std": 0.001, "min": 0.069,
+                                               "max": 0.071}}}}, "degradation.json")
     exact, further = identity_claims(idn, deg)
     assert exact.verdict == HOLDS and further.verdict == HOLDS
     idn["wrong"]["grown"], idn["same_predictions"] = 8, 99
@@ -344,10 +350,10 @@ def test_training_error_is_logged_between_epochs(tmp_path: Path) -> None:
     fit(r, tmp_path / "run", quiet=True)
     run = summarize_run("resnet8", tmp_path / "run")
     # 4 steps per epoch: training errors at 2, 4 (epoch end, tested), 6 (the end, tested).
-    assert [(p["step"], p["test_error"] is not None) for p in run["curve"]] == \
+    assert [(p.step, p.test_error is not None) for p in run.curve] == \
         [(2, False), (4, True), (6, True)]
-    assert all(p["train_error"] is not None for p in run["curve"])
-    assert statistics.fmean([p["train_error"] for p in run["curve"]]) <= 1
+    assert all(p.train_error is not None for p in run.curve)
+    assert statistics.fmean([p.train_error for p in run.curve]) <= 1
 
 
 def test_paper_imagenet_augmentation_is_pca_lighting_without_colour_jitter() -> None:
@@ -382,6 +388,6 @@ def test_a_run_report_gives_the_training_seconds_of_degradation_json(tmp_path: P
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "summary.json").write_text(json.dumps({"wall_s": 99.0}))  # the whole process
     write_run_report(run)
-    assert summarize_run("plain8", run)["train_seconds"] == 12.5
+    assert summarize_run("plain8", run).train_seconds == 12.5
     assert "plain8 on digits, 10 iterations in 12.5 s of training." in \
         (run / "report.md").read_text()

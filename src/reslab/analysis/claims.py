@@ -19,7 +19,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any
+
+from .sweep_result import CurvePoint, DegradationResult, SweepMember
 
 HOLDS, FAILS, NOT_JUDGED = "holds", "does not hold", "not judged"
 NOISE_SE = 2.0   # a gap beyond two standard errors of the difference is not seed noise
@@ -99,23 +100,25 @@ def ordering(text: str, lower: Stat | None, higher: Stat | None,
     return Claim(text, HOLDS if gap > 0 else FAILS, evidence, gap, noise)
 
 
-def run_stats(result: dict[str, Any], key: str) -> dict[str, Stat]:
-    """{model: Stat of `key` over its seeds} from degradation.json's runs (every seed)."""
+def run_stats(result: DegradationResult, which: str) -> dict[str, Stat]:
+    """{model: Stat of its final `which` ("train" or "test") error over its seeds} from
+    degradation.json's runs (every seed)."""
     values: dict[str, list[float]] = {}
-    for r in result["runs"]:
-        if r.get(key) is not None:
-            values.setdefault(r["model"], []).append(float(r[key]))
+    for r in result.runs:
+        error = r.final_error(which)
+        if error is not None:
+            values.setdefault(r.model, []).append(float(error))
     return {m: Stat(m, tuple(v)) for m, v in values.items()}
 
 
-def _depths(result: dict[str, Any], residual: bool) -> dict[int, str]:
-    return {r["depth"]: r["model"] for r in result["runs"] if r["residual"] == residual}
+def _depths(result: DegradationResult, residual: bool) -> dict[int, str]:
+    return {r.depth: r.model for r in result.runs if r.residual == residual}
 
 
-def error_claims(result: dict[str, Any]) -> list[Claim]:
+def error_claims(result: DegradationResult) -> list[Claim]:
     """Fig. 6: deeper plain nets train worse; deeper ResNets train (and test) better; at every
     depth the ResNet trains better than the plain net. Every seed counts."""
-    train, test = run_stats(result, "final_train_error"), run_stats(result, "final_test_error")
+    train, test = run_stats(result, "train"), run_stats(result, "test")
     plain, res = _depths(result, False), _depths(result, True)
     claims = []
     for d1, d2 in combinations(sorted(plain), 2):
@@ -193,25 +196,25 @@ def layerwise(text: str, smaller: list[list[float]], larger: list[list[float]],
     return Claim(text, verdict, evidence)
 
 
-def final_phase(run: dict[str, Any], milestones: Sequence[int]) -> list[dict[str, Any]]:
+def final_phase(run: SweepMember, milestones: Sequence[int]) -> list[CurvePoint]:
     """The run's curve points with a training error after its last lr drop."""
     start = max(milestones) if milestones else 0
-    return [p for p in run["curve"] if p["step"] > start and p.get("train_error") is not None]
+    return [p for p in run.curve if p.step > start and p.train_error is not None]
 
 
-def flattened(run: dict[str, Any], milestones: Sequence[int], effect: float) -> Claim:
+def flattened(run: SweepMember, milestones: Sequence[int], effect: float) -> Claim:
     """Whether a run's training error had flattened at its last learning rate: the least-squares
     slope over the whole final phase, times the phase's length (how much the error still moved
     across it), is smaller than half the effect it is used to interpret (the smallest gap of the
     Fig. 6 comparisons the run is part of). Needs three points in the phase."""
     curve = final_phase(run, milestones)
-    text = f"{run.get('run', run['model'])}'s training error flattened at the last lr"
+    text = f"{run.label}'s training error flattened at the last lr"
     if len(curve) < 3:
         return Claim(text, NOT_JUDGED, f"{len(curve)} training-error point(s) after the last "
                      "lr drop; 3 needed")
     start = max(milestones) if milestones else 0
-    steps = [p["step"] for p in curve]
-    slope, _ = statistics.linear_regression(steps, [p["train_error"] for p in curve])
+    steps = [p.step for p in curve]
+    slope, _ = statistics.linear_regression(steps, [p.train_error or 0.0 for p in curve])
     moved = slope * (steps[-1] - start)
     tolerance = effect / 2
     evidence = (f"slope over steps {start}-{steps[-1]} ({len(curve)} points): "
@@ -223,10 +226,10 @@ def flattened(run: dict[str, Any], milestones: Sequence[int], effect: float) -> 
 DEFAULT_EFFECT = 0.005   # 0.5 points: a run compared with nothing is held to this
 
 
-def smallest_effects(result: dict[str, Any]) -> dict[str, float]:
+def smallest_effects(result: DegradationResult) -> dict[str, float]:
     """{model: the smallest |gap| of mean final training errors among the Fig. 6 pairs it is
     part of} (every pair error_claims judges)."""
-    train = run_stats(result, "final_train_error")
+    train = run_stats(result, "train")
     plain, res = _depths(result, False), _depths(result, True)
     pairs = [(plain[a], plain[b]) for a, b in combinations(sorted(plain), 2)]
     pairs += [(res[a], res[b]) for a, b in combinations(sorted(res), 2)]
@@ -240,15 +243,14 @@ def smallest_effects(result: dict[str, Any]) -> dict[str, float]:
     return effect
 
 
-def flatness_claims(result: dict[str, Any]) -> list[Claim]:
+def flatness_claims(result: DegradationResult) -> list[Claim]:
     """flattened() for every member of the sweep, every seed."""
-    milestones = list(result.get("recipe", {}).get("milestones") or [])
     effects = smallest_effects(result)
-    return [flattened(r, milestones, effects.get(r["model"], DEFAULT_EFFECT) or DEFAULT_EFFECT)
-            for r in result["runs"]]
+    return [flattened(r, result.milestones, effects.get(r.model, DEFAULT_EFFECT)
+                      or DEFAULT_EFFECT) for r in result.runs]
 
 
-def paper_claims(result: dict[str, Any],
+def paper_claims(result: DegradationResult,
                  responses: dict[str, list[list[float]]] | None = None) -> list[Claim]:
     """Every check: the runs' flattening first (a claim on unconverged runs says little), then
     Fig. 6's error orderings, then Fig. 7's response orderings."""

@@ -18,15 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..io import atomic_write_text
 from ..engine.logging import read_metrics
-from ..engine.recipe import Recipe, coerce, read_toml
+from ..engine.recipe import Recipe
+from ..engine.rundir import RunDir
 from ..errors import UserError
 from ..text import plural
 from ..models import REGISTRY, get_arch
 from .report import training_seconds, write_run_report
+from .sweep_result import CurvePoint, DegradationResult, SeedStats, Spread, SweepMember
 
 # Options that change where or how fast a run goes, not what it learns: a finished run is reused
 # even if they differ.
@@ -74,10 +76,11 @@ def sweep_models(depths: Sequence[int]) -> list[str]:
 def config_diff(r: Recipe, run_dir: Path, ignore: Sequence[str] = ()) -> list[str]:
     """The recipe fields where run_dir/config.toml differs from r (machinery and `ignore`
     ignored)."""
+    run = RunDir(run_dir)
     try:
-        stored = coerce(read_toml(run_dir / "config.toml"))
+        stored = run.stored_recipe()
     except UserError as e:
-        return [f"unreadable config.toml ({e})"]
+        return [f"unreadable {run.config.name} ({e})"]
     stored, r = _resolved(stored), _resolved(r)
     return [f"{f.name} {getattr(stored, f.name)!r} != {getattr(r, f.name)!r}"
             for f in fields(Recipe)
@@ -97,13 +100,30 @@ def check_reusable(r: Recipe, run_dir: Path, ignore: Sequence[str] = ()) -> bool
     """Whether run_dir holds a run of r; UserError when it holds one of another config (a run
     directory is never overwritten). ignore: fields that may differ (reslab paper's initial
     weights, whose path moves with DIR while the run directory's name fixes them)."""
-    if not (run_dir / "config.toml").is_file():
+    if not RunDir(run_dir).started():
         return False
     diff = config_diff(r, run_dir, ignore)
     if diff:
         raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diff)}); "
                         "use another --out or remove it")
     return True
+
+
+# What a member's run directory asks for: "new" (nothing there), "skip" (finished), "resume"
+# (interrupted with a saved state) or "afresh" (this recipe's run, dead before its first state:
+# its files are replaced).
+Start = Literal["new", "skip", "resume", "afresh"]
+
+
+def member_start(r: Recipe, run_dir: Path, ignore: Sequence[str] = ()) -> Start:
+    """How the member r starts in run_dir; UserError when run_dir holds another recipe's run
+    (check_reusable)."""
+    run = RunDir(run_dir)
+    if not check_reusable(r, run_dir, ignore):
+        return "new"
+    if run.finished():
+        return "skip"
+    return "resume" if run.has_state() else "afresh"
 
 
 def _silent(_msg: str) -> None:
@@ -118,40 +138,39 @@ def train_or_reuse(r: Recipe, run_dir: Path, *, quiet: bool = False,
     A directory holding this recipe's run that died before its first saved state is started
     afresh (its files are replaced); one holding another recipe's run is refused. report:
     write the run's report.md and curves.png (reslab paper draws its own figures)."""
-    from ..engine import state as run_state
     from ..engine.loop import fit
 
-    mode = "trained"
-    if check_reusable(r, run_dir, ignore):
-        if (run_dir / "model.safetensors").is_file():
-            say(f"{r.model}: finished in {run_dir}, skipped")
-            return "skipped"
-        if run_state.exists(run_dir):
-            say(f"{r.model}: resuming the interrupted run in {run_dir}")
-            fit(r, run_dir, resume=True, quiet=quiet)
-            mode = "resumed"
-    if mode == "trained":
+    start = member_start(r, run_dir, ignore)
+    if start == "skip":
+        say(f"{r.model}: finished in {run_dir}, skipped")
+        return "skipped"
+    if start == "resume":
+        say(f"{r.model}: resuming the interrupted run in {run_dir}")
+        fit(r, run_dir, resume=True, quiet=quiet)
+    else:
         say(f"{r.model}: training into {run_dir}")
-        fit(r, run_dir, overwrite=(run_dir / "config.toml").is_file(), quiet=quiet)
+        fit(r, run_dir, overwrite=start == "afresh", quiet=quiet)
     if report:
         write_run_report(run_dir, strict=False)
-    return mode
+    return "resumed" if start == "resume" else "trained"
 
 
 def _error(row: dict[str, Any] | None) -> float | None:
     return None if row is None else 1.0 - float(row["top1"])
 
 
-def summarize_run(model: str, run_dir: Path) -> dict[str, Any]:
-    """One entry of degradation.json's runs, read back from run_dir/metrics.jsonl.
+def summarize_run(model: str, run_dir: Path, seed: int | None = None,
+                  run: str | None = None) -> SweepMember:
+    """One entry of degradation.json's runs, read back from run_dir/metrics.jsonl (seed and
+    run: the member's seed and run name, set by the sweep).
 
     curve: one point per evaluation, train_error the running error over that epoch's training
     batches (the paper's thin curves), test_error the per-epoch test evaluation (val when the
     run holds out a validation split, since test is then evaluated only at the end).
     """
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.is_file():
-        raise UserError(f"{run_dir} has no metrics.jsonl")
+        raise UserError(f"{run_dir} has no {path.name}")
     rows = [r for r in read_metrics(path) if "split" not in r or "top1" in r]
     train = {r["step"]: r for r in rows if r.get("split") == "train"}
     evals = ([r for r in rows if r.get("split") == "test" and not r.get("final")]
@@ -166,20 +185,17 @@ def summarize_run(model: str, run_dir: Path) -> dict[str, Any]:
     arch = get_arch(model)
     last_train = train[max(train)] if train else None
     last_test = finals[-1] if finals else (by_step[max(by_step)] if by_step else None)
-    return {"model": model, "depth": arch.depth, "residual": arch.residual,
-            "iterations": max((r["step"] for r in rows), default=0),
-            "train_seconds": training_seconds(rows),
-            "final_train_error": _error(last_train), "final_test_error": _error(last_test),
-            "curve": [{"step": s, "train_error": _error(train.get(s)),
-                       "test_error": _error(by_step.get(s))} for s in steps]}
+    return SweepMember(model, arch.depth, arch.residual,
+                       max((r["step"] for r in rows), default=0), training_seconds(rows),
+                       _error(last_train), _error(last_test),
+                       tuple(CurvePoint(s, _error(train.get(s)), _error(by_step.get(s)))
+                             for s in steps), seed, run)
 
 
-def budget(result: dict[str, Any]) -> str:
+def budget(runs: Sequence[SweepMember], epochs: float | None = None) -> str:
     """"14,040 iterations (30 epochs) per run; 5.1 h of training in all": the sweep's cost."""
-    runs = result["runs"]
-    iters = max((r.get("iterations") or 0 for r in runs), default=0)
-    secs = sum(r.get("train_seconds") or 0 for r in runs)
-    epochs = result.get("epochs_per_run")
+    iters = max((r.iterations or 0 for r in runs), default=0)
+    secs = sum(r.train_seconds or 0 for r in runs)
     per = f" ({plural(epochs, 'epoch', fmt='.3g')})" if epochs else ""
     return f"{plural(iters, 'iteration')}{per} per run; {secs / 3600:.2f} h of training in all"
 
@@ -191,22 +207,22 @@ def train_in_subprocess(r: Recipe, run_dir: Path, tmp: Path, say: Callable[[str]
     can stop it) unless it is finished there: (exit code, last stderr line). A finished run is
     skipped, an interrupted one resumed, one dead before its first state started afresh; tmp
     holds the recipe file it is given."""
-    from ..engine import state as run_state
     from ..engine.recipe import save_recipe
 
     name = name or r.model
     threads = plural(r.threads, "thread")
-    if check_reusable(r, run_dir, ignore) and (run_dir / "model.safetensors").is_file():
+    start = member_start(r, run_dir, ignore)
+    if start == "skip":
         say(f"{name}: finished in {run_dir}, skipped")
         return 0, ""
-    if (run_dir / "config.toml").is_file() and run_state.exists(run_dir):
+    if start == "resume":
         say(f"{name}: resuming the interrupted run in {run_dir} ({threads})")
         argv = ["--resume"]
     else:
         say(f"{name}: training into {run_dir} ({threads})")
         save_recipe(tmp / f"{name}.toml", r)
         argv = ["--recipe", str(tmp / f"{name}.toml")]
-        if (run_dir / "config.toml").is_file():
+        if start == "afresh":
             argv.append("--overwrite")  # this recipe's run, dead before its first state
     with members.start([sys.executable, "-m", "reslab", "train", *argv, "--out",
                         str(run_dir), "--quiet"]) as proc:
@@ -294,7 +310,7 @@ def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: R
                     quiet: bool = False, say: Callable[[str], None] | None = None,
                     jobs: int = 1, seeds: Sequence[int] | None = None,
                     seeds_depths: Sequence[int] | None = None,
-                    notes: Sequence[str] = ()) -> dict[str, Any]:
+                    notes: Sequence[str] = ()) -> DegradationResult:
     """Trains the sweep (Fig. 6) and writes OUT/degradation.json and OUT/degradation.png.
     jobs > 1: members trained that many at a time (train_in_parallel). seeds: repeat the runs
     (of seeds_depths, default all) with these seeds; the spread over seeds is reported.
@@ -309,59 +325,59 @@ def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: R
     for line in notes:
         say(line)
     shared = {k: v for k, v in base.to_dict().items() if k not in ("model", "seed")}
-    result: dict[str, Any] = {"dataset": data, "recipe": shared, "runs": []}
     if jobs > 1:
         train_in_parallel(recipes, out, jobs, say)
+    runs: list[SweepMember] = []
+    epochs = None
+    result = DegradationResult(data, shared)
     for i, (name, r) in enumerate(recipes.items(), 1):
         if jobs == 1:
             say(f"[{i}/{len(recipes)}] {name}")
             train_or_reuse(r, out / name, quiet=quiet, say=say)
-        result["runs"].append({**summarize_run(r.model, out / name), "seed": r.seed,
-                               "run": name})
-        result["spread"] = seed_spread(result["runs"])
+        runs.append(summarize_run(r.model, out / name, r.seed, name))
         summary = _read_summary(out / name)
         if summary.get("steps") and summary.get("epochs"):
-            result["epochs_per_run"] = summary["epochs"]
-        result["budget"] = budget(result)
+            epochs = summary["epochs"]
+        result = DegradationResult(data, shared, tuple(runs), seed_spread(runs), epochs,
+                                   budget(runs, epochs))
         write_results(result, out)  # after every run: a long sweep shows its results so far
     return result
 
 
-def seed_spread(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def seed_spread(runs: Sequence[SweepMember]) -> dict[str, Spread]:
     """For each model run with two or more seeds: mean and (sample) std of its final training
     and test errors, and the seeds (Table 6 reports resnet110 as best of 5 and mean +- std)."""
     import statistics
 
-    by_model: dict[str, list[dict[str, Any]]] = {}
+    by_model: dict[str, list[SweepMember]] = {}
     for r in runs:
-        by_model.setdefault(r["model"], []).append(r)
+        by_model.setdefault(r.model, []).append(r)
     spread = {}
     for model, rs in by_model.items():
         if len(rs) < 2:
             continue
-        entry: dict[str, Any] = {"seeds": [r.get("seed") for r in rs]}
-        for key in ("final_train_error", "final_test_error"):
-            vals = [r[key] for r in rs if r.get(key) is not None]
-            if len(vals) >= 2:
-                entry[key] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals),
-                              "min": min(vals), "max": max(vals)}
-        spread[model] = entry
+        stats = []
+        for which in ("train", "test"):
+            vals = [e for e in (r.final_error(which) for r in rs) if e is not None]
+            stats.append(SeedStats(statistics.fmean(vals), statistics.stdev(vals), min(vals),
+                                   max(vals)) if len(vals) >= 2 else None)
+        spread[model] = Spread(tuple(r.seed for r in rs), *stats)
     return spread
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
     try:
-        obj = json.loads((run_dir / "summary.json").read_text())
+        obj = json.loads(RunDir(run_dir).summary.read_text())
     except (OSError, ValueError):
         return {}
     return obj if isinstance(obj, dict) else {}
 
 
-def write_results(result: dict[str, Any], out: Path) -> None:
+def write_results(result: DegradationResult, out: Path) -> None:
     from .plots import degradation_figure
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "degradation.json", json.dumps(result, indent=2) + "\n")
-    first_seed = [r for r in result["runs"] if r.get("run", r["model"]) == r["model"]]
-    degradation_figure(first_seed, out / "degradation.png",
-                       title=f"plain vs ResNet on {result['dataset']} (Fig. 6)")
+    sweep = RunDir(out)
+    atomic_write_text(sweep.degradation, json.dumps(result.to_json(), indent=2) + "\n")
+    degradation_figure(result.first_seeds(), sweep.degradation_png,
+                       title=f"plain vs ResNet on {result.dataset} (Fig. 6)")

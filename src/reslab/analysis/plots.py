@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..io import atomic_write
+
+if TYPE_CHECKING:
+    from .sweep_result import SweepMember
 
 
 def _figure(ncols: int, width: float = 5.0, height: float = 3.6) -> tuple[Any, list[Any]]:
@@ -74,23 +77,23 @@ def curves_figure(rows: Sequence[dict[str, Any]], path: str | Path,
     return _save(fig, path)
 
 
-def degradation_figure(runs: Sequence[dict[str, Any]], path: str | Path,
+def degradation_figure(runs: Sequence[SweepMember], path: str | Path,
                        title: str | None = None) -> Path:
     """Fig. 6: plain nets (left) and ResNets (right); dashed training error, bold test error,
     one colour per depth. runs: degradation.json's runs."""
     fig, axes = _figure(2)
-    depths = sorted({r["depth"] for r in runs})
+    depths = sorted({r.depth for r in runs})
     colour = {d: f"C{i % 10}" for i, d in enumerate(depths)}
     for ax, residual, name in ((axes[0], False, "plain"), (axes[1], True, "ResNet")):
-        for run in sorted((r for r in runs if r["residual"] == residual),
-                          key=lambda r: r["depth"]):
-            c = colour[run["depth"]]
+        for run in sorted((r for r in runs if r.residual == residual), key=lambda r: r.depth):
+            c = colour[run.depth]
             for key, style in (("train_error", {"ls": "--", "lw": 1}),
-                               ("test_error", {"lw": 2.2, "label": f"{name}-{run['depth']}"})):
+                               ("test_error", {"lw": 2.2, "label": f"{name}-{run.depth}"})):
                 # Each series its own points: training errors may be logged between tests.
-                points = [p for p in run["curve"] if p.get(key) is not None]
+                points = [(p.step, getattr(p, key)) for p in run.curve
+                          if getattr(p, key) is not None]
                 dots = {"marker": "o", "ms": 3} if len(points) < 30 else {}  # short: visible
-                ax.plot([p["step"] for p in points], [_pct(p[key]) for p in points], color=c,
+                ax.plot([s for s, _ in points], [_pct(e) for _, e in points], color=c,
                         **style, **dots)
         ax.set(xlabel="iteration", ylabel="error (%)", title=name)
         ax.grid(alpha=0.3)
@@ -103,14 +106,14 @@ def degradation_figure(runs: Sequence[dict[str, Any]], path: str | Path,
     return _save(fig, path)
 
 
-def _error_axis_top(runs: Sequence[dict[str, Any]]) -> float:
+def _error_axis_top(runs: Sequence[SweepMember]) -> float:
     """The error axis' upper end: 2.5x the largest final error (the paper's Fig. 6 clips its
     first iterations the same way, at 20%), so the converged differences are not squeezed
     under the first epochs' 50%; never above the largest error shown."""
-    errors = [_pct(p[k]) for r in runs for p in r["curve"] for k in ("train_error", "test_error")
-              if p.get(k) is not None]
-    finals = [_pct(r[k]) for r in runs for k in ("final_train_error", "final_test_error")
-              if r.get(k) is not None]
+    errors = [_pct(e) for r in runs for p in r.curve for e in (p.train_error, p.test_error)
+              if e is not None]
+    finals = [_pct(e) for r in runs for e in (r.final_train_error, r.final_test_error)
+              if e is not None]
     if not errors:
         return 100.0
     return min(max(errors), max(2.5 * max(finals, default=0.0), 5.0)) * 1.02

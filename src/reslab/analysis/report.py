@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,10 @@ from ..io import atomic_write_text, check_writable, read_text
 from ..limits import MAX_FILE_BYTES
 from ..engine.logging import read_metrics
 from ..engine.recipe import read_toml
+from ..engine.rundir import RunDir
 from ..errors import UserError, warn
 from ..text import plural
+from .sweep_result import DegradationResult, finite_number
 
 # The published numbers ours are put beside (docs/paper-numbers.md), as top-1
 # errors (fractions) keyed by dataset, then model ("*": any model on that dataset).
@@ -134,12 +135,12 @@ def percent(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
-def results_table(result: dict[str, Any]) -> list[list[str]]:
+def results_table(result: DegradationResult) -> list[list[str]]:
     """Rows [model, seed, depth, final train error %, final test error %] for text and
     reports (the seed labels each repeat of a model)."""
-    return [[r["model"], str(r.get("seed", "-")), str(r["depth"]),
-             percent(r["final_train_error"]), percent(r["final_test_error"])]
-            for r in result["runs"]]
+    return [[r.model, "-" if r.seed is None else str(r.seed), str(r.depth),
+             percent(r.final_train_error), percent(r.final_test_error)]
+            for r in result.runs]
 
 
 SPLITS = ("train", "val", "test")
@@ -154,39 +155,20 @@ def read_json(path: Path, what: str) -> Any:
             from None
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def read_responses(path: Path) -> dict[str, list[float]]:
     """responses.json: {model label: [std per layer]}; UserError when it is not that."""
     obj = read_json(path, "responses file")
     if not (isinstance(obj, dict) and obj and all(
-            isinstance(k, str) and isinstance(v, list) and v and all(map(_number, v))
+            isinstance(k, str) and isinstance(v, list) and v and all(map(finite_number, v))
             for k, v in obj.items())):
         raise UserError(f"responses file {path} is damaged: expected "
                         "{\"model\": [std per layer, ...]} with finite numbers")
     return obj
 
 
-def read_degradation(path: Path) -> dict[str, Any]:
-    """degradation.json (see reslab.analysis.degradation); UserError when it is not that."""
-    obj = read_json(path, "degradation file")
-    runs = obj.get("runs") if isinstance(obj, dict) else None
-    keys = {"model": str, "depth": int}
-    ok = isinstance(runs, list) and isinstance(obj.get("dataset"), str) and all(
-        isinstance(r, dict) and all(isinstance(r.get(k), t) for k, t in keys.items())
-        and all(r.get(k) is None or _number(r.get(k))
-                for k in ("final_train_error", "final_test_error"))
-        and isinstance(r.get("curve", []), list)
-        and all(isinstance(p, dict) and _number(p.get("step"))
-                and all(p.get(k) is None or _number(p.get(k))
-                        for k in ("train_error", "test_error")) for p in r.get("curve", []))
-        for r in runs)
-    if not ok:
-        raise UserError(f"degradation file {path} is damaged: expected {{\"dataset\", "
-                        "\"runs\": [{\"model\", \"depth\", \"final_train_error\", ...}]}")
-    return obj
+def read_degradation(path: Path) -> DegradationResult:
+    """degradation.json (see reslab.analysis.sweep_result); UserError when it is not that."""
+    return DegradationResult.from_json(read_json(path, "degradation file"), path)
 
 
 def final_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -210,21 +192,21 @@ def _metrics_row(split: str, r: dict[str, Any]) -> list[Any]:
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.toml"
+    path = RunDir(run_dir).config
     return read_toml(path) if path.is_file() else {}
 
 
 def training_seconds(rows: list[dict[str, Any]]) -> float | None:
     """Training seconds of a run: its last timed evaluation row (resumes included), the number
     degradation.json's train_seconds and every report give."""
-    times = [r["time_s"] for r in rows if _number(r.get("time_s"))]
+    times = [r["time_s"] for r in rows if finite_number(r.get("time_s"))]
     return max(times) if times else None
 
 
 def _run_line(model: str, data: str, rows: list[dict[str, Any]], run_dir: Path) -> str:
     """"resnet20 on cifar10, 64000 iterations in 1234.0 s of training." plus skipped images
     (summary.json)."""
-    path = run_dir / "summary.json"
+    path = RunDir(run_dir).summary
     summary = read_json(path, "summary") if path.is_file() else {}
     if not isinstance(summary, dict):
         summary = {}
@@ -242,8 +224,8 @@ def _run_line(model: str, data: str, rows: list[dict[str, Any]], run_dir: Path) 
 
 def _run_section(doc: Doc, run_dir: Path) -> dict[str, Any]:
     """Final metrics beside the paper's, and the curves. Returns a one-line summary."""
-    config = _read_config(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    config, run = _read_config(run_dir), RunDir(run_dir)
+    rows = read_metrics(run.metrics)
     model, data = str(config.get("model", "?")), str(config.get("data", "?"))
     last = final_metrics(rows)
     steps = max((r["step"] for r in rows), default=0)
@@ -255,8 +237,8 @@ def _run_section(doc: Doc, run_dir: Path) -> dict[str, Any]:
     if ref is not None:
         ours = percent(1 - test["top1"]) if test else "-"
         doc.table(["", "top-1 error %"], [[ref[1], percent(ref[0])], ["this run (test)", ours]])
-    if (run_dir / "curves.png").is_file():
-        doc.image(run_dir / "curves.png", "loss and error curves")
+    if run.curves.is_file():
+        doc.image(run.curves, "loss and error curves")
     return {"run": run_dir.resolve().name, "model": model, "data": data, "steps": steps,
             "test_error": percent(1 - test["top1"]) if test else "-",
             "paper_error": percent(ref[0]) if ref else "-"}
@@ -266,8 +248,9 @@ def _responses_section(doc: Doc, run_dir: Path, level: int) -> None:
     """Fig. 7 for the models in run_dir/responses.json."""
     from .plots import responses_figure
 
-    responses = read_responses(run_dir / "responses.json")
-    png = run_dir / "responses.png"
+    run = RunDir(run_dir)
+    responses = read_responses(run.responses)
+    png = run.responses_png
     responses_figure(responses, png)  # redrawn: responses.json may be newer than the figure
     doc.heading(level + 1, "Layer responses (Fig. 7)")
     doc.para("Std of each 3x3 layer's output after BN, before the addition/ReLU.")
@@ -281,20 +264,21 @@ def _degradation_section(doc: Doc, run_dir: Path, level: int) -> None:
     """Fig. 6: the sweep's table and figure (redrawn if missing)."""
     from .plots import degradation_figure
 
-    result = read_degradation(run_dir / "degradation.json")
-    if not (run_dir / "degradation.png").is_file():
-        degradation_figure(result["runs"], run_dir / "degradation.png",
-                           title=f"plain vs ResNet on {result['dataset']} (Fig. 6)")
+    run = RunDir(run_dir)
+    result = read_degradation(run.degradation)
+    if not run.degradation_png.is_file():
+        degradation_figure(result.runs, run.degradation_png,
+                           title=f"plain vs ResNet on {result.dataset} (Fig. 6)")
     doc.heading(level + 1, "Degradation: plain vs ResNet (Fig. 6)")
-    doc.para(f"Dataset {result['dataset']}; every run with the same recipe and budget. "
+    doc.para(f"Dataset {result.dataset}; every run with the same recipe and budget. "
              "The paper: deeper plain nets have higher training error, deeper ResNets lower.")
     doc.table(["model", "seed", "depth", "final train error %", "final test error %"],
               results_table(result))
-    doc.image(run_dir / "degradation.png", "degradation curves")
+    doc.image(run.degradation_png, "degradation curves")
     from .claims import paper_claims, responses_by_model
 
-    responses = (responses_by_model(read_responses(run_dir / "responses.json"))
-                 if (run_dir / "responses.json").is_file() else None)
+    responses = (responses_by_model(read_responses(run.responses))
+                 if run.responses.is_file() else None)
     doc.heading(level + 1, "The paper's claims, checked")
     doc.table(["claim (section 4.2, Fig. 6 and 7)", "here", "evidence"],
               [[c.text, c.verdict, c.evidence] for c in paper_claims(result, responses)])
@@ -302,16 +286,15 @@ def _degradation_section(doc: Doc, run_dir: Path, level: int) -> None:
 
 def add_run(doc: Doc, run_dir: Path, level: int = 1) -> dict[str, Any] | None:
     """Appends everything run_dir holds; the run summary when it is a training run."""
-    has = {name: (run_dir / name).is_file()
-           for name in ("metrics.jsonl", "responses.json", "degradation.json")}
-    if not any(has.values()):
-        raise UserError(f"{run_dir} is not a run directory (no metrics.jsonl, "
-                        "degradation.json or responses.json)")
+    run = RunDir(run_dir)
+    if not any(p.is_file() for p in (run.metrics, run.responses, run.degradation)):
+        raise UserError(f"{run_dir} is not a run directory (no {run.metrics.name}, "
+                        f"{run.degradation.name} or {run.responses.name})")
     doc.heading(level, run_dir.resolve().name)
-    summary = _run_section(doc, run_dir) if has["metrics.jsonl"] else None
-    if has["responses.json"]:
+    summary = _run_section(doc, run_dir) if run.metrics.is_file() else None
+    if run.responses.is_file():
         _responses_section(doc, run_dir, level)
-    if has["degradation.json"]:
+    if run.degradation.is_file():
         _degradation_section(doc, run_dir, level)
     config = _read_config(run_dir)
     if config:
@@ -324,9 +307,9 @@ def add_run(doc: Doc, run_dir: Path, level: int = 1) -> dict[str, Any] | None:
 def draw_curves(run_dir: Path) -> None:
     from .plots import curves_figure
 
-    if (run_dir / "metrics.jsonl").is_file():
-        curves_figure(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png",
-                      title=run_dir.resolve().name)
+    run = RunDir(run_dir)
+    if run.metrics.is_file():
+        curves_figure(read_metrics(run.metrics), run.curves, title=run_dir.resolve().name)
 
 
 def write_run_report(run_dir: str | Path, *, strict: bool = True) -> None:
@@ -338,7 +321,7 @@ def write_run_report(run_dir: str | Path, *, strict: bool = True) -> None:
         draw_curves(run_dir)
         doc = Doc()
         add_run(doc, run_dir)
-        atomic_write_text(run_dir / "report.md", doc.markdown(run_dir))
+        atomic_write_text(RunDir(run_dir).report, doc.markdown(run_dir))
     except Exception as e:  # noqa: BLE001
         if strict:
             raise
@@ -355,7 +338,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> t
     for d in dirs:
         if not d.is_dir():
             raise UserError(f"not a directory: {d}")
-    out = Path(out) if out else (dirs[0] / "report.md" if len(dirs) == 1 else Path("report.md"))
+    out = Path(out) if out else (RunDir(dirs[0]).report if len(dirs) == 1
+                                 else RunDir(Path()).report)
     check_writable(out, "report")
     md, page = out.with_suffix(".md"), out.with_suffix(".html")
     for path in (md, page):

@@ -77,14 +77,14 @@ def run(args: argparse.Namespace) -> int:
               "again to continue", file=sys.stderr)
         return e.exit_code
     if args.json:
-        print_json(result)
+        print_json(result.to_json())
         return 0
     print(f"{'model':<12}{'seed':>5}{'depth':>6}{'train err %':>13}{'test err %':>12}")
     for model, seed, depth, train, test in results_table(result):
         print(f"{model:<12}{seed:>5}{depth:>6}{train:>13}{test:>12}")
     from ..analysis.claims import paper_claims
 
-    print(f"budget: {result.get('budget', '-')}")
+    print(f"budget: {'-' if result.budget is None else result.budget}")
     for c in paper_claims(result):
         print(f"{c.verdict:>14}: {c.text} ({c.evidence})")
     sweep = RunDir(Path(args.out))

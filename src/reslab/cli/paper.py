@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.paper import plan, run_paper
+    from ..analysis.paper import PaperDir, plan, run_paper
     from ..analysis.paper.budgets import recipe_digest
     from ..engine.setup import select_device
     from ..engine.state import Interrupted
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                   if r.iters else f"  {m.name:<24} {m.role:<9} {r.model} seed {r.seed}",
                   f"[{recipe_digest(r)}]")
         return 0
-    check_writable(Path(args.out) / "paper.md", "--out")
+    check_writable(PaperDir(Path(args.out)).page_md, "--out")
 
     def say(msg: str) -> None:
         if not args.quiet:

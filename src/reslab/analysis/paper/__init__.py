@@ -13,15 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...io import atomic_write_text
-from .budgets import BUDGETS, Plan, plan
+from .budgets import BUDGETS, PaperDir, Plan, plan
 from .runner import run_members
 
-__all__ = ["BUDGETS", "Plan", "plan", "run_paper"]
+__all__ = ["BUDGETS", "PaperDir", "Plan", "plan", "run_paper"]
 
 
 def _log_call(out: Path, argv: list[str], started: float, seconds: float, status: str) -> None:
     """DIR/calls.json: every call of the command on DIR, for the page's commands and times."""
-    path = out / "calls.json"
+    path = PaperDir(out).calls
     try:
         calls = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -63,7 +63,7 @@ def run_paper(p: Plan, out: str | Path, *, jobs: int = 1, lang: str = "en",
     from .page import write_page
 
     out = Path(out)
-    (out / "members").mkdir(parents=True, exist_ok=True)
+    PaperDir(out).members.mkdir(parents=True, exist_ok=True)
     started, t0 = time.time(), time.perf_counter()
     argv = argv if argv is not None else sys.argv[1:]
     try:

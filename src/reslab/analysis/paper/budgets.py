@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ...engine.recipe import Recipe, load_recipe, shorten
+from ...engine.rundir import RunDir
 from ...errors import UserError
 from ...models import get_arch
 from ..degradation import MACHINERY
@@ -63,6 +64,50 @@ BUDGETS = {
 IMAGENET_TABLE2 = ("plain18", "resnet18", "plain34", "resnet34")
 IMAGENET_EXPECTED = ("about 6 GPU-days on 8 GPUs (6 runs of 600k iterations at batch 256); "
                      "not feasible on a CPU")
+
+
+@dataclass(frozen=True)
+class PaperDir:
+    """A `reslab paper` DIR and the names of what it holds: the one place they are spelled.
+    Training members are run directories under runs/ (TrainMember.run_dir)."""
+    path: Path
+
+    @property
+    def members(self) -> Path:
+        """The analysis members' results (<name>.json) and the grown nets' weights."""
+        return self.path / "members"
+
+    def member(self, name: str) -> Path:
+        return self.members / f"{name}.json"
+
+    def grown(self, model: str) -> Path:
+        """The weights the grow step builds for `model` (the grown member starts from them)."""
+        return self.members / f"grown-{model}.safetensors"
+
+    @property
+    def calls(self) -> Path:
+        """Every call of the command on DIR (the page's commands and times)."""
+        return self.path / "calls.json"
+
+    @property
+    def page_md(self) -> Path:
+        return self.path / "paper.md"
+
+    @property
+    def page_html(self) -> Path:
+        return self.path / "paper.html"
+
+    @property
+    def verdicts(self) -> Path:
+        """The page's verdicts for scripts."""
+        return self.path / "paper.json"
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    def figure(self, name: str) -> Path:
+        return self.figures / f"{name}.png"
 
 
 @dataclass(frozen=True)
@@ -186,11 +231,11 @@ def weights_for(member: TrainMember, out: Path, p: Plan) -> TrainMember:
     """The member with its initial weights set: the grown net from the grow step's file, the
     continued net from the shallow sweep run (paths known only once DIR is)."""
     if member.role == "grown":
-        path = out / "members" / f"grown-{member.recipe.model}.safetensors"
+        path = PaperDir(out).grown(member.recipe.model)
     elif member.role == "continued":
         source = p.member(member.needs[0])
         assert source is not None
-        path = source.run_dir(out) / "model.safetensors"
+        path = RunDir(source.run_dir(out)).weights
     else:
         return member
     return TrainMember(member.name, member.role,

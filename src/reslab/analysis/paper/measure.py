@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 
+from ...engine.rundir import RunDir
 from ...models import create_model
 from ..degradation import seed_spread, summarize_run
-from .budgets import Plan, TrainMember
+from ..sweep_result import DegradationResult
+from .budgets import PaperDir, Plan, TrainMember
 
 IMAGENET_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 CIFAR_MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202")
@@ -123,13 +125,12 @@ def degradation(p: Plan, out: Path) -> dict[str, Any]:
     from ..degradation import budget
 
     first = p.budget.seeds[0]
-    runs = [{**summarize_run(m.recipe.model, m.run_dir(out)), "seed": m.recipe.seed,
-             "run": _label(m, first)} for m in p.by_role("sweep")]
+    runs = [summarize_run(m.recipe.model, m.run_dir(out), m.recipe.seed, _label(m, first))
+            for m in p.by_role("sweep")]
     shared = {k: v for k, v in p.base.to_dict().items()
               if k not in ("model", "seed", "data_dir", "weights", "device", "threads")}
-    result = {"dataset": p.data, "recipe": shared, "runs": runs, "spread": seed_spread(runs)}
-    result["budget"] = budget(result)
-    return result
+    return DegradationResult(p.data, shared, tuple(runs), seed_spread(runs),
+                             budget=budget(runs)).to_json()
 
 
 def _loaded(m: TrainMember, out: Path, device: str = "cpu") -> tuple[Any, Any]:
@@ -168,7 +169,7 @@ def grow_step(p: Plan, out: Path) -> dict[str, Any]:
     small, big = (f"resnet{d}" for d in p.budget.grow)
     source = p.member(f"{small}-s{p.budget.seeds[0]}")
     assert source is not None
-    target = out / "members" / f"grown-{big}.safetensors"
+    target = PaperDir(out).grown(big)
     g = grow_checkpoint(source.run_dir(out), big, target)
     return {"from": g.source, "to": g.target, "copied_blocks": g.copied_blocks,
             "added_blocks": g.added_blocks, "max_abs_logit_diff_random": g.max_abs_logit_diff}
@@ -223,7 +224,7 @@ def identity(p: Plan, out: Path) -> dict[str, Any]:
             "grown_trained": p.member(f"{big}-grown-s{seed}"),
             "shallow_continued": p.member(f"{small}-continued-s{seed}")}
     models = {k: _loaded(m, out) for k, m in runs.items() if m is not None}
-    models["grown"] = load_checkpoint(out / "members" / f"grown-{big}.safetensors")
+    models["grown"] = load_checkpoint(PaperDir(out).grown(big))
     order = ["shallow", "grown", "shallow_continued", "grown_trained", "deep_scratch"]
     models = {k: models[k] for k in order if k in models}
     result = _train_split(models, p.data, p.data_dir, ("shallow", "grown"),
@@ -247,8 +248,8 @@ def shortcuts(p: Plan, out: Path) -> dict[str, Any]:
         runs = [summarize_run(model, m.run_dir(out)) for m in members]
         kw = {"shortcut": opt, **({"stride_in": m.recipe.stride_in} if p.imagenet else {})}
         options[opt] = {"seeds": [m.recipe.seed for m in members],
-                        "train_error": [r["final_train_error"] for r in runs],
-                        "test_error": [r["final_test_error"] for r in runs],
+                        "train_error": [r.final_train_error for r in runs],
+                        "test_error": [r.final_test_error for r in runs],
                         "params": _params(model, **kw)}
     return {"model": model, "options": options}
 
@@ -260,12 +261,12 @@ def warmup(p: Plan, out: Path) -> dict[str, Any]:
 
     seeds = []
     for m in p.by_role("warmup"):
-        rows = read_metrics(m.run_dir(out) / "metrics.jsonl")
+        rows = read_metrics(RunDir(m.run_dir(out)).metrics)
         ends = [r["step"] for r in rows if "split" not in r and r.get("lr") == m.recipe.lr]
         run = summarize_run(m.recipe.model, m.run_dir(out))
         seeds.append({"seed": m.recipe.seed, "warmup_end": min(ends) if ends else None,
-                      "final_train_error": run["final_train_error"],
-                      "final_test_error": run["final_test_error"]})
+                      "final_train_error": run.final_train_error,
+                      "final_test_error": run.final_test_error})
     test = [s["final_test_error"] for s in seeds if s["final_test_error"] is not None]
     return {"seeds": seeds, "mean_test_error": statistics.fmean(test) if test else None,
             "std_test_error": statistics.stdev(test) if len(test) > 1 else None,

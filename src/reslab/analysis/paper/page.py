@@ -18,9 +18,10 @@ from typing import Any
 from ...io import atomic_write_text
 from ..claims import FAILS, HOLDS, NOT_JUDGED, Claim
 from ..report import Doc
+from ..sweep_result import DegradationResult
 from . import verdicts as v
-from .budgets import Plan
-from .runner import read_member
+from .budgets import PaperDir, Plan
+from .runner import member_file, read_member
 
 
 class Lang:
@@ -132,12 +133,16 @@ class Page:
         self.m = {name: read_member(out, name) for name in
                   ("tables", "trace", "degradation", "responses", "grow", "identity",
                    "shortcuts", "warmup")}
-        self.figures = out / "figures"
+        deg = self.m["degradation"]
+        self.deg = (None if deg is None
+                    else DegradationResult.from_json(deg, member_file(out, "degradation")))
+        self.dir = PaperDir(out)
+        self.figures = self.dir.figures
         self.figures.mkdir(parents=True, exist_ok=True)
         self.doc = Doc()
         self.sections: list[tuple[str, list[Claim]]] = []
         try:
-            self.calls = json.loads((out / "calls.json").read_text())
+            self.calls = json.loads(self.dir.calls.read_text())
         except (OSError, ValueError):
             self.calls = []
 
@@ -190,9 +195,8 @@ class Page:
                    f"command ({len(finished)} finished)",
                    f"명령 {len(calls)}번 호출 ({len(finished)}번 완료), wall time "
                    f"{seconds / 60:.1f}분")]]
-        deg = self.m["degradation"]
-        if deg:
-            rows.append([t("training (Fig. 6 sweep)", "학습 (Fig. 6 sweep)"), deg["budget"]])
+        if self.deg:
+            rows.append([t("training (Fig. 6 sweep)", "학습 (Fig. 6 sweep)"), self.deg.budget])
         doc.table([t("what", "항목"), t("this page", "이 페이지")], rows)
         doc.heading(2, t("Commands", "명령"))
         shown = list(dict.fromkeys(" ".join(c["argv"]) for c in calls)) or ["-"]
@@ -292,7 +296,7 @@ class Page:
     def _fig6(self) -> None:
         from ..plots import degradation_figure
 
-        t, deg = self.t, self.m["degradation"]
+        t, deg = self.t, self.deg
         flat, orderings = v.fig6_claims(deg)
         r = self.p.base
         every = r.train_error_every
@@ -315,18 +319,16 @@ class Page:
                         "Fig. 6: plain net의 degradation과 residual learning"), orderings, dev)
         if deg is None:
             return
-        firsts = [r for r in deg["runs"] if r.get("run", r["model"]) == r["model"]]
-        png = degradation_figure(firsts, self.figures / "fig6.png",
-                                 title=f"plain vs ResNet on {deg['dataset']} (Fig. 6, seed "
+        png = degradation_figure(deg.first_seeds(), self.dir.figure("fig6"),
+                                 title=f"plain vs ResNet on {deg.dataset} (Fig. 6, seed "
                                        f"{self.p.budget.seeds[0]})")
         self.doc.image(png, "Fig. 6")
         self.doc.table(["run", "seed", t("final train error %", "최종 train error %"),
                         t("final test error %", "최종 test error %"),
                         t("training s", "학습 초")],
-                       [[r["run"], r["seed"], _pct(r["final_train_error"]),
-                         _pct(r["final_test_error"]),
-                         f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"]
-                        for r in deg["runs"]])
+                       [[r.run, r.seed, _pct(r.final_train_error), _pct(r.final_test_error),
+                         f"{r.train_seconds:.0f}" if r.train_seconds else "-"]
+                        for r in deg.runs])
         self.sections.append((t("Fig. 6: flatness at the last lr", "Fig. 6: 마지막 lr에서 평탄"),
                               flat))
         self.doc.heading(3, t("Had each run flattened at its last lr?",
@@ -362,18 +364,18 @@ class Page:
                         t("mean std (± over seeds)", "평균 std (seed 간 ±)"),
                         t("max std", "최대 std")], rows)
         firsts = {k: s for k, s in resp["stds"].items() if "-seed" not in k}
-        self.doc.image(responses_figure(firsts, self.figures / "fig7.png",
+        self.doc.image(responses_figure(firsts, self.dir.figure("fig7"),
                                         title="std of each 3x3 layer's response (Fig. 7)"),
                        "Fig. 7")
         if resp["ratios"]:
             ratios = {k: r for k, r in resp["ratios"].items() if "-seed" not in k}
-            ratios_figure(ratios, self.figures / "ratios.png")
+            ratios_figure(ratios, self.dir.figure("ratios"))
 
     def _identity(self) -> None:
         from ..plots import bars_figure
 
         t, idn = self.t, self.m["identity"]
-        claims = v.identity_claims(idn, self.m["degradation"])
+        claims = v.identity_claims(idn, self.deg)
         dev = None
         if idn:
             dev = t(f"one seed ({idn['seed']}); the further training is {idn['further_iters']} "
@@ -396,7 +398,7 @@ class Page:
                         t("wrong", "오답")],
                        [[names[k], _pct(e), idn["wrong"][k]] for k, e in idn["error"].items()])
         self.doc.image(bars_figure({names[k]: [e] for k, e in idn["error"].items()},
-                                   self.figures / "identity.png",
+                                   self.dir.figure("identity"),
                                    ylabel="training error (%)",
                                    title="identity construction, training set"),
                        t("identity construction", "identity 구성"))
@@ -440,7 +442,7 @@ class Page:
                          " ".join(_pct(e) for e in d["test_error"]),
                          " ".join(_pct(e) for e in d["train_error"])] for o, d in opts.items()])
         self.doc.image(bars_figure({o: [e for e in d["test_error"] if e is not None]
-                                    for o, d in opts.items()}, self.figures / "shortcuts.png",
+                                    for o, d in opts.items()}, self.dir.figure("shortcuts"),
                                    ylabel="test error (%)",
                                    title=f"shortcut options, {sc['model']}"),
                        t("shortcut options", "shortcut option"))
@@ -448,8 +450,7 @@ class Page:
     def _warmup(self) -> None:
         t = self.t
         self._section(t("resnet110 and its warm-up (section 4.2)", "resnet110과 warm-up "
-                        "(section 4.2)"), v.warmup_claims(self.m["warmup"],
-                                                          self.m["degradation"]))
+                        "(section 4.2)"), v.warmup_claims(self.m["warmup"], self.deg))
 
     # --- the notes' questions ------------------------------------------------------------
 
@@ -486,7 +487,7 @@ class Page:
                          f"{max(r):.3f}", f"{r[-1]:.3f}"])
         doc.table(["ResNet", t("blocks", "block 수"), t("mean", "평균"), "min", "max",
                    t("last block", "마지막 block")], rows)
-        doc.image(self.figures / "ratios.png", "||F(x)|| / ||x||")
+        doc.image(self.dir.figure("ratios"), "||F(x)|| / ||x||")
         means = {k: statistics.fmean(r) for k, r in resp["ratios"].items()}
         small = [k for k, m in means.items() if m < 1]
         text = t(f"In {len(small)} of {len(means)} ResNets the residual branch is on average "
@@ -679,8 +680,9 @@ def write_page(p: Plan, out: Path, lang: str = "en") -> tuple[Path, Path]:
     """DIR/paper.md, DIR/paper.html (figures inline) and DIR/paper.json from DIR's members."""
     page = Page(p, out, lang)
     doc = page.build()
-    md, html = out / "paper.md", out / "paper.html"
+    paper = PaperDir(out)
+    md, html = paper.page_md, paper.page_html
     atomic_write_text(md, doc.markdown(out))
     atomic_write_text(html, doc.html(f"reslab paper: {p.budget.name} on {p.data}"))
-    atomic_write_text(out / "paper.json", json.dumps(page.verdicts_json(), indent=1) + "\n")
+    atomic_write_text(paper.verdicts, json.dumps(page.verdicts_json(), indent=1) + "\n")
     return md, html

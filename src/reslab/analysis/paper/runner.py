@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...engine.rundir import RunDir
 from ...errors import UserError
 from ...io import atomic_write_text
 from ..degradation import (Members, check_reusable, raise_for_exit, train_in_subprocess,
                            train_or_reuse)
 from . import measure
-from .budgets import Plan, TrainMember, weights_for
+from .budgets import PaperDir, Plan, TrainMember, weights_for
 
 ANALYSIS_VERSION = 1  # bump when an analysis changes what it writes: every one is redone
 
@@ -81,7 +82,7 @@ def _digest(path: Path) -> str:
 
 
 def member_file(out: Path, name: str) -> Path:
-    return out / "members" / f"{name}.json"
+    return PaperDir(out).member(name)
 
 
 def read_member(out: Path, name: str) -> dict[str, Any] | None:
@@ -94,7 +95,8 @@ def read_member(out: Path, name: str) -> dict[str, Any] | None:
 
 
 def _key(step: Step) -> str:
-    files = {p.name if p.parent.name == "members" else f"{p.parent.name}/{p.name}": _digest(p)
+    members = PaperDir(Path()).members.name
+    files = {p.name if p.parent.name == members else f"{p.parent.name}/{p.name}": _digest(p)
              for p in step.inputs()}
     blob = json.dumps({"step": step.name, "version": ANALYSIS_VERSION, "files": files},
                       sort_keys=True)
@@ -124,7 +126,7 @@ MOVES_WITH_DIR = ("weights",)
 
 def _trained(m: TrainMember, out: Path) -> bool:
     return check_reusable(m.recipe, m.run_dir(out), MOVES_WITH_DIR) and \
-        (m.run_dir(out) / "model.safetensors").is_file()
+        RunDir(m.run_dir(out)).finished()
 
 
 def steps(p: Plan, out: Path, members: list[TrainMember]) -> list[Step]:
@@ -135,7 +137,7 @@ def steps(p: Plan, out: Path, members: list[TrainMember]) -> list[Step]:
         return [m for m in members if m.role == role]
 
     def metrics(ms: list[TrainMember]) -> Callable[[], list[Path]]:
-        return lambda: [m.run_dir(out) / "metrics.jsonl" for m in ms]
+        return lambda: [RunDir(m.run_dir(out)).metrics for m in ms]
 
     sweep = runs("sweep")
     out_steps = [Step("tables", (), measure.tables), Step("trace", (), measure.trace_compare)]

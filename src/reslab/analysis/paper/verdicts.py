@@ -10,6 +10,7 @@ from typing import Any
 
 from ..claims import (FAILS, HOLDS, NOISE_SE, NOT_JUDGED, Claim, Stat, error_claims,
                       flatness_claims, ordering, response_claims, responses_by_model)
+from ..sweep_result import DegradationResult
 
 
 def not_run(text: str, why: str) -> Claim:
@@ -82,7 +83,7 @@ def channel_claims(t: dict[str, Any]) -> list[Claim]:
     return claims
 
 
-def fig6_claims(deg: dict[str, Any] | None) -> tuple[list[Claim], list[Claim]]:
+def fig6_claims(deg: DegradationResult | None) -> tuple[list[Claim], list[Claim]]:
     """(flatness of every member, Fig. 6's orderings)."""
     if deg is None:
         return [], [not_run("Fig. 6: deeper plain nets train worse, ResNets do not",
@@ -97,7 +98,7 @@ def fig7_claims(resp: dict[str, Any] | None) -> list[Claim]:
     return response_claims(responses_by_model(resp["stds"]))
 
 
-def identity_claims(idn: dict[str, Any] | None, deg: dict[str, Any] | None) -> list[Claim]:
+def identity_claims(idn: dict[str, Any] | None, deg: DegradationResult | None) -> list[Claim]:
     """Section 1's construction, measured on the training set, and what further training of
     the grown net does against the same training of the shallow net (the control)."""
     if idn is None:
@@ -114,9 +115,8 @@ def identity_claims(idn: dict[str, Any] | None, deg: dict[str, Any] | None) -> l
                     f"{n:,}; max |logit difference| {idn['max_abs_logit_diff']:.2g}")]
     if "grown_trained" in err and "shallow_continued" in err:
         # One run each: the noise is the shallow net's seed-to-seed spread (as sd of one run).
-        std = None
-        if deg is not None:
-            std = deg.get("spread", {}).get(small, {}).get("final_train_error", {}).get("std")
+        spread = deg.spread.get(small) if deg is not None else None
+        std = spread.final_train_error.std if spread and spread.final_train_error else None
         noise = None if std is None else NOISE_SE * std * math.sqrt(2)
         claims.append(ordering(
             f"after {idn['further_iters']} further iterations at lr {idn['further_lr']:g}, the "
@@ -161,7 +161,7 @@ def shortcut_claims(sc: dict[str, Any] | None) -> list[Claim]:
     return claims
 
 
-def warmup_claims(wu: dict[str, Any] | None, deg: dict[str, Any] | None) -> list[Claim]:
+def warmup_claims(wu: dict[str, Any] | None, deg: DegradationResult | None) -> list[Claim]:
     """Section 4.2's resnet110: lr 0.01 until the training error is below 80% (about 400
     iterations), then 0.1; Table 6: 6.43% best of 5, 6.61 +- 0.16."""
     if wu is None:
@@ -177,8 +177,8 @@ def warmup_claims(wu: dict[str, Any] | None, deg: dict[str, Any] | None) -> list
                             f"ended at iterations {', '.join(map(str, ends))} (logged every 20)"))
     test = tuple(s["final_test_error"] for s in wu["seeds"] if s["final_test_error"] is not None)
     if deg is not None and test:
-        r56 = tuple(r["final_test_error"] for r in deg["runs"] if r["model"] == "resnet56"
-                    and r["final_test_error"] is not None)
+        r56 = tuple(r.final_test_error for r in deg.runs if r.model == "resnet56"
+                    and r.final_test_error is not None)
         claims.append(ordering("resnet110 has a lower test error than resnet56 (Table 6)",
                                Stat("resnet110", test), Stat("resnet56", r56) if r56 else None))
     return claims
