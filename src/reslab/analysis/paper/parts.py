@@ -1,0 +1,78 @@
+"""What every part of the page works with: the plan, the members' results read back from DIR,
+the language, the document being written and the claim sections written so far; and the
+deviations of the budget's schedule from the paper's, which the header and Fig. 6 both state.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..claims import Claim
+from ..report import Doc
+from ..sweep_result import DegradationResult
+from .budgets import PaperDir, Plan
+from .lang import Lang, verdict_table
+from .runner import member_file, read_member
+
+MEMBERS = ("tables", "trace", "degradation", "responses", "grow", "identity", "shortcuts",
+           "warmup")
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+class PageParts:
+    """One page of one DIR: the members' results and the text around them."""
+
+    def __init__(self, p: Plan, out: Path, lang: str) -> None:
+        self.p, self.out, self.t = p, out, Lang(lang)
+        self.m: dict[str, Any] = {name: read_member(out, name) for name in MEMBERS}
+        deg = self.m["degradation"]
+        self.deg = (None if deg is None
+                    else DegradationResult.from_json(deg, member_file(out, "degradation")))
+        self.dir = PaperDir(out)
+        self.dir.figures.mkdir(parents=True, exist_ok=True)
+        self.doc = Doc()
+        self.sections: list[tuple[str, list[Claim]]] = []
+        try:
+            self.calls = json.loads(self.dir.calls.read_text())
+        except (OSError, ValueError):
+            self.calls = []
+
+    def section(self, title: str, claims: list[Claim], deviation: str | None = None) -> None:
+        """A claim section: its heading, its verdicts (counted in the summary) and how this
+        budget deviates from the paper there."""
+        self.sections.append((title, claims))
+        self.doc.heading(2, title)
+        verdict_table(self.doc, self.t, claims)
+        if deviation:
+            self.doc.para(f"*{self.t('Deviations', '논문과 다른 점')}:* {deviation}")
+
+    def schedule_deviation(self) -> str:
+        """The budget's schedule, data and arithmetic against the paper's."""
+        t, p, r = self.t, self.p, self.p.base
+        length = (f"{r.iters:,}" if r.iters else t("the recipe's", "recipe의"))
+        ms = ", ".join(f"{m:,}" for m in r.milestones) or "-"
+        return t(f"{p.data} instead of CIFAR-10{' (ImageNet plan)' if p.imagenet else ''}; "
+                 f"every run {length} iterations at batch {r.batch_size} (the paper: 64k), lr "
+                 f"{r.lr:g} divided by 10 at {ms} (the paper's 32k and 48k in proportion); "
+                 "trained on all training images and evaluated on the test split (the paper "
+                 f"chose its schedule on a 45k/5k split); {self.precision()}, "
+                 "channels-last memory (the same arithmetic).",
+                 f"CIFAR-10 대신 {p.data}; 모든 run은 batch {r.batch_size}로 {length} "
+                 f"iteration (논문: 64k), lr {r.lr:g}을 {ms}에서 10으로 나눔 (논문의 32k, "
+                 "48k를 비례 축소); 모든 training image로 학습하고 test split으로 평가 (논문은 "
+                 f"45k/5k split에서 schedule을 정함); {self.precision()}, "
+                 "channels-last 메모리 (계산은 같음).")
+
+    def precision(self) -> str:
+        """The arithmetic the runs used, against the paper's fp32."""
+        amp = self.p.base.amp
+        if amp == "off":
+            return self.t("fp32 as the paper (`amp = \"off\"`)", "논문처럼 fp32 (`amp = \"off\"`)")
+        return self.t(f"`amp = \"{amp}\"` (bf16 autocast where the CPU or GPU runs it natively, "
+                      "else fp32; the paper trained in fp32) to fit the budget",
+                      f"budget에 맞추려고 `amp = \"{amp}\"` (CPU/GPU가 bf16을 native로 실행하면 "
+                      "bf16 autocast, 아니면 fp32; 논문은 fp32)")
