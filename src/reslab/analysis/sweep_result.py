@@ -36,7 +36,8 @@ class CurvePoint:
     @classmethod
     def from_json(cls, obj: Any) -> CurvePoint:
         if not (isinstance(obj, dict) and finite_number(obj.get("step")) and all(
-                obj.get(k) is None or finite_number(obj.get(k)) for k in ("train_error", "test_error"))):
+                obj.get(k) is None or finite_number(obj.get(k))
+                for k in ("train_error", "test_error"))):
             raise ValueError("curve point")
         return cls(obj["step"], obj.get("train_error"), obj.get("test_error"))
 
