@@ -146,7 +146,7 @@ def identity(page: PageParts) -> None:
     from ..plots import bars_figure
 
     t, idn = page.t, page.m["identity"]
-    claims = v.identity_claims(idn, page.deg)
+    claims = v.identity_claims(idn)
     dev = None
     if idn:
         dev = t(f"one seed ({idn['seed']}); the further training is {idn['further_iters']} "
