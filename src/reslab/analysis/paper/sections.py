@@ -111,14 +111,13 @@ def fig7(page: PageParts) -> None:
     from ..plots import ratios_figure, responses_figure
 
     t, resp = page.t, page.m["responses"]
-    claims = v.fig7_claims(resp)
     dev = None
     if resp:
         dev = t(f"measured on {resp['images']:,} {resp['split']} images of {page.p.data} "
                 "(the paper: the CIFAR-10 test set), after the short training above.",
                 f"{page.p.data}의 {resp['split']} image {resp['images']:,}장에서 측정 (논문: "
                 "CIFAR-10 test set), 위의 짧은 학습 뒤.")
-    page.section(t(*TITLES["fig7"]), claims, dev)
+    page.section(t(*TITLES["fig7"]), v.fig7_claims(resp), dev)
     if resp is None:
         return
     from ..claims import responses_by_model
@@ -146,7 +145,6 @@ def identity(page: PageParts) -> None:
     from ..plots import bars_figure
 
     t, idn = page.t, page.m["identity"]
-    claims = v.identity_claims(idn)
     dev = None
     if idn:
         dev = t(f"one seed ({idn['seed']}); the further training is {idn['further_iters']} "
@@ -157,7 +155,7 @@ def identity(page: PageParts) -> None:
                 f"{idn['further_lr']:g}로 {idn['further_iters']} iteration (얕은 net은 "
                 f"대조군); error는 eval mode, augmentation 없는 training image "
                 f"{idn['images']:,}장 (training split의 앞부분)에서.")
-    page.section(t(*TITLES["identity"]), claims, dev)
+    page.section(t(*TITLES["identity"]), v.identity_claims(idn), dev)
     if idn is None:
         return
     names = {"shallow": idn["small"], "grown": f"grown {idn['big']}",
