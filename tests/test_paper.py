@@ -404,3 +404,23 @@ def test_a_run_report_gives_the_training_seconds_of_degradation_json(tmp_path: P
     assert summarize_run("plain8", run).train_seconds == 12.5
     assert "plain8 on digits, 10 iterations in 12.5 s of training." in \
         (run / "report.md").read_text()
+
+
+def test_the_imagenet_plans_shortcut_table_counts_each_options_parameters(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Table 3's options on resnet34 with the paper-imagenet recipe: the shortcut step reads
+    each option's members (it used a loop variable outside its loop: a NameError)."""
+    from reslab.analysis.paper import budgets, measure
+    from reslab.analysis.sweep_result import SweepMember
+
+    p = budgets.plan("full", f"imagefolder:{tmp_path}", iters=1)
+    monkeypatch.setattr(measure, "summarize_run", lambda model, run_dir: SweepMember(
+        model, 34, True, 1, 1.0, 0.5, 0.6, ()))
+    table = measure.shortcuts(p, tmp_path)
+    assert table["model"] == "resnet34"
+    from reslab.models import create_model
+
+    expected = {opt: sum(w.numel() for w in create_model(
+        "resnet34", shortcut=opt, stride_in="1x1").parameters()) for opt in "ABC"}
+    assert {opt: o["params"] for opt, o in table["options"].items()} == expected
+    assert expected["A"] < expected["B"] == 21_797_672 < expected["C"]  # torchvision's is B

@@ -246,7 +246,7 @@ def shortcuts(p: Plan, out: Path) -> dict[str, Any]:
         members = ([m for m in sweep if m.recipe.model == model] if opt == "A"
                    else [m for m in p.by_role("shortcut") if m.recipe.shortcut == opt])
         runs = [summarize_run(model, m.run_dir(out)) for m in members]
-        kw = {"shortcut": opt, **({"stride_in": m.recipe.stride_in} if p.imagenet else {})}
+        kw = {"shortcut": opt, **({"stride_in": p.base.stride_in} if p.imagenet else {})}
         options[opt] = {"seeds": [m.recipe.seed for m in members],
                         "train_error": [r.final_train_error for r in runs],
                         "test_error": [r.final_test_error for r in runs],
