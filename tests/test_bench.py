@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from reslab.cli import main
-from reslab.bench import environment, format_table
+from reslab.bench import environment
+from reslab.text import format_table
 
 ROW_KEYS = {"variant", "img_s", "ms_per_batch", "vs_baseline"}
 

@@ -32,8 +32,6 @@ from .timing import Step, inference_step, seconds_per_call, time_steps  # noqa: 
 
 # Input values in one timed batch (2**27 fp32 = 512 MiB; resnet50 at 224 px: batch 891).
 MAX_BENCH_ELEMENTS = 2**27
-# (row key, header, format spec): a column of `format_table`.
-Column = tuple[str, str, str]
 
 
 # --- the environment a number was measured in ---------------------------------------------
@@ -59,26 +57,6 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
     except OSError:
         pass
     return env
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
-    """A plain-text table: strings left-aligned, numbers right-aligned, missing values "-"."""
-    def cell(row: dict[str, Any], key: str, spec: str) -> str:
-        value = row.get(key)
-        if value is None:
-            return "-"
-        return format(value, spec) if spec and isinstance(value, (int, float)) else str(value)
-
-    cells = [[cell(r, key, spec) for key, _, spec in columns] for r in rows]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h, _) in enumerate(columns)]
-    numeric = [bool(spec) for _, _, spec in columns]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w)
-                         for v, w, num in zip(values, widths, numeric)).rstrip()
-
-    head = line([h for _, h, _ in columns])
-    return "\n".join([head, "-" * len(head)] + [line(c) for c in cells])
 
 
 # --- timing (reslab.timing) and what is timed --------------------------------------------

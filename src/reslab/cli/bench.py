@@ -8,7 +8,7 @@ import sys
 
 from ..errors import UserError
 from ..limits import MAX_THREADS, check_int
-from ..text import plural
+from ..text import format_table, plural
 from .common import (add_batch_size_option, add_device_option, add_json_option,
                      add_runtime_option, add_threads_option, parse_input_shape, print_json)
 
@@ -54,7 +54,7 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import bench_model, format_table
+    from ..bench import bench_model
 
     for flag, value in (("--batch-size", args.batch_size), ("--iters", args.iters),
                         ("--rounds", args.rounds), ("--threads", args.threads)):

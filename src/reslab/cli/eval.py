@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
               f"{view}): top1 {result['top1']:.4f}  {top5}loss {result['loss']:.4f}")
         rows = result.get("per_class") or []
         if 0 < len(rows) <= MAX_TABLE:
-            from ..bench import format_table
+            from ..text import format_table
 
             print(format_table(rows, PER_CLASS))
         elif rows:
