@@ -97,7 +97,7 @@ def reduced_precision(ckpt: Path, batch: int, args: argparse.Namespace) -> dict:
     from reslab.data import load_data
 
     model, record = load_checkpoint(ckpt)
-    pre, spec = record.preprocess, record.data["spec"]
+    pre, spec = record.preprocess, record.data.spec
     data = load_data(spec, stats=pre.stats(), image_size=pre.input_size[-1],
                      normalize=pre.normalize, augment="none", crop_fraction=pre.crop_fraction)
     test = [b for b, _ in data.eval_batches("test", batch, "cpu")]

@@ -32,7 +32,7 @@ def test_ten_crop_and_multiscale_modes_score_every_image(run_dir):
     ten = evaluate_checkpoint(run_dir, crops=10, device="cpu")
     multi = evaluate_checkpoint(run_dir, scales=[32, 40], device="cpu")
     for r in (ten, multi):
-        assert r["n"] == 128 and 0 <= r["top1"] <= r["top5"] <= 1
+        assert r.n == 128 and 0 <= r.top1 <= r.top5 <= 1
 
 
 def test_eval_writes_a_confusion_matrix_and_per_class_metrics(run_dir, tmp_path, capsys):
