@@ -224,3 +224,17 @@ def test_cli_trace(capsys: pytest.CaptureFixture) -> None:
     assert lines[0] == "input : torch.Size([1, 3, 32, 32])"
     assert lines[-1] == "layer idx 20 : torch.Size([1, 10])"
     assert not any(line.startswith("downsample") for line in lines)
+
+
+def test_summary_and_models_print_table1_as_before(capsys: pytest.CaptureFixture) -> None:
+    """The tables' exact layout: one rule per column, numbers right-aligned, "-" for none."""
+    assert main(["summary", "resnet20"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:4] == [
+        "stage   paper    output      blocks  layout                  params    MACs  MACs/3x3",
+        "------  -------  ----------  ------  ---------------------  -------  ------  --------",
+        "stem    conv1    1x16x32x32       -  3x3, 16, stride 1          464  442.4K         -"]
+    assert main(["models", "--family", "cifar"]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        "name        family  depth  block  blocks       shortcut      input          params    MACs",
+        "----------  ------  -----  -----  -----------  ------------  ---------  ----------  ------",
+        "resnet8     cifar       8  basic  1,1,1        A             1x3x32x32      75,290   12.2M"]
