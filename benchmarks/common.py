@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from reslab.bench import Column, Step, format_table, seconds_per_call
+from reslab.bench import Step, seconds_per_call
 from reslab.bench import environment as _environment
+from reslab.text import Column, format_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"

@@ -58,10 +58,10 @@ def main() -> None:
     args = p.parse_args()
     prepare(args)
     model, record = load_checkpoint(args.run)
-    trained, pre = record.data or {}, record.preprocess
-    if not trained:
+    trained, pre = record.data, record.preprocess
+    if trained is None:
         raise SystemExit(f"{args.run} does not say what it was trained on")
-    data = load_data(trained["spec"], data_dir=trained.get("data_dir"),
+    data = load_data(trained.spec, data_dir=trained.data_dir,
                      image_size=pre.input_size[-1], normalize=pre.normalize, stats=pre.stats(),
                      crop_fraction=pre.crop_fraction)
     calib = [x for x, _ in itertools.islice(
@@ -79,7 +79,7 @@ def main() -> None:
         secs = time_steps({name: (lambda m=m: m(x)) for name, m in models.items()}, rounds=3)
     rows = [{"variant": name, "top1": scores[name]["top1"], "img_s": len(x) / secs[name],
              "speedup": secs["fp32 eager"] / secs[name]} for name in scores]
-    print_table(f"int8 vs fp32 on {trained['spec']} test ({record.architecture}, batch "
+    print_table(f"int8 vs fp32 on {trained.spec} test ({record.architecture}, batch "
                 f"{args.batch_size})", rows,
                 [("variant", "variant", ""), ("top1", "top-1", ".4f"), ("img_s", "img/s", ".0f"),
                  ("speedup", "vs fp32", ".2f")])
@@ -87,7 +87,7 @@ def main() -> None:
     print(f"top-1 change (PT2E): {-drop:+.2f} points; PT2E vs FX speed: "
           f"{secs['int8 FX (deprecated)'] / secs['int8 PT2E (quantize_int8)']:.2f}x")
     save_results("int8_accuracy", {"run": str(args.run), "architecture": record.architecture,
-                                   "data": trained["spec"], "batch_size": args.batch_size,
+                                   "data": trained.spec, "batch_size": args.batch_size,
                                    "calibration_batches": args.calibration_batches},
                  rows, out=args.out, top1_points_lost=round(drop, 3))
 

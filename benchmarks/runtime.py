@@ -97,7 +97,7 @@ def reduced_precision(ckpt: Path, batch: int, args: argparse.Namespace) -> dict:
     from reslab.data import load_data
 
     model, record = load_checkpoint(ckpt)
-    pre, spec = record.preprocess, record.data["spec"]
+    pre, spec = record.preprocess, record.data.spec
     data = load_data(spec, stats=pre.stats(), image_size=pre.input_size[-1],
                      normalize=pre.normalize, augment="none", crop_fraction=pre.crop_fraction)
     test = [b for b, _ in data.eval_batches("test", batch, "cpu")]
@@ -107,9 +107,9 @@ def reduced_precision(ckpt: Path, batch: int, args: argparse.Namespace) -> dict:
     fp32 = {"torch": optimize_for_inference(model, x, runtime="torch", compile=False),
             "onnxruntime": optimize_for_inference(model, x, runtime="onnxruntime",
                                                   threads=torch.get_num_threads())}
-    rows = precision_rows(model, x, fp32, agreement=test, calibration=calibration,
-                          rounds=args.rounds, target_s=args.target_s,
-                          statistic=statistics.median)
+    rows = [r.to_json() for r in precision_rows(
+        model, x, fp32, agreement=test, calibration=calibration, rounds=args.rounds,
+        target_s=args.target_s, statistic=statistics.median)]
     return {"checkpoint": f"{record.architecture} trained on {spec} ({ckpt.name})",
             "architecture": record.architecture, "data": spec, "batch": batch,
             "test_images": sum(len(b) for b in test), "calibration_images": 512,

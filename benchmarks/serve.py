@@ -64,7 +64,7 @@ def pngs(ckpt: Path, n: int) -> tuple[list[bytes], int]:
     from reslab.data import datasets
 
     _, record = load_checkpoint(ckpt)
-    x, _ = getattr(datasets, record.data["spec"].replace("-", "_"))().test
+    x, _ = getattr(datasets, record.data.spec.replace("-", "_"))().test
     out = []
     for img in x[:n]:
         buf = io.BytesIO()

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from reslab.cli import main
-from reslab.bench import environment, format_table
+from reslab.bench import environment
+from reslab.text import format_table
 
 ROW_KEYS = {"variant", "img_s", "ms_per_batch", "vs_baseline"}
 
@@ -25,6 +26,11 @@ def test_bench_cifar_model_json(capsys: pytest.CaptureFixture) -> None:
     assert {"model", "device", "input", "batch_size", "baseline", "inference", "training",
             "speedup", "environment", "macs_per_image"} <= r.keys()
     assert r["model"] == "resnet20" and r["input"] == [2, 3, 32, 32]
+    assert list(r) == ["model", "family", "device", "input", "batch_size", "iters", "rounds",
+                       "macs_per_image", "baseline", "inference", "training", "runtime",
+                       "speedup", "timing", "environment"]  # the JSON's layout, in order
+    assert list(r["inference"][0]) == ["variant", "img_s", "ms_per_batch", "vs_baseline",
+                                       "gflop_s"]
     assert "torchvision has no resnet20" in r["baseline"]  # the conventional stand-in is named
     assert len(r["inference"]) == 2 and len(r["training"]) == 2
     for row in r["inference"] + r["training"]:

@@ -32,7 +32,7 @@ def test_ten_crop_and_multiscale_modes_score_every_image(run_dir):
     ten = evaluate_checkpoint(run_dir, crops=10, device="cpu")
     multi = evaluate_checkpoint(run_dir, scales=[32, 40], device="cpu")
     for r in (ten, multi):
-        assert r["n"] == 128 and 0 <= r["top1"] <= r["top5"] <= 1
+        assert r.n == 128 and 0 <= r.top1 <= r.top5 <= 1
 
 
 def test_eval_writes_a_confusion_matrix_and_per_class_metrics(run_dir, tmp_path, capsys):
@@ -42,6 +42,11 @@ def test_eval_writes_a_confusion_matrix_and_per_class_metrics(run_dir, tmp_path,
     result = json.loads(capsys.readouterr().out)
     assert png.stat().st_size > 1000
     cm, rows = result["confusion"], result["per_class"]
+    # the JSON's layout is a contract: keys in this order (per-class and confusion: centre view)
+    assert list(result) == ["ckpt", "data", "split", "crops", "scales", "flip", "num_classes",
+                            "trained_augment", "top1", "top5", "loss", "n", "per_class",
+                            "confusion", "runtime", "runtime_note", "wrote"]
+    assert list(rows[0]) == ["class", "precision", "recall", "f1", "support"]
     assert sum(map(sum, cm)) == result["n"] == 128
     for i, row in enumerate(rows):  # the per-class numbers are the matrix's
         assert row["support"] == sum(cm[i])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reslab.analysis.macs import InputTooSmall, count_macs, profile
-from reslab.analysis.summary import render_summary, summarize
+from reslab.analysis.summary import render_summary
 from reslab.analysis.trace import render_trace, trace
 from reslab.cli import main
 from reslab.cli.common import parse_input_shape
@@ -126,7 +126,7 @@ def test_input_too_small() -> None:
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet110", "plain34"])
 def test_summary_stages_add_up(name: str) -> None:
     model = meta_model(name)
-    s = summarize(model, get_arch(name).default_input)
+    s = profile(model, get_arch(name).default_input)
     assert [r.name for r in s.stages] == ["stem", *model.stage_names, "head"]
     assert s.params == sum(p.numel() for p in model.parameters())
     assert s.macs == count_macs(model, get_arch(name).default_input)
@@ -134,12 +134,12 @@ def test_summary_stages_add_up(name: str) -> None:
 
 
 def test_summary_is_table1() -> None:
-    s = {r.name: r for r in summarize(meta_model("resnet50"), (1, 3, 224, 224)).stages}
+    s = {r.name: r for r in profile(meta_model("resnet50"), (1, 3, 224, 224)).stages}
     assert s["layer1"].block == "[1x1, 64; 3x3, 64; 1x1, 256] x3"
     assert s["layer4"].block == "[1x1, 512; 3x3, 512; 1x1, 2048] x3"
     assert [s[f"layer{i}"].output_shape[2] for i in range(1, 5)] == [56, 28, 14, 7]
     assert s["stem"].block == "7x7, 64, stride 2; 3x3 max pool, stride 2"
-    r18 = summarize(meta_model("resnet18"), (1, 3, 224, 224))
+    r18 = profile(meta_model("resnet18"), (1, 3, 224, 224))
     assert r18.stages[1].block == "[3x3, 64; 3x3, 64] x2"
 
 
@@ -149,11 +149,11 @@ def test_summary_is_table1() -> None:
     ("resnet20", (1, 3, 32, 32), 32 * 32 * 16 * 16 * 9)])
 def test_cost_per_3x3_layer_is_level(name: str, shape: tuple, per_layer: int) -> None:
     """Section 3.3 / docs/notes.md: filters double as maps halve, so a 3x3 layer costs the same."""
-    s = summarize(meta_model(name), shape)
+    s = profile(meta_model(name), shape)
     assert s.level
     assert {r.macs_per_3x3 for r in s.stages if r.macs_per_3x3} == {per_layer}
     assert "in every stage" in render_summary(s)
-    assert not summarize(meta_model("resnet50"), (1, 3, 225, 225)).level
+    assert not profile(meta_model("resnet50"), (1, 3, 225, 225)).level
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -224,3 +224,17 @@ def test_cli_trace(capsys: pytest.CaptureFixture) -> None:
     assert lines[0] == "input : torch.Size([1, 3, 32, 32])"
     assert lines[-1] == "layer idx 20 : torch.Size([1, 10])"
     assert not any(line.startswith("downsample") for line in lines)
+
+
+def test_summary_and_models_print_table1_as_before(capsys: pytest.CaptureFixture) -> None:
+    """The tables' exact layout: one rule per column, numbers right-aligned, "-" for none."""
+    assert main(["summary", "resnet20"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:4] == [
+        "stage   paper    output      blocks  layout                  params    MACs  MACs/3x3",
+        "------  -------  ----------  ------  ---------------------  -------  ------  --------",
+        "stem    conv1    1x16x32x32       -  3x3, 16, stride 1          464  442.4K         -"]
+    assert main(["models", "--family", "cifar"]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        "name        family  depth  block  blocks       shortcut      input          params    MACs",
+        "----------  ------  -----  -----  -----------  ------------  ---------  ----------  ------",
+        "resnet8     cifar       8  basic  1,1,1        A             1x3x32x32      75,290   12.2M"]

@@ -139,7 +139,7 @@ def test_top_losses_are_the_largest_per_image_losses(ckpt, tmp_path, capsys):
     # independently: every test image's loss, as eval prepares and scores it
     model, record = load_checkpoint(ckpt)
     pre = record.preprocess
-    data = load_data(record.data["spec"], stats=pre.stats(), image_size=pre.input_size[-1],
+    data = load_data(record.data.spec, stats=pre.stats(), image_size=pre.input_size[-1],
                      augment="none", workers=0)
     with torch.no_grad():
         batches = list(data.eval_batches("test", 64, "cpu"))

@@ -87,8 +87,8 @@ def test_train_predict_on_a_folder_without_val(folder: Path, tmp_path: Path,
     assert ("note: recipe fast adapted to the data: batch 8 (recipe 128) and lr 0.0125 (recipe "
             "0.2, scaled with the batch) for 32 training images") in err
     _, record = load_checkpoint(out)
-    assert record.data == {"spec": f"imagefolder:{folder}", "data_dir": None, "val_split": 4,
-                           "seed": 0}
+    assert record.data.to_json() == {"spec": f"imagefolder:{folder}", "data_dir": None,
+                                     "val_split": 4, "seed": 0}
     assert record.preprocess.input_size == (3, 32, 32)  # the CIFAR family's size, not 224
     assert (out / "best.safetensors").is_file()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

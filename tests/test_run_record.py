@@ -27,7 +27,7 @@ from reslab.engine.rundir import LOCK_FILE
 from reslab.errors import UserError
 from reslab.models import create_model
 from reslab.interop import open_weights
-from reslab.record import FORMAT, MEAN_IMAGE_KEY, save_weights
+from reslab.record import FORMAT, MEAN_IMAGE_KEY, Record, TrainingData, save_weights
 
 def cli(argv: list) -> int:
     return main([str(a) for a in argv])
@@ -111,7 +111,8 @@ def test_the_record_holds_the_preprocessing(runs: dict) -> None:
     assert record.architecture == "resnet20" and record.class_names == tuple("0123456789")
     assert pre.normalize == "pixel" and pre.input_size == (1, 8, 8) and pre.crop_fraction == 1.0
     assert pre.mean_image is not None and pre.mean_image.shape == (1, 8, 8)
-    assert record.data == {"spec": "digits", "data_dir": None, "val_split": 0, "seed": 0}
+    assert record.data.to_json() == {"spec": "digits", "data_dir": None, "val_split": 0,
+                                     "seed": 0}
     assert MEAN_IMAGE_KEY not in state
     # the mean image is the training split's, exactly as the loader measures it
     expected = load_data("digits", normalize="pixel").mean_image
@@ -250,6 +251,24 @@ def test_the_record_round_trips_and_is_format_2(runs: dict, tmp_path: Path) -> N
 
     with safe_open(str(tmp_path / "again.safetensors"), framework="pt") as f:
         assert f.metadata()["format"] == FORMAT
+
+
+def test_the_records_metadata_text_round_trips_exactly(runs: dict, tmp_path: Path) -> None:
+    """A record read and written again is the same text, byte for byte: a trained run's (its
+    training data read as TrainingData) and one with every data field set."""
+    from safetensors import safe_open
+
+    with safe_open(str(runs["channel"] / "model.safetensors"), framework="pt") as f:
+        text = f.metadata()["record"]
+    model, record = load_checkpoint(runs["channel"])
+    assert record.data == TrainingData("digits", None, 0, 0)
+    assert json.dumps(record.to_json()) == text
+    save_weights(tmp_path / "again.safetensors", model, record)
+    with safe_open(str(tmp_path / "again.safetensors"), framework="pt") as f:
+        assert f.metadata()["record"] == text
+    obj = {**json.loads(text),
+           "data": {"spec": "imagefolder:/x", "data_dir": "/d", "val_split": 7, "seed": 3}}
+    assert json.dumps(Record.from_json(obj).to_json()) == json.dumps(obj)
 
 
 # --- the run directory: an owner and a lock ------------------------------------------------
@@ -534,7 +553,6 @@ def test_io_maps_every_user_errno(tmp_path: Path) -> None:
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from reslab.record import Record  # noqa: E402
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70)
                     | st.floats(allow_subnormal=False) | st.text(max_size=8),

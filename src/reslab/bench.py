@@ -18,6 +18,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,10 +31,10 @@ from .errors import UserError
 from .limits import MAX_BATCH, MAX_IN_CHANS, check_image_side, check_int
 from .timing import Step, inference_step, seconds_per_call, time_steps  # noqa: F401 (re-exported)
 
+# How the rows were timed (see the module docstring).
+TIMING = "best round per variant, rounds interleaved"
 # Input values in one timed batch (2**27 fp32 = 512 MiB; resnet50 at 224 px: batch 891).
 MAX_BENCH_ELEMENTS = 2**27
-# (row key, header, format spec): a column of `format_table`.
-Column = tuple[str, str, str]
 
 
 # --- the environment a number was measured in ---------------------------------------------
@@ -59,26 +60,6 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
     except OSError:
         pass
     return env
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
-    """A plain-text table: strings left-aligned, numbers right-aligned, missing values "-"."""
-    def cell(row: dict[str, Any], key: str, spec: str) -> str:
-        value = row.get(key)
-        if value is None:
-            return "-"
-        return format(value, spec) if spec and isinstance(value, (int, float)) else str(value)
-
-    cells = [[cell(r, key, spec) for key, _, spec in columns] for r in rows]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h, _) in enumerate(columns)]
-    numeric = [bool(spec) for _, _, spec in columns]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w)
-                         for v, w, num in zip(values, widths, numeric)).rstrip()
-
-    head = line([h for _, h, _ in columns])
-    return "\n".join([head, "-" * len(head)] + [line(c) for c in cells])
 
 
 # --- timing (reslab.timing) and what is timed --------------------------------------------
@@ -120,26 +101,64 @@ def torchvision_twin(model: nn.Module, name: str) -> nn.Module | None:
 
 # --- `reslab bench` -----------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Throughput:
+    """One timed variant: images per second, ms per batch, its speed relative to the baseline
+    and (inference) the achieved GFLOP/s."""
+
+    variant: str
+    img_s: float
+    ms_per_batch: float
+    vs_baseline: float
+    gflop_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        row = {"variant": self.variant, "img_s": self.img_s, "ms_per_batch": self.ms_per_batch,
+               "vs_baseline": self.vs_baseline}
+        if self.gflop_s is not None:
+            row["gflop_s"] = self.gflop_s
+        return row
+
+
 def _rows(seconds: dict[str, float], batch: int, baseline: str,
-          macs: int | None = None) -> list[dict[str, Any]]:
+          macs: int | None = None) -> list[Throughput]:
     base = seconds[baseline]
-    rows = []
-    for name, s in seconds.items():
-        row = {"variant": name, "img_s": round(batch / s, 2), "ms_per_batch": round(1e3 * s, 2),
-               "vs_baseline": round(base / s, 3)}
-        if macs is not None:  # achieved rate: 2 FLOPs per multiply-add
-            row["gflop_s"] = round(2 * macs * batch / s / 1e9, 2)
-        rows.append(row)
-    return rows
+    # achieved rate: 2 FLOPs per multiply-add
+    return [Throughput(name, round(batch / s, 2), round(1e3 * s, 2), round(base / s, 3),
+                       round(2 * macs * batch / s / 1e9, 2) if macs is not None else None)
+            for name, s in seconds.items()]
 
 
 ORT_VARIANT = "onnxruntime (reslab's ONNX export)"
 
 
+@dataclass(frozen=True)
+class PrecisionRow:
+    """One reduced-precision variant: its speed (and ratio to each fp32 runtime) and top-1
+    agreement with the fp32 eager model; or, for a variant not measured, only a note why."""
+
+    variant: str
+    img_s: float | None = None
+    ms_per_batch: float | None = None
+    vs_torch_fp32: float | None = None
+    vs_ort_fp32: float | None = None
+    top1_agreement: float | None = None
+    agreement_images: int | None = None
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.note is not None:
+            return {"variant": self.variant, "note": self.note}
+        return {"variant": self.variant, "img_s": self.img_s, "ms_per_batch": self.ms_per_batch,
+                "vs_torch_fp32": self.vs_torch_fp32, "vs_ort_fp32": self.vs_ort_fp32,
+                "top1_agreement": self.top1_agreement,
+                "agreement_images": self.agreement_images}
+
+
 def precision_rows(model: nn.Module, x: torch.Tensor, fp32: dict[str, Callable], *,
                    agreement: Sequence[torch.Tensor], calibration: Sequence[torch.Tensor],
                    iters: int | None = None, rounds: int = 2, target_s: float = 0.5,
-                   statistic: Callable[[list[float]], float] = min) -> list[dict[str, Any]]:
+                   statistic: Callable[[list[float]], float] = min) -> list[PrecisionRow]:
     """Reduced precision against fp32, CPU: bf16 in PyTorch (where it is native), int8 through
     PT2E (torchao) and through ONNX Runtime's static quantization (QDQ, per-channel), each
     calibrated on `calibration`. fp32: {"torch": callable, "onnxruntime": callable}. Rows:
@@ -169,19 +188,71 @@ def precision_rows(model: nn.Module, x: torch.Tensor, fp32: dict[str, Callable],
                  for k, f in variants.items()}
     n = x.shape[0]
     t_fp32, o_fp32 = (seconds.get(f"fp32 {k}") for k in ("torch", "onnxruntime"))
-    rows = [{"variant": k, "img_s": round(n / s, 2), "ms_per_batch": round(1e3 * s, 2),
-             "vs_torch_fp32": round(t_fp32 / s, 3) if t_fp32 else None,
-             "vs_ort_fp32": round(o_fp32 / s, 3) if o_fp32 else None,
-             "top1_agreement": round(agree[k], 5), "agreement_images": total}
+    rows = [PrecisionRow(k, round(n / s, 2), round(1e3 * s, 2),
+                         round(t_fp32 / s, 3) if t_fp32 else None,
+                         round(o_fp32 / s, 3) if o_fp32 else None, round(agree[k], 5), total)
             for k, s in seconds.items()]
-    return rows + [{"variant": k, "note": v} for k, v in notes.items()]
+    return rows + [PrecisionRow(k, note=v) for k, v in notes.items()]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What `bench_model` measured: the inference and training rows of one model against its
+    baseline, the inference variant its speed-up is of (`chosen`), and where it was measured."""
+
+    model: str
+    family: str
+    device: str
+    input: tuple[int, ...]       # N, C, H, W
+    batch_size: int
+    iters: int | None            # timed calls per round; None: as many as fill target_s
+    rounds: int
+    macs_per_image: int
+    baseline: str
+    inference: tuple[Throughput, ...]
+    training: tuple[Throughput, ...]
+    runtime_requested: str       # torch | onnxruntime | auto
+    chosen: str                  # reslab's optimized inference variant on that runtime
+    environment: dict[str, Any]  # see environment()
+    precision: tuple[PrecisionRow, ...] | None = None
+
+    @property
+    def runtime(self) -> str:
+        return "onnxruntime" if self.chosen == ORT_VARIANT else "torch"
+
+    @property
+    def inference_speedup(self) -> float:
+        """reslab's optimized inference on the chosen runtime vs the conventional way."""
+        return next(r.vs_baseline for r in self.inference if r.variant == self.chosen)
+
+    @property
+    def training_speedup(self) -> float:
+        """reslab's fast training (the last training row) vs the conventional way."""
+        return self.training[-1].vs_baseline
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"model": self.model, "family": self.family, "device": self.device,
+               "input": list(self.input), "batch_size": self.batch_size,
+               "iters": self.iters if self.iters is not None else "auto",
+               "rounds": self.rounds, "macs_per_image": self.macs_per_image,
+               "baseline": self.baseline,
+               "inference": [r.to_json() for r in self.inference],
+               "training": [r.to_json() for r in self.training],
+               "runtime": {"requested": self.runtime_requested, "variant": self.chosen,
+                           "runtime": self.runtime},
+               "speedup": {"inference": self.inference_speedup,
+                           "training": self.training_speedup},
+               "timing": TIMING, "environment": self.environment}
+        if self.precision is not None:
+            out["precision"] = [r.to_json() for r in self.precision]
+        return out
 
 
 def bench_model(name: str, *, batch_size: int | None = None,
                 input_shape: Sequence[int] | None = None, iters: int | None = None,
                 rounds: int = 2, device: str = "auto", compile: bool | str = False,
                 target_s: float = 0.5, runtime: str = "torch", precision: bool = False
-                ) -> dict[str, Any]:
+                ) -> Benchmark:
     """Inference and training throughput of `name`, side by side with the conventional way.
 
     Baseline ("conventional"): torchvision's same architecture, eager fp32 NCHW, with the same
@@ -191,8 +262,8 @@ def bench_model(name: str, *, batch_size: int | None = None,
     fp32 NCHW, reslab fp32 NCHW, and reslab channels-last + bf16 autocast (bf16 only where it
     is native, see `bf16_supported`), as the `fast` recipe trains.
     input_shape: (C, H, W) or (N, C, H, W); default the architecture's usual input.
-    iters: timed calls per round (None: as many as fill about target_s). Returns a dict with
-    `inference` and `training` rows (img_s, ms_per_batch, vs_baseline) and `speedup`.
+    iters: timed calls per round (None: as many as fill about target_s). Returns a Benchmark:
+    `inference` and `training` rows (img_s, ms_per_batch, vs_baseline) and the speed-ups.
     runtime "onnxruntime" or "auto" adds ONNX Runtime on reslab's ONNX export to the inference
     rows (CPU); `runtime` says which runtime the inference speed-up is of (auto: the faster
     one measured). precision adds `precision_rows` (random weights and inputs: their agreement
@@ -281,21 +352,7 @@ def bench_model(name: str, *, batch_size: int | None = None,
                                      amp_dtype=amp)
     train_s = time_steps(train, iters=iters, rounds=rounds, target_s=target_s, device=dev)
 
-    inference = _rows(inf_s, n, base_inf, macs)
-    training = _rows(train_s, n, base_train)
-    result = {"model": name, "family": arch.family, "device": str(dev), "input": list(shape),
-              "batch_size": n, "iters": iters if iters is not None else "auto",
-              "rounds": rounds, "macs_per_image": macs, "baseline": baseline,
-              "inference": inference, "training": training,
-              "runtime": {"requested": runtime, "variant": chosen,
-                          "runtime": "torch" if chosen == torch_variant else "onnxruntime"},
-              # reslab's best way vs the conventional one: optimized inference on the chosen
-              # runtime, fast training
-              "speedup": {"inference": next(r["vs_baseline"] for r in inference
-                                            if r["variant"] == chosen),
-                          "training": training[-1]["vs_baseline"]},
-              "timing": "best round per variant, rounds interleaved",
-              "environment": environment(dev)}
-    if reduced is not None:
-        result["precision"] = reduced
-    return result
+    return Benchmark(name, arch.family, str(dev), shape, n, iters, rounds, macs, baseline,
+                     tuple(_rows(inf_s, n, base_inf, macs)), tuple(_rows(train_s, n, base_train)),
+                     runtime, chosen, environment(dev),
+                     tuple(reduced) if reduced is not None else None)

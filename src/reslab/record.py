@@ -12,8 +12,9 @@ object (format "reslab-2"):
                    pixel units), input_size [C, H, W], crop_fraction (evaluation geometry:
                    shorter side to H / crop_fraction, centre crop), tta_flip (whether the run's
                    reported numbers averaged the horizontal flip)
-    data           what it was trained on: spec, data_dir, val_split, seed (so `eval --split val`
-                   rebuilds the same held-out images); null for imported weights
+    data           what it was trained on (TrainingData): spec, data_dir, val_split, seed (so
+                   `eval --split val` rebuilds the same held-out images); null for imported
+                   weights
     extra          free-form provenance, e.g. grown_from
 
 `eval`, `predict`, `responses`, `export`, `grow` and the Python API read only this record, never a
@@ -88,6 +89,40 @@ class Preprocess:
 
 
 @dataclass(frozen=True)
+class TrainingData:
+    """What a record's weights were trained on: the dataset spec, where its files were, and the
+    val hold-out and seed, so `eval --split val` rebuilds the same held-out images."""
+
+    spec: str
+    data_dir: str | None = None
+    val_split: int = 0
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec, "data_dir": self.data_dir, "val_split": self.val_split,
+                "seed": self.seed}
+
+    @classmethod
+    def from_json(cls, value: Any, where: str = "record") -> TrainingData | None:
+        """The record's `data` entry checked (InvalidRecord naming the first violation); None
+        for null (imported weights)."""
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("spec"), str):
+            raise _fail(where, f"data must be null or an object with a spec, got "
+                        f"{_short(value)}")
+        data_dir = value.get("data_dir")
+        if data_dir is not None and not isinstance(data_dir, str):
+            raise _fail(where, f"data.data_dir must be a string, got {_short(data_dir)}")
+        try:
+            val_split = check_int("data.val_split", value.get("val_split", 0), 0, 10**9)
+            seed = check_int("data.seed", value.get("seed", 0), 0, MAX_SEED)
+        except UserError as e:
+            raise _fail(where, str(e)) from None
+        return cls(value["spec"], data_dir, val_split, seed)
+
+
+@dataclass(frozen=True)
 class Record:
     """A validated checkpoint record (see the module docstring)."""
 
@@ -95,7 +130,7 @@ class Record:
     kwargs: dict[str, Any]
     class_names: tuple[str, ...]
     preprocess: Preprocess
-    data: dict[str, Any] | None = None
+    data: TrainingData | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -105,6 +140,17 @@ class Record:
     @property
     def in_chans(self) -> int:
         return int(self.kwargs.get("in_chans", 3))
+
+    def trained_on(self, spec: str) -> bool:
+        """Whether spec is the dataset these weights were trained on."""
+        return self.data is not None and spec == self.data.spec
+
+    def split_options(self, spec: str) -> dict[str, int]:
+        """load_data's val_split and seed for spec: training's when it is the dataset trained
+        on (so `--split val` is the same held-out images), else none held out and seed 0."""
+        if not self.trained_on(spec):
+            return {"val_split": 0, "seed": 0}
+        return {"val_split": self.data.val_split, "seed": self.data.seed}
 
     def replace(self, **changes: Any) -> Record:
         return dataclasses.replace(self, **changes)
@@ -120,7 +166,8 @@ class Record:
     def to_json(self) -> dict[str, Any]:
         return {"architecture": self.architecture, "kwargs": dict(self.kwargs),
                 "class_names": list(self.class_names), "preprocess": self.preprocess.to_json(),
-                "data": self.data, "extra": dict(self.extra)}
+                "data": self.data.to_json() if self.data is not None else None,
+                "extra": dict(self.extra)}
 
     @classmethod
     def from_json(cls, obj: Any, mean_image: torch.Tensor | None = None,
@@ -271,22 +318,6 @@ def check_tensors(state: dict[str, torch.Tensor], where: str) -> None:
             raise InvalidRecord(f"{where}: {short_text(key)} holds negative variances")
 
 
-def _data(value: Any, where: str) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or not isinstance(value.get("spec"), str):
-        raise _fail(where, f"data must be null or an object with a spec, got {_short(value)}")
-    data_dir = value.get("data_dir")
-    if data_dir is not None and not isinstance(data_dir, str):
-        raise _fail(where, f"data.data_dir must be a string, got {_short(data_dir)}")
-    try:
-        val_split = check_int("data.val_split", value.get("val_split", 0), 0, 10**9)
-        seed = check_int("data.seed", value.get("seed", 0), 0, MAX_SEED)
-    except UserError as e:
-        raise _fail(where, str(e)) from None
-    return {"spec": value["spec"], "data_dir": data_dir, "val_split": val_split, "seed": seed}
-
-
 def _parse(obj: Any, mean_image: torch.Tensor | None, where: str) -> Record:
     if not isinstance(obj, dict):
         raise _fail(where, f"the record must be an object, got {_short(obj)}")
@@ -306,7 +337,8 @@ def _parse(obj: Any, mean_image: torch.Tensor | None, where: str) -> Record:
     extra = obj.get("extra") or {}
     if not isinstance(extra, dict):
         raise _fail(where, f"extra must be an object, got {_short(extra)}")
-    return Record(arch, kwargs, tuple(names), pre, _data(obj.get("data"), where), extra)
+    data = TrainingData.from_json(obj.get("data"), where)
+    return Record(arch, kwargs, tuple(names), pre, data, extra)
 
 
 def _from_old_format(meta: dict[str, Any], where: str) -> dict[str, Any]:

@@ -5,15 +5,22 @@ over conv and fc layers; BN, ReLU, pooling and the shortcut additions are not co
 reads shapes from forward hooks, so it works on any device, the "meta" device included (no memory
 and no arithmetic: the CLI uses it to profile resnet152 instantly).
 
-Stages follow Table 1's rows: "stem" (conv1, bn1, max pool), "layer1".."layerN", "head" (avg
-pool, fc).
+Stages are Table 1's rows: "stem" (conv1, bn1, max pool), "layer1".."layerN", "head" (avg
+pool, fc); each `StageCost` carries the row's layout too, which analysis/summary.py prints.
+
+The "MACs per 3x3 layer" of a stage shows the design rule of section 3.3: "if the feature map
+size is halved, the number of filters is doubled so as to preserve the time complexity per
+layer" (docs/notes.md, "Why channels double when the resolution halves"), so a 3x3 layer costs
+the same in every stage.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -139,18 +146,40 @@ class LayerCost:
 
 @dataclass(frozen=True)
 class StageCost:
-    """One row of Table 1: its parameters, MACs, output shape and its conv/fc layers."""
+    """One row of Table 1: its parameters, MACs, output shape, conv/fc layers and layout.
+    blocks is 0 for the stem and the head."""
 
-    name: str
+    name: str                 # "stem", "layer1", ..., "head"
     params: int
     macs: int
     output_shape: Shape
     layers: tuple[LayerCost, ...]
+    blocks: int = 0
+    block: str = ""           # e.g. "[1x1, 64; 3x3, 64; 1x1, 256] x3"
+
+    @property
+    def paper_name(self) -> str:
+        """Table 1's "layer name": conv1, conv2_x, ..., fc."""
+        if self.name.startswith("layer"):
+            return f"conv{int(self.name[5:]) + 1}_x"
+        return "conv1" if self.name == "stem" else "fc"
+
+    @property
+    def macs_per_3x3(self) -> int | None:
+        """The most common MACs of one main-path 3x3 conv in a layerK stage (None elsewhere)."""
+        return _typical_3x3(self.layers) if self.name.startswith("layer") else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "paper_name": self.paper_name,
+                "output_shape": list(self.output_shape), "blocks": self.blocks,
+                "block": self.block, "params": self.params, "macs": self.macs,
+                "macs_per_3x3": self.macs_per_3x3}
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Costs of one forward: per layer and per stage (the stages sum to the totals)."""
+    """Costs of one forward: per layer and per stage (the stages sum to the totals): the
+    paper's Table 1 for a model at one input."""
 
     input_shape: Shape
     layers: tuple[LayerCost, ...]
@@ -164,9 +193,56 @@ class Profile:
     def params(self) -> int:
         return sum(s.params for s in self.stages)
 
+    @property
+    def blocks(self) -> int:
+        return sum(s.blocks for s in self.stages)
+
+    @property
+    def level(self) -> bool:
+        """True when a 3x3 layer costs the same in every stage (section 3.3)."""
+        return len({s.macs_per_3x3 for s in self.stages if s.macs_per_3x3 is not None}) == 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"input_shape": list(self.input_shape), "params": self.params,
+                "macs": self.macs, "blocks": self.blocks, "level_3x3_cost": self.level,
+                "stages": [s.to_json() for s in self.stages]}
+
+
+def _typical_3x3(layers: Sequence[LayerCost]) -> int | None:
+    """MACs of the stage's usual 3x3 layer: the first one of a stage may read half the channels
+    (basic blocks), so take the most common value rather than the first or the mean."""
+    costs = [c.macs for c in layers if "downsample" not in c.name
+             and getattr(c.module, "kernel_size", None) == (3, 3)]
+    return Counter(costs).most_common(1)[0][0] if costs else None
+
+
+def _conv_text(conv: nn.Conv2d) -> str:
+    kh, kw = conv.kernel_size
+    return f"{kh}x{kw}, {conv.out_channels}"
+
+
+def _layout(model: nn.Module, name: str) -> tuple[str, int]:
+    """(layout, number of blocks) of a stage in Table 1's notation: "[3x3, 64; 3x3, 64] x2"."""
+    if name == "stem":
+        conv = model.conv1
+        text = f"{_conv_text(conv)}, stride {conv.stride[0]}"
+        pool = getattr(model, "maxpool", None)
+        if isinstance(pool, nn.MaxPool2d):
+            text += f"; {pool.kernel_size}x{pool.kernel_size} max pool, stride {pool.stride}"
+        return text, 0
+    if name == "head":
+        return f"avg pool, {model.fc.out_features}-d fc", 0
+    stage = getattr(model, name)
+    first = stage[0]
+    # The main path's convs are the block's direct children; the projection sits in downsample.
+    convs = [m for m in first.children() if isinstance(m, nn.Conv2d)]
+    return f"[{'; '.join(_conv_text(c) for c in convs)}] x{len(stage)}", len(stage)
+
 
 def profile(model: nn.Module, shape: Shape) -> Profile:
-    """Counts MACs per conv/fc layer and aggregates MACs and parameters per stage."""
+    """Counts MACs per conv/fc layer and aggregates MACs and parameters per stage, with each
+    stage's layout: Table 1 for `model` (a reslab ResNet) at input `shape`, e.g.
+    (1, 3, 224, 224)."""
     layers: list[LayerCost] = []
     outputs: dict[str, Shape] = {}   # stage -> output of its last top-level module to run
 
@@ -191,8 +267,9 @@ def profile(model: nn.Module, shape: Shape) -> Profile:
     stages = []
     for stage, out_shape in outputs.items():   # dicts keep execution order
         mine = tuple(c for c in layers if stage_of(c.name) == stage)
+        layout, blocks = _layout(model, stage)
         stages.append(StageCost(stage, params.get(stage, 0), sum(c.macs for c in mine),
-                                out_shape, mine))
+                                out_shape, mine, blocks, layout))
     return Profile(tuple(shape), tuple(layers), tuple(stages))
 
 

@@ -12,14 +12,18 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from ..engine.rundir import RunDir
 from ..errors import UserError
 from ..limits import fit_batch
 from ..models import BasicBlock, Bottleneck, ResNet
+
+if TYPE_CHECKING:
+    from ..record import Record
 
 
 def response_layers(model: ResNet) -> list[nn.BatchNorm2d]:
@@ -109,7 +113,8 @@ def _path_name(path: Path) -> str:
     # A run directory, or RUN/model.safetensors, is named by the run; other files by their stem.
     if path.is_dir():
         return path.resolve().name
-    return path.resolve().parent.name if path.stem in ("model", "best") else path.stem
+    run = RunDir(path.resolve().parent)
+    return run.path.name if path.stem in (run.weights.stem, run.best.stem) else path.stem
 
 
 def model_labels(paths: list[str], archs: list[str]) -> list[str]:
@@ -132,13 +137,11 @@ class PreparedData:
     def __init__(self, data: str, data_dir: str | None = None) -> None:
         self.data, self.data_dir, self._cache = data, data_dir, {}
 
-    def for_record(self, record: Any) -> Any:
+    def for_record(self, record: Record) -> Any:
         from ..data import load_data
 
-        pre, trained = record.preprocess, record.data or {}
-        same = trained.get("spec") == self.data
-        options = {"val_split": trained.get("val_split", 0) if same else 0,
-                   "seed": trained.get("seed", 0) if same else 0,
+        pre = record.preprocess
+        options = {**record.split_options(self.data),
                    "image_size": pre.input_size[-1], "normalize": pre.normalize,
                    "crop_fraction": pre.crop_fraction}
         key = json.dumps({**options, **pre.to_json()}, sort_keys=True) + _digest(pre.mean_image)
@@ -147,7 +150,7 @@ class PreparedData:
                                          stats=pre.stats(), **options)
         return self._cache[key]
 
-    def batches(self, label: str, model: ResNet, record: Any, split: str, batch_size: int,
+    def batches(self, label: str, model: ResNet, record: Record, split: str, batch_size: int,
                 device: str) -> Iterator[Any]:
         dataset = self.for_record(record)
         if model.conv1.in_channels != dataset.in_chans:

@@ -8,7 +8,7 @@ import sys
 
 from ..errors import UserError
 from ..limits import MAX_THREADS, check_int
-from ..text import plural
+from ..text import format_table, plural
 from .common import (add_batch_size_option, add_device_option, add_json_option,
                      add_runtime_option, add_threads_option, parse_input_shape, print_json)
 
@@ -54,7 +54,7 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import bench_model, format_table
+    from ..bench import bench_model
 
     for flag, value in (("--batch-size", args.batch_size), ("--iters", args.iters),
                         ("--rounds", args.rounds), ("--threads", args.threads)):
@@ -74,19 +74,19 @@ def run(args: argparse.Namespace) -> int:
                          compile={"off": False, "on": True, "auto": "auto"}[args.compile],
                          runtime=args.runtime, precision=args.precision)
     if args.json:
-        print_json(result)
+        print_json(result.to_json())
         return 0
-    env = result["environment"]
-    print(f"{result['model']} on {result['device']} ({env.get('gpu', env['cpu'])}, "
+    env = result.environment
+    print(f"{result.model} on {result.device} ({env.get('gpu', env['cpu'])}, "
           f"{plural(env['threads'], 'thread')}, torch {env['torch']}), input "
-          f"{'x'.join(map(str, result['input']))}")
-    print(f"baseline: {result['baseline']}\n")
-    for phase in ("inference", "training"):
+          f"{'x'.join(map(str, result.input))}")
+    print(f"baseline: {result.baseline}\n")
+    for phase, rows in (("inference", result.inference), ("training", result.training)):
         print(f"{phase}:")
-        print(format_table(result[phase], COLUMNS) + "\n")
-    if "precision" in result:
+        print(format_table([r.to_json() for r in rows], COLUMNS) + "\n")
+    if result.precision is not None:
         print("reduced precision (agreement: with fp32 on the timed batch; random weights):")
-        print(format_table(result["precision"], PRECISION) + "\n")
-    print(f"reslab vs baseline: inference {result['speedup']['inference']:.2f}x "
-          f"({result['runtime']['variant']}), training {result['speedup']['training']:.2f}x")
+        print(format_table([r.to_json() for r in result.precision], PRECISION) + "\n")
+    print(f"reslab vs baseline: inference {result.inference_speedup:.2f}x "
+          f"({result.chosen}), training {result.training_speedup:.2f}x")
     return 0

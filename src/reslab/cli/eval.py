@@ -5,11 +5,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from .common import (add_batch_size_option, add_data_option, add_device_option,
                      add_flip_option, add_json_option, add_runtime_option, tta_flip)
+
+if TYPE_CHECKING:
+    from ..engine.evaluate import Evaluation
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,39 +62,43 @@ def run(args: argparse.Namespace) -> int:
                                  runtime=_runtime(args, scales),
                                  top_losses=worst[0] if worst else 0)
     if args.runtime == "auto":
-        print(result["runtime_note"], file=sys.stderr)
+        print(result.runtime_note, file=sys.stderr)
+    wrote = []
     if args.confusion:
         from ..analysis.plots import plot_confusion
 
-        plot_confusion(result["confusion"], [r["class"] for r in result["per_class"]],
-                       args.confusion, title=f"{Path(args.ckpt).name} on {result['data']} "
-                       f"{result['split']} (top-1 {100 * result['top1']:.2f}%)")
-        result["wrote"] = [str(args.confusion)]
+        plot_confusion(result.confusion, result.class_names, args.confusion,
+                       title=f"{Path(args.ckpt).name} on {result.data} {result.split} "
+                       f"(top-1 {100 * result.top1:.2f}%)")
+        wrote.append(str(args.confusion))
     if worst:
-        result["top_losses"] = _plot_top_losses(result, args.ckpt, worst[1])
-    if len(result.get("per_class") or []) > MAX_TABLE:
-        result.pop("confusion")  # 1000 x 1000 counts are a file's job (--confusion), not stdout's
+        _plot_top_losses(result, args.ckpt, worst[1])
     if args.json:
-        print(json.dumps(result))
+        out = result.to_json()
+        if len(result.per_class or ()) > MAX_TABLE:
+            del out["confusion"]  # 1000 x 1000 counts are a file's job (--confusion), not stdout's
+        if wrote:
+            out["wrote"] = wrote
+        print(json.dumps(out))
     else:
         view = ("multi-scale " + ",".join(map(str, scales)) if scales
                 else "10-crop with mirrored views" if args.crops == 10
-                else "centre view + flip" if result["flip"] else "centre view")
+                else "centre view + flip" if result.flip else "centre view")
         # With 5 classes or fewer every label is among the top 5: top-5 says nothing.
-        top5 = f"top5 {result['top5']:.4f}  " if result["num_classes"] > 5 else ""
-        print(f"{Path(args.ckpt)} on {result['data']} {result['split']} (n={result['n']}, "
-              f"{view}): top1 {result['top1']:.4f}  {top5}loss {result['loss']:.4f}")
-        rows = result.get("per_class") or []
+        top5 = f"top5 {result.top5:.4f}  " if result.num_classes > 5 else ""
+        print(f"{Path(args.ckpt)} on {result.data} {result.split} (n={result.n}, "
+              f"{view}): top1 {result.top1:.4f}  {top5}loss {result.loss:.4f}")
+        rows = result.per_class or ()
         if 0 < len(rows) <= MAX_TABLE:
-            from ..bench import format_table
+            from ..text import format_table
 
-            print(format_table(rows, PER_CLASS))
+            print(format_table([r.to_json() for r in rows], PER_CLASS))
         elif rows:
             print(f"({plural(len(rows), 'class')}: --json has the per-class metrics)")
-        for path in result.get("wrote", []):
+        for path in wrote:
             print(f"wrote {path}")
     if worst:
-        print(f"wrote {worst[1]} (the {len(result['top_losses'])} images of largest loss)",
+        print(f"wrote {worst[1]} (the {len(result.top_losses)} images of largest loss)",
               file=sys.stderr)
     return 0
 
@@ -117,19 +124,18 @@ def _top_losses_option(value: list[str] | None, multi_view: bool,
     return n, str(check_writable(value[1], "--top-losses", inputs=[resolve_ckpt_path(ckpt)]))
 
 
-def _plot_top_losses(result: dict, ckpt: str, path: str) -> list[dict]:
-    """Draws the examples of largest loss; their JSON form (no pixels) replaces them."""
+def _plot_top_losses(result: Evaluation, ckpt: str, path: str) -> None:
+    """Draws the examples of largest loss, each titled with its classes and their
+    probabilities."""
     from ..analysis.plots import image_grid_figure
 
-    names = [r["class"] for r in result["per_class"]]
-    items = result["top_losses"]
+    names = result.class_names
+    items = result.top_losses
     image_grid_figure([t.image for t in items],
                       [f"true {names[t.label]} ({t.label_prob:.1%})\n"
                        f"pred {names[t.predicted]} ({t.prob:.1%})\nloss {t.loss:.2f}"
                        for t in items], path,
-                      f"largest losses: {Path(ckpt).name} on {result['data']} {result['split']}")
-    return [{"index": t.index, "class": names[t.label], "predicted": names[t.predicted],
-             "prob": t.prob, "class_prob": t.label_prob, "loss": t.loss} for t in items]
+                      f"largest losses: {Path(ckpt).name} on {result.data} {result.split}")
 
 
 MAX_TOP_LOSSES = 400  # images in one figure

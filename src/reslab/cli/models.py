@@ -32,19 +32,23 @@ def describe(name: str) -> dict:
             "input_shape": list(arch.default_input), "params": prof.params, "macs": prof.macs}
 
 
+COLUMNS = (("name", "name", ""), ("family", "family", ""), ("depth", "depth", "d"),
+           ("block", "block", ""), ("blocks", "blocks", ""), ("shortcut", "shortcut", ""),
+           ("input", "input", ""), ("params", "params", ","), ("macs", "MACs", ">"))
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.summary import format_macs, format_shape, format_table
+    from ..analysis.summary import format_macs, format_shape
     from ..models import list_models
+    from ..text import format_table
 
     rows = [describe(name) for name in list_models(args.family)]
     if args.json:
         print_json({"models": rows})
         return 0
-    headers = ["name", "family", "depth", "block", "blocks", "shortcut", "input", "params",
-               "MACs"]
-    table = [[r["name"], r["family"], str(r["depth"]), r["block"],
-              ",".join(map(str, r["layers"])), r["shortcut"] or "none (plain)",
-              format_shape(r["input_shape"]), f"{r['params']:,}", format_macs(r["macs"])]
+    table = [{**r, "blocks": ",".join(map(str, r["layers"])),
+              "shortcut": r["shortcut"] or "none (plain)",
+              "input": format_shape(r["input_shape"]), "macs": format_macs(r["macs"])}
              for r in rows]
-    print(format_table(headers, table, right=(2, 7, 8)))
+    print(format_table(table, COLUMNS, rule="columns"))
     return 0

@@ -20,12 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.summary import format_shape, render_summary, summarize
+    from ..analysis.macs import profile
+    from ..analysis.summary import format_shape, render_summary
 
-    summary = analyze(args, summarize)
+    summary = analyze(args, profile)
     options = model_kwargs(args)
     if args.json:
-        print_json({"model": args.model, "options": options, **summary.to_dict()})
+        print_json({"model": args.model, "options": options, **summary.to_json()})
         return 0
     title = f"{args.model} at input {format_shape(summary.input_shape)}"
     if options:

@@ -1,4 +1,5 @@
-"""Top-1 / top-5 accuracy and loss over a split, summed across ranks."""
+"""Top-1 / top-5 accuracy and loss over a split, summed across ranks; a checkpoint's scores
+(`reslab eval`) as an Evaluation."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -55,6 +56,12 @@ class TopLoss:
     loss: float
     image: torch.Tensor  # (C, H, W), normalised as the model's input, on the CPU
 
+    def to_json(self, names: Sequence[str]) -> dict[str, Any]:
+        """Its JSON form (no pixels), the classes by name."""
+        return {"index": self.index, "class": names[self.label],
+                "predicted": names[self.predicted], "prob": self.prob,
+                "class_prob": self.label_prob, "loss": self.loss}
+
 
 class TopLosses:
     """Keeps the n examples of largest cross-entropy loss seen, over batches in split order
@@ -82,6 +89,66 @@ class TopLosses:
                         float(loss), img)
                 for loss, i, p, y, img in zip(self.loss, self.index, self.probs, self.labels,
                                               self.images)]
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """Precision, recall, F1 and support (test images) of one class."""
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"class": self.name, "precision": self.precision, "recall": self.recall,
+                "f1": self.f1, "support": self.support}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A checkpoint's scores on a split (evaluate_checkpoint): how it was scored, top-1/top-5
+    (fractions), mean loss and images; for the centre view also the per-class metrics, the
+    confusion matrix (rows: true class, columns: predicted) and the examples of largest loss
+    when asked; with a runtime, its name and what it chose."""
+    ckpt: str
+    data: str
+    split: str
+    crops: int
+    scales: tuple[int, ...] | None
+    flip: bool
+    num_classes: int
+    trained_augment: str | None
+    top1: float
+    top5: float
+    loss: float
+    n: int
+    top_losses: tuple[TopLoss, ...] | None = None
+    per_class: tuple[ClassScore, ...] | None = None
+    confusion: list[list[int]] | None = None
+    runtime: str | None = None
+    runtime_note: str | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.per_class or ()]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ckpt": self.ckpt, "data": self.data, "split": self.split, "crops": self.crops,
+            "scales": list(self.scales) if self.scales is not None else None,
+            "flip": self.flip, "num_classes": self.num_classes,
+            "trained_augment": self.trained_augment, "top1": self.top1, "top5": self.top5,
+            "loss": self.loss, "n": self.n}
+        if self.top_losses is not None:
+            out["top_losses"] = [t.to_json(self.class_names) for t in self.top_losses]
+        if self.per_class is not None:
+            out["per_class"] = [c.to_json() for c in self.per_class]
+        if self.confusion is not None:
+            out["confusion"] = self.confusion
+        if self.runtime is not None:
+            out["runtime"], out["runtime_note"] = self.runtime, self.runtime_note
+        return out
 
 
 def flip_tta(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -124,7 +191,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
                         scales: list[int] | None = None, flip: bool | None = None,
                         batch_size: int = 256, device: str = "auto",
                         runtime: Callable[[nn.Module], Any] | None = None,
-                        top_losses: int = 0) -> dict[str, Any]:
+                        top_losses: int = 0) -> Evaluation:
     """Scores a checkpoint on a split: centre view, the paper's 10-crop, or multi-scale.
 
     Everything comes from the checkpoint's record (reslab.record): the images are prepared as in
@@ -137,7 +204,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     `describe()`). The engine stands below deploy, so the wrapper comes from the caller.
 
     top_losses: also return the centre view's that many examples of largest loss as
-    "top_losses", TopLoss items with their images de-normalised to [0, 1]."""
+    `top_losses`, TopLoss items with their images de-normalised to [0, 1]."""
     from ..checkpoint import load_checkpoint
     from ..data import load_data
     from ..errors import warn
@@ -152,15 +219,13 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
             check_image_side("scale", s)
     dev = select_device(device)
     model, record = load_checkpoint(ckpt, device=dev)
-    trained = record.data or {}
-    spec = data or trained.get("spec")
+    spec = data or (record.data.spec if record.data is not None else None)
     if not spec:
         raise UserError(f"--data is required: {ckpt} does not say what it was trained on")
-    same = spec == trained.get("spec")
     pre = record.preprocess
-    d = load_data(spec, data_dir=data_dir or (trained.get("data_dir") if same else None),
-                  val_split=trained.get("val_split", 0) if same else 0,
-                  seed=trained.get("seed", 0) if same else 0, image_size=pre.input_size[-1],
+    trained_dir = record.data.data_dir if record.trained_on(spec) else None
+    d = load_data(spec, data_dir=data_dir or trained_dir, **record.split_options(spec),
+                  image_size=pre.input_size[-1],
                   normalize=pre.normalize, augment="none", stats=pre.stats(),
                   crop_fraction=pre.crop_fraction)
     if split not in d.splits:
@@ -185,42 +250,43 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     size = d.input_size[1]
     batch_size = fit_batch(batch_size, d.input_size)
     forward = model if runtime is None else runtime(model)
+    views: dict[str, Any] = {}  # what only the centre view measures
     if scales:
-        result = evaluate_scored(multiscale_logits(
+        scores = evaluate_scored(multiscale_logits(
             forward, [d.eval_batches(split, batch_size, dev, resize=s) for s in scales]), dev)
     elif crops == 10:
         batches = d.eval_batches(split, batch_size, dev, resize=round(size * 256 / 224))
-        result = evaluate(model, batches, device=dev,
+        scores = evaluate(model, batches, device=dev,
                           predict=lambda x: tta_logits(forward, x, crops=10, crop_size=size))
     else:
         preds: list[tuple[torch.Tensor, torch.Tensor]] = []
         worst = TopLosses(top_losses) if top_losses else None
-        result = evaluate(model, d.eval_batches(split, batch_size, dev), device=dev,
+        scores = evaluate(model, d.eval_batches(split, batch_size, dev), device=dev,
                           predict=flip_tta(forward) if flip else forward, predictions=preds,
                           top_losses=worst)
         if worst is not None:
-            result["top_losses"] = [replace(
-                t, image=d.normalize.invert(t.image[None])[0].clamp(0, 1)) for t in worst.items()]
+            views["top_losses"] = tuple(replace(
+                t, image=d.normalize.invert(t.image[None])[0].clamp(0, 1)) for t in worst.items())
         y_true, y_pred = (torch.cat(t).numpy() for t in zip(*preds))
-        result["per_class"] = per_class(y_true, y_pred, d.class_names)
+        views["per_class"] = tuple(per_class(y_true, y_pred, d.class_names))
         k = len(d.class_names)  # rows: true class, columns: predicted
-        result["confusion"] = torch.bincount(torch.as_tensor(y_true * k + y_pred),
-                                             minlength=k * k).view(k, k).tolist()
+        views["confusion"] = torch.bincount(torch.as_tensor(y_true * k + y_pred),
+                                            minlength=k * k).view(k, k).tolist()
     if runtime is not None:
-        result["runtime"] = forward.runtime_name
-        result["runtime_note"] = forward.describe()
-    return {"ckpt": str(ckpt), "data": spec, "split": split, "crops": crops,
-            "scales": scales, "flip": bool(flip and not scales and crops == 1),
-            "num_classes": len(d.class_names), "trained_augment": augment, **result}
+        views["runtime"], views["runtime_note"] = forward.runtime_name, forward.describe()
+    return Evaluation(str(ckpt), spec, split, crops, tuple(scales) if scales else None,
+                      bool(flip and not scales and crops == 1), len(d.class_names), augment,
+                      scores["top1"], scores["top5"], scores["loss"], scores["n"], **views)
 
 
 def trained_augment(ckpt: str | Path) -> str | None:
     """The training augmentation of the run a checkpoint belongs to (its config.toml), None
     when it is not in a run directory."""
     from .recipe import read_toml
+    from .rundir import RunDir
 
     path = Path(ckpt)
-    config = (path if path.is_dir() else path.parent) / "config.toml"
+    config = RunDir(path if path.is_dir() else path.parent).config
     if not config.is_file():
         return None
     try:
@@ -230,14 +296,14 @@ def trained_augment(ckpt: str | Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def per_class(y_true: Any, y_pred: Any, names: Sequence[str]) -> list[dict[str, Any]]:
+def per_class(y_true: Any, y_pred: Any, names: Sequence[str]) -> list[ClassScore]:
     """Precision, recall, F1 and support of every class (scikit-learn; 0 where undefined)."""
     from sklearn.metrics import precision_recall_fscore_support
 
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(range(len(names))),
                                                  zero_division=0)
-    return [{"class": name, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-             "support": int(s[i])} for i, name in enumerate(names)]
+    return [ClassScore(name, float(p[i]), float(r[i]), float(f[i]), int(s[i]))
+            for i, name in enumerate(names)]
 
 
 def _names(names: Sequence[str]) -> str:

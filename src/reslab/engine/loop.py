@@ -23,7 +23,7 @@ from ..data.normalize import Stats
 from ..interop import apply_state_dict, layout_kwargs, open_weights
 from ..models import get_arch
 from ..errors import UserError, warn
-from ..record import Preprocess, Record, save_weights
+from ..record import Preprocess, Record, TrainingData, save_weights
 from ..threads import ThreadGovernor
 from ..text import plural
 from . import state as run_state
@@ -123,7 +123,7 @@ class Run:
         """Fine-tuning keeps the normalisation the weights were trained with (per channel)."""
         if source is None or r.normalize != "channel" or source.preprocess.normalize != "channel":
             return None
-        if not r.data.startswith("imagefolder:") and r.data != (source.data or {}).get("spec"):
+        if not r.data.startswith("imagefolder:") and not source.trained_on(r.data):
             return None  # an in-memory dataset of other images: its own statistics
         self.messages.append(f"note: normalising with the mean/std the weights were trained "
                              f"with ({r.weights})")
@@ -166,8 +166,7 @@ class Run:
         kwargs = {**r.model_kwargs(), **self.layout, "num_classes": len(d.class_names),
                   "in_chans": d.in_chans}
         return Record(r.model, kwargs, tuple(d.class_names), pre,
-                      data={"spec": r.data, "data_dir": r.data_dir,
-                            "val_split": d.held_out, "seed": r.seed})
+                      data=TrainingData(r.data, r.data_dir, d.held_out, r.seed))
 
     def eval_model(self) -> torch.nn.Module:
         """The weights to evaluate and save: the EMA when enabled, else the live model."""

@@ -44,12 +44,12 @@ def tables() -> dict[str, Any]:
     """Table 1 (per stage, stride on the first 1x1 as the paper and on the 3x3 as torchvision),
     Table 6's parameter counts, the per-3x3-layer cost by stage (Q3), resnet50's projection
     shortcuts and a Conv2d's parameters (the notes' code questions)."""
-    from ..summary import summarize
+    from ..macs import profile
 
     table1 = {}
     for name in IMAGENET_MODELS:
         for stride_in in ("1x1", "3x3"):
-            s = summarize(_meta(name, stride_in=stride_in), (1, 3, 224, 224))
+            s = profile(_meta(name, stride_in=stride_in), (1, 3, 224, 224))
             table1[f"{name}/{stride_in}"] = {
                 "model": name, "stride_in": stride_in, "macs": s.macs, "params": s.params,
                 "paper_gmacs": PAPER_GMACS[name], "torchvision_gmacs": TORCHVISION[name][0],
@@ -62,7 +62,7 @@ def tables() -> dict[str, Any]:
     for name in CIFAR_MODELS:
         table6[name] = {"params": _params(name), "paper_params_m": PAPER_PARAMS_M[name],
                         "plain_params": _params(name.replace("resnet", "plain"))}
-    s = summarize(_meta("resnet20"), (1, 3, 32, 32))  # the CIFAR family's per-3x3 cost
+    s = profile(_meta("resnet20"), (1, 3, 32, 32))  # the CIFAR family's per-3x3 cost
     table6["resnet20"].update(per_3x3=[r.macs_per_3x3 for r in s.stages
                                        if r.macs_per_3x3 is not None], level_3x3_cost=s.level)
     net = _meta("resnet50", stride_in="3x3")
