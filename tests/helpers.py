@@ -14,3 +14,18 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
     return model.eval()
+
+
+class StopAfter:
+    """StopSignal stand-in that asks for a stop after `n` steps (as SIGTERM would)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.signame = n, "SIGTERM"
+
+    @property
+    def requested(self) -> bool:
+        self.n -= 1
+        return self.n == 0
+
+    def restore(self) -> None:
+        pass

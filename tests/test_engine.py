@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from reslab.engine.loop import fit
 from reslab.engine.recipe import load_recipe
+from reslab.engine.result import FitResult
 
 TINY = {"model": "resnet20", "data": "synthetic", "batch_size": 32, "lr": 0.05,
         "schedule": "cosine", "workers": 0, "device": "cpu", "deterministic": True}
@@ -50,8 +51,15 @@ def test_fit_writes_the_run_directory(tmp_path):
     assert {row["split"] for row in evals} == {"train", "test"}
     assert all({"top1", "top5", "loss"} <= row.keys() for row in evals)
     assert all({"loss", "lr", "img_s"} <= row.keys() for row in rows if "split" not in row)
-    assert summary["steps"] == 2 * (512 // 32)
-    assert rows[-1]["final"] is True and rows[-1]["top1"] == summary["test"]["top1"]
+    assert summary.steps == 2 * (512 // 32)
+    assert rows[-1]["final"] is True and rows[-1]["top1"] == summary.test["top1"]
+    # summary.json is the result's to_json, its keys in their order; from_json reads it back
+    text = (tmp_path / "summary.json").read_text()
+    assert list(json.loads(text)) == ["out", "model", "data", "steps", "epochs", "wall_s",
+                                      "train", "train_eval", "stopped_early", "val", "test",
+                                      "skipped_images", "skipped"]
+    assert text == summary.to_json() + "\n"
+    assert FitResult.from_json(json.loads(text)).to_json() == text.removesuffix("\n")
     # The weights were saved with the metadata eval/predict need.
     from reslab import load_checkpoint
 
@@ -62,7 +70,7 @@ def test_fit_writes_the_run_directory(tmp_path):
 
 def test_training_learns_synthetic_classes(tmp_path):
     summary = fit(load_recipe("fast", {**TINY, "epochs": 3, "lr": 0.1}), None, quiet=True)
-    assert summary["test"]["top1"] > 0.5  # 10 classes: chance is 0.1
+    assert summary.test["top1"] > 0.5  # 10 classes: chance is 0.1
 
 
 def test_progressive_resizing_trains_small_first(monkeypatch):
@@ -81,7 +89,7 @@ def test_progressive_resizing_trains_small_first(monkeypatch):
                              "progressive_from": 0.58, "progressive_until": 0.5})
     summary = fit(r, None, quiet=True)
     assert sides == [16, 16, 16, 20, 20, 20, 24, 24] + [28] * 8
-    assert summary["test"]["n"] > 0
+    assert summary.test["n"] > 0
 
 
 def test_progressive_resizing_keeps_the_aspect_of_non_square_images(monkeypatch):

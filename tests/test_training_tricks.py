@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from cli_helpers import clean_error, run_cli
+from helpers import StopAfter
 from reslab.data import augment as A
 from reslab.data import load_data
 from reslab.engine import loop
@@ -187,7 +188,7 @@ def test_the_loop_steps_once_per_accumulated_batch(monkeypatch):
     summary = fit(load_recipe("fast", {**TINY, "epochs": 1, "accumulate": 2,
                                        "clip_grad_norm": 2.0}), None, quiet=True)
     assert calls == [(32, 2, 2.0)] * 4  # 128 images, 16 x 2 per optimizer step
-    assert summary["steps"] == 4 and summary["epochs"] == 1.0
+    assert summary.steps == 4 and summary.epochs == 1.0
 
 
 def test_accumulation_on_a_small_training_set_shrinks_the_micro_batch(capsys):
@@ -241,31 +242,16 @@ def test_early_stopping_needs_a_validation_split(capsys, tmp_path):
 
 # --- exact resume with every trick, and metrics.csv ------------------------------------------
 
-class _StopAfter:
-    """StopSignal stand-in that asks for a stop after `n` steps (as SIGTERM would)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.signame = n, "SIGTERM"
-
-    @property
-    def requested(self) -> bool:
-        self.n -= 1
-        return self.n == 0
-
-    def restore(self) -> None:
-        pass
-
-
 def test_resume_with_every_trick_is_bit_identical_and_csv_matches_jsonl(tmp_path, monkeypatch):
     tricks = {**TINY, "iters": 8, "mixup": 0.2, "cutmix": 1.0, "auto_augment": "randaugment",
               "accumulate": 2, "clip_grad_norm": 1.0, "label_smoothing": 0.1, "erase": 0.5}
     r = load_recipe("fast", tricks)
     fit(r, tmp_path / "whole", quiet=True)
-    monkeypatch.setattr(run_state, "StopSignal", lambda: _StopAfter(3))
+    monkeypatch.setattr(run_state, "StopSignal", lambda: StopAfter(3))
     with pytest.raises(run_state.Interrupted):
         fit(r, tmp_path / "cut", quiet=True)
     assert torch.load(tmp_path / "cut/state/last.pt", weights_only=True)["step"] == 3
-    monkeypatch.setattr(run_state, "StopSignal", lambda: _StopAfter(10**9))
+    monkeypatch.setattr(run_state, "StopSignal", lambda: StopAfter(10**9))
     fit(None, tmp_path / "cut", resume=True, quiet=True)
     from safetensors.torch import load_file
 

@@ -3,6 +3,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and the API reference; at run time: __getattr__ below
     from .checkpoint import load_checkpoint
+    from .engine.result import FitResult
     from .errors import UserError
     from .models import create_model, list_models
     from .record import Record
@@ -27,14 +28,14 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def train(recipe: Any, out: Any = None, **kwargs: Any) -> dict[str, Any]:
+def train(recipe: Any, out: Any = None, **kwargs: Any) -> "FitResult":
     """Trains a recipe (reslab.engine.Recipe) into the run directory `out`, then writes its
-    report (curves.png, report.md) as `reslab train` does; returns the run's summary. kwargs:
-    resume, overwrite, quiet (see reslab.engine.loop.fit)."""
+    report (curves.png, report.md) as `reslab train` does; returns the run's numbers (its
+    summary.json). kwargs: resume, overwrite, quiet (see reslab.engine.loop.fit)."""
     from .analysis.report import write_run_report
     from .engine.loop import fit
 
-    summary = fit(recipe, out, **kwargs)
-    if summary.get("out"):
-        write_run_report(summary["out"], strict=False)
-    return summary
+    result = fit(recipe, out, **kwargs)
+    if result.out:  # under torchrun, rank 0 owns the run directory
+        write_run_report(result.out, strict=False)
+    return result

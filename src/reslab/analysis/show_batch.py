@@ -36,7 +36,7 @@ def training_images(recipe: Recipe, n: int) -> ShownBatch:
                 break
         return ShownBatch(images[:n], titles[:n], side or 0, list(run.messages))
     finally:
-        cleanup(run.d)
+        cleanup(run.dist)
 
 
 def target_title(target: torch.Tensor, names: list[str]) -> str:

@@ -3,7 +3,6 @@ the defaults. Without --model/--data it runs the demo (resnet20 on digits)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -71,14 +70,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped by {e.signame} at step {e.step}; state saved. Continue with: "
               f"reslab train --resume --out {e.out}", file=sys.stderr)
         return e.exit_code
-    if summary.get("out"):  # under torchrun, rank 0 owns the run directory
+    if summary.out:  # under torchrun, rank 0 owns the run directory
         write_run_report(out, strict=False)
     if args.json:
-        print(json.dumps(summary))
+        print(summary.to_json(indent=None))
     elif not args.quiet:
-        test = summary.get("test")
-        score = (f"test top1 {test['top1']:.4f}" if test else
+        score = (f"test top1 {summary.test['top1']:.4f}" if summary.test else
                  "not evaluated (no validation or test images)")
-        print(f"done: {plural(summary['steps'], 'iteration')} in {summary['wall_s']:.1f} s; "
+        print(f"done: {plural(summary.steps, 'iteration')} in {summary.wall_s:.1f} s; "
               f"{score}; run directory {out}", file=sys.stderr)
     return 0

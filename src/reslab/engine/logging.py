@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .rundir import RunDir
+
 
 class Progress:
     """A tqdm bar on a terminal; a plain line every `every_s` seconds otherwise; nothing if quiet."""
@@ -85,7 +87,7 @@ class MetricsLog:
         if path is None:
             return
         if tensorboard:
-            self.tb = _tensorboard_writer(path.parent / "tensorboard")
+            self.tb = _tensorboard_writer(RunDir(path.parent).tensorboard)
         if resume_step is not None and path.exists():
             from ..io import atomic_write_text, read_text
             from ..limits import MAX_FILE_BYTES

@@ -3,10 +3,11 @@ bit-identically (weights, optimizer, schedule, step, every RNG), saved as plain 
 containers so torch.load(weights_only=True) reads it; and the signals that ask for a save."""
 from __future__ import annotations
 
-import json
 import math
 import random
 import signal
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,28 +15,35 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import atomic_write_text, save_torch, torch_load_safe, unpickle_failure
-from .recipe import Recipe, coerce, read_toml
+from ..io import save_torch, torch_load_safe, unpickle_failure
+from .evaluate import Tally
+from .rundir import RunDir
 from .schedule import ScheduleState
 
 
+@dataclass
+class RunProgress:
+    """How far a run has come: what the state holds besides the weights and the optimizer."""
+    schedule: ScheduleState
+    train_tally: Tally  # training hits and loss since the last train row of metrics.jsonl
+    step: int = 0
+    best_val: float = -1.0  # the best validation top-1 so far (best.safetensors holds it)
+    bad_evals: int = 0  # evaluations since the best validation top-1 (early stopping)
+    elapsed_before: float = 0.0  # training seconds of the processes before this resume
+    started: float = field(default_factory=time.perf_counter)  # when this process began
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, across resumes (for time-to-accuracy)."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
 
 class Run(Protocol):
-    """What the state is saved from and restored into (engine.loop.Run)."""
-    step: int
+    """What the state is saved from and restored into (engine.run.Run)."""
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ema: Any
-    sched: ScheduleState
-    best_val: float
-    bad_evals: int
-    elapsed_before: float
-    train_tally: Any
-
-    def elapsed(self) -> float: ...
-
-STATE_FILE = Path("state") / "last.pt"
+    progress: RunProgress
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
@@ -66,15 +74,6 @@ def load_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def exists(out: Path) -> bool:
-    return (out / STATE_FILE).is_file()
-
-
-def stored_recipe(out: Path) -> Recipe:
-    """The config.toml of the run being resumed (the run continues as it started)."""
-    return coerce(read_toml(out / "config.toml"))
-
-
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
@@ -95,17 +94,18 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 def save(run: Run, out: Path) -> None:
     """Writes state/last.pt atomically: a kill at any moment leaves the previous one intact."""
-    save_state(out / STATE_FILE, {
-        "step": run.step,
+    p = run.progress
+    save_state(RunDir(out).state, {
+        "step": p.step,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),
         "ema": run.ema.state_dict() if run.ema is not None else None,
-        "schedule": run.sched.to_dict(),
-        "best_val": run.best_val,
-        "bad_evals": run.bad_evals,
-        "elapsed": run.elapsed(),
-        "train_tally": run.train_tally.state(),
+        "schedule": p.schedule.to_dict(),
+        "best_val": p.best_val,
+        "bad_evals": p.bad_evals,
+        "elapsed": p.elapsed(),
+        "train_tally": p.train_tally.state(),
         "rng": _rng_state(),
     })
 
@@ -113,22 +113,24 @@ def save(run: Run, out: Path) -> None:
 def restore(run: Run, out: Path) -> None:
     """Restores run from out's state, checked whole first: nothing of the run (metrics.jsonl
     included, which a resume trims to the state's step) is touched before it is known good."""
-    s = load_state(out / STATE_FILE)
+    path = RunDir(out).state
+    s = load_state(path)
     check_state(s, run.model, out)
     # A kill during a save leaves its temporary file behind (the real file is intact).
-    for stale in (out / STATE_FILE).parent.glob(f".{STATE_FILE.name}.*.tmp"):
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
         stale.unlink(missing_ok=True)
+    p = run.progress
     try:
         run.model.load_state_dict(s["model"])
         run.optimizer.load_state_dict(s["optimizer"])
         run.scaler.load_state_dict(s["scaler"])
         if run.ema is not None and s["ema"] is not None:
             run.ema.load_state_dict(s["ema"])
-        run.sched = ScheduleState(**s["schedule"])
-        run.step, run.best_val = int(s["step"]), float(s["best_val"])
-        run.bad_evals = int(s.get("bad_evals", 0))  # absent from states before early stopping
-        run.elapsed_before = float(s["elapsed"])
-        run.train_tally.load(s["train_tally"])
+        p.schedule = ScheduleState(**s["schedule"])
+        p.step, p.best_val = int(s["step"]), float(s["best_val"])
+        p.bad_evals = int(s.get("bad_evals", 0))  # absent from states before early stopping
+        p.elapsed_before = float(s["elapsed"])
+        p.train_tally.load(s["train_tally"])
         _set_rng_state(s["rng"])
     except (KeyError, IndexError, AttributeError, RuntimeError, ValueError, TypeError) as e:
         raise_bad_state(out, e)  # AttributeError: e.g. a string where a tensor belongs
@@ -141,8 +143,8 @@ def check_state(s: dict[str, Any], model: torch.nn.Module, out: Path) -> None:
     from ..record import InvalidRecord, check_tensors
 
     def bad(message: str) -> UserError:
-        return UserError(f"cannot resume from {out / STATE_FILE}: {message}; the state is damaged "
-                         "or not this run's (start afresh with --overwrite)")
+        return UserError(f"cannot resume from {RunDir(out).state}: {message}; the state is "
+                         "damaged or not this run's (start afresh with --overwrite)")
 
     step = s.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_ITERS:
@@ -172,12 +174,8 @@ def check_state(s: dict[str, Any], model: torch.nn.Module, out: Path) -> None:
 
 
 def raise_bad_state(out: Path, e: Exception) -> None:
-    raise UserError(f"cannot resume from {out / STATE_FILE}: "
+    raise UserError(f"cannot resume from {RunDir(out).state}: "
                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-
-
-def write_summary(out: Path, summary: dict[str, Any]) -> None:
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 class Interrupted(Exception):
