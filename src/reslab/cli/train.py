@@ -47,8 +47,7 @@ def resolve(args: argparse.Namespace) -> Recipe:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.report import write_run_report
-    from ..engine.loop import fit
+    from .. import train
     from ..engine.state import Interrupted
 
     if args.resume and args.overwrite:
@@ -64,19 +63,17 @@ def run(args: argparse.Namespace) -> int:
         f"{recipe.model}-{recipe.data.replace(':', '_').replace('/', '_')}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        summary = fit(recipe, out, resume=args.resume, overwrite=args.overwrite,
-                      quiet=args.quiet)
+        result = train(recipe, out, resume=args.resume, overwrite=args.overwrite,
+                       quiet=args.quiet)
     except Interrupted as e:
         print(f"stopped by {e.signame} at step {e.step}; state saved. Continue with: "
               f"reslab train --resume --out {e.out}", file=sys.stderr)
         return e.exit_code
-    if summary.out:  # under torchrun, rank 0 owns the run directory
-        write_run_report(out, strict=False)
     if args.json:
-        print(summary.to_json(indent=None))
+        print(result.to_json(indent=None))
     elif not args.quiet:
-        score = (f"test top1 {summary.test['top1']:.4f}" if summary.test else
+        score = (f"test top1 {result.test['top1']:.4f}" if result.test else
                  "not evaluated (no validation or test images)")
-        print(f"done: {plural(summary.steps, 'iteration')} in {summary.wall_s:.1f} s; "
+        print(f"done: {plural(result.steps, 'iteration')} in {result.wall_s:.1f} s; "
               f"{score}; run directory {out}", file=sys.stderr)
     return 0
