@@ -1,6 +1,7 @@
 """The training loop: run directory, metrics, exact resume after SIGKILL/SIGTERM, torchrun."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cli_helpers import run_cli
+from helpers import StopAfter
 from reslab.engine.loop import fit
 from reslab.engine.recipe import load_recipe
 from reslab.engine.result import FitResult
@@ -227,3 +230,35 @@ def test_warmup_is_checked_every_iteration_on_the_batch_errors(monkeypatch):
     ends = next(i for i in range(2, 16) if sum(train[i - 2:i + 1]) / 3 < 0.8)
     assert errors == train[:ends + 1]  # measured every iteration while warm, then no more
     assert lrs == {i: {0.01 if i <= ends else 0.05} for i in range(16)}
+
+
+def test_a_resumed_runs_done_line_gives_the_training_seconds_of_the_whole_run(
+        tmp_path, monkeypatch, capsys):
+    """The first part is slowed down (0.2 s a step): a `done:` line counting only the resumed
+    part would come out at least 0.6 s short of the training seconds metrics.jsonl logs."""
+    from reslab.engine import loop, state as run_state
+
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "fast", "--model", "resnet8", "--data",
+            "synthetic:64x3x8x8:4", "--batch-size", "16", "--iters", "8", "--workers", "0",
+            "--device", "cpu", "--out", out]
+    real = loop.sgd_step
+
+    def slow(*a, **kw):
+        time.sleep(0.2)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loop, "sgd_step", slow)
+    monkeypatch.setattr(run_state, "StopSignal", lambda: StopAfter(3))
+    assert run_cli(capsys, args)[0] == 143
+    monkeypatch.setattr(loop, "sgd_step", real)
+    monkeypatch.setattr(run_state, "StopSignal", lambda: StopAfter(10**9))
+    rc, err = run_cli(capsys, ["train", "--resume", "--out", out])
+    assert rc == 0, err
+    seconds = float(re.fullmatch(r"done: 8 iterations in ([0-9.]+) s; test top1 [0-9.]+; "
+                                 rf"run directory {re.escape(str(out))}", err[-1]).group(1))
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    last_train = [row["time_s"] for row in rows if row.get("split") == "train"][-1]
+    final_test = next(row["time_s"] for row in rows if row.get("final"))
+    # training ends after the last epoch's train row and before the final test row (.1f, .2f)
+    assert last_train - 0.06 <= seconds <= final_test + 0.06, (seconds, last_train, final_test)

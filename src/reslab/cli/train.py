@@ -74,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         score = (f"test top1 {result.test['top1']:.4f}" if result.test else
                  "not evaluated (no validation or test images)")
-        print(f"done: {plural(result.steps, 'iteration')} in {result.wall_s:.1f} s; "
+        print(f"done: {plural(result.steps, 'iteration')} in {result.train_seconds:.1f} s; "
               f"{score}; run directory {out}", file=sys.stderr)
     return 0

@@ -317,7 +317,8 @@ def _finish(run: Run, log: MetricsLog, wall_s: float, last: EpochScores) -> FitR
         train=last.train,
         train_eval=None if bn is None else {"top1": bn.eval_top1, "n": bn.images},
         stopped_early=stopped_early(run), val=last.evaluated if "val" in run.data.splits else None,
-        test=test, skipped_images=len(run.data.skipped), skipped=run.data.skipped[:100])
+        test=test, skipped_images=len(run.data.skipped), skipped=run.data.skipped[:100],
+        train_seconds=p.elapsed_before + wall_s)
     if run.out is not None:
         save_weights(RunDir(run.out).weights, run.eval_model(), run.record())
         result.write(run.out)

@@ -14,7 +14,7 @@ Scores = dict[str, float]  # top1, top5, loss, n (engine.evaluate)
 
 @dataclass(frozen=True)
 class FitResult:
-    """A finished fit: the keys of summary.json, in their order."""
+    """A finished fit. Every field but train_seconds is a key of summary.json, in its order."""
     out: str | None  # the run directory; None without one, and on torchrun's other ranks
     model: str
     data: str
@@ -28,15 +28,21 @@ class FitResult:
     test: Scores | None
     skipped_images: int  # unreadable images left out of the data
     skipped: list[str]  # the first 100 of them
+    # Training seconds across resumes (a fresh run: wall_s). Not a key of summary.json, whose
+    # keys stay as they are; the reports read these seconds from metrics.jsonl's time_s.
+    train_seconds: float | None = None
 
     def to_json(self, indent: int | None = 2) -> str:
         """summary.json's text (without its final newline); indent None: one line."""
-        return json.dumps(asdict(self), indent=indent)
+        obj = asdict(self)
+        del obj["train_seconds"]
+        return json.dumps(obj, indent=indent)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> FitResult:
         """A FitResult from summary.json's object (KeyError or TypeError when one is not)."""
-        return cls(**{f.name: obj[f.name] for f in fields(cls)})
+        names = {f.name for f in fields(cls)} - {"train_seconds"}
+        return cls(**{name: obj[name] for name in names})
 
     def write(self, out: Path) -> None:
         """summary.json in the run directory out, atomically."""
