@@ -79,10 +79,10 @@ def _train(run: Run, resume: bool) -> FitResult:
         save_recipe(RunDir(out).config, r)
     log = MetricsLog(RunDir(out).metrics if out else None, p.step if resume else None,
                      tensorboard=r.tensorboard)
-    progress = Progress(run.total, p.step, quiet=quiet_rank(run))
-    progress.write(startup_line(run, resume))
+    console = Progress(run.total, p.step, quiet=quiet_rank(run))  # bar or plain lines
+    console.write(startup_line(run, resume))
     for m in run.messages:
-        progress.write(m)
+        console.write(m)
     stop = run_state.StopSignal()
     started, seen, scores = time.perf_counter(), 0, EpochScores()
     p.started = started
@@ -97,18 +97,18 @@ def _train(run: Run, resume: bool) -> FitResult:
                 loss = _train_step(run, x, y)
                 p.step += 1
                 if p.step == run.frozen_until < run.total:
-                    progress.write(f"note: head-only phase over after iteration {p.step}: "
-                                   "training every layer")
+                    console.write(f"note: head-only phase over after iteration {p.step}: "
+                                  "training every layer")
                 seen += len(y) * run.dist.world_size
                 img_s = seen / (time.perf_counter() - started)
                 if p.step % 20 == 0 or p.step == run.total:
                     log.log(step=p.step, epoch=p.step / run.steps_per_epoch, loss=loss,
                             lr=max(g["lr"] for g in run.optimizer.param_groups),
                             img_s=round(img_s, 1))
-                progress.update(p.step, loss=loss, img_s=round(img_s), epoch=epoch)
+                console.update(p.step, loss=loss, img_s=round(img_s), epoch=epoch)
                 epoch_end = p.step % run.steps_per_epoch == 0
                 if epoch_end or p.step == run.total:
-                    scores = _end_of_epoch(run, log, progress, epoch_end)
+                    scores = _end_of_epoch(run, log, console, epoch_end)
                 elif r.train_error_every and p.step % r.train_error_every == 0:
                     _log_train_error(run, log)
                 elif r.save_every and p.step % r.save_every == 0 and out is not None:
@@ -120,11 +120,11 @@ def _train(run: Run, resume: bool) -> FitResult:
     except run_state.Interrupted as e:
         if out is not None:
             run_state.save(run, out)
-        progress.close()
+        console.close()
         raise e.with_out(out)
     finally:
         stop.restore()
-    progress.close()
+    console.close()
     return _finish(run, log, time.perf_counter() - started, scores)
 
 
@@ -233,7 +233,7 @@ class EpochScores:
     evaluated: Scores | None = None
 
 
-def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: bool) -> EpochScores:
+def _end_of_epoch(run: Run, log: MetricsLog, console: Progress, full_epoch: bool) -> EpochScores:
     """Evaluate (train running accuracy, val or test), adjust the schedule, checkpoint."""
     r, p = run.r, run.progress
     epoch = p.step / run.steps_per_epoch
@@ -242,13 +242,13 @@ def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: boo
     last = p.step == run.total
     split = "val" if "val" in run.data.splits else "test" if "test" in run.data.splits else None
     if last and r.bn_recalibrate:
-        _recalibrate(run, progress)
+        _recalibrate(run, console)
     if split is not None and (last or (r.eval_every and round(epoch) % r.eval_every == 0)):
         val = run.evaluate(split)
         log.log(step=p.step, epoch=epoch, split=split, time_s=round(p.elapsed(), 2), **val)
-        progress.write(f"epoch {epoch:.2f} train top1 {train['top1']:.4f} loss "
-                       f"{train['loss']:.4f} | {split} top1 {val['top1']:.4f} "
-                       f"loss {val['loss']:.4f}")
+        console.write(f"epoch {epoch:.2f} train top1 {train['top1']:.4f} loss "
+                      f"{train['loss']:.4f} | {split} top1 {val['top1']:.4f} "
+                      f"loss {val['loss']:.4f}")
         if split == "val":
             on_val_error(p.schedule, r, 1 - val["top1"])
             improved = val["top1"] > p.best_val
@@ -258,13 +258,13 @@ def _end_of_epoch(run: Run, log: MetricsLog, progress: Progress, full_epoch: boo
                 if run.out is not None:
                     save_weights(RunDir(run.out).best, run.eval_model(), run.record())
             if stopped_early(run) and not last:
-                progress.write(early_stop_line(run, epoch))
+                console.write(early_stop_line(run, epoch))
     if run.out is not None and (full_epoch or last):
         run_state.save(run, run.out)
     return EpochScores(train, val)
 
 
-def _recalibrate(run: Run, progress: Progress) -> None:
+def _recalibrate(run: Run, console: Progress) -> None:
     """--bn-recalibrate: the BN statistics of the weights to be saved, from every training
     image, unaugmented (each rank sees all of them, so every rank gets the same statistics)."""
     model = run.eval_model()
@@ -272,7 +272,7 @@ def _recalibrate(run: Run, progress: Progress) -> None:
                                                        run.device), run.amp_dtype)
     if run.ema is not None:  # the saved weights are the EMA's: give it the new statistics
         run.ema.load_state_dict(model.state_dict())
-    progress.write(f"BN running statistics recomputed on {seen:,} training images")
+    console.write(f"BN running statistics recomputed on {seen:,} training images")
 
 
 def _check_bn(run: Run, train: Scores | None) -> BNCheck | None:
