@@ -632,3 +632,22 @@ def test_an_output_under_a_file_fails_before_the_work(argv, runs: dict, tmp_path
     assert err.startswith("error: cannot write ") and f"{bad}: {tmp_path / 'file'} is not a " \
         "directory" in err, err
     assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_claim_names_and_clears_every_run_file_from_rundir(tmp_path: Path) -> None:
+    """RunDir owns the names: "new" refuses a directory holding any of them (metrics.csv
+    included), "overwrite" removes exactly those and leaves the user's files."""
+    from reslab.engine.rundir import RunDir, claim
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("step\n1\n")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"already holds a run \(metrics.csv\)"):
+        claim(out, "new")
+    claim(out, "overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert [p.relative_to(out).as_posix() for p in RunDir(out).run_files()] == [
+        "config.toml", "metrics.jsonl", "metrics.csv", "summary.json", "model.safetensors",
+        "best.safetensors", "state", "report.md", "report.html", "curves.png", "responses.json",
+        "responses.png", "confusion.png", "tensorboard"]

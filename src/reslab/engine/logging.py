@@ -98,7 +98,7 @@ class MetricsLog:
             atomic_write_text(path, "".join(ln + "\n" for ln in kept))
         elif path.exists():
             path.unlink()
-        self.csv = CsvLog(path.with_suffix(".csv"), [json.loads(ln) for ln in
+        self.csv = CsvLog(RunDir(path.parent).metrics_csv, [json.loads(ln) for ln in
                                                     path.read_text().splitlines() if ln.strip()]
                           if path.exists() else [])
 

@@ -44,6 +44,11 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     @property
+    def metrics_csv(self) -> Path:
+        """metrics.jsonl's rows as a table (rewritten from the jsonl when a run starts)."""
+        return self.path / "metrics.csv"
+
+    @property
     def summary(self) -> Path:
         return self.path / "summary.json"
 
@@ -105,7 +110,7 @@ class RunDir:
     def run_files(self) -> list[Path]:
         """Everything a run writes, files and the folders state/ and tensorboard/ (what
         --overwrite removes; a user's other files stay)."""
-        return [self.config, self.metrics, self.summary, self.weights, self.best,
+        return [self.config, self.metrics, self.metrics_csv, self.summary, self.weights, self.best,
                 self.state.parent, self.report, self.report_html, self.curves, self.responses,
                 self.responses_png, self.confusion, self.tensorboard]
 
