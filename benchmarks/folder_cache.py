@@ -8,7 +8,7 @@ machine) are reported.
 
 "every epoch" is the code before the cache (reslab.data.folders.CACHE_BYTES = 0). Both arms
 train bit-identically: the final held-out top-1 and loss must agree exactly, and are checked.
-Writes docs/results/small-folders-decode-once.json.
+Writes docs/results/first-contact-decode-once.json.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def main() -> None:
                  ("speedup", "speed-up", ".2f"), ("every_epoch_cpu_s", "every epoch CPU s", ".1f"),
                  ("kept_cpu_s", "kept CPU s", ".1f"), ("cpu_ratio", "CPU ratio", ".2f"),
                  ("top1", "held-out top1 (both)", ".3f")])
-    save_results("small-folders-decode-once", vars(args), rows)
+    save_results("first-contact-decode-once", vars(args), rows)
 
 
 if __name__ == "__main__":
