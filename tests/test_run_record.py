@@ -648,6 +648,6 @@ def test_claim_names_and_clears_every_run_file_from_rundir(tmp_path: Path) -> No
     claim(out, "overwrite")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert [p.relative_to(out).as_posix() for p in RunDir(out).run_files()] == [
-        "config.toml", "metrics.jsonl", "metrics.csv", "summary.json", "model.safetensors",
-        "best.safetensors", "state", "report.md", "report.html", "curves.png", "responses.json",
-        "responses.png", "confusion.png", "tensorboard"]
+        "config.toml", "metrics.jsonl", "summary.json", "model.safetensors", "best.safetensors",
+        "state", "report.md", "report.html", "curves.png", "responses.json", "responses.png",
+        "confusion.png", "tensorboard", "metrics.csv"]

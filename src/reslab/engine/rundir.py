@@ -110,9 +110,9 @@ class RunDir:
     def run_files(self) -> list[Path]:
         """Everything a run writes, files and the folders state/ and tensorboard/ (what
         --overwrite removes; a user's other files stay)."""
-        return [self.config, self.metrics, self.metrics_csv, self.summary, self.weights, self.best,
+        return [self.config, self.metrics, self.summary, self.weights, self.best,
                 self.state.parent, self.report, self.report_html, self.curves, self.responses,
-                self.responses_png, self.confusion, self.tensorboard]
+                self.responses_png, self.confusion, self.tensorboard, self.metrics_csv]
 
     def present(self) -> list[str]:
         """The names of run_files() present."""
