@@ -20,8 +20,8 @@ from typing import Any
 from .errors import UserError
 from .interop import TORCHVISION, model_from_state, open_weights
 from .io import check_writable, read_text, same_file
-from .limits import MAX_TEXT_BYTES, check_image_side
-from .record import Record, check_stats, save_weights
+from .limits import MAX_TEXT_BYTES, check_image_side, check_stats
+from .record import Record, save_weights
 
 
 @dataclass(frozen=True)

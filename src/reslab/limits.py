@@ -90,3 +90,17 @@ def fit_batch(batch_size: int, input_size: tuple[int, ...]) -> int:
     instead of exhausting the memory."""
     per_image = max(1, int(input_size[0]) * int(input_size[1]) * int(input_size[2]))
     return max(1, min(batch_size, MAX_BATCH_VALUES // per_image))
+
+
+def check_stats(mean: tuple[float, ...], std: tuple[float, ...], what: str = "") -> None:
+    """The one set of bounds on normalisation statistics, for every way a record is made or
+    read (training, import flags, a file): finite, |mean| <= MAX_ABS_MEAN, std in
+    [MIN_STD, MAX_STD] (pixels are in [0, 1]: a std of 1e-30 would only scale the logits to
+    1e29, silently)."""
+    for v in mean:
+        check_float(f"{what}mean value", v, -MAX_ABS_MEAN, MAX_ABS_MEAN)
+    for v in std:
+        v = check_float(f"{what}std value", v, 0.0, MAX_STD, lo_open=True)
+        if v < MIN_STD:
+            raise UserError(f"invalid {what}std value {v:g}: below {MIN_STD:g}, which would "
+                            "scale the input (and the scores) by more than a million")

@@ -38,9 +38,8 @@ from .data.images import default_crop_fraction
 from .data.normalize import NORMALIZE, Normalizer, Stats
 from .errors import UserError
 from .io import save_safetensors
-from .limits import (MAX_ABS_MEAN, MAX_BATCH_VALUES, MAX_CLASS_NAME, MAX_CLASSES,
-                     MAX_IMAGE_SIDE, MAX_IN_CHANS, MAX_SEED, MAX_STD, MIN_STD, check_float,
-                     check_int, short_text)
+from .limits import (MAX_BATCH_VALUES, MAX_CLASS_NAME, MAX_CLASSES, MAX_IMAGE_SIDE,
+                     MAX_IN_CHANS, MAX_SEED, check_float, check_int, check_stats, short_text)
 from .models import REGISTRY, create_model
 from .models.blocks import PAD_SIDES, SHORTCUTS, STRIDE_IN
 
@@ -280,20 +279,6 @@ def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
     else:
         mean_image = None
     return Preprocess(tuple(size), mean, std, normalize, mean_image, crop, flip)
-
-
-def check_stats(mean: tuple[float, ...], std: tuple[float, ...], what: str = "") -> None:
-    """The one set of bounds on normalisation statistics, for every way a record is made or
-    read (training, import flags, a file): finite, |mean| <= MAX_ABS_MEAN, std in
-    [MIN_STD, MAX_STD] (pixels are in [0, 1]: a std of 1e-30 would only scale the logits to
-    1e29, silently)."""
-    for v in mean:
-        check_float(f"{what}mean value", v, -MAX_ABS_MEAN, MAX_ABS_MEAN)
-    for v in std:
-        v = check_float(f"{what}std value", v, 0.0, MAX_STD, lo_open=True)
-        if v < MIN_STD:
-            raise UserError(f"invalid {what}std value {v:g}: below {MIN_STD:g}, which would "
-                            "scale the input (and the scores) by more than a million")
 
 
 def check_tensors(state: dict[str, torch.Tensor], where: str) -> None:
