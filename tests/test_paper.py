@@ -424,3 +424,13 @@ def test_the_imagenet_plans_shortcut_table_counts_each_options_parameters(
         "resnet34", shortcut=opt, stride_in="1x1").parameters()) for opt in "ABC"}
     assert {opt: o["params"] for opt, o in table["options"].items()} == expected
     assert expected["A"] < expected["B"] == 21_797_672 < expected["C"]  # torchvision's is B
+
+
+def test_the_korean_page_translates_a_one_seed_orderings_evidence_whole() -> None:
+    from reslab.analysis.paper.lang import Lang
+
+    text = ("grown resnet32 20.06% (1 seed) vs resnet20 continued 20.06% (1 seed); gap 0.00 "
+            "points, noise unknown (a side has one seed)")
+    assert Lang("ko").evidence(text) == (
+        "grown resnet32 20.06% (seed 1개) vs resnet20 continued 20.06% (seed 1개); 차이 0.00 "
+        "points, noise 모름 (한쪽이 seed 1개)")

@@ -81,6 +81,7 @@ KO_EVIDENCE = (
     (r"\(1 seed\)", "(seed 1개)"),
     (r"; gap ([^,]*), noise ([^(]*) \((\S+) s\.e\.\)", r"; 차이 \1, noise \2(\3 s.e.)"),
     (r": within the seeds' noise", ": seed noise 이내"),
+    (r"; gap ([^,]*), noise unknown", r"; 차이 \1, noise unknown"),
     (r"noise unknown \(a side has one seed\)", "noise 모름 (한쪽이 seed 1개)"),
     (r"smaller at (\d+) of (\d+) layers, larger at (\d+), beyond the seeds' noise",
      r"\2개 layer 중 \1개에서 작고 \3개에서 큼 (seed noise 밖에서)"),
