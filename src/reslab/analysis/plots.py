@@ -214,8 +214,9 @@ def lr_find_figure(result: dict[str, Any], path: str | Path) -> Path:
 
 def ratios_figure(ratios: dict[str, Sequence[float]], path: str | Path,
                   title: str | None = None) -> Path:
-    """Q&A 1.1: ||F(x)|| / ||x|| of every residual block in forward order, one line per ResNet
-    (the residual branch's size against the identity it is added to)."""
+    """||F(x)|| / ||x|| of every residual block in forward order, one line per ResNet (the
+    residual branch's size against the identity it is added to; docs/notes.md, "What the layer
+    responses show")."""
     fig, (ax,) = _figure(1, width=6.5, height=3.8)
     for label, values in ratios.items():
         ax.plot(range(1, len(values) + 1), values, marker=".", lw=1, label=label)

@@ -182,8 +182,8 @@ def residual_ratios(model: ResNet, batches: Iterable[Any]) -> list[float]:
     """For each residual block, in forward order: the mean over images of ||F(x)|| / ||x||,
     F(x) the residual branch (up to its last BN) and x what the shortcut adds to it (the
     identity, or its zero-padded/projected form where the shape changes). Small values: the
-    block stays close to the identity (seed notes, Q&A 1.1). Plain nets have no shortcut:
-    UserError."""
+    block stays close to the identity (docs/notes.md, "What the layer responses show"). Plain
+    nets have no shortcut: UserError."""
     if not model.block_options["residual"]:
         raise UserError("a plain net has no shortcut: F(x) / x is defined for ResNets only")
     was_training = model.training

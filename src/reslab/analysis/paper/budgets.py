@@ -36,7 +36,7 @@ class Budget:
     grow_iters: int                      # further training of the grown net (and a control)
     warmup_seeds: tuple[int, ...]        # resnet110 with section 4.2's warm-up; () not run
     response_images: int | None          # test images for Fig. 7 (None: all)
-    ratio_images: int                    # images for ||F(x)|| / ||x|| (Q&A 1.1)
+    ratio_images: int                    # images for ||F(x)|| / ||x|| (the notes' first question)
     identity_images: int | None          # training images the construction is checked on
     expected: str                        # how long it takes, in words
     recipe: dict[str, Any] = field(default_factory=dict)   # further recipe fields

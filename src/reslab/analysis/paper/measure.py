@@ -87,7 +87,8 @@ def tables() -> dict[str, Any]:
 
 
 def seed_trace_lines() -> list[str]:
-    """The seed notes' resnet50 trace ("3. 출력 차원 분석"), shipped with reslab."""
+    """The study notes' resnet50 trace ("3. 출력 차원 분석"; docs/notes.md, "The layer-by-layer
+    trace"), shipped with reslab."""
     text = resources.files(__package__).joinpath("seed_trace_resnet50.txt").read_text("utf-8")
     return text.splitlines()
 
@@ -141,7 +142,7 @@ def _loaded(m: TrainMember, out: Path, device: str = "cpu") -> tuple[Any, Any]:
 
 def responses(p: Plan, out: Path) -> dict[str, Any]:
     """Fig. 7 on the test split for every sweep member (and resnet110's first warm-up run), and
-    ||F(x)|| / ||x|| per block of every ResNet (Q&A 1.1)."""
+    ||F(x)|| / ||x|| per block of every ResNet (the notes' first question)."""
     from ..responses import PreparedData, layer_responses, residual_ratios, take_images
 
     first = p.budget.seeds[0]
