@@ -134,6 +134,11 @@ def test_no_abbreviations_and_errors_name_the_subcommand_and_the_closest_flag(ca
         "error: reslab eval: unrecognized arguments: --crop=10 (did you mean --crops?)"
     assert clean_error(capsys, ["models", "--zzz"]) == \
         "error: reslab models: unrecognized arguments: --zzz"
+    # an abbreviation names the flags it begins (difflib alone would pick --help for --ep)
+    assert clean_error(capsys, ["train", "--ep", "1"]) == \
+        "error: reslab train: unrecognized arguments: --ep 1 (did you mean --epochs?)"
+    assert clean_error(capsys, ["eval", "run", "--to", "3"]) == \
+        "error: reslab eval: unrecognized arguments: --to 3 (did you mean --top-losses?)"
     assert clean_error(capsys, ["trian"]).startswith(
         "error: reslab: argument COMMAND: invalid choice: 'trian' (did you mean train?")
     assert clean_error(capsys, ["eval", "run", "--split", "tset"]) == (

@@ -70,9 +70,16 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def _closest_flags(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
     """' (did you mean --epochs?)' for the unknown flags among extras that resemble one."""
     flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
-    close = [m for e in extras if e.startswith("--")
-             for m in difflib.get_close_matches(e.split("=", 1)[0], flags, n=1, cutoff=0.7)]
+    close = [m for e in extras if e.startswith("--") for m in _like(e.split("=", 1)[0], flags)]
     return f" (did you mean {', '.join(dict.fromkeys(close))}?)" if close else ""
+
+
+def _like(given: str, flags: list[str]) -> list[str]:
+    """The flags an unknown one abbreviates (up to 3; reslab takes no abbreviations), else the
+    one it most resembles."""
+    begun = [f for f in flags if f.startswith(given)] if len(given) > 3 else []
+    return begun if 0 < len(begun) <= 3 else \
+        difflib.get_close_matches(given, flags, n=1, cutoff=0.7)
 
 
 def _version() -> str:
