@@ -303,9 +303,12 @@ def test_upload_page_in_headless_chromium(served, digits, tmp_path, capsys) -> N
         driver.get(url + "/")
         wait = WebDriverWait(driver, 30)
         wait.until(ec.text_to_be_present_in_element((By.ID, "model"), "resnet8"))
+        # nothing of a result shows before an upload (no empty images, no empty list)
+        assert not driver.find_element(By.ID, "result").is_displayed()
         driver.find_element(By.ID, "file").send_keys(str(paths[1]))
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#top li")))
         items = driver.find_elements(By.CSS_SELECTOR, "#top li")
+        assert driver.find_element(By.ID, "result").is_displayed()
         assert [int(li.get_attribute("data-index")) for li in items] == \
             [t["index"] for t in want]
         assert items[0].text.startswith(f"{want[0]['class']} {100 * want[0]['prob']:.2f}%")
