@@ -168,6 +168,11 @@ def test_overrides_are_coerced_from_cli_strings():
                              "plateau, constant)"),
     ({"lrr": 0.1}, "unknown recipe key 'lrr' (closest: lr)"),
     ({"nesterov": "maybe"}, "invalid value for nesterov: 'maybe'"),
+    # a count, often written as a fraction (Keras' validation_split): the message says so
+    ({"val_split": "1.5"}, "invalid val_split '1.5': must be a whole number of training images "
+                           "between 0 and 1,000,000,000 (a count, not a fraction)"),
+    ({"val_split": 0.1}, "invalid val_split 0.1: must be a whole number of training images "
+                         "between 0 and 1,000,000,000 (a count, not a fraction)"),
 ])
 def test_bad_values_are_user_errors(values, message):
     with pytest.raises(UserError) as e:

@@ -239,7 +239,16 @@ def _convert(key: str, type_name: str, value: Any) -> Any:
             raise ValueError(value)
         return value
     except (TypeError, ValueError, OverflowError):  # OverflowError: int("inf"), float(10**400)
+        if key in COUNT_OF:  # say what is allowed where a fraction is the likely mistake
+            lo, hi = INT_BOUNDS[key]
+            raise UserError(f"invalid {key} {short_text(repr(value))}: must be a whole number of "
+                            f"{COUNT_OF[key]} between {lo} and {hi:,} (a count, not a "
+                            "fraction)") from None
         raise UserError(f"invalid value for {key}: {short_text(repr(value))}") from None
+
+
+# Counts that other tools take as fractions (Keras' validation_split, scikit-learn's test_size)
+COUNT_OF = {"val_split": "training images"}
 
 
 _BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
