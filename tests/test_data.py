@@ -59,11 +59,12 @@ def fake_cifar(root: Path, classes: int, n: int = 20):
 
 
 def make_folder(root: Path, modes=("RGB", "L", "RGBA", "P", "I;16"), corrupt: bool = True,
-                val: bool = True) -> Path:
-    """PNG/JPEG images of several modes and sizes in train/ (and val/), one corrupt file."""
+                splits=("train", "val")) -> Path:
+    """PNG/JPEG images of several modes and sizes in each of splits' folders (train/ and
+    val/ by default), one corrupt file in train/."""
     rng = np.random.default_rng(0)
     sizes = [(40, 30), (20, 50), (33, 33), (64, 48), (30, 36)]
-    for split in ("train", "val") if val else ("train",):
+    for split in splits:
         for cls in ("cat", "dog"):
             (root / split / cls).mkdir(parents=True)
             for i, mode in enumerate(modes):
@@ -482,7 +483,7 @@ def test_imagefolder_preprocess_matches_evaluation(folder):
 
 
 def test_imagefolder_grayscale_and_holdout(tmp_path):
-    root = make_folder(tmp_path / "g", modes=("L", "I;16", "L"), corrupt=False, val=False)
+    root = make_folder(tmp_path / "g", modes=("L", "I;16", "L"), corrupt=False, splits=("train",))
     data = load_data(f"imagefolder:{root}", image_size=16, workers=0, val_split=2)
     assert data.in_chans == 1 and data.splits == ("train", "val", "test")
     assert data.num_examples("train") == 4 and data.num_examples("test") == 2
@@ -493,6 +494,44 @@ def test_imagefolder_grayscale_and_holdout(tmp_path):
     with pytest.raises(UserError, match=r"dataset imagefolder:.* has no 'test' split \(splits: "
                                         r"train\)"):
         only_train.eval_batches("test", 4, CPU)
+
+
+def test_imagefolder_test_folder_is_the_test_split(tmp_path, capsys):
+    """train/ + test/ (torchvision's and Kaggle's layout): test/ is the test split, its
+    unreadable files warned about like train/'s; val/ is the validation split when present,
+    else the hold-out from train/; other top-level folders get one note."""
+    root = make_folder(tmp_path / "k", modes=("RGB", "L", "RGB", "L"), corrupt=False,
+                       splits=("train", "test"))
+    broken = root / "test" / "dog" / "broken.png"
+    broken.write_bytes(b"not a png")
+    (root / "extras").mkdir()
+    (root / "labels").mkdir()
+    (root / ".cache").mkdir()  # hidden: not worth a note
+    data = load_data(f"imagefolder:{root}", image_size=16, workers=0, val_split=None)
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: image folder '{root}': extras/, labels/ ignored (it reads train/, val/, test/)",
+        f"warning: cannot read image '{broken}': cannot identify image file '{broken}' "
+        "(skipped)"]
+    assert data.splits == ("train", "val", "test") and not data.same_val_test
+    assert data.held_out == 2 and data.num_examples("train") == 6
+    assert data.num_examples("test") == 8 and data.skipped == [str(broken)]
+    test_files = {p for p, _ in data._items["test"]}
+    assert test_files == {str(p) for p in (root / "test").rglob("*.*")} - {str(broken)}
+    make_folder(root, modes=("RGB", "L"), corrupt=False, splits=("val",))
+    with_val = load_data(f"imagefolder:{root}", image_size=16, workers=0, val_split=None)
+    assert with_val.held_out == 0 and with_val.num_examples("train") == 8
+    assert (with_val.num_examples("val"), with_val.num_examples("test")) == (4, 8)
+    assert {p for p, _ in with_val._items["test"]} == test_files
+    capsys.readouterr()
+    held = load_data(f"imagefolder:{root}", image_size=16, workers=0, val_split=2)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"warning: --val-split 2 holds out the validation images from train/: {root}/val/ is "
+        "not used")
+    assert held.num_examples("val") == 2 and held.num_examples("test") == 8
+    (root / "test" / "bird").mkdir()
+    (root / "test" / "bird" / "0.png").write_bytes((root / "test" / "cat" / "0.png").read_bytes())
+    with pytest.raises(UserError, match=f"^'{root}/test' has classes that train/ lacks: bird$"):
+        load_data(f"imagefolder:{root}", image_size=16, workers=0)
 
 
 def test_imagefolder_errors(tmp_path):
@@ -531,7 +570,7 @@ def test_open_image_and_channel_conversion(tmp_path):
 
 
 def test_file_that_breaks_after_the_scan_is_replaced_with_a_warning(tmp_path, capsys):
-    root = make_folder(tmp_path / "t", modes=("RGB", "L"), corrupt=False, val=False)
+    root = make_folder(tmp_path / "t", modes=("RGB", "L"), corrupt=False, splits=("train",))
     victim = root / "train" / "cat" / "0.png"
     victim.write_bytes(victim.read_bytes()[:60])  # the header still parses; the pixels do not
     message = f"warning: cannot read image '{victim}'.*using the next image instead"

@@ -17,9 +17,14 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> UserError:
     return UserError(f"unknown {kind} '{name}'{hint}")
 
 
-def warn(message: str) -> None:
+def warn(message: str, kind: str = "warning") -> None:
     """One `warning:` line on stderr (not Python's warnings machinery: no source line, no
     category, shown every time)."""
     import sys
 
-    print(f"warning: {message}".splitlines()[0], file=sys.stderr, flush=True)
+    print(f"{kind}: {message}".splitlines()[0], file=sys.stderr, flush=True)
+
+
+def note(message: str) -> None:
+    """One `note:` line on stderr: something the user may not expect, nothing wrong."""
+    warn(message, "note")

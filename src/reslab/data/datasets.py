@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError, unknown, warn
+from ..errors import UserError, note, unknown, warn
 from ..io import read_bytes, regular_file
 from ..limits import MAX_DATASET_BYTES, MAX_FILE_BYTES, MAX_IMAGE_SIDE, short_text
 from .images import GRAY_MODES, probe_image
@@ -48,12 +48,13 @@ class ArraySource:
 
 @dataclass
 class FolderSource:
-    """An image folder: (path, label) lists; val is None without a val/ folder."""
+    """An image folder: (path, label) lists; val and test are None without their folder."""
     name: str
     class_names: list[str]
     in_chans: int
     train: list[tuple[str, int]]
     val: list[tuple[str, int]] | None
+    test: list[tuple[str, int]] | None = None
     skipped: list[str] = field(default_factory=list)
 
 
@@ -330,15 +331,42 @@ def _class_dirs(folder: Path) -> list[str]:
     return names
 
 
+FOLDER_SPLITS = ("train", "val", "test")  # an image folder's top-level folders, in this order
+
+
+def _other_dirs(root: Path) -> None:
+    """One note naming the top-level folders that are not a split (a Kaggle set's extras, a
+    flat class folder next to train/): they would otherwise be ignored silently."""
+    others = sorted(d.name for d in root.iterdir()
+                    if d.is_dir() and not d.name.startswith(".") and d.name not in FOLDER_SPLITS)
+    if others:
+        names = ", ".join(f"{short_text(ascii(n) if not n.isprintable() else n)}/"
+                          for n in others[:5])
+        note(f"image folder '{root}': {names}{' ...' if len(others) > 5 else ''} ignored "
+             f"(it reads {', '.join(s + '/' for s in FOLDER_SPLITS)})")
+
+
+def _scan_split(folder: Path, classes: list[str],
+                workers: int) -> tuple[list[tuple[str, int]], set[str], list[str], int]:
+    """An optional split folder (val/ or test/) read with train/'s classes and labels: (readable
+    items, their modes, unreadable files, files found)."""
+    found = _list_files(folder, classes)
+    items, modes, skipped = _probe_all(found, workers)
+    if not items:
+        raise UserError(f"no readable images in '{folder}'")
+    return items, modes, skipped, len(found)
+
+
 def scan_folder(path: str, workers: int = 4) -> FolderSource:
-    """PATH/train/<class>/* (and optional PATH/val/<class>/*), as torchvision's ImageFolder:
-    classes are the sorted subfolder names. 1 channel when every image is grayscale, else 3.
+    """PATH/train/<class>/* (and optional PATH/val/<class>/*, PATH/test/<class>/*), as
+    torchvision's ImageFolder: classes are train/'s sorted subfolder names. 1 channel when every
+    image is grayscale, else 3.
 
     A class folder without readable images is dropped with a warning naming it (a class with
     no examples would still count as an output of the model); fewer than 2 classes left is an
     error."""
     root = Path(path).expanduser()
-    train_dir, val_dir = root / "train", root / "val"
+    train_dir = root / "train"
     if not root.is_dir():
         raise UserError(f"image folder '{path}' not found")
     if not train_dir.is_dir():
@@ -347,11 +375,12 @@ def scan_folder(path: str, workers: int = 4) -> FolderSource:
     classes = _class_dirs(train_dir)
     if not classes:
         raise UserError(f"'{train_dir}' has no class subfolders (expected train/<class>/<images>)")
-    has_val = val_dir.is_dir()
-    if has_val:
-        extra = sorted(set(_class_dirs(val_dir)) - set(classes))
+    _other_dirs(root)
+    optional = [root / name for name in FOLDER_SPLITS[1:] if (root / name).is_dir()]
+    for folder in optional:  # class names checked before the (long) reading of train/
+        extra = sorted(set(_class_dirs(folder)) - set(classes))
         if extra:
-            raise UserError(f"'{val_dir}' has classes that train/ lacks: {', '.join(extra)}")
+            raise UserError(f"'{folder}' has classes that train/ lacks: {', '.join(extra)}")
     found = _list_files(train_dir, classes)
     train, modes, skipped = _probe_all(found, workers)
     if not train:
@@ -371,17 +400,16 @@ def scan_folder(path: str, workers: int = 4) -> FolderSource:
         relabel = {old: new for new, old in enumerate(kept)}
         classes = [classes[i] for i in kept]
         train = [(p, relabel[label]) for p, label in train]
-    val, val_modes, val_skipped = [], set(), []
-    if has_val:
-        val_items = _list_files(val_dir, classes)  # listed by the kept names: new labels
-        val, val_modes, val_skipped = _probe_all(val_items, workers)
-        if not val:
-            raise UserError(f"no readable images in '{val_dir}'")
-    skipped += val_skipped
+    splits: dict[str, list[tuple[str, int]]] = {}
+    total = len(found)
+    for folder in optional:  # listed by the kept names: new labels
+        items, split_modes, split_skipped, n = _scan_split(folder, classes, workers)
+        splits[folder.name], total = items, total + n
+        modes |= split_modes
+        skipped += split_skipped
     if len(skipped) > 1:  # one file: its own line said it all
-        warn(f"skipped {len(skipped):,} unreadable files of "
-             f"{len(found) + (len(val_items) if has_val else 0):,} in '{root}'"
+        warn(f"skipped {len(skipped):,} unreadable files of {total:,} in '{root}'"
              + (f" (the first {NAMED_SKIPS} named above)" if len(skipped) > NAMED_SKIPS else ""))
-    in_chans = 1 if (modes | val_modes) <= GRAY_MODES else 3
-    return FolderSource(f"imagefolder:{path}", classes, in_chans, train,
-                        val if has_val else None, skipped)
+    in_chans = 1 if modes <= GRAY_MODES else 3
+    return FolderSource(f"imagefolder:{path}", classes, in_chans, train, splits.get("val"),
+                        splits.get("test"), skipped)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError, unknown
+from ..errors import UserError, unknown, warn
 from ..limits import (MAX_DATASET_BYTES, MAX_PAD, MAX_WORKERS, check_float, check_image_side,
                       check_int)
 from .augment import AUGMENTS, AUTO_AUGMENTS
@@ -99,8 +99,9 @@ def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | N
 def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int | None,
                  normalize: str, workers: int, stats: Stats | None, crop_fraction: float | None,
                  **kw) -> FolderData:
-    """Splits: train; val = the held-out images, else PATH/val; test = PATH/val, else the
-    held-out images (one held-out set then answers to both names)."""
+    """Splits: train; val = the held-out images, else PATH/val; test = PATH/test, else
+    PATH/val (ImageNet's layout), else the held-out images (one held-out set then answers to
+    both names)."""
     items = {"train": src.train}
     labels = torch.tensor([label for _, label in src.train])
     if val_split is None:  # auto: a folder without val/ holds out a validation set
@@ -108,9 +109,14 @@ def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int |
     if val_split:
         train, val = hold_out(labels, val_split, seed, src.name)
         items = {"train": [src.train[i] for i in train], "val": [src.train[i] for i in val]}
+        if src.val is not None and src.test is not None:
+            warn(f"--val-split {val_split} holds out the validation images from train/: "
+                 f"{src.name.partition(':')[2]}/val/ is not used")
     elif src.val is not None:
         items["val"] = src.val
-    if "val" in items:
+    if src.test is not None:
+        items["test"] = src.test
+    elif "val" in items:
         items["test"] = src.val if src.val is not None else items["val"]
     size = image_size or 224
     crop = crop_fraction or FOLDER_CROP_FRACTION
