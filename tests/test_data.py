@@ -538,10 +538,15 @@ def test_imagefolder_errors(tmp_path):
     cases = [(tmp_path / "nowhere", "image folder '{p}' not found"),
              (tmp_path / "flat", "image folder '{p}' has no train/ subfolder (expected "
                                  "train/<class>/<image files>)"),
+             (tmp_path / "classes", "image folder '{p}' has no train/ subfolder (expected "
+                                    "train/<class>/<image files>); its subfolders ant/, bee/, "
+                                    "cat/, ... look like classes: move them into '{p}/train/'"),
              (tmp_path / "noclass", "'{p}/train' has no class subfolders (expected "
                                     "train/<class>/<images>)"),
              (tmp_path / "empty", "no readable images in '{p}/train'")]
     (tmp_path / "flat").mkdir()
+    for c in ("ant", "bee", "cat", "dog"):
+        (tmp_path / "classes" / c).mkdir(parents=True)
     (tmp_path / "noclass" / "train").mkdir(parents=True)
     (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
     for path, message in cases:

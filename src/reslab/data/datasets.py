@@ -370,8 +370,12 @@ def scan_folder(path: str, workers: int = 4) -> FolderSource:
     if not root.is_dir():
         raise UserError(f"image folder '{path}' not found")
     if not train_dir.is_dir():
+        flat = _class_dirs(root)  # photos/<class>/ without train/: the usual first attempt
+        hint = (f"; its subfolders {', '.join(c + '/' for c in flat[:3])}"
+                f"{', ...' if len(flat) > 3 else ''} look like classes: move them into "
+                f"'{root / 'train'}/'" if flat else "")
         raise UserError(f"image folder '{path}' has no train/ subfolder "
-                        "(expected train/<class>/<image files>)")
+                        f"(expected train/<class>/<image files>){hint}")
     classes = _class_dirs(train_dir)
     if not classes:
         raise UserError(f"'{train_dir}' has no class subfolders (expected train/<class>/<images>)")
