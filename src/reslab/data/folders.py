@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import UserError, warn
 from .augment import SCALE_AUGMENTS, EpochPlan, imagenet_batch, pad_fill, window_batch
 from .base import Batch, Data, Span
-from .datasets import FolderSource
+from .scan import FolderSource
 from .images import (FOLDER_CROP_FRACTION, eval_geometry, open_image, pil_to_uint8, scale_crop,
                      to_channels, whole_image)
 from .normalize import Stats, compute_stats

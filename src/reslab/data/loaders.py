@@ -10,7 +10,8 @@ from ..limits import (MAX_DATASET_BYTES, MAX_PAD, MAX_WORKERS, check_float, chec
                       check_int)
 from .augment import AUGMENTS, AUTO_AUGMENTS
 from .base import Data
-from .datasets import ArraySource, FolderSource, Split, load_source
+from .datasets import ArraySource, Split, load_source
+from .scan import FolderSource
 from .folders import FolderData, folder_stats
 from .images import FOLDER_CROP_FRACTION
 from .memory import InMemoryData
