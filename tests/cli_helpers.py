@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,14 @@ def clean_error(capsys: pytest.CaptureFixture, argv: list) -> str:
     rc, err = run_cli(capsys, argv)
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), (rc, err)
     return err[0]
+
+
+def resumable_copy(run: Path, dst: Path) -> Path:
+    """dst: a copy of the finished run as it was before its final weights (what a run killed
+    then leaves), for resumes: a finished run is not resumed."""
+    shutil.copytree(run, dst)
+    (dst / "model.safetensors").unlink()
+    return dst
 
 
 def tree_digest(root: Path) -> dict[str, str]:

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import reslab.io
-from cli_helpers import clean_error, run_cli, tree_digest
+from cli_helpers import clean_error, resumable_copy, run_cli, tree_digest
 from reslab.engine.recipe import coerce, load_recipe, read_toml, save_recipe
 from reslab.errors import UserError
 from reslab.io import atomic_write_text, check_writable
@@ -150,7 +150,7 @@ BAD_STATES = {
 
 @pytest.mark.parametrize("case", list(BAD_STATES))
 def test_a_bad_state_is_refused_before_the_run_is_touched(case, run, tmp_path, capsys):
-    out = copy_run(run, tmp_path)
+    out = resumable_copy(run, tmp_path / "run")
     state = torch.load(out / "state" / "last.pt", weights_only=True)
     change, says = BAD_STATES[case]
     change(state)
@@ -312,7 +312,7 @@ def test_messages_name_the_problem(run, tmp_path, capsys):
     assert "it is not a readable safetensors file (its header is damaged" in err, err
     err = clean_error(capsys, cli("report", run, "--out", "/"))
     assert err == "error: cannot write report /: it is a directory (name a file in it)", err
-    out = copy_run(run, tmp_path)
+    out = resumable_copy(run, tmp_path / "run")
     (out / "metrics.jsonl").write_bytes(b'{"step": 1}\n\xff\xfe\n')
     err = clean_error(capsys, cli("train", "--resume", "--out", out, "--quiet"))
     assert f"metrics file {out / 'metrics.jsonl'} is not UTF-8 text" in err, err

@@ -651,3 +651,14 @@ def test_claim_names_and_clears_every_run_file_from_rundir(tmp_path: Path) -> No
         "config.toml", "metrics.jsonl", "summary.json", "model.safetensors", "best.safetensors",
         "state", "report.md", "report.html", "curves.png", "responses.json", "responses.png",
         "confusion.png", "tensorboard", "metrics.csv"]
+
+
+def test_resuming_a_finished_run_is_refused_and_touches_nothing(
+        runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(runs["channel"], out)
+    before = tree_digest(out)
+    err = clean_error(capsys, ["train", "--resume", "--out", out])
+    assert err == (f"error: the run in {out} has finished (model.safetensors); nothing to "
+                   "resume")
+    assert tree_digest(out) == before and not (out / LOCK_FILE).exists()

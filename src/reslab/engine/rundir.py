@@ -150,6 +150,9 @@ def claim(out: Path, mode: str) -> None:
     run = RunDir(out)
     found = run.present()
     if mode == "resume":
+        if run.finished():  # a resume would only write its final files and rows again
+            raise UserError(f"the run in {out} has finished ({run.weights.name}); nothing to "
+                            "resume")
         if not run.has_state():
             raise UserError(f"nothing to resume in {out}: no state/last.pt (start the run "
                             "without --resume)")
