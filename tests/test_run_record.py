@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from cli_helpers import clean_error, run_cli, tree_digest
+from cli_helpers import clean_error, resumable_copy, run_cli, tree_digest
 from reslab import io as rio
 from reslab import limits
 from reslab.checkpoint import load_checkpoint
@@ -651,6 +652,43 @@ def test_claim_names_and_clears_every_run_file_from_rundir(tmp_path: Path) -> No
         "config.toml", "metrics.jsonl", "summary.json", "model.safetensors", "best.safetensors",
         "state", "report.md", "report.html", "curves.png", "responses.json", "responses.png",
         "confusion.png", "tensorboard", "metrics.csv"]
+
+
+def test_a_resume_refuses_recipe_flags_and_takes_machinery_ones(
+        runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A resumed run continues with its stored config.toml: a recipe flag given with --resume
+    would be ignored, so it is an error; where and how fast it runs may change."""
+    out = resumable_copy(runs["channel"], tmp_path / "run")
+    before = tree_digest(out)
+    err = clean_error(capsys, ["train", "--resume", "--out", out, "--iters", "600",
+                               "--lr", "0.5"])
+    assert err == ("error: --resume continues the run with its stored config.toml; --iters, "
+                   "--lr cannot change it (start a new run with --overwrite or another --out)")
+    err = clean_error(capsys, ["train", "--resume", "--out", out, "--recipe", "fast"])
+    assert "; --recipe cannot change it (" in err
+    assert tree_digest(out) == before
+    rc, err = run_cli(capsys, ["train", "--resume", "--out", out, "--device", "cpu",
+                               "--workers", "0", "--threads", "2"])
+    assert rc == 0, err
+    assert err[0].startswith("resuming ") and "cpu, 2 threads" in err[0], err[0]
+    assert (out / "model.safetensors").is_file()
+    assert tomllib.loads((out / "config.toml").read_text()) == tomllib.loads(
+        (runs["channel"] / "config.toml").read_text())  # the stored recipe stays as it was
+
+
+def test_the_library_refuses_a_resume_with_another_recipe(runs: dict, tmp_path: Path) -> None:
+    import reslab
+    from reslab.engine.recipe import load_recipe
+
+    out = resumable_copy(runs["channel"], tmp_path / "run")
+    before = tree_digest(out)
+    stored = load_recipe(str(out / "config.toml"))
+    with pytest.raises(UserError, match=r"; --iters cannot change it \("):
+        reslab.train(load_recipe(str(out / "config.toml"), {"iters": 600}), out, resume=True,
+                     quiet=True)
+    assert tree_digest(out) == before
+    reslab.train(stored.replace(threads=1), out, resume=True, quiet=True)  # its own recipe
+    assert (out / "model.safetensors").is_file()
 
 
 def test_resuming_a_finished_run_is_refused_and_touches_nothing(

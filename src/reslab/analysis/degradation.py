@@ -22,18 +22,13 @@ from typing import Any, Literal
 
 from ..io import atomic_write_text
 from ..engine.logging import read_metrics
-from ..engine.recipe import Recipe
+from ..engine.recipe import MACHINERY, Recipe
 from ..engine.rundir import RunDir
 from ..errors import UserError
 from ..text import plural
 from ..models import REGISTRY, get_arch
 from .report import training_seconds, write_run_report
 from .sweep_result import CurvePoint, DegradationResult, SeedStats, Spread, SweepMember
-
-# Options that change where or how fast a run goes, not what it learns: a finished run is reused
-# even if they differ.
-MACHINERY = ("recipe", "given", "device", "workers", "threads", "tensorboard")
-
 
 def cifar_depths() -> list[int]:
     return sorted({a.depth for a in REGISTRY.values() if a.family == "cifar"})

@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..engine.recipe import Recipe, load_recipe, recipe_names
+from ..engine.recipe import MACHINERY, Recipe, load_recipe, recipe_names
+from ..engine.rundir import RunDir, resume_change_error
 from ..errors import UserError
 from ..text import plural
 from .common import add_json_option, add_out_option, add_recipe_flags, recipe_overrides
@@ -46,6 +47,17 @@ def resolve(args: argparse.Namespace) -> Recipe:
     return recipe
 
 
+def resume_machinery(args: argparse.Namespace) -> Recipe | None:
+    """The stored recipe of --out with the machinery flags given (None: none given, or no run
+    there for the claim to name); a recipe flag is an error, as the resume would ignore it."""
+    given = {k: v for k, v in recipe_overrides(args).items() if v is not None}
+    changed = (["recipe"] if args.recipe else []) + [k for k in given if k not in MACHINERY]
+    if changed:
+        raise resume_change_error(changed)
+    run = RunDir(Path(args.out))
+    return load_recipe(str(run.config), given) if given and run.started() else None
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import train
     from ..engine.state import Interrupted
@@ -56,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.out:
             raise ValueError("--resume needs --out DIR (the run to continue)")
-        recipe = None
+        recipe = resume_machinery(args)
     else:
         recipe = resolve(args)
     out = Path(args.out) if args.out else Path("runs") / (

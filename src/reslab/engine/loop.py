@@ -30,7 +30,7 @@ from .mixing import mix_batch
 from .recipe import Recipe, save_recipe
 from .result import FitResult, Scores
 from .run import Run
-from .rundir import RunDir, RunLock, claim
+from .rundir import RunDir, RunLock, claim, resumed_recipe
 from .schedule import lr_at, on_train_batch, on_val_error, train_side, warming_up
 from .step import sgd_step
 
@@ -43,9 +43,10 @@ def fit(recipe: Recipe | None, out_dir: str | Path | None, *, resume: bool = Fal
         overwrite: bool = False, quiet: bool = False) -> FitResult:
     """Trains as the recipe says; writes the run directory (docs/design.md) when out_dir is set.
 
-    A directory that already holds a run is refused unless `resume` (continue from its state/;
-    the stored config wins over `recipe`) or `overwrite` (its run files are deleted first). The
-    directory is locked while the run writes it. Returns the run's numbers (its summary.json);
+    A directory that already holds a run is refused unless `resume` (continue from its state/
+    with its stored config; of `recipe` only where and how fast it runs counts, and a field its
+    `given` sets to another value is refused) or `overwrite` (its run files are deleted first).
+    The directory is locked while the run writes it. Returns the run's numbers (its summary.json);
     the caller writes the report (reslab.analysis.report.write_run_report).
     """
     out = Path(out_dir) if out_dir is not None else None
@@ -60,7 +61,7 @@ def fit(recipe: Recipe | None, out_dir: str | Path | None, *, resume: bool = Fal
 
 def _fit(recipe: Recipe | None, out: Path | None, resume: bool, quiet: bool) -> FitResult:
     if resume:
-        recipe = RunDir(out).stored_recipe()  # the run continues as it started
+        recipe = resumed_recipe(RunDir(out), recipe)  # the run continues as it started
     if recipe is None:
         raise UserError("a recipe is needed to start a run")
     run = Run(recipe, out, quiet, resume)

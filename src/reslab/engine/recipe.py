@@ -35,6 +35,10 @@ CHOICES = {
 }
 
 
+# Fields that change where or how fast a run goes, not what it learns: a finished run is reused
+# even if they differ, and a resumed run may set them (its stored recipe stays as it was).
+MACHINERY = ("recipe", "given", "device", "workers", "threads", "tensorboard")
+
 MAX_ACCUMULATE = 1024  # micro-batches per optimizer step
 MAX_ALPHA = 100.0      # Beta(alpha, alpha) of mixup/cutmix: beyond ~10 it is always lam = 0.5
 # Every numeric field's range (None-able fields are checked when set): far beyond real use.

@@ -137,6 +137,29 @@ class RunDir:
         return coerce(read_toml(self.config))
 
 
+def resumed_recipe(run: RunDir, r: Recipe | None) -> Recipe:
+    """The recipe a resume of `run` continues with: its stored config.toml, with r's machinery
+    (recipe.MACHINERY: where and how fast it runs) when r is given. A field r.given sets to
+    another value is refused: the run's state belongs to the stored recipe."""
+    from .recipe import MACHINERY
+
+    stored = run.stored_recipe()
+    if r is None:
+        return stored
+    changed = [n for n in r.given if n not in MACHINERY and getattr(r, n) != getattr(stored, n)]
+    if changed:
+        raise resume_change_error(changed)
+    return stored.replace(**{n: getattr(r, n) for n in MACHINERY if n not in ("recipe", "given")})
+
+
+def resume_change_error(names: list[str]) -> UserError:
+    """The error for recipe fields (names) given to a resume, which keeps its stored recipe."""
+    flags = ", ".join("--" + n.replace("_", "-") for n in names)
+    return UserError(f"--resume continues the run with its stored {RunDir(Path()).config.name}; "
+                     f"{flags} cannot change it (start a new run with --overwrite or another "
+                     "--out)")
+
+
 def run_files(out: Path) -> list[str]:
     """The names of the run files present in out."""
     return RunDir(out).present()

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...engine.recipe import Recipe, load_recipe, shorten
+from ...engine.recipe import MACHINERY, Recipe, load_recipe, shorten
 from ...engine.rundir import RunDir
 from ...errors import UserError
 from ...models import get_arch
-from ..degradation import MACHINERY
 
 
 @dataclass(frozen=True)
