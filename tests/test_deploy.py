@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 from reslab import UserError, create_model
 from reslab.cli import main
 from reslab.deploy import export_model, fold_batchnorm, optimize_for_inference, quantize_int8
-from cli_helpers import legacy_record
+from cli_helpers import clean_error, legacy_record
 from reslab.record import save_weights
 from reslab.models import BasicBlock, ResNet
 from reslab.engine.tta import (center_crop, multiscale_logits, multiscale_probs, scales_of,
@@ -222,6 +222,21 @@ def test_cli_export_checks_parity(ckpt, tmp_path, capsys, fmt):
     report = json.loads(capsys.readouterr().out)
     assert out.is_file() and report["ok"] and set(report["max_abs_diff"]) == {"1", "3"}
     assert max(report["max_abs_diff"].values()) < 1e-4
+
+
+@pytest.mark.parametrize("fmt, out, suffixes, renamed", [
+    ("onnx", "good.safetensors", ".onnx", "good.onnx"),
+    ("pt2", "m.onnx", ".pt2", "m.pt2"),
+    ("torchscript", "m.pt2", ".pt or .torchscript", "m.pt")])
+def test_export_refuses_an_out_of_another_format(ckpt, tmp_path, capsys, fmt, out, suffixes,
+                                                 renamed):
+    """A weights file (or another format's export) is never replaced by this format's bytes."""
+    target = tmp_path / out
+    target.write_bytes(b"keep")
+    err = clean_error(capsys, ["export", ckpt, "--format", fmt, "--out", target])
+    assert err == (f"error: --out {target}: --format {fmt} writes a {suffixes} file; "
+                   f"name it e.g. {tmp_path / renamed}")
+    assert target.read_bytes() == b"keep"
 
 
 def test_export_unknown_format(ckpt, tmp_path, capsys):
