@@ -277,9 +277,38 @@ def test_cli_predict_any_mode(ckpt, images, capsys):
 
 
 def test_cli_predict_unreadable_file(ckpt, images, tmp_path, capsys):
+    """No file readable: one error (the file's own when it is the only one), no results."""
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    assert main(["predict", ckpt, images[0], str(bad)]) == 2
+    assert main(["predict", ckpt, str(bad)]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error:") and "broken.jpg" in captured.err
     assert captured.out == ""
+    other = tmp_path / "empty.png"
+    other.write_bytes(b"")
+    err = clean_error(capsys, ["predict", ckpt, bad, other, "--csv", "-"])
+    assert err.startswith(f"error: none of the 2 image files could be read: cannot read image "
+                          f"'{bad}': "), err
+
+
+def test_cli_predict_skips_unreadable_files(ckpt, images, tmp_path, capsys):
+    """One corrupt file among good ones: a warning naming it, the rest predicted (text, CSV and
+    JSON, which lists it under "skipped"; a run without bad files has no such key)."""
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    argv = ["predict", ckpt, images[0], str(bad), images[1], "--topk", "1", "--batch-size", "2"]
+    assert main([*argv, "--csv", "-"]) == 0
+    captured = capsys.readouterr()
+    assert [row.split(",")[0] for row in captured.out.splitlines()] == ["file", *images[:2]]
+    warning, = captured.err.splitlines()
+    assert warning.startswith(f"warning: cannot read image '{bad}': ") and \
+        warning.endswith(" (skipped)"), warning
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[::2] == images[:2] and captured.err == warning + "\n"
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [p["file"] for p in report["predictions"]] == images[:2]
+    assert report["skipped"] == [str(bad)]
+    assert main([*argv[:2], images[0], "--json"]) == 0
+    assert "skipped" not in json.loads(capsys.readouterr().out)
