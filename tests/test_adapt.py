@@ -14,7 +14,7 @@ from cli_helpers import run_cli
 from reslab.engine.adapt import DataFacts, adapt
 from reslab.engine.calibration import BNCheck
 from reslab.engine.recipe import load_recipe
-from reslab.threads import _Sample, free_threads, others_load
+from reslab.threads import _Sample, auto_note, free_cpus, free_threads, others_load
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from make_shapes import make_folder  # noqa: E402
@@ -128,6 +128,11 @@ def test_free_threads_leaves_the_cpus_others_use() -> None:
     assert free_threads(1.0, 2) == 1
     assert free_threads(3.5, 2) == 1    # never fewer than one
     assert free_threads(1.0, 8) == 7
+    assert [free_cpus(3.5, 2), free_cpus(1.0, 2), free_cpus(0.1, 2)] == [0, 1, 2]
+    # the note says how many CPUs are free, and when the thread is only the floor
+    assert auto_note(1, 0, 2) == "1 thread (auto: 0 of 2 CPUs free; at least 1)"
+    assert auto_note(1, 1, 2) == "1 thread (auto: 1 of 2 CPUs free)"
+    assert auto_note(4, 4, 4) == "4 threads (auto: 4 of 4 CPUs free)"
     # others = all the busy time minus this process's own
     assert others_load(_Sample(10.0, 1.0, 100.0), _Sample(13.0, 2.0, 101.0)) == 2.0
 
@@ -148,13 +153,24 @@ def test_on_a_busy_machine_the_default_is_one_thread_and_an_explicit_count_is_ke
             return subprocess.run([sys.executable, "-c", CHOOSE.format(cpus=set(cpus), n=n)],
                                   capture_output=True, text=True, check=True,
                                   env={**os.environ, **(env or {})}).stdout.strip()
-        assert choose(2) == "1 1 thread (auto: 1 of 2 CPUs free)"
+        assert choose(2) == "1 1 thread (auto: 0 of 2 CPUs free; at least 1)"
         assert choose(2, {"OMP_NUM_THREADS": "2"}) == "2 2 threads"   # the user's choice
         assert choose(1) == "1 1 thread"                                # set in the process
     finally:
         for p in spin:
             p.kill()
             p.wait()
+
+
+def test_weights_statistics_of_one_channel_are_named_in_the_singular() -> None:
+    from reslab.data.loaders import _stats_for
+    from reslab.data.normalize import Stats
+    from reslab.errors import UserError
+
+    with pytest.raises(UserError) as caught:
+        _stats_for(Stats([0.5], [0.2]), 3, "imagefolder:photos")
+    assert str(caught.value) == ("imagefolder:photos has 3-channel images but the weights' "
+                                 "statistics are for 1 channel")
 
 
 def test_a_recipe_file_with_a_given_of_the_wrong_type_is_one_clear_error(tmp_path: Path) -> None:

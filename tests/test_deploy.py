@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 from reslab import UserError, create_model
 from reslab.cli import main
 from reslab.deploy import export_model, fold_batchnorm, optimize_for_inference, quantize_int8
-from cli_helpers import legacy_record
+from cli_helpers import clean_error, legacy_record
 from reslab.record import save_weights
 from reslab.models import BasicBlock, ResNet
 from reslab.engine.tta import (center_crop, multiscale_logits, multiscale_probs, scales_of,
@@ -224,6 +224,21 @@ def test_cli_export_checks_parity(ckpt, tmp_path, capsys, fmt):
     assert max(report["max_abs_diff"].values()) < 1e-4
 
 
+@pytest.mark.parametrize("fmt, out, suffixes, renamed", [
+    ("onnx", "good.safetensors", ".onnx", "good.onnx"),
+    ("pt2", "m.onnx", ".pt2", "m.pt2"),
+    ("torchscript", "m.pt2", ".pt or .torchscript", "m.pt")])
+def test_export_refuses_an_out_of_another_format(ckpt, tmp_path, capsys, fmt, out, suffixes,
+                                                 renamed):
+    """A weights file (or another format's export) is never replaced by this format's bytes."""
+    target = tmp_path / out
+    target.write_bytes(b"keep")
+    err = clean_error(capsys, ["export", ckpt, "--format", fmt, "--out", target])
+    assert err == (f"error: --out {target}: --format {fmt} writes a {suffixes} file; "
+                   f"name it e.g. {tmp_path / renamed}")
+    assert target.read_bytes() == b"keep"
+
+
 def test_export_unknown_format(ckpt, tmp_path, capsys):
     assert main(["export", ckpt, "--format", "tflite", "--out", str(tmp_path / "m")]) == 2
     assert capsys.readouterr().err.startswith("error:")
@@ -262,9 +277,38 @@ def test_cli_predict_any_mode(ckpt, images, capsys):
 
 
 def test_cli_predict_unreadable_file(ckpt, images, tmp_path, capsys):
+    """No file readable: one error (the file's own when it is the only one), no results."""
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    assert main(["predict", ckpt, images[0], str(bad)]) == 2
+    assert main(["predict", ckpt, str(bad)]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error:") and "broken.jpg" in captured.err
     assert captured.out == ""
+    other = tmp_path / "empty.png"
+    other.write_bytes(b"")
+    err = clean_error(capsys, ["predict", ckpt, bad, other, "--csv", "-"])
+    assert err.startswith(f"error: none of the 2 image files could be read: cannot read image "
+                          f"'{bad}': "), err
+
+
+def test_cli_predict_skips_unreadable_files(ckpt, images, tmp_path, capsys):
+    """One corrupt file among good ones: a warning naming it, the rest predicted (text, CSV and
+    JSON, which lists it under "skipped"; a run without bad files has no such key)."""
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    argv = ["predict", ckpt, images[0], str(bad), images[1], "--topk", "1", "--batch-size", "2"]
+    assert main([*argv, "--csv", "-"]) == 0
+    captured = capsys.readouterr()
+    assert [row.split(",")[0] for row in captured.out.splitlines()] == ["file", *images[:2]]
+    warning, = captured.err.splitlines()
+    assert warning.startswith(f"warning: cannot read image '{bad}': ") and \
+        warning.endswith(" (skipped)"), warning
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[::2] == images[:2] and captured.err == warning + "\n"
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [p["file"] for p in report["predictions"]] == images[:2]
+    assert report["skipped"] == [str(bad)]
+    assert main([*argv[:2], images[0], "--json"]) == 0
+    assert "skipped" not in json.loads(capsys.readouterr().out)

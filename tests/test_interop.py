@@ -330,6 +330,15 @@ def test_pickled_module_and_garbage_refused(tmp_path, tv18):
     (tmp_path / "junk.pth").write_bytes(os.urandom(64))
     with pytest.raises(UserError, match="cannot read"):
         open_weights(tmp_path / "junk.pth")
+    not_weights = f"cannot read {tmp_path / 'notes.txt'}: it is neither a safetensors file " \
+        "nor a PyTorch checkpoint"
+    (tmp_path / "notes.txt").write_text("epochs = 3\nmy notes\n")
+    with pytest.raises(UserError) as caught:  # what the file is not, no exception's name
+        open_weights(tmp_path / "notes.txt")
+    assert str(caught.value) == not_weights
+    with pytest.raises(UserError, match="it is neither a safetensors file nor a PyTorch "
+                                        "checkpoint"):  # torch's reason may follow
+        open_weights(tmp_path / "junk.pth")
     torch.save({"epoch": 1}, tmp_path / "empty.pth")
     with pytest.raises(UserError, match="no state_dict.*epoch"):
         open_weights(tmp_path / "empty.pth")

@@ -78,9 +78,10 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _post(url: str, data: bytes, ctype: str = "image/png", **kw) -> httpx.Response:
-    return httpx.post(f"{url}/v1/predict", content=data, headers={"content-type": ctype},
-                      timeout=30, **kw)
+def _post(url: str, data: bytes, ctype: str | None = "image/png", **kw) -> httpx.Response:
+    """ctype None: no content-type header at all."""
+    headers = {} if ctype is None else {"content-type": ctype}
+    return httpx.post(f"{url}/v1/predict", content=data, headers=headers, timeout=30, **kw)
 
 
 # --- good requests ----------------------------------------------------------------------------
@@ -162,6 +163,9 @@ BAD = {  # case: (body, content type, status, code, message start)
                        "65,536 bytes"),
     "wrong content type": (b"{}", "application/json", 415, "unsupported_media_type",
                            "content type 'application/json' is not an image"),
+    "no content type": (_noise_png(8), None, 415, "unsupported_media_type",
+                        "no content type: send one image as the body with its image/* content "
+                        "type (image/png, image/jpeg, ...), or files as multipart/form-data"),
     "empty body": (b"", "image/jpeg", 400, "empty_body", "the request body is empty"),
     "multipart without files": (b"--x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n"
                                 b"1\r\n--x--\r\n", "multipart/form-data; boundary=x", 400,

@@ -22,7 +22,7 @@ from torch import nn
 from .engine.rundir import RunDir
 from .errors import UserError
 from .io import (is_safetensors, load_safetensors, regular_file, torch_load_safe,
-                 unpickle_failure)
+                 unpickle_failure, unpickler_reason)
 from .limits import MAX_CLASSES, MAX_IN_CHANS, check_int, short_text
 from .text import plural
 from .models import create_model, get_arch, list_models
@@ -80,7 +80,7 @@ def _safe_torch_load(path: Path) -> Any:
     try:
         return torch_load_safe(path, _SAFE_EXTRA)
     except Exception as e:  # noqa: BLE001 - zip/pickle readers raise many types on bad files
-        needs, reason = unpickle_failure(e)
+        needs, _ = unpickle_failure(e)
         if needs:  # a class or function reference: what weights_only exists to refuse
             raise UserError(
                 f"refusing to load {path}: unpickling it needs {needs}, and a pickle "
@@ -90,8 +90,12 @@ def _safe_torch_load(path: Path) -> Any:
                 "else c.get('state_dict', c), 'weights.pth')\" and use weights.pth") from None
         if looks_like_safetensors(path):
             raise damaged_safetensors(path) from None
-        raise UserError(f"cannot read {path}: not a safetensors or PyTorch checkpoint "
-                        f"({short_text(reason)})") from None
+        # torch's unpickler says where a pickle went wrong; another reader's exception
+        # (KeyError: 101 for a text file) would tell a user nothing.
+        reason = unpickler_reason(e)
+        detail = f" (torch's safe loader: {short_text(reason)})" if reason else ""
+        raise UserError(f"cannot read {path}: it is neither a safetensors file nor a PyTorch "
+                        f"checkpoint{detail}") from None
 
 
 def damaged_safetensors(path: Path) -> UserError:

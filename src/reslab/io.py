@@ -363,10 +363,16 @@ def unpickle_failure(e: Exception) -> tuple[str | None, str]:
     it could run arbitrary code."""
     text = str(e)
     found = re.search(r"GLOBAL ([\w.]+)", text)
-    reason = re.search(r"WeightsUnpickler error: \s*(.+)", text)
     line = text.splitlines()[0] if text else ""
     return (found.group(1) if found else None,
-            reason.group(1) if reason else f"{type(e).__name__}: {line}")
+            unpickler_reason(e) or f"{type(e).__name__}: {line}")
+
+
+def unpickler_reason(e: Exception) -> str | None:
+    """Why torch's restricted unpickler stopped (the file is a pickle), or None for an error of
+    another reader (a zip reader's KeyError on a text file, say nothing a user can act on)."""
+    reason = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
+    return reason.group(1) if reason else None
 
 
 def save_torch(path: str | Path, obj: Any, what: str = "training state") -> None:

@@ -78,10 +78,24 @@ def others_load(a: _Sample, b: _Sample) -> float:
     return max(0.0, ((b.busy - a.busy) - (b.own - a.own)) / wall)
 
 
-def free_threads(others: float, cpus: int) -> int:
-    """Threads to use when other processes keep `others` CPUs busy: the CPUs they leave."""
+def free_cpus(others: float, cpus: int) -> int:
+    """The CPUs other processes leave when they keep `others` CPUs busy (0 to cpus)."""
     taken = int(others + (1 - BUSY_SHARE))  # a CPU is taken once others use BUSY_SHARE of it
-    return max(1, min(cpus, cpus - taken))
+    return max(0, min(cpus, cpus - taken))
+
+
+def free_threads(others: float, cpus: int) -> int:
+    """Threads to use when other processes keep `others` CPUs busy: the CPUs they leave, at
+    least one."""
+    return max(1, free_cpus(others, cpus))
+
+
+def auto_note(threads: int, free: int, cpus: int) -> str:
+    """How an automatic choice reads: '1 thread (auto: 0 of 2 CPUs free; at least 1)'."""
+    from .text import plural
+
+    floor = "; at least 1" if free < 1 else ""
+    return f"{plural(threads, 'thread')} (auto: {free} of {plural(cpus, 'CPU')} free{floor})"
 
 
 def user_chose_threads() -> bool:
@@ -107,6 +121,7 @@ class ThreadGovernor:
             torch.set_num_threads(threads)
             self.reason = "set"
         self._last: _Sample | None = None
+        self.free: int | None = None  # CPUs free at the last choice (None: not measured)
         self.changes = 0
         if self.active:
             self._choose_now()
@@ -118,7 +133,13 @@ class ThreadGovernor:
             return
         time.sleep(SAMPLE_S)
         self._last = _sample(self.cpus)
-        torch.set_num_threads(free_threads(others_load(first, self._last), len(self.cpus)))
+        torch.set_num_threads(self._threads_for(first, self._last))
+
+    def _threads_for(self, a: _Sample, b: _Sample) -> int:
+        """The threads for the load between samples a and b (free_threads), noting the CPUs
+        free for `describe`."""
+        self.free = free_cpus(others_load(a, b), len(self.cpus))
+        return max(1, self.free)
 
     def tick(self) -> None:
         if not self.active or time.monotonic() - self._last.wall < RECHECK_S:
@@ -126,7 +147,7 @@ class ThreadGovernor:
         now = _sample(self.cpus)
         if now is None:
             return
-        want = free_threads(others_load(self._last, now), len(self.cpus))
+        want = self._threads_for(self._last, now)
         self._last = now
         if want != torch.get_num_threads():
             torch.set_num_threads(want)
@@ -137,7 +158,7 @@ class ThreadGovernor:
 
         n = torch.get_num_threads()
         if self.reason == "auto":
-            return f"{plural(n, 'thread')} (auto: {n} of {plural(len(self.cpus), 'CPU')} free)"
+            return auto_note(n, n if self.free is None else self.free, len(self.cpus))
         return plural(n, "thread")
 
 

@@ -16,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS,
                    help="onnx (onnxruntime-checked), torchscript (torch.jit), or pt2 "
                         "(torch.export); default onnx")
-    add_out_option(p, "the file to write (e.g. model.onnx, model.pt, model.pt2)",
+    add_out_option(p, "the file to write, named for its format: model.onnx, model.pt (or "
+                   ".torchscript), model.pt2",
                    metavar="FILE", required=True)
     add_json_option(p)
     p.set_defaults(func=run)
@@ -24,11 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, resolve_ckpt_path
-    from ..deploy.export import export_model
+    from ..deploy.export import check_out_suffix, export_model
     from ..io import check_writable
 
     ckpt = resolve_ckpt_path(args.ckpt)
     check_writable(args.out, "--out", inputs=[ckpt])
+    check_out_suffix(args.out, args.format)  # before the checkpoint is loaded
     model, record = load_checkpoint(ckpt)
     result = export_model(model, record, args.out, args.format)
     if args.json:

@@ -2,7 +2,8 @@
 and mode, prepared as the model was trained (input size, channels, mean/std from the
 checkpoint). A PATH is an image file, a folder (its image files, recursively, sorted) or a glob
 pattern in quotes ('photos/**/*.jpg'); --csv FILE also writes one row per image: its path, its
-top-k classes and their probabilities.
+top-k classes and their probabilities. A file that is no readable image is skipped with a
+warning (listed under "skipped" in --json); when none can be read, predict fails.
 
 --cam DIR also writes a Grad-CAM heat map per image for its top class, DIR/<image stem>.cam.png:
 the crop the model saw with the map over it, titled with the class and its probability
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UserError
+from ..errors import UserError, warn
 from .common import (add_batch_size_option, add_device_option, add_flip_option, add_json_option,
                      add_runtime_option, print_json, tta_flip)
 
@@ -53,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, resolve_ckpt_path
     from ..deploy.cam import cam_layer
     from ..io import ensure_dir
-    from ..deploy.predict import (classifier, format_predictions, image_paths, predict_images,
-                                  predictions_csv)
+    from ..deploy.predict import (Unreadable, classifier, format_predictions, image_paths,
+                                  predict_images, predictions_csv)
     from ..deploy.optimize import FirstBatch
     from ..deploy.runtime import check_runtime, runtime_of
     from ..engine.setup import select_device
@@ -82,8 +83,15 @@ def run(args: argparse.Namespace) -> int:
     layer = cam_layer(model, args.cam_layer) if args.cam is not None else None
     fast = FirstBatch(model, runtime, compile=False)
     forward = classifier(fast, record, flip=tta_flip(args))
+    skipped: list[Unreadable] = []
     results = predict_images(forward, record, paths, topk=args.topk,
-                             batch_size=args.batch_size, device=device)
+                             batch_size=args.batch_size, device=device, skipped=skipped)
+    if not results:  # every file unreadable: nothing to show
+        first = skipped[0].reason
+        raise UserError(first if len(skipped) == 1 else
+                        f"none of the {len(skipped)} image files could be read: {first}")
+    for bad in skipped:  # one line each, as training names the files it skips
+        warn(f"{bad.reason} (skipped)")
     if args.runtime == "auto":
         print(fast.describe(), file=sys.stderr)
     if args.cam is not None:
@@ -92,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(csv_file, predictions_csv(results), "--csv")
     if args.json:
         print_json({"ckpt": str(ckpt), "architecture": record.architecture,
-                    "runtime": runtime_of(fast.fast), "predictions": results})
+                    "runtime": runtime_of(fast.fast), "predictions": results,
+                    **({"skipped": [bad.file for bad in skipped]} if skipped else {})})
     elif args.csv == "-":
         sys.stdout.write(predictions_csv(results))
     else:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ..errors import UserError, unknown, warn
 from ..limits import (MAX_DATASET_BYTES, MAX_PAD, MAX_WORKERS, check_float, check_image_side,
                       check_int)
+from ..text import plural
 from .augment import AUGMENTS, AUTO_AUGMENTS
 from .base import Data
 from .datasets import ArraySource, Split, load_source
@@ -137,7 +138,7 @@ def _stats_for(stats: Stats, in_chans: int, spec: str) -> Stats:
     if in_chans == 1 and stats.mean_image is None:
         return Stats([sum(stats.mean) / len(stats.mean)], [sum(stats.std) / len(stats.std)])
     raise UserError(f"{spec} has {in_chans}-channel images but the weights' statistics are for "
-                    f"{len(stats.mean)} channels")
+                    f"{plural(len(stats.mean), 'channel')}")
 
 
 def available_cpus() -> int:

@@ -110,6 +110,18 @@ def _pt2(model: nn.Module, example: torch.Tensor, out: Path, record: Record) -> 
 
 
 _WRITERS = {"onnx": _onnx, "torchscript": _torchscript, "pt2": _pt2}
+# The names each format's files go by (the first is suggested): an --out of another kind
+# (weights, another format's export) is refused rather than silently replaced.
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".torchscript"), "pt2": (".pt2",)}
+
+
+def check_out_suffix(out: str | Path, fmt: str) -> None:
+    """UserError unless out's suffix is one of fmt's (SUFFIXES); an unknown fmt passes here
+    (export_model names it)."""
+    out, suffixes = Path(out), SUFFIXES.get(fmt)
+    if suffixes is not None and out.suffix.lower() not in suffixes:
+        raise UserError(f"--out {out}: --format {fmt} writes a {' or '.join(suffixes)} "
+                        f"file; name it e.g. {out.with_suffix(suffixes[0])}")
 
 
 @torch.no_grad()
@@ -119,6 +131,7 @@ def export_model(model: nn.Module, record: Record, out: str | Path, fmt: str = "
     random inputs of batch 1 and 3 (the file has a dynamic batch dimension)."""
     if fmt not in _WRITERS:
         raise unknown("export format", fmt, FORMATS)
+    check_out_suffix(out, fmt)
     model = model.cpu().float().eval()
     out = Path(out)
     if out.is_dir():

@@ -7,6 +7,7 @@ import csv
 import glob
 import io
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..data.images import open_image, preprocess
+from ..data.images import ImageError, open_image, preprocess
 from ..engine.evaluate import flip_tta
 from ..limits import fit_batch
 from ..record import Record
@@ -114,16 +115,38 @@ def predict_files(model: nn.Module, record: Record, paths: Sequence[str | PathLi
                           batch_size=batch_size, device=device)
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A file predict_images left out: its path and why it could not be decoded."""
+    file: str
+    reason: str
+
+
 def predict_images(forward: Callable[[torch.Tensor], torch.Tensor], record: Record,
                    paths: Sequence[str | PathLike], *, topk: int = 5, batch_size: int = 32,
-                   device: str | torch.device = "cpu") -> list[dict[str, Any]]:
-    """predict_files with the logits function given (`classifier`'s)."""
+                   device: str | torch.device = "cpu", skipped: list[Unreadable] | None = None
+                   ) -> list[dict[str, Any]]:
+    """predict_files with the logits function given (`classifier`'s). skipped: where a file
+    that is there but is no readable image (ImageError) goes, left out of the results, as
+    training skips one; without it such a file raises. A missing file always raises."""
     results = []
     for chunk in chunks(list(paths), fit_batch(batch_size, record.preprocess.input_size)):
-        x = prepare_images(record, chunk)
+        images, kept = [], []
+        for path in chunk:
+            try:
+                images.append(open_image(path))
+            except ImageError as exc:
+                if skipped is None:
+                    raise
+                skipped.append(Unreadable(str(path), str(exc)))
+                continue
+            kept.append(path)
+        if not kept:
+            continue
+        x = prepare_decoded(record, images)
         with torch.inference_mode():
             tops = top_classes(forward(x.to(device)), record.class_names, topk)
-        results += [{"file": str(path), "top": top} for path, top in zip(chunk, tops)]
+        results += [{"file": str(path), "top": top} for path, top in zip(kept, tops)]
     return results
 
 

@@ -101,9 +101,9 @@ async def _uploads(request: Request, options: ServeOptions) -> list[tuple[str, b
     ctype = request.headers.get("content-type", "")
     kind = ctype.split(";", 1)[0].strip().lower()
     if not (kind.startswith("image/") or kind == "multipart/form-data"):
-        shown = f"'{ctype}'" if ctype else "missing"
-        raise ApiError(415, "unsupported_media_type", f"content type {shown} is not an image: "
-                       "send one image as the body with its image/* content type, or files "
+        what = f"content type '{ctype}' is not an image" if ctype else "no content type"
+        raise ApiError(415, "unsupported_media_type", f"{what}: send one image as the body "
+                       "with its image/* content type (image/png, image/jpeg, ...), or files "
                        "as multipart/form-data")
     body = await _read_body(request, options.max_body_bytes)
     if kind.startswith("image/"):
