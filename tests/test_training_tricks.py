@@ -227,8 +227,9 @@ def test_early_stopping_stops_after_patience_evaluations_and_keeps_the_best(
     vals = [r for r in read_metrics(out / "metrics.jsonl") if r.get("split") == "val"]
     assert [r["top1"] for r in vals] == [0.5, 0.6, 0.6, 0.55]
     assert (out / "best.safetensors").is_file() and (out / "model.safetensors").is_file()
-    # resuming a stopped run does not train on
-    assert run_cli(capsys, ["train", "--resume", "--out", out, "--quiet"])[0] == 0
+    # resuming a stopped run does not train on: it has finished, and nothing is touched
+    assert clean_error(capsys, ["train", "--resume", "--out", out, "--quiet"]) == (
+        f"error: the run in {out} has finished (model.safetensors); nothing to resume")
     assert json.loads((out / "summary.json").read_text())["steps"] == 16
 
 
