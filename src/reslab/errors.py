@@ -28,3 +28,7 @@ def warn(message: str, kind: str = "warning") -> None:
 def note(message: str) -> None:
     """One `note:` line on stderr: something the user may not expect, nothing wrong."""
     warn(message, "note")
+
+
+class InvalidRecord(UserError):
+    """A weights file whose metadata or tensors cannot be used as they are."""

@@ -20,15 +20,15 @@ import torch
 from torch import nn
 
 from .engine.rundir import RunDir
-from .errors import UserError
+from .errors import InvalidRecord, UserError
 from .io import (is_safetensors, load_safetensors, regular_file, torch_load_safe,
                  unpickle_failure, unpickler_reason)
 from .limits import MAX_CLASSES, MAX_IN_CHANS, check_int, short_text
 from .text import plural
 from .models import create_model, get_arch, list_models
 from .models.blocks import Bottleneck
-from .record import (MEAN_IMAGE_KEY, InvalidRecord, Preprocess, Record, check_tensors,
-                     is_reslab, parse_metadata)
+from .record import MEAN_IMAGE_KEY, Preprocess, Record, is_reslab, parse_metadata
+from .weights_check import check_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -36,26 +36,18 @@ from torch import nn
 
 from .data.images import default_crop_fraction
 from .data.normalize import NORMALIZE, Normalizer, Stats
-from .errors import UserError
+from .errors import InvalidRecord, UserError
 from .io import save_safetensors
+from .weights_check import check_tensors
 from .limits import (MAX_BATCH_VALUES, MAX_CLASS_NAME, MAX_CLASSES, MAX_IMAGE_SIDE,
                      MAX_IN_CHANS, MAX_SEED, check_float, check_int, check_stats, short_text)
 from .models import REGISTRY, create_model
 from .models.blocks import PAD_SIDES, SHORTCUTS, STRIDE_IN
 
-# Tensor dtypes a weights file may hold: what reslab and the usual trainers write. (Here, not
-# in reslab.limits, which the command line's parser imports without torch.)
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-INT_DTYPES = (torch.int64,)
-
 FORMAT = "reslab-2"
 OLD_FORMAT = "reslab-1"
 MEAN_IMAGE_KEY = "reslab.mean_image"
 KWARGS = ("num_classes", "in_chans", "shortcut", "stride_in", "zero_init_residual", "pad_sides")
-
-
-class InvalidRecord(UserError):
-    """A weights file whose metadata cannot be used as it is."""
 
 
 @dataclass(frozen=True)
@@ -279,28 +271,6 @@ def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
     else:
         mean_image = None
     return Preprocess(tuple(size), mean, std, normalize, mean_image, crop, flip)
-
-
-def check_tensors(state: dict[str, torch.Tensor], where: str) -> None:
-    """Every tensor of a weights file is of a dtype reslab writes (float32/bf16/fp16 weights,
-    int64 counters such as BN's num_batches_tracked; float64 from other trainers) and finite:
-    an int8 or bool fc.weight would load by casting and give numbers that look fine."""
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise InvalidRecord(f"{where}: {short_text(key)} is not a tensor")
-        if value.dtype not in FLOAT_DTYPES + INT_DTYPES:
-            raise InvalidRecord(
-                f"{where}: tensor {short_text(key)} has dtype {str(value.dtype).removeprefix('torch.')}, "
-                "which reslab never writes (weights are float32, bfloat16 or float16, counters "
-                "int64); the file is damaged or not a model's weights")
-        if value.layout != torch.strided or value.is_meta:
-            raise InvalidRecord(f"{where}: tensor {short_text(key)} is a {value.layout} or meta "
-                                "tensor, not weights")
-        if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
-            raise InvalidRecord(f"{where} holds non-finite weights (NaN or Inf), first in "
-                                f"{short_text(key)}")
-        if key.endswith("running_var") and bool((value < 0).any()):  # sqrt of it: NaN scores
-            raise InvalidRecord(f"{where}: {short_text(key)} holds negative variances")
 
 
 def _parse(obj: Any, mean_image: torch.Tensor | None, where: str) -> Record:

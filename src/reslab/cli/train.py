@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                         "give one of them")
     if args.resume:
         if not args.out:
-            raise ValueError("--resume needs --out DIR (the run to continue)")
+            raise UserError("--resume needs --out DIR (the run to continue)")
         recipe = resume_machinery(args)
     else:
         recipe = resolve(args)

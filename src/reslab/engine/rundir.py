@@ -160,11 +160,6 @@ def resume_change_error(names: list[str]) -> UserError:
                      "--out)")
 
 
-def run_files(out: Path) -> list[str]:
-    """The names of the run files present in out."""
-    return RunDir(out).present()
-
-
 def claim(out: Path, mode: str) -> None:
     """Checks (and for "overwrite" clears) out for a run started in `mode`; call it while
     holding the RunLock."""

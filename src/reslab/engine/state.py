@@ -140,7 +140,8 @@ def check_state(s: dict[str, Any], model: torch.nn.Module, out: Path) -> None:
     """The counters are numbers of the right kind and range, the weights are the model's
     (names, shapes, dtypes reslab writes, finite): a UserError saying which is not."""
     from ..limits import MAX_ITERS, short_text
-    from ..record import InvalidRecord, check_tensors
+    from ..errors import InvalidRecord
+    from ..weights_check import check_tensors
 
     def bad(message: str) -> UserError:
         return UserError(f"cannot resume from {RunDir(out).state}: {message}; the state is "
