@@ -412,9 +412,10 @@ def test_the_papers_claims_are_checked_with_their_numbers() -> None:
 
     def run(model, depth, res, train, test, seed=0, run=None):
         curve = [{"step": s, "train_error": train + 0.01 * (s < 80), "test_error": test}
-                 for s in (60, 80, 90, 100)]
+                 for s in range(60, 101, 2)]
         return {"model": model, "depth": depth, "residual": res, "final_train_error": train,
-                "final_test_error": test, "curve": curve, "seed": seed, "run": run or model}
+                "final_test_error": test, "curve": curve, "seed": seed, "run": run or model,
+                "steps_per_epoch": 5}
 
     result = {"dataset": "d", "recipe": {"milestones": [50, 75]}, "runs": [
         run("plain20", 20, False, 0.10, 0.11), run("plain20", 20, False, 0.11, 0.11, 1,
@@ -436,10 +437,22 @@ def test_the_papers_claims_are_checked_with_their_numbers() -> None:
     assert claims["resnet20 has a lower training error than plain20"].verdict == "holds"
     assert claims["resnet20's responses are smaller than plain20's (mean over layers)"
                   ].verdict == "holds"
-    # Every member's flatness, every seed: the last points (step > 75) are flat.
-    flat = [c for t, c in claims.items() if t.endswith("flattened at the last lr")]
-    assert len(flat) == 7 and all(c.verdict == "holds" for c in flat)
-    assert "plain20-seed1's training error flattened at the last lr" in claims
+    # Every member passes the convergence gate, every seed: flat after the lr drop at 75.
+    gated = [c for t, c in claims.items() if t.endswith("had converged at its last lr")]
+    assert len(gated) == 7 and all(c.verdict == "holds" for c in gated)
+    # held to half the smallest gap it is judged in: resnet20 vs plain20, 3 points
+    assert claims["plain20-seed1's training error had converged at its last lr"].evidence == (
+        "plain20-seed1: moved +0.00 points (s.e. 0.00) over steps 81-100 (10 points, 3.8 "
+        "epochs); tolerance 1.50 points: flat")
+    # A member still falling: the orderings it is part of are not judged, with its numbers.
+    result["runs"][4]["curve"] = [{"step": s, "train_error": 0.30 - 0.002 * s}
+                                  for s in range(60, 101, 2)]
+    claims = {c.text: c for c in paper_claims(DegradationResult.from_json(result, "d.json"))}
+    degradation = claims["plain-56 has a higher training error than plain-20 (degradation)"]
+    assert degradation.verdict == "not judged" and degradation.evidence.startswith(
+        "not judged: plain56 had not converged (plain56: moved -3.80 points")
+    assert claims["plain56's training error had converged at its last lr"].verdict == \
+        "does not hold"
 
 
 def test_fig6_error_axis_clips_the_first_epochs_like_the_paper() -> None:

@@ -82,16 +82,21 @@ class Preprocess:
 @dataclass(frozen=True)
 class TrainingData:
     """What a record's weights were trained on: the dataset spec, where its files were, and the
-    val hold-out and seed, so `eval --split val` rebuilds the same held-out images."""
+    val hold-out and seed, so `eval --split val` rebuilds the same held-out images (and the
+    training subset, when the run trained on one, `--split train` the same images)."""
 
     spec: str
     data_dir: str | None = None
     val_split: int = 0
     seed: int = 0
+    train_images: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"spec": self.spec, "data_dir": self.data_dir, "val_split": self.val_split,
-                "seed": self.seed}
+        out = {"spec": self.spec, "data_dir": self.data_dir, "val_split": self.val_split,
+               "seed": self.seed}
+        if self.train_images is not None:   # absent from the records of whole-split runs
+            out["train_images"] = self.train_images
+        return out
 
     @classmethod
     def from_json(cls, value: Any, where: str = "record") -> TrainingData | None:
@@ -108,9 +113,12 @@ class TrainingData:
         try:
             val_split = check_int("data.val_split", value.get("val_split", 0), 0, 10**9)
             seed = check_int("data.seed", value.get("seed", 0), 0, MAX_SEED)
+            train_images = value.get("train_images")
+            if train_images is not None:
+                check_int("data.train_images", train_images, 1, 10**9)
         except UserError as e:
             raise _fail(where, str(e)) from None
-        return cls(value["spec"], data_dir, val_split, seed)
+        return cls(value["spec"], data_dir, val_split, seed, train_images)
 
 
 @dataclass(frozen=True)
@@ -136,12 +144,14 @@ class Record:
         """Whether spec is the dataset these weights were trained on."""
         return self.data is not None and spec == self.data.spec
 
-    def split_options(self, spec: str) -> dict[str, int]:
-        """load_data's val_split and seed for spec: training's when it is the dataset trained
-        on (so `--split val` is the same held-out images), else none held out and seed 0."""
+    def split_options(self, spec: str) -> dict[str, int | None]:
+        """load_data's val_split, seed and train_images for spec: training's when it is the
+        dataset trained on (so `--split val` is the same held-out images and `--split train`
+        the same subset), else all images, none held out and seed 0."""
         if not self.trained_on(spec):
-            return {"val_split": 0, "seed": 0}
-        return {"val_split": self.data.val_split, "seed": self.data.seed}
+            return {"val_split": 0, "seed": 0, "train_images": None}
+        return {"val_split": self.data.val_split, "seed": self.data.seed,
+                "train_images": self.data.train_images}
 
     def replace(self, **changes: Any) -> Record:
         return dataclasses.replace(self, **changes)

@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from .sweep_result import CurvePoint, DegradationResult, SweepMember
+from .convergence import (DEFAULT_TOLERANCE, FLAT, MOVING, Convergence, convergence)
+from .sweep_result import DegradationResult, SweepMember
 
 HOLDS, FAILS, NOT_JUDGED = "holds", "does not hold", "not judged"
 NOISE_SE = 2.0   # a gap beyond two standard errors of the difference is not seed noise
@@ -52,6 +53,7 @@ class Claim:
     gap: float | None = None             # the measured gap, in the paper's direction
     noise: float | None = None           # NOISE_SE standard errors of that gap
     notes: tuple[str, ...] = field(default=())
+    sides: tuple[str, ...] = ()          # the labels of what it compares (the convergence gate)
 
     @property
     def holds(self) -> bool | None:
@@ -87,17 +89,18 @@ def ordering(text: str, lower: Stat | None, higher: Stat | None,
     the claim is "`lower` is no higher than `higher`", which a gap within the noise fits."""
     if lower is None or higher is None or not lower.values or not higher.values:
         return Claim(text, NOT_JUDGED, "not measured at this budget")
+    sides = (lower.label, higher.label)
     gap = higher.mean - lower.mean
     noise = noise_of(lower, higher) if noise is None else noise
     evidence = f"{_side(lower, fmt)} vs {_side(higher, fmt)}"
     if noise is None:
         return Claim(text, NOT_JUDGED, f"{evidence}; gap {gap_fmt(gap)}, noise unknown (a "
-                     "side has one seed)", gap)
+                     "side has one seed)", gap, sides=sides)
     evidence += f"; gap {gap_fmt(gap)}, noise {gap_fmt(noise)} ({NOISE_SE:g} s.e.)"
     if abs(gap) <= noise:
         return Claim(text, HOLDS if at_most else NOT_JUDGED,
-                     f"{evidence}: within the seeds' noise", gap, noise)
-    return Claim(text, HOLDS if gap > 0 else FAILS, evidence, gap, noise)
+                     f"{evidence}: within the seeds' noise", gap, noise, sides=sides)
+    return Claim(text, HOLDS if gap > 0 else FAILS, evidence, gap, noise, sides=sides)
 
 
 def run_stats(result: DegradationResult, which: str) -> dict[str, Stat]:
@@ -155,13 +158,14 @@ def response_claims(responses: dict[str, list[list[float]]]) -> list[Claim]:
             claims.append(ordering(f"{name}'s responses are smaller than {plain}'s (mean over "
                                    "layers)", means[name], means[plain], fmt, fmt))
             claims.append(layerwise(f"{name}'s responses are smaller than {plain}'s, layer by "
-                                    "layer", responses[name], responses[plain]))
+                                    "layer", responses[name], responses[plain],
+                                    sides=(name, plain)))
     for (d1, a), (d2, b) in combinations(res, 2):
         claims.append(ordering(f"{b}'s responses are smaller than {a}'s (mean over layers)",
                                means[b], means[a], fmt, fmt))
         claims.append(layerwise(f"{b}'s responses are smaller than {a}'s, layer by layer "
                                 "(sorted by magnitude)", responses[b], responses[a],
-                                sort=True))
+                                sort=True, sides=(b, a)))
     return claims
 
 
@@ -171,7 +175,7 @@ def _at(curve: Sequence[float], i: int, n: int) -> float:
 
 
 def layerwise(text: str, smaller: list[list[float]], larger: list[list[float]],
-              sort: bool = False) -> Claim:
+              sort: bool = False, sides: tuple[str, ...] = ()) -> Claim:
     """The ordering at each layer (seed means; sorted curves compared at the same relative
     position when the depths differ): holds when it holds beyond the seeds' noise at more than
     half the layers, does not hold when it is reversed beyond the noise at more than half."""
@@ -191,70 +195,103 @@ def layerwise(text: str, smaller: list[list[float]], larger: list[list[float]],
     how = "beyond the seeds' noise" if seeds >= 2 else "(1 seed: no noise estimate)"
     evidence = (f"smaller at {won} of {n} layers, larger at {lost}, {how}")
     if seeds < 2:
-        return Claim(text, NOT_JUDGED, evidence)
+        return Claim(text, NOT_JUDGED, evidence, sides=sides)
     verdict = HOLDS if won > n / 2 else FAILS if lost > n / 2 else NOT_JUDGED
-    return Claim(text, verdict, evidence)
+    return Claim(text, verdict, evidence, sides=sides)
 
 
-def final_phase(run: SweepMember, milestones: Sequence[int]) -> list[CurvePoint]:
-    """The run's curve points with a training error after its last lr drop."""
-    start = max(milestones) if milestones else 0
-    return [p for p in run.curve if p.step > start and p.train_error is not None]
+def member_convergence(run: SweepMember, milestones: Sequence[int]) -> Convergence:
+    """The convergence gate's reading of one run (analysis.convergence): its training-error
+    curve after the last lr drop (the whole run when there is none)."""
+    curve = [(p.step, p.train_error) for p in run.curve if p.train_error is not None]
+    return convergence(run.label, curve, max(milestones, default=0), run.steps_per_epoch)
 
 
-def flattened(run: SweepMember, milestones: Sequence[int], effect: float) -> Claim:
-    """Whether a run's training error had flattened at its last learning rate: the least-squares
-    slope over the whole final phase, times the phase's length (how much the error still moved
-    across it), is smaller than half the effect it is used to interpret (the smallest gap of the
-    Fig. 6 comparisons the run is part of). Needs three points in the phase."""
-    curve = final_phase(run, milestones)
-    text = f"{run.label}'s training error flattened at the last lr"
-    if len(curve) < 3:
-        return Claim(text, NOT_JUDGED, f"{len(curve)} training-error point(s) after the last "
-                     "lr drop; 3 needed")
-    start = max(milestones) if milestones else 0
-    steps = [p.step for p in curve]
-    slope, _ = statistics.linear_regression(steps, [p.train_error or 0.0 for p in curve])
-    moved = slope * (steps[-1] - start)
-    tolerance = effect / 2
-    evidence = (f"slope over steps {start}-{steps[-1]} ({len(curve)} points): "
-                f"{'+' if moved >= 0 else ''}{100 * moved:.2f} points across the phase; "
-                f"tolerance {points(tolerance)} (half the smallest gap it is compared by)")
-    return Claim(text, HOLDS if abs(moved) < tolerance else FAILS, evidence)
+def tolerance_for(claim: Claim, errors: bool) -> float:
+    """How far a member of `claim` may still move for the claim to be judged: below the effect
+    it compares, half the gap of an ordering of errors (errors: the gap is in error units), at
+    most DEFAULT_TOLERANCE."""
+    if errors and claim.gap is not None:
+        return min(DEFAULT_TOLERANCE, abs(claim.gap) / 2)
+    return DEFAULT_TOLERANCE
 
 
-DEFAULT_EFFECT = 0.005   # 0.5 points: a run compared with nothing is held to this
+def gate(claims: Sequence[Claim], members: dict[str, list[Convergence]],
+         errors: bool) -> list[Claim]:
+    """The claims with every verdict on a member that had not converged turned into "not
+    judged", naming that member and its numbers. members: {a claim side's label: the
+    convergence of each of its runs}; a side with no reading is not judged either."""
+    out = []
+    for c in claims:
+        if c.verdict == NOT_JUDGED or not c.sides:
+            out.append(c)
+            continue
+        tolerance = tolerance_for(c, errors)
+        runs = [r for side in c.sides for r in members.get(side, [])]
+        unread = [side for side in c.sides if not members.get(side)]
+        failed = [r for r in runs if not r.converged(tolerance)]
+        if unread:
+            out.append(Claim(c.text, NOT_JUDGED, f"not judged: no training curve of "
+                             f"{', '.join(unread)} to check its convergence; {c.evidence}",
+                             c.gap, c.noise, c.notes, c.sides))
+        elif failed:
+            why = "; ".join(r.describe(tolerance) for r in failed)
+            out.append(Claim(c.text, NOT_JUDGED, f"not judged: {failed[0].label} had not "
+                             f"converged ({why}); {c.evidence}", c.gap, c.noise, c.notes,
+                             c.sides))
+        else:
+            out.append(c)
+    return out
 
 
-def smallest_effects(result: DegradationResult) -> dict[str, float]:
-    """{model: the smallest |gap| of mean final training errors among the Fig. 6 pairs it is
-    part of} (every pair error_claims judges)."""
-    train = run_stats(result, "train")
-    plain, res = _depths(result, False), _depths(result, True)
-    pairs = [(plain[a], plain[b]) for a, b in combinations(sorted(plain), 2)]
-    pairs += [(res[a], res[b]) for a, b in combinations(sorted(res), 2)]
-    pairs += [(plain[d], res[d]) for d in set(plain) & set(res)]
-    effect: dict[str, float] = {}
-    for a, b in pairs:
-        if a in train and b in train:
-            gap = abs(train[a].mean - train[b].mean)
-            for m in (a, b):
-                effect[m] = min(effect.get(m, math.inf), gap)
-    return effect
+def tolerances(claims: Sequence[tuple[Sequence[Claim], bool]],
+               members: dict[str, list[Convergence]]) -> dict[str, float]:
+    """{run label: the tolerance of the most demanding judged claim it is part of}
+    (DEFAULT_TOLERANCE for a run no judged claim compares). claims: (claims, errors) groups."""
+    out: dict[str, float] = {}
+    for group, errors in claims:
+        for c in group:
+            if c.verdict == NOT_JUDGED:
+                continue
+            for side in c.sides:
+                for r in members.get(side, []):
+                    out[r.label] = min(out.get(r.label, DEFAULT_TOLERANCE),
+                                       tolerance_for(c, errors))
+    return out
 
 
-def flatness_claims(result: DegradationResult) -> list[Claim]:
-    """flattened() for every member of the sweep, every seed."""
-    effects = smallest_effects(result)
-    return [flattened(r, result.milestones, effects.get(r.model, DEFAULT_EFFECT)
-                      or DEFAULT_EFFECT) for r in result.runs]
+def convergence_claims(runs: Sequence[Convergence],
+                       tolerance: dict[str, float] | None = None) -> list[Claim]:
+    """One row per run: "had converged at its last lr" holds (flat within its tolerance),
+    does not hold (still moving), or is not judged (too short or too noisy to tell)."""
+    rows = []
+    for r in runs:
+        tol = (tolerance or {}).get(r.label, DEFAULT_TOLERANCE)
+        status = r.status(tol)
+        verdict = HOLDS if status == FLAT else FAILS if status == MOVING else NOT_JUDGED
+        rows.append(Claim(f"{r.label}'s training error had converged at its last lr", verdict,
+                          r.describe(tol), sides=(r.label,)))
+    return rows
+
+
+def by_model(result: DegradationResult) -> dict[str, list[Convergence]]:
+    """{model: the convergence of each of its runs} for a sweep."""
+    out: dict[str, list[Convergence]] = {}
+    for r in result.runs:
+        out.setdefault(r.model, []).append(member_convergence(r, result.milestones))
+    return out
 
 
 def paper_claims(result: DegradationResult,
                  responses: dict[str, list[list[float]]] | None = None) -> list[Claim]:
-    """Every check: the runs' flattening first (a claim on unconverged runs says little), then
-    Fig. 6's error orderings, then Fig. 7's response orderings."""
-    return flatness_claims(result) + error_claims(result) + response_claims(responses or {})
+    """Every check: each run's convergence first (a claim on unconverged runs says nothing),
+    then Fig. 6's error orderings and Fig. 7's response orderings, each judged only on runs
+    that had converged (gate)."""
+    members = by_model(result)
+    errors, resp = error_claims(result), response_claims(responses or {})
+    runs = [r for rs in members.values() for r in rs]
+    return (convergence_claims(runs, tolerances([(errors, True), (resp, False)], members))
+            + gate(errors, members, errors=True) + gate(resp, members, errors=False))
 
 
 def responses_by_model(responses: dict[str, list[float]]) -> dict[str, list[list[float]]]:

@@ -180,11 +180,14 @@ def summarize_run(model: str, run_dir: Path, seed: int | None = None,
     arch = get_arch(model)
     last_train = train[max(train)] if train else None
     last_test = finals[-1] if finals else (by_step[max(by_step)] if by_step else None)
+    per_epoch = next((r["step"] / r["epoch"] for r in rows
+                      if r.get("epoch") and r.get("step")), None)
     return SweepMember(model, arch.depth, arch.residual,
                        max((r["step"] for r in rows), default=0), training_seconds(rows),
                        _error(last_train), _error(last_test),
                        tuple(CurvePoint(s, _error(train.get(s)), _error(by_step.get(s)))
-                             for s in steps), seed, run)
+                             for s in steps), seed, run,
+                       None if per_epoch is None else round(per_epoch, 3))
 
 
 def budget(runs: Sequence[SweepMember], epochs: float | None = None) -> str:

@@ -106,6 +106,26 @@ def degradation_figure(runs: Sequence[SweepMember], path: str | Path,
     return _save(fig, path)
 
 
+def convergence_figure(runs: dict[str, tuple[Sequence[tuple[int, float]], int, int]],
+                       path: str | Path, title: str | None = None) -> Path:
+    """The convergence gate's evidence: each run's training error over its last lr phase, the
+    span the gate judges drawn bold. runs: {label: (curve of (step, error), the step the last
+    lr phase starts at, the first step of the judged span)}."""
+    fig, (ax,) = _figure(1, width=8.0, height=4.4)
+    for i, (label, (curve, phase, judged)) in enumerate(runs.items()):
+        c = f"C{i % 10}"
+        late = [(s, e) for s, e in curve if s > phase]
+        ax.plot([s for s, _ in late], [_pct(e) for _, e in late], color=c, lw=0.8, alpha=0.6)
+        span = [(s, e) for s, e in late if s > judged]
+        ax.plot([s for s, _ in span], [_pct(e) for _, e in span], color=c, lw=2, label=label)
+    ax.set(xlabel="iteration", ylabel="training error (%)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="x-small", ncols=2, title="bold: the span judged")
+    _suptitle(fig, title)
+    return _save(fig, path)
+
+
 def _error_axis_top(runs: Sequence[SweepMember]) -> float:
     """The error axis' upper end: 2.5x the largest final error (the paper's Fig. 6 clips its
     first iterations the same way, at 20%), so the converged differences are not squeezed

@@ -57,6 +57,7 @@ class SweepMember:
     curve: tuple[CurvePoint, ...]
     seed: int | None = None
     run: str | None = None
+    steps_per_epoch: float | None = None   # None in files older than the convergence gate
 
     @property
     def label(self) -> str:
@@ -77,7 +78,9 @@ class SweepMember:
                 "iterations": self.iterations, "train_seconds": self.train_seconds,
                 "final_train_error": self.final_train_error,
                 "final_test_error": self.final_test_error,
-                "curve": [p.to_json() for p in self.curve], "seed": self.seed, "run": self.run}
+                "curve": [p.to_json() for p in self.curve], "seed": self.seed, "run": self.run,
+                **({} if self.steps_per_epoch is None
+                   else {"steps_per_epoch": self.steps_per_epoch})}
 
     @classmethod
     def from_json(cls, obj: Any) -> SweepMember:
@@ -88,13 +91,15 @@ class SweepMember:
                                   "train_seconds"))
                 and isinstance(obj.get("curve", []), list)
                 and (obj.get("seed") is None or isinstance(obj.get("seed"), int))
+                and (obj.get("steps_per_epoch") is None
+                     or (finite_number(obj["steps_per_epoch"]) and obj["steps_per_epoch"] > 0))
                 and (obj.get("run") is None or isinstance(obj.get("run"), str))):
             raise ValueError("run")
         return cls(obj["model"], obj["depth"], obj["residual"],
                    obj.get("iterations"), obj.get("train_seconds"), obj.get("final_train_error"),
                    obj.get("final_test_error"),
                    tuple(CurvePoint.from_json(p) for p in obj.get("curve", [])),
-                   obj.get("seed"), obj.get("run"))
+                   obj.get("seed"), obj.get("run"), obj.get("steps_per_epoch"))
 
 
 @dataclass(frozen=True)

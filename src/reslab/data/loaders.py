@@ -48,6 +48,22 @@ def hold_out(labels: torch.Tensor, val_split: int, seed: int, name: str
     return torch.nonzero(keep).flatten(), val_idx
 
 
+SUBSET_SEED = 0  # one subset for every run seed: members of a sweep see the same images
+
+
+def subset(labels: torch.Tensor, train_images: int | None, name: str) -> torch.Tensor | None:
+    """The sorted indices of a class-balanced subset of train_images examples (each class keeps
+    its share, as hold_out draws them, from a generator fixed by SUBSET_SEED), None for all."""
+    if train_images is None:
+        return None
+    if train_images > len(labels):
+        raise UserError(f"train_images {train_images} is more than the {len(labels):,} training "
+                        f"images of {name}")
+    if train_images == len(labels):
+        return None
+    return hold_out(labels, train_images, SUBSET_SEED, name)[1]
+
+
 def default_hold_out(labels: torch.Tensor) -> int:
     """Images held out for validation from a folder without val/: 10%, at least one per class
     while every class keeps at least one training image (0 when the folder is too small)."""
@@ -74,7 +90,7 @@ def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | None,
                 normalize: str, stats: Stats | None, crop_fraction: float | None,
-                **kw) -> InMemoryData:
+                train_images: int | None, **kw) -> InMemoryData:
     if image_size:
         n = len(src.train[1]) + (len(src.test[1]) if src.test is not None else 0)
         size = n * src.train[0].shape[1] * image_size ** 2
@@ -86,7 +102,9 @@ def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | N
     def sized(split: Split) -> Split:
         return (resize_uint8(split[0], image_size) if image_size else split[0]), split[1]
 
-    x, y = sized(src.train)
+    x, y = src.train
+    chosen = subset(y, train_images, src.name)
+    x, y = sized((x, y) if chosen is None else (x[chosen], y[chosen]))
     arrays = {"train": (x, y)}
     if val_split:
         train, val = hold_out(y, val_split, seed, src.name)
@@ -100,17 +118,19 @@ def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | N
 
 def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int | None,
                  normalize: str, workers: int, stats: Stats | None, crop_fraction: float | None,
-                 **kw) -> FolderData:
+                 train_images: int | None, **kw) -> FolderData:
     """Splits: train; val = the held-out images, else PATH/val; test = PATH/test, else
     PATH/val (ImageNet's layout), else the held-out images (one held-out set then answers to
     both names)."""
-    items = {"train": src.train}
-    labels = torch.tensor([label for _, label in src.train])
+    chosen = subset(torch.tensor([label for _, label in src.train]), train_images, src.name)
+    train_items = src.train if chosen is None else [src.train[i] for i in chosen.tolist()]
+    items = {"train": train_items}
+    labels = torch.tensor([label for _, label in train_items])
     if val_split is None:  # auto: a folder without val/ holds out a validation set
         val_split = default_hold_out(labels) if src.val is None else 0
     if val_split:
         train, val = hold_out(labels, val_split, seed, src.name)
-        items = {"train": [src.train[i] for i in train], "val": [src.train[i] for i in val]}
+        items = {"train": [train_items[i] for i in train], "val": [train_items[i] for i in val]}
         if src.val is not None and src.test is not None:
             warn(f"--val-split {val_split} holds out the validation images from train/: "
                  f"{src.name.partition(':')[2]}/val/ is not used")
@@ -153,7 +173,8 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
               image_size: int | None = None, normalize: str = "channel",
               augment: str = "crop-flip", pad: int = 4, workers: int = 4,
               stats: Stats | None = None, crop_fraction: float | None = None,
-              erase: float = 0.0, auto_augment: str = "none") -> Data:
+              erase: float = 0.0, auto_augment: str = "none",
+              train_images: int | None = None) -> Data:
     """Loads the dataset a --data spec names (docs/guides/training.md, Datasets), ready to batch.
 
     val_split: hold out that many training images as "val" (stratified, seeded); None: 10% of
@@ -165,7 +186,9 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
     stats, crop_fraction: a checkpoint's preprocessing (reslab.record) to prepare the images
     exactly as for that model, instead of measuring the training split. erase: random erasing
     probability of a training image (reslab.data.augment.random_erase). auto_augment: a
-    torchvision policy per training image (reslab.data.augment.AUTO_AUGMENTS)."""
+    torchvision policy per training image (reslab.data.augment.AUTO_AUGMENTS). train_images:
+    train on a class-balanced subset of that many training images (subset), taken before the
+    val hold-out; the same subset for every seed."""
     if normalize not in NORMALIZE:
         raise unknown("normalization", normalize, NORMALIZE)
     if augment not in AUGMENTS:
@@ -174,6 +197,8 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
         raise unknown("auto-augmentation policy", auto_augment, AUTO_AUGMENTS)
     if val_split is not None:
         check_int("val_split", val_split, 0, 10**9)
+    if train_images is not None:
+        check_int("train_images", train_images, 1, 10**9)
     check_int("pad", pad, 0, MAX_PAD)
     check_int("workers", workers, 0, MAX_WORKERS)
     check_float("erase", erase, 0.0, 1.0)
@@ -186,7 +211,7 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
                            else int(src.train[0].shape[1]), spec)
     opts = dict(val_split=val_split, seed=seed, image_size=image_size, normalize=normalize,
                 augment=augment, pad=pad, stats=stats, crop_fraction=crop_fraction, erase=erase,
-                auto_augment=auto_augment)
+                auto_augment=auto_augment, train_images=train_images)
     if isinstance(src, FolderSource):
         return _folder_data(src, workers=workers, **opts)
     return _array_data(src, **opts)

@@ -45,6 +45,7 @@ MAX_ALPHA = 100.0      # Beta(alpha, alpha) of mixup/cutmix: beyond ~10 it is al
 INT_BOUNDS = {"batch_size": (1, MAX_BATCH), "iters": (1, MAX_ITERS),
               "warmup_iters": (0, MAX_ITERS), "plateau_patience": (1, 100_000),
               "image_size": (1, MAX_IMAGE_SIDE), "pad": (0, MAX_PAD), "val_split": (0, 10**9),
+              "train_images": (1, 10**9),
               "workers": (0, MAX_WORKERS), "seed": (0, MAX_SEED), "threads": (0, MAX_THREADS),
               "save_every": (0, MAX_ITERS), "eval_every": (0, MAX_EPOCHS),
               "train_error_every": (0, MAX_ITERS),
@@ -110,6 +111,8 @@ class Recipe:
     cutmix: float = 0.0                  # CutMix's Beta alpha (Yun et al. 2019; 0: off)
     normalize: str = "channel"
     val_split: int | None = None         # None: 10% of a folder without val/, else none
+    train_images: int | None = None      # a class-balanced subset of the training split (the
+                                         # same images for every seed); None: all of it
     tta_flip: bool = False               # average with the horizontal flip at evaluation
     progressive_from: float | None = None  # progressive resizing: start side / native side
     progressive_until: float = 0.5       # ... growing to the native side by this fraction

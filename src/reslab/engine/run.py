@@ -50,7 +50,7 @@ class Run:
         self.data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
                               image_size=self._image_size(r), normalize=r.normalize,
                               augment=r.augment, pad=r.pad, workers=r.workers, erase=r.erase,
-                              auto_augment=r.auto_augment,
+                              auto_augment=r.auto_augment, train_images=r.train_images,
                               stats=self._source_stats(r, source_record))
         if not resume:  # a resumed run's stored recipe is already adapted
             r, notes = adapt(r, DataFacts(self.data.num_examples("train"),
@@ -141,7 +141,8 @@ class Run:
         kwargs = {**r.model_kwargs(), **self.layout, "num_classes": len(d.class_names),
                   "in_chans": d.in_chans}
         return Record(r.model, kwargs, tuple(d.class_names), pre,
-                      data=TrainingData(r.data, r.data_dir, d.held_out, r.seed))
+                      data=TrainingData(r.data, r.data_dir, d.held_out, r.seed,
+                                        r.train_images))
 
     def eval_model(self) -> torch.nn.Module:
         """The weights to evaluate and save: the EMA when enabled, else the live model."""

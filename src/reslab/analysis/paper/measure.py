@@ -255,6 +255,27 @@ def shortcuts(p: Plan, out: Path) -> dict[str, Any]:
     return {"model": model, "options": options}
 
 
+def convergence(p: Plan, out: Path) -> dict[str, Any]:
+    """The convergence gate's reading (analysis.convergence) of every training member, by
+    member name: its training-error curve after its last lr drop (the whole run for the
+    constant-lr further training of the grown net and its control)."""
+    from ..claims import member_convergence
+
+    readings, runs = {}, {}
+    for m in p.members:
+        run = summarize_run(m.recipe.model, m.run_dir(out), m.recipe.seed, m.name)
+        readings[m.name] = member_convergence(run, m.recipe.milestones).to_json()
+        # what each member cost and its curve: the page's cost table and convergence figure
+        runs[m.name] = {"role": m.role, "iterations": run.iterations,
+                        "seconds": run.train_seconds, "final_lr_from": max(m.recipe.milestones,
+                                                                           default=0),
+                        "final_train_error": run.final_train_error,
+                        "final_test_error": run.final_test_error,
+                        "curve": [[q.step, q.train_error] for q in run.curve
+                                  if q.train_error is not None]}
+    return {"members": readings, "runs": runs}
+
+
 def warmup(p: Plan, out: Path) -> dict[str, Any]:
     """resnet110 (section 4.2): where its warm-up at lr 0.01 ended (the first logged step at
     the full lr; steps are logged every 20 iterations), and its final errors."""

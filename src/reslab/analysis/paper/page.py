@@ -58,14 +58,15 @@ class Page(PageParts):
         finished = [c for c in calls if c.get("status") == "finished"]
         machine = calls[-1].get("machine", "-") if calls else "-"
         seconds = sum(c.get("seconds", 0) for c in calls)
+        cpu = sum(c.get("cpu_seconds", 0) for c in calls)
         rows = [[t("budget", "budget"), f"{p.budget.name} ({p.budget.expected})"],
                 [t("data", "data"), p.data],
                 [t("machine", "기계"), machine],
                 [t("time taken", "걸린 시간"),
-                 t(f"{seconds / 60:.1f} min of wall time over {len(calls)} call(s) of the "
-                   f"command ({len(finished)} finished)",
+                 t(f"{seconds / 60:.1f} min of wall time, {cpu:,.0f} CPU seconds, over "
+                   f"{len(calls)} call(s) of the command ({len(finished)} finished)",
                    f"명령 {len(calls)}번 호출 ({len(finished)}번 완료), wall time "
-                   f"{seconds / 60:.1f}분")]]
+                   f"{seconds / 60:.1f}분, CPU {cpu:,.0f}초")]]
         if self.deg:
             rows.append([t("training (Fig. 6 sweep)", "학습 (Fig. 6 sweep)"), self.deg.budget])
         doc.table([t("what", "항목"), t("this page", "이 페이지")], rows)

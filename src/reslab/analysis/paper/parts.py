@@ -8,15 +8,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..claims import Claim
+from ..claims import Claim, tolerances
+from ..convergence import Convergence
 from ..report import Doc
 from ..sweep_result import DegradationResult
-from .budgets import PaperDir, Plan
+from .budgets import PaperDir, Plan, TrainMember
 from .lang import Lang, verdict_table
+from ...errors import UserError
 from .runner import member_file, read_member
 
 MEMBERS = ("tables", "trace", "degradation", "responses", "grow", "identity", "shortcuts",
-           "warmup")
+           "warmup", "convergence")
 
 
 def pct(x: float | None) -> str:
@@ -32,6 +34,13 @@ class PageParts:
         deg = self.m["degradation"]
         self.deg = (None if deg is None
                     else DegradationResult.from_json(deg, member_file(out, "degradation")))
+        conv = self.m["convergence"]
+        try:
+            self.readings: dict[str, Convergence] = {} if conv is None else {
+                name: Convergence.from_json(r) for name, r in conv["members"].items()}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise UserError(f"{member_file(out, 'convergence')} is damaged: delete it and run "
+                            "the command again to measure it anew") from None
         self.dir = PaperDir(out)
         self.dir.figures.mkdir(parents=True, exist_ok=True)
         self.doc = Doc()
@@ -40,6 +49,51 @@ class PageParts:
             self.calls = json.loads(self.dir.calls.read_text())
         except (OSError, ValueError):
             self.calls = []
+
+    def runs(self, members: list[TrainMember]) -> list[Convergence]:
+        """The convergence readings of these training members (those measured)."""
+        return [self.readings[m.name] for m in members if m.name in self.readings]
+
+    def sides(self, what: str) -> dict[str, list[Convergence]]:
+        """{a claim side's label: the readings of its runs} for the claims of `what`: "sweep"
+        (Fig. 6, Fig. 7: by model), "shortcuts" (by option), "identity" (the grown net and its
+        control, as verdicts.identity_claims labels them) or "warmup"."""
+        p, sweep = self.p, self.p.by_role("sweep")
+
+        def models(role: str, model: str) -> list[Convergence]:
+            return self.runs([m for m in p.by_role(role) if m.recipe.model == model])
+
+        if what == "sweep":
+            return {m: models("sweep", m) for m in dict.fromkeys(x.recipe.model for x in sweep)}
+        if what == "shortcuts":
+            opts = p.by_role("shortcut")
+            if not opts:
+                return {}
+            out = {"A": models("sweep", opts[0].recipe.model)}
+            for o in ("B", "C"):
+                out[o] = self.runs([m for m in opts if m.recipe.shortcut == o])
+            return out
+        if what == "identity":
+            small, big = (f"resnet{d}" for d in p.budget.grow)
+            return {f"grown {big}": self.runs(p.by_role("grown")),
+                    f"{small} continued": self.runs(p.by_role("continued"))}
+        return {"resnet110": self.runs(p.by_role("warmup")),
+                "resnet56": models("sweep", "resnet56")}
+
+    def tolerances(self) -> dict[str, float]:
+        """{training member: the tolerance of the most demanding claim it is judged in}."""
+        from . import verdicts as v
+
+        groups = [(v.fig6_claims(self.deg), True, "sweep"),
+                  (v.fig7_claims(self.m["responses"]), False, "sweep"),
+                  (v.identity_claims(self.m["identity"]), True, "identity"),
+                  (v.shortcut_claims(self.m["shortcuts"]), True, "shortcuts"),
+                  (v.warmup_claims(self.m["warmup"], self.deg), True, "warmup")]
+        out: dict[str, float] = {}
+        for claims, errors, what in groups:
+            for label, tol in tolerances([(claims, errors)], self.sides(what)).items():
+                out[label] = min(out.get(label, tol), tol)
+        return out
 
     def section(self, title: str, claims: list[Claim], deviation: str | None = None) -> None:
         """A claim section: its heading, its verdicts (counted in the summary) and how this

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..convergence import DEFAULT_TOLERANCE
 from .parts import PageParts, pct
 
 NOT_MEASURED = ("Not measured at this budget.", "이 budget에서는 측정하지 않음.")
@@ -25,10 +26,10 @@ MEANING = {
         "그러면 각 block은 입력을 그 일부만큼만 바꾸며, 이것이 Fig. 7의 작은 response의 "
         "뜻이다: 노트의 식은 x_(i+1) = x_i + F_i(x_i), ||F_i||가 ||x_i||보다 작은 형태로 "
         "성립한다 (F_i는 상수 C_i가 아니라 작은 값: BN이 평균을 0으로 맞춤)."), (
-        "So at this budget the residual functions are not small against their inputs: the nets "
-        "are far from converged, and the notes' reading of Fig. 7 cannot be confirmed here.",
-        "즉 이 budget에서는 residual function이 입력에 비해 작지 않다: net이 수렴과 거리가 "
-        "멀어, 노트의 Fig. 7 해석을 여기서 확인할 수 없다.")),
+        "So on these converged runs the residual functions are not small against their "
+        "inputs: the notes' reading of Fig. 7 does not hold here.",
+        "즉 수렴한 이 run에서는 residual function이 입력에 비해 작지 않다: 노트의 Fig. 7 "
+        "해석이 여기서는 성립하지 않는다.")),
     "large last layer": ((
         "The last layer feeds the average pool and the classifier directly; its output has to "
         "separate the classes rather than refine a representation, so a large response there "
@@ -46,7 +47,21 @@ MEANING = {
 def _conclude(page: PageParts, measured: str, most: bool, fits: tuple[str, str],
               does_not: tuple[str, str]) -> None:
     """The answer's paragraph: what was measured, then what it means when most nets show the
-    notes' observation (`fits`) or not (`does_not`), in the page's language."""
+    notes' observation (`fits`) or not (`does_not`), in the page's language; no meaning when
+    a net it was measured on had not converged (the convergence gate, at its default
+    tolerance): the responses of a net still learning say nothing about trained ones."""
+    shown = page.p.by_role("sweep") + page.p.by_role("warmup")[:1]
+    readings = page.runs(shown)
+    failed = [r for r in readings if not r.converged(DEFAULT_TOLERANCE)]
+    if failed or len(readings) < len(shown):
+        why = (failed[0].describe(DEFAULT_TOLERANCE) if failed
+               else page.t("no convergence reading of every net", "일부 net의 수렴 측정 없음"))
+        page.doc.para(measured + " " + page.t(
+            f"Not judged: a net had not converged ({why}), and the responses of a net still "
+            "learning say nothing about trained ones.",
+            f"판정하지 않음: 수렴하지 않은 net이 있다 ({why}). 아직 학습 중인 net의 response는 "
+            "학습이 끝난 net에 대해 아무것도 말해 주지 않는다."))
+        return
     page.doc.para(measured + " " + page.t(*(fits if most else does_not)))
 
 

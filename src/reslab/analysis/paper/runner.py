@@ -166,6 +166,9 @@ def steps(p: Plan, out: Path, members: list[TrainMember]) -> list[Step]:
     if runs("warmup"):
         out_steps.append(Step("warmup", tuple(m.name for m in runs("warmup")),
                               lambda: measure.warmup(p, out), metrics(runs("warmup"))))
+    if members:
+        out_steps.append(Step("convergence", tuple(m.name for m in members),
+                              lambda: measure.convergence(p, out), metrics(members)))
     return out_steps
 
 

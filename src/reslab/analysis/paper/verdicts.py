@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..claims import (FAILS, HOLDS, NOISE_SE, NOT_JUDGED, Claim, Stat, error_claims,
-                      flatness_claims, ordering, response_claims, responses_by_model)
+from ..claims import (FAILS, HOLDS, NOISE_SE, NOT_JUDGED, Claim, Stat, error_claims, ordering,
+                      response_claims, responses_by_model)
 from ..sweep_result import DegradationResult
 
 
@@ -83,15 +83,16 @@ def channel_claims(t: dict[str, Any]) -> list[Claim]:
     return claims
 
 
-def fig6_claims(deg: DegradationResult | None) -> tuple[list[Claim], list[Claim]]:
-    """(flatness of every member, Fig. 6's orderings)."""
+def fig6_claims(deg: DegradationResult | None) -> list[Claim]:
+    """Fig. 6's orderings, before the convergence gate."""
     if deg is None:
-        return [], [not_run("Fig. 6: deeper plain nets train worse, ResNets do not",
-                            "the sweep was not run")]
-    return flatness_claims(deg), error_claims(deg)
+        return [not_run("Fig. 6: deeper plain nets train worse, ResNets do not",
+                        "the sweep was not run")]
+    return error_claims(deg)
 
 
 def fig7_claims(resp: dict[str, Any] | None) -> list[Claim]:
+    """Fig. 7's orderings, before the convergence gate."""
     if resp is None:
         return [not_run("Fig. 7: ResNets have smaller responses than plain nets",
                         "the responses were not measured")]
@@ -171,7 +172,8 @@ def warmup_claims(wu: dict[str, Any] | None, deg: DegradationResult | None) -> l
         claims.append(Claim("resnet110's warm-up (lr 0.01 until the training error is below "
                             "80%) ends at about 400 iterations",
                             HOLDS if 200 <= mean <= 800 else FAILS,
-                            f"ended at iterations {', '.join(map(str, ends))} (logged every 20)"))
+                            f"ended at iterations {', '.join(map(str, ends))} (logged every 20)",
+                            sides=("resnet110",)))
     test = tuple(s["final_test_error"] for s in wu["seeds"] if s["final_test_error"] is not None)
     if deg is not None and test:
         r56 = tuple(r.final_test_error for r in deg.runs if r.model == "resnet56"
@@ -179,3 +181,4 @@ def warmup_claims(wu: dict[str, Any] | None, deg: DegradationResult | None) -> l
         claims.append(ordering("resnet110 has a lower test error than resnet56 (Table 6)",
                                Stat("resnet110", test), Stat("resnet56", r56) if r56 else None))
     return claims
+
