@@ -225,7 +225,8 @@ def check_schema(result: dict) -> None:
     assert [r["model"] for r in result["runs"]] == ["plain20", "resnet20"]
     for run in result["runs"]:
         assert set(run) == {"model", "run", "seed", "depth", "residual", "iterations",
-                            "train_seconds", "final_train_error", "final_test_error", "curve"}
+                            "train_seconds", "final_train_error", "final_test_error", "curve",
+                            "steps_per_epoch"}
         assert run["depth"] == 20 and run["residual"] == run["model"].startswith("resnet")
         assert 0 <= run["final_train_error"] <= 1 and 0 <= run["final_test_error"] <= 1
         assert run["curve"] and all(set(p) == {"step", "train_error", "test_error"}

@@ -88,7 +88,8 @@ class Convergence:
         """"plain20-s0: moved +0.31 points (s.e. 0.20) over steps 705-940 (12 points, 3.0
         epochs); tolerance 1.50 points: flat"."""
         epochs = "" if self.epochs is None else f", {self.epochs:.1f} epochs"
-        span = f"steps {self.start}-{self.end} ({self.points} points{epochs})"
+        span = (f"steps {self.start}-{self.end} ({self.points} "
+                f"point{'' if self.points == 1 else 's'}{epochs})")
         if self.status(tolerance) == TOO_SHORT or self.moved is None or self.se is None:
             return (f"{self.label}: {span}; at least {MIN_POINTS} points and "
                     f"{MIN_EPOCHS:g} epoch needed: {TOO_SHORT}")

@@ -111,14 +111,18 @@ def convergence_figure(runs: dict[str, tuple[Sequence[tuple[int, float]], int, i
     """The convergence gate's evidence: each run's training error over its last lr phase, the
     span the gate judges drawn bold. runs: {label: (curve of (step, error), the step the last
     lr phase starts at, the first step of the judged span)}."""
+    from matplotlib import colormaps
+
     fig, (ax,) = _figure(1, width=8.0, height=4.4)
+    colours = colormaps["tab20"].colors
     for i, (label, (curve, phase, judged)) in enumerate(runs.items()):
-        c = f"C{i % 10}"
-        late = [(s, e) for s, e in curve if s > phase]
+        c = colours[i % len(colours)]
+        # x: iterations since the last lr drop, so runs of other lengths line up
+        late = [(s - phase, e) for s, e in curve if s > phase]
         ax.plot([s for s, _ in late], [_pct(e) for _, e in late], color=c, lw=0.8, alpha=0.6)
-        span = [(s, e) for s, e in late if s > judged]
+        span = [(s, e) for s, e in late if s > judged - phase]
         ax.plot([s for s, _ in span], [_pct(e) for _, e in span], color=c, lw=2, label=label)
-    ax.set(xlabel="iteration", ylabel="training error (%)")
+    ax.set(xlabel="iterations since the last lr drop", ylabel="training error (%)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="x-small", ncols=2, title="bold: the span judged")

@@ -109,6 +109,10 @@ KO_EVIDENCE = (
 
 
 def verdict_table(doc: Doc, lang: Lang, claims: list[Claim]) -> None:
-    doc.table([lang("claim", "주장"), lang("here", "결과"), lang("evidence", "근거")],
-              [[lang.claim(c.text), lang.verdict(c.verdict), lang.evidence(c.evidence)]
-               for c in claims])
+    """Each claim: what the paper says (its number), the verdict here and this run's numbers."""
+    from .said import paper_said
+
+    doc.table([lang("claim", "주장"), lang("the paper", "논문"), lang("here", "결과"),
+               lang("this run's numbers", "이 run의 숫자")],
+              [[lang.claim(c.text), paper_said(c.text, lang.lang), lang.verdict(c.verdict),
+                lang.evidence(c.evidence)] for c in claims])

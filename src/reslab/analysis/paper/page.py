@@ -48,15 +48,21 @@ class Page(PageParts):
                    "verdict is read from the runs' files: **holds**, **does not hold** (the "
                    "measured gap points the other way by more than the seeds' noise, two "
                    "standard errors of the difference), or **not judged** (within the noise, "
-                   "one seed, or not run at this budget).",
+                   "one seed, a run that had not converged, or not run at this budget). A claim "
+                   "about trained networks is judged only on runs that passed the convergence "
+                   "gate (its section states the criterion).",
                    "He, Zhang, Ren, Sun, *Deep Residual Learning for Image Recognition* "
                    "(2015): 이 기계에서 확인할 수 있는 모든 주장을 명령 하나로 다시 실행했다. "
                    "판정은 run 파일에서 읽는다: **성립**, **성립하지 않음** (측정된 차이가 "
                    "seed noise, 즉 차이의 standard error 2배보다 크게 반대 방향), "
-                   "**판정하지 않음** (noise 이내, seed 1개, 또는 이 budget에서 실행 안 함)."))
+                   "**판정하지 않음** (noise 이내, seed 1개, 수렴하지 않은 run, 또는 이 budget에서 "
+                   "실행 안 함). 학습된 network에 대한 주장은 수렴 관문을 통과한 run에서만 "
+                   "판정한다 (그 section에 기준이 있다)."))
         calls = self.calls
         finished = [c for c in calls if c.get("status") == "finished"]
-        machine = calls[-1].get("machine", "-") if calls else "-"
+        # the machine (and its load) of the call that did the most work: the one that trained
+        machine = max(calls, key=lambda c: c.get("seconds", 0)).get("machine", "-") \
+            if calls else "-"
         seconds = sum(c.get("seconds", 0) for c in calls)
         cpu = sum(c.get("cpu_seconds", 0) for c in calls)
         rows = [[t("budget", "budget"), f"{p.budget.name} ({p.budget.expected})"],

@@ -109,17 +109,29 @@ class PageParts:
         t, p, r = self.t, self.p, self.p.base
         length = (f"{r.iters:,}" if r.iters else t("the recipe's", "recipe의"))
         ms = ", ".join(f"{m:,}" for m in r.milestones) or "-"
+        images = (t("all training images", "모든 training image") if r.train_images is None
+                  else t(f"a class-balanced {r.train_images:,} of the training images (the "
+                         "same for every seed)", f"class별로 고르게 뽑은 training image "
+                         f"{r.train_images:,}장 (모든 seed에 같음)"))
+        size = "" if r.image_size is None else t(
+            f" resized to {r.image_size} px (crop padding {r.pad} px; the paper: 32 px, pad 4)",
+            f" ({r.image_size} px로 resize, crop padding {r.pad} px; 논문: 32 px, pad 4)")
         return t(f"{p.data} instead of CIFAR-10{' (ImageNet plan)' if p.imagenet else ''}; "
                  f"every run {length} iterations at batch {r.batch_size} (the paper: 64k), lr "
                  f"{r.lr:g} divided by 10 at {ms} (the paper's 32k and 48k in proportion); "
-                 "trained on all training images and evaluated on the test split (the paper "
+                 f"trained on {images}{size} and evaluated on the test split (the paper "
                  f"chose its schedule on a 45k/5k split); {self.precision()}, "
                  "channels-last memory (the same arithmetic).",
                  f"CIFAR-10 대신 {p.data}; 모든 run은 batch {r.batch_size}로 {length} "
                  f"iteration (논문: 64k), lr {r.lr:g}을 {ms}에서 10으로 나눔 (논문의 32k, "
-                 "48k를 비례 축소); 모든 training image로 학습하고 test split으로 평가 (논문은 "
+                 f"48k를 비례 축소); {images}{size}로 학습하고 test split으로 평가 (논문은 "
                  f"45k/5k split에서 schedule을 정함); {self.precision()}, "
-                 "channels-last 메모리 (계산은 같음).")
+                 "channels-last 메모리 (계산은 같음).") + self._sizing()
+
+    def _sizing(self) -> str:
+        """How the budget was sized, where it says (laptop: from cost and convergence alone)."""
+        en, ko = self.p.budget.sizing
+        return " " + self.t(en, ko) if en else ""
 
     def precision(self) -> str:
         """The arithmetic the runs used, against the paper's fp32."""

@@ -9,7 +9,6 @@ import statistics
 from ..claims import convergence_claims, gate
 from ..convergence import DEFAULT_TOLERANCE, MIN_EPOCHS, MIN_POINTS, SETTLE_FRACTION
 from . import verdicts as v
-from .lang import verdict_table
 from .parts import PageParts, pct
 
 # The sections' titles, English and Korean (the summary at the top lists them too).
