@@ -118,9 +118,14 @@ def test_the_full_plan_in_stages_and_imagenet_runs_under_torchrun(
         "evenly over the GPUs)")
     assert clean_error(capsys, [*SMOKE, "--out", tmp_path / "x", "--gpus", "2"]).startswith(
         "error: --gpus sets the GPUs per run of a --plan")
-    assert clean_error(capsys, [*SMOKE, "--out", tmp_path / "x", "--plan", tmp_path / "p.sh",
-                                "--device", "tpu"]) == (
+    smoke = [*SMOKE, "--out", tmp_path / "x", "--plan", tmp_path / "p.sh"]
+    assert clean_error(capsys, [*smoke, "--device", "tpu"]) == (
         "error: invalid device 'tpu' (choices: auto, cpu, cuda, cuda:N, mps)")
+    assert clean_error(capsys, [*smoke, "--only", "plain8-*"]).startswith(
+        "error: --plan writes every member's command")
+    assert main([*map(str, smoke), "--lang", "ko"]) == 0   # collected: the Korean page
+    assert (tmp_path / "p.sh").read_text().endswith(
+        f"\nreslab paper --budget smoke --out {tmp_path / 'x'} --lang ko\n")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the refusal without CUDA")

@@ -98,9 +98,12 @@ def _write_plan(p: Plan, args: argparse.Namespace) -> int:
     from ..analysis.paper.schedule_plan import plan_dir, write_plan
     from ..io import check_writable
 
+    if args.only:
+        raise UserError("--plan writes every member's command, in stages: run the lines of "
+                        "FILE you want instead of --only")
     out = Path(args.out)
     check_writable(args.plan, "--plan")
-    check_writable(plan_dir(out) / "x.toml", "--out")
+    check_writable(plan_dir(out) / f"{p.members[0].name}.toml", "--out")
     print(f"budget {p.budget.name} on {p.data}: {len(p.members)} training runs; "
           f"expected: {p.budget.expected}")
     if p.schedule_note:
@@ -110,8 +113,9 @@ def _write_plan(p: Plan, args: argparse.Namespace) -> int:
         print(f"  {m.name:<24} {m.role:<9} {r.model} seed {r.seed}, {r.iters:,} iterations"
               if r.iters else f"  {m.name:<24} {m.role:<9} {r.model} seed {r.seed}",
               f"[{recipe_digest(r)}]")
-    s = write_plan(p, out, Path(args.plan), ["reslab", "paper", *_budget_argv(args)],
-                   args.gpus)
+    paper = ["reslab", "paper", *_budget_argv(args)]
+    s = write_plan(p, out, Path(args.plan), paper,
+                   paper + (["--lang", args.lang] if args.lang != "en" else []), args.gpus)
     left = f"; {len(s.finished)} finished in {out}, left out" if s.finished else ""
     print(f"wrote {args.plan}: {len(s.commands)} commands in {len(s.stages)} stages"
           f"{left}; recipes in {plan_dir(out)}/. Then: {shlex.join(s.collect)}")

@@ -103,11 +103,12 @@ def _train_argv(m: TrainMember, out: Path, gpus: int) -> tuple[str, ...] | None:
     return (*launch, "train", *args, "--out", str(run))
 
 
-def schedule(p: Plan, out: Path, paper_argv: Sequence[str], gpus: int | None = None
-             ) -> Schedule:
+def schedule(p: Plan, out: Path, paper_argv: Sequence[str], collect: Sequence[str],
+             gpus: int | None = None) -> Schedule:
     """The plan's commands (see the module docstring). paper_argv: `reslab paper` with the
-    options that fix the plan (budget, DIR, data, iterations), for the analysis steps and the
-    collecting call. Refuses, like the runner, a DIR holding runs of other recipes."""
+    options that fix the plan (budget, DIR, data, iterations), for the analysis steps;
+    collect: the call that makes the page afterwards. Refuses, like the runner, a DIR holding
+    runs of other recipes."""
     g = gpus_per_run(p, gpus)
     members = {m.name: weights_for(m, out, p) for m in p.members}
     analyses = {s.name: s.needs for s in steps(p, out, list(members.values()))}
@@ -137,14 +138,14 @@ def schedule(p: Plan, out: Path, paper_argv: Sequence[str], gpus: int | None = N
         else:
             commands.append(Command(m.name, stage_of(m.name), argv))
     commands.sort(key=lambda c: c.stage)   # stable: longest first within a stage
-    return Schedule(tuple(commands), tuple(finished), tuple(paper_argv), g)
+    return Schedule(tuple(commands), tuple(finished), tuple(collect), g)
 
 
 def write_plan(p: Plan, out: Path, file: Path, paper_argv: Sequence[str],
-               gpus: int | None = None) -> Schedule:
-    """Writes every member's recipe under DIR/plan/ and the shell script to `file`; trains
-    nothing."""
-    s = schedule(p, out, paper_argv, gpus)
+               collect: Sequence[str], gpus: int | None = None) -> Schedule:
+    """Writes every member's recipe under DIR/plan/ and the shell script to `file` (see
+    `schedule`); trains nothing."""
+    s = schedule(p, out, paper_argv, collect, gpus)
     for m in p.members:
         if m.name in s.finished:
             continue
