@@ -222,6 +222,28 @@ def measure_member(args: argparse.Namespace, size: dict[str, Any], dev: torch.de
     return {"member": member, "together": runs}
 
 
+def compiled_steps(steps: list[dict[str, Any]], timed: dict[str, Any], backend: str | None,
+                   budget_s: float) -> list[dict[str, Any]]:
+    """Part 1's compiled variants, net by net while the budget has room for the next one's
+    compilation (guessed from the last net's, in proportion to depth), appended to `steps`;
+    returns the (model, variant)s not measured and why."""
+    compiled = [v for v, (_, _, c) in VARIANTS.items() if c]
+    skipped, last = [], None   # last: (depth, seconds) of the previous net's compiled timing
+    for name in timed["models"]:
+        depth = get_arch(name).depth
+        guess = last[1] * depth / last[0] if last else 0.4 * budget_s
+        why = ("--no-compile" if backend is None else
+               "time budget" if left(budget_s) < guess else None)
+        if why:
+            skipped += [{"model": name, "variant": v, "note": f"not measured ({why})"}
+                        for v in compiled]
+            continue
+        t0 = time.perf_counter()
+        steps += time_nets(**{**timed, "models": (name,)}, variants=compiled, backend=backend)
+        last = (depth, time.perf_counter() - t0)
+    return skipped
+
+
 def main() -> None:
     args = parse_args()
     prepare(args)
@@ -240,17 +262,11 @@ def main() -> None:
     timed = dict(models=size["models"], batch=size["batch"], side=size["side"], dev=dev,
                  iters=size["timed_iters"], rounds=size["rounds"])
     # Part 1's eager variants, parts 2-3, then the compiled variants (the least predictable
-    # time) when the budget has room for them, then part 4.
+    # time) while the budget has room for them, then part 4.
     steps = time_nets(variants=[v for v, (_, _, c) in VARIANTS.items() if not c], **timed)
     results: dict[str, Any] = {**measure_member(args, size, dev, steps, together)}
-    compiled = [v for v, (_, _, c) in VARIANTS.items() if c]
-    why = ("--no-compile" if backend is None else
-           "time budget" if left(args.budget_s) < 0.4 * args.budget_s else None)
-    if why is None:
-        steps += time_nets(variants=compiled, backend=backend, **timed)
     results["steps"] = steps
-    results["steps_not_measured"] = [{"variant": v, "note": f"not measured ({why})"}
-                                     for v in compiled if why]
+    results["steps_not_measured"] = compiled_steps(steps, timed, backend, args.budget_s)
     print_table("training steps (iterations/s, best of interleaved rounds)", steps,
                 [("model", "model", ""), ("variant", "variant", ""), ("it_s", "it/s", ".1f"),
                  ("ms_per_it", "ms/it", ".2f")])

@@ -67,6 +67,8 @@ def test_plan_then_the_commands_by_hand_then_a_call_that_only_collects(
     again = Path("again.sh").read_text()
     assert rc == 0 and _commands(again) == commands[12:]
     assert again.count(", left out\n") == 12
+    assert [line for line in again.splitlines() if line.startswith("# stage")] == [
+        "# stage 1: 2 commands (the grow step, continued)", "# stage 2: 1 command (grown)"]
     for line in rest:
         assert main([*shlex.split(line)[1:], "--quiet"]) == 0
     weights = {p: p.stat().st_mtime_ns for p in Path("d").glob("runs/*/model.safetensors")}

@@ -104,6 +104,9 @@ def _write_plan(p: Plan, args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_writable(args.plan, "--plan")
     check_writable(plan_dir(out) / f"{p.members[0].name}.toml", "--out")
+    paper = ["reslab", "paper", *_budget_argv(args)]
+    s = write_plan(p, out, Path(args.plan), paper,
+                   paper + (["--lang", args.lang] if args.lang != "en" else []), args.gpus)
     print(f"budget {p.budget.name} on {p.data}: {len(p.members)} training runs; "
           f"expected: {p.budget.expected}")
     if p.schedule_note:
@@ -113,9 +116,6 @@ def _write_plan(p: Plan, args: argparse.Namespace) -> int:
         print(f"  {m.name:<24} {m.role:<9} {r.model} seed {r.seed}, {r.iters:,} iterations"
               if r.iters else f"  {m.name:<24} {m.role:<9} {r.model} seed {r.seed}",
               f"[{recipe_digest(r)}]")
-    paper = ["reslab", "paper", *_budget_argv(args)]
-    s = write_plan(p, out, Path(args.plan), paper,
-                   paper + (["--lang", args.lang] if args.lang != "en" else []), args.gpus)
     left = f"; {len(s.finished)} finished in {out}, left out" if s.finished else ""
     print(f"wrote {args.plan}: {len(s.commands)} commands in {len(s.stages)} stages"
           f"{left}; recipes in {plan_dir(out)}/. Then: {shlex.join(s.collect)}")

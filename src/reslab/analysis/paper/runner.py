@@ -103,7 +103,8 @@ def _key(step: Step) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
-def _step_done(out: Path, step: Step) -> bool:
+def step_done(out: Path, step: Step) -> bool:
+    """Whether the analysis' result in DIR is of the files it reads now."""
     try:
         return json.loads(member_file(out, step.name).read_text()).get("key") == _key(step)
     except (OSError, ValueError, AttributeError):
@@ -111,7 +112,7 @@ def _step_done(out: Path, step: Step) -> bool:
 
 
 def _run_step(out: Path, step: Step) -> str:
-    if _step_done(out, step):
+    if step_done(out, step):
         return "skipped"
     result = step.run()
     atomic_write_text(member_file(out, step.name),

@@ -27,7 +27,7 @@ from ...io import atomic_write_text
 from ...limits import check_int
 from ..degradation import member_start
 from .budgets import Plan, TrainMember, weights_for
-from .runner import MOVES_WITH_DIR, steps
+from .runner import MOVES_WITH_DIR, step_done, steps
 
 # GPUs per run where --gpus is not given: the paper trained ImageNet on 8 GPUs; a CIFAR net at
 # batch 128 uses a small part of one.
@@ -61,7 +61,8 @@ class Schedule:
     @property
     def stages(self) -> list[list[Command]]:
         last = max((c.stage for c in self.commands), default=0)
-        return [[c for c in self.commands if c.stage == s] for s in range(1, last + 1)]
+        every = [[c for c in self.commands if c.stage == s] for s in range(1, last + 1)]
+        return [cmds for cmds in every if cmds]   # a stage finished already is no stage
 
 
 def plan_dir(out: Path) -> Path:
@@ -111,33 +112,37 @@ def schedule(p: Plan, out: Path, paper_argv: Sequence[str], collect: Sequence[st
     runs of other recipes."""
     g = gpus_per_run(p, gpus)
     members = {m.name: weights_for(m, out, p) for m in p.members}
-    analyses = {s.name: s.needs for s in steps(p, out, list(members.values()))}
+    analyses = {s.name: s for s in steps(p, out, list(members.values()))}
     stage: dict[str, int] = {}
 
     def stage_of(name: str) -> int:
         if name not in stage:
-            needs = members[name].needs if name in members else analyses[name]
+            needs = members[name].needs if name in members else analyses[name].needs
             stage[name] = 1 + max((stage_of(n) for n in needs), default=0)
         return stage[name]
 
     def runs_read(name: str) -> list[str]:
         """The training members an analysis reads, through the analyses it needs."""
-        return [n for need in analyses[name]
+        return [n for need in analyses[name].needs
                 for n in ([need] if need in members else runs_read(need))]
 
-    commands, finished = [], []
-    wanted = sorted({n for m in members.values() for n in m.needs if n in analyses})
-    for name in wanted:
-        commands.append(Command(name, stage_of(name),
-                                (*paper_argv, "--only", *dict.fromkeys(runs_read(name)),
-                                 "--quiet")))
+    commands, finished, waiting = [], [], []
     for m in sorted(members.values(), key=lambda m: -m.cost):   # longest first, as the runner
         argv = _train_argv(m, out, g)
         if argv is None:
             finished.append(m.name)
         else:
             commands.append(Command(m.name, stage_of(m.name), argv))
-    commands.sort(key=lambda c: c.stage)   # stable: longest first within a stage
+            waiting.append(m)
+    # the analyses a run still to train needs, unless their result is in DIR already
+    wanted = sorted({n for m in waiting for n in m.needs
+                     if n in analyses and not step_done(out, analyses[n])})
+    commands += [Command(name, stage_of(name), (*paper_argv, "--only",
+                                                *dict.fromkeys(runs_read(name)), "--quiet"))
+                 for name in wanted]
+    # an analysis first in its stage (it is short, and the next stage waits on it), then the
+    # runs longest first (the sort is stable)
+    commands.sort(key=lambda c: (c.stage, c.name in members))
     return Schedule(tuple(commands), tuple(finished), tuple(collect), g)
 
 
