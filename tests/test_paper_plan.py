@@ -161,13 +161,13 @@ def test_device_cuda_jobs_2_runs_members_side_by_side_on_one_gpu(
         return real(r.replace(device="cpu"), *rest)
 
     monkeypatch.setattr(runner, "train_in_subprocess", on_the_cpu)
-    only = ["resnet8-s0", "resnet14-s0", "resnet14-grown-s0", "resnet8-continued-s0"]
+    only = ["plain8-s0", "resnet8-s0", "resnet14-grown-s0"]   # two at once, then the grown
     rc, err = run_cli(capsys, ["paper", "--budget", "smoke", "--device", "cuda", "--jobs", "2",
                                "--out", tmp_path / "j", "--only", *only])
     assert rc == 0, err
     assert sorted(given) == [(name, "cuda", 1) for name in sorted(only)]
     progress = [line for line in err if line.startswith("[")]
-    assert len(progress) == 4 + 6 and sum(": trained (" in line for line in progress) == 4
+    assert len(progress) == 3 + 5 and sum(": trained (" in line for line in progress) == 3
     order = [line.split(": ")[0].split("] ")[1] for line in progress]
     assert order.index("grow") > order.index("resnet8-s0")
     assert order.index("resnet14-grown-s0") > order.index("grow")
