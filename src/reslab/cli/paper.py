@@ -38,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "--budget full runs the ImageNet plan")
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="train N members at a time, each a process with CPUs/N threads")
+                   help="train N members at a time (with --device cuda: all on that GPU), "
+                        "each a process with CPUs/N threads; N at most the CPUs")
     p.add_argument("--lang", choices=LANGS, default="en", help="language of the page")
     add_device_option(p)
     p.add_argument("--iters", type=int, metavar="N",
