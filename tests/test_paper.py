@@ -221,16 +221,18 @@ def test_the_html_page_renders_in_headless_chromium(smoke: Path, tmp_path: Path)
 
 # --- the full budget's entry points -------------------------------------------------------
 
-def test_full_plan_lists_the_papers_schedules(capsys: pytest.CaptureFixture) -> None:
+def test_full_plan_lists_the_papers_schedules(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
     from reslab.cli import main
 
-    rc = main(["paper", "--budget", "full", "--out", "x", "--plan", "--device", "cpu"])
+    x, plan = str(tmp_path / "x"), str(tmp_path / "plan.sh")
+    rc = main(["paper", "--budget", "full", "--out", x, "--plan", plan, "--device", "cpu"])
     out = capsys.readouterr().out.splitlines()
     assert rc == 0 and out[0].startswith("budget full on cifar10: 37 training runs; expected:")
     assert "  resnet110-s4             warmup    resnet110 seed 4, 64,000 iterations" in \
         "\n".join(out)
-    rc = main(["paper", "--budget", "full", "--data", "imagefolder:/nowhere", "--out", "x",
-               "--plan", "--device", "cpu"])
+    rc = main(["paper", "--budget", "full", "--data", "imagefolder:/nowhere", "--out", x,
+               "--plan", plan, "--device", "cpu"])
     text = capsys.readouterr().out
     assert rc == 0 and "6 training runs" in text and "resnet34-C-s0" in text
 

@@ -2,7 +2,8 @@
 one page (DIR/paper.md, DIR/paper.html) that says which hold, with the numbers.
 
 budgets.py plans the members, runner.py trains and measures them (resumable, incremental,
-parallel), measure.py holds the analyses, verdicts.py judges the claims, page.py writes the page
+parallel), schedule_plan.py writes their commands for a scheduler instead (--plan), measure.py
+holds the analyses, verdicts.py judges the claims, page.py writes the page
 (its claim sections in sections.py, the notes' questions in questions.py, the Korean in lang.py).
 """
 from __future__ import annotations

@@ -103,7 +103,8 @@ def _key(step: Step) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
-def _step_done(out: Path, step: Step) -> bool:
+def step_done(out: Path, step: Step) -> bool:
+    """Whether the analysis' result in DIR is of the files it reads now."""
     try:
         return json.loads(member_file(out, step.name).read_text()).get("key") == _key(step)
     except (OSError, ValueError, AttributeError):
@@ -111,7 +112,7 @@ def _step_done(out: Path, step: Step) -> bool:
 
 
 def _run_step(out: Path, step: Step) -> str:
-    if _step_done(out, step):
+    if step_done(out, step):
         return "skipped"
     result = step.run()
     atomic_write_text(member_file(out, step.name),
@@ -183,11 +184,24 @@ def select(p: Plan, only: list[str] | None) -> list[TrainMember]:
     return chosen
 
 
+def threads_per_member(jobs: int) -> int:
+    """The CPU threads of each of `jobs` member processes: the CPUs this process may use, split
+    evenly. On a GPU too: each member's Python loop, batching and augmentation run on its CPUs,
+    so members sharing one GPU still need a core each. More members than CPUs is refused: they
+    would share cores and stall each other's multi-threaded ops (reslab.threads)."""
+    from ...data.loaders import available_cpus
+
+    cpus = available_cpus()
+    if jobs > cpus:
+        raise UserError(f"--jobs {jobs} is more than the {cpus} CPUs this process may use: "
+                        f"each member needs one at least (give --jobs {cpus} or fewer)")
+    return cpus // jobs
+
+
 def run_members(p: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = None,
                 say: Callable[[str], None] = lambda _m: None) -> None:
     """Trains and analyses every member not finished yet; see the module docstring."""
-    from ...data.loaders import available_cpus
-
+    threads = threads_per_member(jobs) if jobs > 1 else 0
     members = [weights_for(m, out, p) for m in select(p, only)]
     for m in members:  # refuse before training anything, not halfway through
         check_reusable(m.recipe, m.run_dir(out), MOVES_WITH_DIR)
@@ -202,7 +216,6 @@ def run_members(p: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = N
         say(p.schedule_note)
     progress = Progress(len(members) + len(all_steps), say)
     progress.work_total = sum(m.cost for m in members)
-    threads = max(1, available_cpus() // jobs)
     done: set[str] = set()
     pending = sorted(members, key=lambda m: -m.cost)   # longest first: they set the end
     waiting = list(all_steps)
@@ -240,6 +253,8 @@ def run_members(p: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = N
                         done.add(m.name)
                         progress.finished(m.name, "skipped", m.cost)
                         continue
+                    # every member on the plan's device (cuda: GPU 0 in each process, all on
+                    # one GPU), with its share of the CPUs
                     r = m.recipe.replace(threads=threads)
                     running[pool.submit(train_in_subprocess, r, m.run_dir(out), Path(tmp),
                                         say, members, m.name, MOVES_WITH_DIR)] = m
