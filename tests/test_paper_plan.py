@@ -167,7 +167,7 @@ def test_device_cuda_jobs_2_runs_members_side_by_side_on_one_gpu(
     assert rc == 0, err
     assert sorted(given) == [(name, "cuda", 1) for name in sorted(only)]
     progress = [line for line in err if line.startswith("[")]
-    assert len(progress) == 3 + 5 and sum(": trained (" in line for line in progress) == 3
+    assert len(progress) == 3 + 6 and sum(": trained (" in line for line in progress) == 3
     order = [line.split(": ")[0].split("] ")[1] for line in progress]
     assert order.index("grow") > order.index("resnet8-s0")
     assert order.index("resnet14-grown-s0") > order.index("grow")
