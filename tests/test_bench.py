@@ -167,3 +167,28 @@ def test_time_to_accuracy_peer_runs_both_side_by_side_end_to_end(tmp_path: Path)
     assert "--threads 1" in cmds["reslab"] and "--threads 1" in cmds["peer"]
     precision = r["setup"]["precision"]
     assert f"--amp {precision}" in cmds["reslab"] and f"--amp {precision}" in cmds["peer"]
+
+
+def test_each_airbench_ablation_variant_sets_its_recipe_fields(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/ablation.py: every +X variant's flags parse to the `fast` recipe with X's
+    fields set (a mistyped flag or value would fail here, not an hour into a study)."""
+    import shlex
+
+    from reslab.cli import build_parser
+    from reslab.cli.train import resolve
+
+    abl = _benchmark(monkeypatch, "ablation")
+    expected = {"+whiten-stem": {"whiten_stem": True}, "+dirac-init": {"dirac_init": True},
+                "+bn-bias-lr": {"bn_bias_lr": 64.0},
+                "+lookahead": {"ema": 0.95, "ema_every": 5, "lookahead": True,
+                               "bn_momentum": 0.4},
+                "+tta-translate": {"tta_translate": True},
+                "+flip-alternate": {"flip_alternate": True}}
+    assert abl.GROUPS["airbench"] == ["whole", *expected, "+airbench-all"]
+    expected["+airbench-all"] = {k: v for fields in list(expected.values()) for k, v in
+                                 fields.items()}
+    for name, fields in expected.items():
+        argv = ["train", "--recipe", "fast", "--quiet", *shlex.split(abl.VARIANTS[name])]
+        r = resolve(build_parser(argv).parse_args(argv))
+        assert {k: getattr(r, k) for k in fields} == fields, name
