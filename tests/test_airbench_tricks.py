@@ -276,3 +276,13 @@ def test_resume_with_every_airbench_technique_is_bit_identical(tmp_path, monkeyp
     fit(None, tmp_path / "cut", resume=True, quiet=True)
     a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_whitening_large_images_samples_a_grid_of_patches():
+    from reslab.models.init import MAX_POSITIONS, patch_covariance
+
+    cov, n = patch_covariance([torch.randn(3, 3, 80, 80)], (7, 7))
+    assert cov.shape == (147, 147) and n == 3 * 25 * 25  # 74 x 74 positions, stride 3
+    assert 74 * 74 > MAX_POSITIONS >= 25 * 25
+    _, n_small = patch_covariance([torch.randn(2, 1, 12, 12)], (3, 3))
+    assert n_small == 2 * 10 * 10  # every patch of small images

@@ -7,6 +7,7 @@ saved, loaded and exported as any other of its family.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -16,6 +17,8 @@ from torch import nn
 # Added to the eigenvalues before 1/sqrt: directions of almost no variance (flat patches) are
 # not blown up to unit variance (airbench's value for normalised images).
 WHITEN_EPS = 5e-4
+MAX_POSITIONS = 1024  # patches per image at most (a regular grid on large images)
+CHUNK = 64            # images unfolded at once
 
 
 @torch.no_grad()
@@ -36,17 +39,22 @@ def dirac_init_(model: nn.Module) -> int:
 @torch.no_grad()
 def patch_covariance(images: Iterable[torch.Tensor], kernel: tuple[int, int]
                      ) -> tuple[torch.Tensor, int]:
-    """The covariance (D, D), D = C*kh*kw, of every kh x kw patch (stride 1, no padding) of
-    the batches of normalised images (N, C, H, W), in float64, and the number of patches.
-    Accumulated batch by batch: 5,000 CIFAR images hold 4.5M patches."""
+    """The covariance (D, D), D = C*kh*kw, of the kh x kw patches (no padding) of the batches
+    of normalised images (N, C, H, W), in float64, and the number of patches. Every patch of
+    small images; on large ones a regular grid of about MAX_POSITIONS per image (224 px
+    images hold 47,524 7x7 patches each). Accumulated in chunks of CHUNK images, so memory
+    stays bounded."""
     total = outer = None
     n = 0
-    for x in images:
-        p = F.unfold(x.double(), kernel).transpose(1, 2).reshape(-1, x.shape[1] * kernel[0]
-                                                                  * kernel[1])
-        s, o = p.sum(0), p.T @ p
-        total, outer = (s, o) if total is None else (total + s, outer + o)
-        n += len(p)
+    for batch in images:
+        positions = (batch.shape[-2] - kernel[0] + 1) * (batch.shape[-1] - kernel[1] + 1)
+        stride = max(1, math.ceil(math.sqrt(positions / MAX_POSITIONS)))
+        for x in batch.split(CHUNK):
+            p = F.unfold(x.double(), kernel, stride=stride).transpose(1, 2)
+            p = p.reshape(-1, p.shape[-1])
+            s, o = p.sum(0), p.T @ p
+            total, outer = (s, o) if total is None else (total + s, outer + o)
+            n += len(p)
     if total is None or n < 2:
         raise ValueError("whitening needs at least two patches")
     mean = total / n
