@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reslab.data.datasets import load_source
+from reslab.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def load(spec: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
     """Normalised float training and test images (N, C, H, W) and their labels."""
     src = load_source(spec)
     if src.test is None:
-        raise SystemExit(f"error: {spec} has no test split")
+        raise UserError(f"{spec} has no test split")
     (xtr, ytr), (xte, yte) = src.train, src.test
     xtr, xte = xtr.float() / 255, xte.float() / 255
     mean = xtr.mean((0, 2, 3), keepdim=True)
@@ -346,8 +347,12 @@ def main(argv: list[str] | None = None) -> Result:
              if v != getattr(Hyper, k)}
     h = Hyper(**(TINY if args.tiny else {}) | given)
     data = "synthetic:512x1x28x28:10" if args.tiny else args.data
-    result = train(h, data, args.seed, torch.bfloat16 if args.amp == "bf16" else None,
-                   log=not args.json)
+    try:
+        result = train(h, data, args.seed, torch.bfloat16 if args.amp == "bf16" else None,
+                       log=not args.json)
+    except UserError as e:  # a bad --data: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.json:
         print(json.dumps(asdict(result)))
     else:
