@@ -18,8 +18,8 @@ from ..record import Preprocess, Record, TrainingData
 from ..text import plural
 from ..threads import ThreadGovernor
 from .adapt import DataFacts, adapt
-from .distributed import init_distributed
 from .calibration import first_images
+from .distributed import init_distributed
 from .evaluate import Tally, evaluate, flip_tta
 from .mixing import batch_mixer
 from .recipe import Recipe
