@@ -1,9 +1,16 @@
 """What each trick of a recipe is worth: the recipe whole, then with each trick removed in turn,
-over seeds; time to a target accuracy, final accuracy and throughput, judged separately.
+or each of airbench94's techniques added on its own (and all of them together), over seeds;
+time to a target accuracy, final accuracy and throughput, judged separately.
 
     python benchmarks/ablation.py [--recipe fast] [--variants whole no-tta ...] [--seeds 0 1 2]
     python benchmarks/ablation.py --variants whole --seeds 0 1 2     # the recipe over seeds
+    python benchmarks/ablation.py --variants airbench --seeds 0 1 2  # a group: whole + +X ...
     python benchmarks/ablation.py --list                            # the variants and flags
+
+airbench94's techniques (Jordan 2024, arXiv 2404.00498; the recipe fields say what each does)
+are measured one at a time on top of the recipe, the way its paper's ablation adds them, and
+all together ("+airbench-all"): their value comes together, so the sum of the single gains is
+not the whole. They need an idle machine and about 9 runs of the recipe per seed.
 
 Each (variant, seed) is one whole `python -m reslab train --recipe R --seed S FLAGS` process
 (see time_to_accuracy.py for what time_s counts). Per variant: mean and min of the final test
@@ -41,6 +48,22 @@ VARIANTS = {
     "fp32": "--amp off",
     "batch-256": "--batch-size 256",
 }
+# airbench94's techniques, each added alone, then all together (its values where they carry
+# over: BN biases at 64x the lr, lookahead every 5 steps with decay 0.95 and BN momentum 0.6 in
+# its convention, 0.4 in torch's).
+AIRBENCH = {
+    "+whiten-stem": "--whiten-stem true",
+    "+dirac-init": "--dirac-init true",
+    "+bn-bias-lr": "--bn-bias-lr 64",
+    "+lookahead": "--ema 0.95 --ema-every 5 --lookahead true --bn-momentum 0.4",
+    "+tta-translate": "--tta-translate true",
+    "+flip-alternate": "--flip-alternate true",
+}
+AIRBENCH["+airbench-all"] = " ".join(AIRBENCH.values())
+VARIANTS |= AIRBENCH
+# --variants GROUP: the recipe as it is and the group's variants
+GROUPS = {"removals": [v for v in VARIANTS if v not in AIRBENCH],
+          "airbench": ["whole", *AIRBENCH]}
 
 COLUMNS = (("variant", "variant", ""), ("seeds", "seeds", "d"),
            ("top1_mean", "final top1 mean", ".4f"), ("top1_min", "min", ".4f"),
@@ -51,7 +74,8 @@ COLUMNS = (("variant", "variant", ""), ("seeds", "seeds", "d"),
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="fast")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME",
+                   help=f"variants or groups ({', '.join(GROUPS)}); default: all")
     p.add_argument("--flags", action="append", default=[], metavar="NAME=FLAGS",
                    help="an extra variant, e.g. --flags 'ema=--ema 0.999' (repeatable)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -115,6 +139,8 @@ def main() -> None:
         for name, flags in variants.items():
             print(f"{name:20s} {flags or '(the recipe as it is)'}")
         return
+    args.variants = list(dict.fromkeys(
+        name for v in args.variants for name in GROUPS.get(v, [v])))
     unknown = [v for v in args.variants if v not in variants]
     if unknown:
         raise SystemExit(f"error: unknown variants {unknown} (see --list)")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ try:  # before this process adds its own load
 except OSError:
     LOAD_AT_START = None
 
-__all__ = ["ROOT", "RESULTS", "PYTHON", "Column", "add_threads_option", "prepare",
-           "measure_peak", "median", "print_table", "run_timed", "save_results"]
+__all__ = ["ROOT", "RESULTS", "PYTHON", "Column", "Peak", "add_threads_option", "prepare",
+           "measure_peak", "measure_peaks", "median", "print_table", "run_timed", "save_results"]
 
 
 def cpu_name() -> str:
@@ -117,6 +118,61 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5,
     reference for how much of the hardware a network's convolutions use."""
     return max(matmul_rates(n, repeats, device).values())
 
+
+
+@dataclass(frozen=True)
+class Peak:
+    """A measured rate of this machine in GFLOP/s: the best of the GEMMs and a large 3x3
+    convolution in one precision, and each of those measurements."""
+    precision: str
+    gflop_s: float
+    rates: dict[str, float]
+
+
+def conv_rate(dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """GFLOP/s (2 x MACs per second) of a large 3x3 convolution's forward pass, the kind of
+    layer a ResNet step is made of at a size that fills the machine: batch 32, 64 -> 64
+    channels, 56 x 56, channels-last, in `dtype` (bf16 through autocast, as training)."""
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    x = torch.randn(32, 64, 56, 56).contiguous(memory_format=torch.channels_last)
+    low = dtype is not torch.float32
+
+    @torch.no_grad()
+    def fn() -> None:
+        with torch.autocast("cpu", dtype=dtype if low else torch.bfloat16, enabled=low):
+            conv(x)
+    fn()  # oneDNN picks and builds its kernel on the first call
+    best = min(seconds_per_call(fn, 1) for _ in range(repeats))
+    return 2 * 32 * 56 * 56 * 64 * 64 * 9 / best / 1e9
+
+
+def bf16_gemm_rate(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a bf16 n x n matrix product (torch.matmul)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).bfloat16()
+    b = torch.randn(n, n, generator=g).bfloat16()
+    torch.matmul(a, b)
+    best = min(seconds_per_call(lambda: torch.matmul(a, b), 1) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def measure_peaks(repeats: int = 3) -> dict[str, Peak]:
+    """This machine's fp32 peak (the GEMMs of matmul_rates and conv_rate) and, where bf16 runs
+    natively (AVX512-BF16, AMX), its bf16 peak; printed. The reference a training step's
+    achieved GFLOP/s is read against."""
+    from reslab.engine.setup import bf16_supported
+
+    fp32 = {**{f"{k} GEMM": v for k, v in matmul_rates(2048, repeats).items()},
+            "3x3 conv": conv_rate(torch.float32, repeats)}
+    peaks = {"fp32": Peak("fp32", max(fp32.values()), fp32)}
+    if bf16_supported("cpu"):
+        bf16 = {"torch.matmul GEMM": bf16_gemm_rate(2048, repeats),
+                "3x3 conv": conv_rate(torch.bfloat16, repeats)}
+        peaks["bf16"] = Peak("bf16", max(bf16.values()), bf16)
+    for p in peaks.values():
+        print(f"{p.precision} peak {p.gflop_s:.1f} GFLOP/s ("
+              + ", ".join(f"{k} {v:.1f}" for k, v in p.rates.items()) + ")", flush=True)
+    return peaks
 
 
 def add_threads_option(p: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
 """Where the time goes in `reslab train` on the CPU: the `fast` recipe's model (resnet14; any
 with --model) on Fashion-MNIST at its native 28 px, batch 128, the recipe's settings
-(channels-last + bf16 autocast) against fp32 NCHW.
+(channels-last, and the precision its `amp = "auto"` picks here: bf16 on CPUs that run it
+natively, else fp32) against fp32 NCHW.
 
     python benchmarks/profile_train.py [--model resnet20] [--iters 30] [--profile-iters 8]
 
@@ -13,6 +14,14 @@ tally). Then torch.profiler over a few steps groups the operators' own time by k
 overhead. One pass over the 10,000 test images times an evaluation, and the once-per-process
 costs (imports, loading and decompressing the dataset) are timed too. Prints tables and writes
 docs/results/training-speed-profile.json.
+
+The hardware limit: each phase's achieved GFLOP/s against this machine's measured peak in the
+setting's precision (common.measure_peaks: the best of the fp32 GEMMs and a large 3x3
+convolution; bf16 too where it runs natively). The work counted: forward 2 x the model's
+conv/fc MACs (reslab.analysis.macs), backward twice the forward (the input and the weight
+gradients; BN, ReLU and additions not counted, as the paper counts), the optimizer 8 flops per
+parameter (weight decay, momentum, Nesterov, update); data and bookkeeping count none: their
+time is all overhead measured against the peak.
 """
 from __future__ import annotations
 
@@ -31,17 +40,18 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from common import (RESULTS, add_threads_option, prepare, print_table,  # noqa: E402
-                    save_results)
+from common import (RESULTS, Peak, add_threads_option, measure_peaks,  # noqa: E402
+                    prepare, print_table, save_results)
+from reslab.analysis.macs import count_macs  # noqa: E402
 from reslab.data import load_data  # noqa: E402
 from reslab.engine.evaluate import Tally, evaluate  # noqa: E402
 from reslab.engine.recipe import Recipe, load_recipe  # noqa: E402
 from reslab.engine.schedule import ScheduleState, lr_at  # noqa: E402
-from reslab.engine.setup import build_model, build_optimizer, select_device  # noqa: E402
+from reslab.engine.setup import (build_model, build_optimizer, resolve_amp,  # noqa: E402
+                                 select_device, set_lr)
 
-SETTINGS = {"channels_last + bf16 (fast)": {"channels_last": True, "amp": "bf16"},
-            "fp32 NCHW": {"channels_last": False, "amp": "off"}}
 PHASES = ("data", "forward", "backward", "optimizer", "bookkeeping")
+OPTIMIZER_FLOPS_PER_PARAM = 8  # SGD: + wd * p, momentum buffer, Nesterov look-ahead, update
 # Operator kinds: the first pattern (re.search on the op's name, any case) that matches wins.
 KINDS = (("conv backward", r"convolution_backward"),
          ("conv forward", r"convolution|conv2d"),
@@ -56,6 +66,33 @@ KINDS = (("conv backward", r"convolution_backward"),
          ("residual adds, option-A pad", r"^aten::(add|add_|pad|constant_pad_nd|slice|cat)$"),
          ("allocation, views", r"^aten::(empty\w*|view|reshape|as_strided|expand|transpose|"
                                r"permute|zero_|zeros|fill_|zeros_like|empty_like)$"))
+
+def settings(device: torch.device) -> dict[str, dict[str, object]]:
+    """The fast recipe's setting (channels-last, amp as "auto" resolves here) and fp32 NCHW."""
+    bf16 = resolve_amp("auto", device) is torch.bfloat16
+    return {f"channels_last + {'bf16' if bf16 else 'fp32'} (fast)":
+            {"channels_last": True, "amp": "bf16" if bf16 else "off"},
+            "fp32 NCHW": {"channels_last": False, "amp": "off"}}
+
+
+def phase_gflop(r: Recipe, data, batch: int) -> dict[str, float]:
+    """The counted work of each phase of one iteration, in GFLOP (see the module docstring)."""
+    model = build_model(r, len(data.class_names), data.in_chans)
+    forward = 2 * count_macs(model, (batch, *data.input_size)) / 1e9
+    params = sum(p.numel() for p in model.parameters())
+    work = {"data": 0.0, "forward": forward, "backward": 2 * forward,
+            "optimizer": OPTIMIZER_FLOPS_PER_PARAM * params / 1e9, "bookkeeping": 0.0}
+    return work | {"total": sum(work.values())}
+
+
+def against_peak(rows: list[dict[str, object]], work: dict[str, float], peak: Peak) -> None:
+    """Adds each phase's GFLOP, achieved GFLOP/s and share of the peak to its row."""
+    for row in rows:
+        gflop = work[row["phase"]]
+        rate = gflop / (row["ms_median"] / 1e3) if row["ms_median"] else 0.0
+        row.update(gflop=round(gflop, 4), gflop_s=round(rate, 2),
+                   of_peak=round(rate / peak.gflop_s, 4))
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -93,8 +130,7 @@ class Trainer:
         return x, y
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step_no, self.total, self.r, self.sched)
+        set_lr(self.opt, lr_at(self.step_no, self.total, self.r, self.sched))
         self.model.train()
         with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16,
                             enabled=self.amp is not None):
@@ -219,8 +255,10 @@ def main() -> None:
                      augment=base.augment, pad=base.pad, workers=base.workers)
     load_s = time.perf_counter() - t
     print(f"start-up: imports {imports_s:.1f} s, loading {data} {load_s:.1f} s", flush=True)
+    peaks = measure_peaks()
+    changes = settings(device)
     trainers = {name: Trainer(base.replace(**change), data, device)
-                for name, change in SETTINGS.items()}
+                for name, change in changes.items()}
     print(f"{' and '.join(trainers)}: {args.warmup} + {args.iters} alternated iterations ...",
           flush=True)
     times = timed_iterations(trainers, args.iters, args.warmup)
@@ -228,8 +266,10 @@ def main() -> None:
     for name, trainer in trainers.items():
         print(f"{name}: {args.profile_iters} profiled iterations ...", flush=True)
         phases = summarize(times[name], args.batch_size)
+        peak = peaks["bf16" if trainer.amp is torch.bfloat16 else "fp32"]
+        against_peak(phases, phase_gflop(trainer.r, data, args.batch_size), peak)
         ops = op_breakdown(trainer, args.profile_iters)
-        entry = {"phases": phases, "ops": ops}
+        entry = {"phases": phases, "ops": ops, "peak": peak.__dict__}
         if not args.no_eval:
             t = time.perf_counter()
             evaluate(trainer.model, data.eval_batches("test", max(256, args.batch_size), device),
@@ -237,9 +277,12 @@ def main() -> None:
             entry["test_eval_s"] = round(time.perf_counter() - t, 2)
         results[name] = entry
         print_table(f"{name}: per iteration, batch {args.batch_size} "
-                    f"({phases[-1]['img_s']} img/s)", phases,
+                    f"({phases[-1]['img_s']} img/s; {peak.precision} peak "
+                    f"{peak.gflop_s:.1f} GFLOP/s)", phases,
                     (("phase", "phase", ""), ("ms_median", "ms median", ".1f"),
-                     ("ms_mean", "ms mean", ".1f"), ("share", "share", ".1%")))
+                     ("ms_mean", "ms mean", ".1f"), ("share", "share", ".1%"),
+                     ("gflop", "GFLOP", ".3f"), ("gflop_s", "GFLOP/s", ".1f"),
+                     ("of_peak", "of peak", ".1%")))
         print_table(f"{name}: operators' own time by kind ({ops['ops_share_of_wall']:.1%} of "
                     "the profiled wall time is inside operators, the rest is Python)",
                     ops["by_kind"],
@@ -248,13 +291,18 @@ def main() -> None:
         if "test_eval_s" in entry:
             print(f"one test-set evaluation (10,000 images): {entry['test_eval_s']:.1f} s "
                   "(the fast recipe's test-time flip doubles it)")
-    fast, fp32 = (results[k]["phases"][-1]["ms_median"] for k in SETTINGS)
-    print(f"\nchannels_last + bf16 vs fp32 NCHW: {fp32 / fast:.2f}x per iteration (medians)")
+    fast_name, fp32_name = changes
+    fast, fp32 = (results[k]["phases"][-1]["ms_median"] for k in changes)
+    print(f"\n{fast_name} vs {fp32_name}: {fp32 / fast:.2f}x per iteration (medians)")
     setup = {"model": base.model, "data": base.data, "batch_size": args.batch_size,
              "iters": args.iters, "warmup": args.warmup, "profile_iters": args.profile_iters,
              "recipe": "fast (lr schedule, nesterov SGD, label smoothing, crop-flip pad 2)",
-             "settings": SETTINGS, "device": "cpu"}
+             "settings": changes, "device": "cpu",
+             "work": "forward 2 x conv/fc MACs, backward 2 x forward, optimizer "
+                     f"{OPTIMIZER_FLOPS_PER_PARAM} flops per parameter; data and "
+                     "bookkeeping none"}
     save_results("profile_train", setup, results, out=args.out,
+                 peaks={k: p.__dict__ for k, p in peaks.items()},
                  startup={"imports_s": round(imports_s, 2), "load_data_s": round(load_s, 2)},
                  speedup_fast_vs_fp32=round(fp32 / fast, 3))
 

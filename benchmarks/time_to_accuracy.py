@@ -3,6 +3,16 @@ Fashion-MNIST (the `fast` recipe by default).
 
     python benchmarks/time_to_accuracy.py [--recipe fast] [--targets 0.94 0.95] [--quick]
     python benchmarks/time_to_accuracy.py --from-run runs/fmnist-fast   # analyse only
+    python benchmarks/time_to_accuracy.py --peer [--seeds 0 1 2] [--peer-args '...']
+
+--peer: `reslab train --recipe R` and benchmarks/peer_airbench.py (airbench94 ported to
+Fashion-MNIST) side by side, started at the same moment, one torch thread each, the same
+precision (the one `amp = "auto"` picks on this CPU, given to both): both accuracy-vs-time
+curves, each one's final test top-1 and training seconds (mean over the seeds, with their
+spread), and the ratio of the times (peer / reslab). reslab's curve has one point per
+evaluation (`--train-args '--eval-every 1'` for one per epoch; its time_s includes them); the
+peer evaluates after every epoch outside its timer. Writes docs/results/time-to-accuracy-peer.json
+and a plot next to it (.png). --tiny: both on tiny synthetic data, in seconds (the test suite).
 
 Runs `python -m reslab train --recipe R --out DIR --quiet --json` and reads DIR/metrics.jsonl:
 each evaluation row carries `time_s` (training seconds since the start, evaluations included,
@@ -15,13 +25,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import statistics
+import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import (PYTHON, RESULTS, add_threads_option, prepare, print_table, run_timed,
-                    save_results)
+from common import (PYTHON, RESULTS, ROOT, add_threads_option, prepare, print_table,
+                    run_timed, save_results)
+
+PEER = ROOT / "benchmarks" / "peer_airbench.py"
+# --tiny: both sides on the same small synthetic data, a few steps each
+TINY_DATA = "synthetic:512x1x28x28:10"
+TINY_RESLAB = f"--data {TINY_DATA} --model resnet8 --epochs 2 --batch-size 64 --eval-every 1"
+PEER_COLUMNS = (("runner", "runner", ""), ("seeds", "seeds", "d"),
+                ("top1_mean", "final top1 mean", ".4f"), ("top1_min", "min", ".4f"),
+                ("top1_max", "max", ".4f"), ("train_s_mean", "training s mean", ".1f"),
+                ("train_s_max", "max", ".1f"))
 
 COLUMNS = (("target", "target top1", ".2f"), ("reached", "reached", ""),
            ("time_s", "training s", ".1f"), ("epoch", "epoch", ".2f"), ("step", "step", "d"),
@@ -41,8 +64,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="train into DIR and keep it (default: a temporary directory)")
     add_threads_option(p)
-    p.add_argument("--out", type=Path, default=RESULTS / "time-to-accuracy.json")
-    return p.parse_args()
+    p.add_argument("--peer", action="store_true",
+                   help="side by side with benchmarks/peer_airbench.py (see above)")
+    p.add_argument("--peer-args", default="", help="extra peer_airbench.py flags")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="--peer: one pair each")
+    p.add_argument("--tiny", action="store_true", help="--peer on tiny synthetic data")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    if args.tiny and not args.peer:
+        p.error("--tiny goes with --peer")
+    if args.out is None:
+        args.out = RESULTS / ("time-to-accuracy-peer.json" if args.peer
+                              else "time-to-accuracy.json")
+    return args
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -109,8 +143,133 @@ def train(args: argparse.Namespace, out: Path) -> float:
     return wall
 
 
+@dataclass(frozen=True)
+class SideRun:
+    """One side's run of a pair: its final test top-1, training seconds and curve."""
+    runner: str
+    seed: int
+    top1: float
+    train_s: float
+    curve: list[dict[str, Any]]
+
+
+def peer_commands(args: argparse.Namespace, seed: int, out: Path, amp: str
+                  ) -> dict[str, list[str]]:
+    """The two command lines of a pair: the same seed, one thread, the same precision."""
+    extra = shlex.split(TINY_RESLAB if args.tiny else "") + shlex.split(args.train_args)
+    peer_extra = ["--tiny"] if args.tiny else []
+    return {"reslab": [PYTHON, "-m", "reslab", "train", "--recipe", args.recipe,
+                       "--seed", str(seed), "--threads", "1", "--amp", amp, "--out", str(out),
+                       "--overwrite", "--quiet", "--json", *extra],
+            "peer": [PYTHON, str(PEER), "--seed", str(seed), "--threads", "1",
+                     "--amp", "bf16" if amp == "bf16" else "off", "--json", *peer_extra,
+                     *shlex.split(args.peer_args)]}
+
+
+def run_pair(commands: dict[str, list[str]]) -> dict[str, str]:
+    """Starts both commands at the same moment (one thread each: OMP_NUM_THREADS=1) and
+    returns each one's stdout; a failure raises with its command line."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+             for name, cmd in commands.items()}
+    outs = {name: proc.communicate()[0] for name, proc in procs.items()}
+    for name, proc in procs.items():
+        if proc.returncode != 0:
+            raise RuntimeError(f"exit {proc.returncode}: {' '.join(commands[name])}")
+    return outs
+
+
+def reslab_side(run_dir: Path, seed: int) -> SideRun:
+    result = time_to_accuracy(read_metrics(run_dir), [])
+    return SideRun("reslab", seed, result["final_test_top1"], result["training_s"],
+                   result["curve"])
+
+
+def peer_side(stdout: str, seed: int) -> SideRun:
+    report = json.loads(stdout.strip().splitlines()[-1])
+    return SideRun("peer", seed, report["test_top1"], report["train_s"], report["curve"])
+
+
+def compare(runs: list[SideRun]) -> dict[str, Any]:
+    """Per runner: final top-1 (mean, min, max, sample std) and training seconds (mean, max)
+    over the seeds; the ratio of the mean training times (peer / reslab) and whether reslab
+    dominates the peer's point (at least its mean accuracy in no more mean time)."""
+    rows = {}
+    for name in ("reslab", "peer"):
+        mine = [r for r in runs if r.runner == name]
+        top1, secs = [r.top1 for r in mine], [r.train_s for r in mine]
+        rows[name] = {"runner": name, "seeds": len(mine), "top1_mean": statistics.mean(top1),
+                      "top1_min": min(top1), "top1_max": max(top1),
+                      "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
+                      "train_s_mean": statistics.mean(secs), "train_s_max": max(secs)}
+    mine, peer = rows["reslab"], rows["peer"]
+    return {"rows": [mine, peer],
+            "time_ratio_peer_over_reslab": round(peer["train_s_mean"] / mine["train_s_mean"], 3),
+            "top1_difference_reslab_minus_peer": round(mine["top1_mean"] - peer["top1_mean"], 4),
+            "reslab_dominates": (mine["top1_mean"] >= peer["top1_mean"]
+                                 and mine["train_s_mean"] <= peer["train_s_mean"])}
+
+
+def plot_curves(runs: list[SideRun], path: Path, title: str) -> Path:
+    """Test top-1 against training seconds, one line per run (the benchmark's own figure)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in runs:
+        color = "C0" if r.runner == "reslab" else "C1"
+        ax.plot([p["time_s"] for p in r.curve], [100 * p["top1"] for p in r.curve],
+                marker="o", ms=3, color=color, alpha=0.8, label=f"{r.runner} seed {r.seed}")
+    ax.set(xlabel="training seconds", ylabel="test top-1 (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def peer_main(args: argparse.Namespace) -> None:
+    from reslab.engine.setup import resolve_amp, select_device
+
+    amp = "bf16" if resolve_amp("auto", select_device("cpu")) is not None else "off"
+    runs: list[SideRun] = []
+    with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
+        for seed in args.seeds:
+            cmds = peer_commands(args, seed, Path(tmp) / f"reslab-s{seed}", amp)
+            print(f"seed {seed}, side by side:\n  " + "\n  ".join(
+                " ".join(c[1:]) for c in cmds.values()), flush=True)
+            outs = run_pair(cmds)
+            runs += [reslab_side(Path(tmp) / f"reslab-s{seed}", seed),
+                     peer_side(outs["peer"], seed)]
+    result = compare(runs)
+    title = (f"`reslab train --recipe {args.recipe}` and airbench94's port side by side, one "
+             f"thread each, {'bf16' if amp == 'bf16' else 'fp32'}")
+    print_table(title, result["rows"], PEER_COLUMNS)
+    print(f"time ratio (peer / reslab): {result['time_ratio_peer_over_reslab']:.2f}; top1 "
+          f"reslab - peer: {result['top1_difference_reslab_minus_peer']:+.4f}; reslab "
+          f"dominates: {result['reslab_dominates']}")
+    setup = {"recipe": args.recipe, "train_args": args.train_args, "peer_args": args.peer_args,
+             "seeds": args.seeds, "tiny": args.tiny, "threads_each": 1, "precision": amp,
+             "commands": {k: " ".join(v[1:]) for k, v in peer_commands(
+                 args, 0, Path("TMP"), amp).items()},
+             "train_s": "reslab: the time_s of its last evaluation row (training seconds, "
+                        "its evaluations included); peer: training, whitening and the final "
+                        "TTA evaluation (its per-epoch curve evaluations excluded)"}
+    save_results("time_to_accuracy_peer", setup, result["rows"], out=args.out,
+                 **{k: v for k, v in result.items() if k != "rows"},
+                 runs=[r.__dict__ for r in runs])
+    plot = plot_curves(runs, args.out.with_suffix(".png"), title)
+    print(f"wrote {plot.name}")
+
+
 def main() -> None:
     args = parse_args()
+    if args.peer:
+        prepare(args)
+        peer_main(args)
+        return
     if not args.from_run:  # threads and the busy-machine warning only matter when timing
         prepare(args)
     if args.from_run:

@@ -15,6 +15,11 @@ batched augmentation on in-memory tensors) on exactly the peer's work: its model
 the recipe's resnet14), native-size images throughout (no progressive resizing) and one pass
 over the test set (no test-time flip). Its start-up and that one evaluation are part of its
 whole-process time.
+
+Against the hardware: each runner's training loop achieves (iterations x batch x 3 x 2 x the
+model's conv/fc multiply-adds per image, forward and the backward's two products) / training
+seconds, shown in GFLOP/s and as a share of this machine's measured peak in the precision
+reslab's `amp = "auto"` picks (common.measure_peaks; the peer always runs fp32).
 """
 from __future__ import annotations
 
@@ -25,13 +30,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import (PYTHON, RESULTS, ROOT, add_threads_option, median, prepare,
-                    print_table, run_timed, save_results)
+from common import (PYTHON, RESULTS, ROOT, add_threads_option, measure_peaks, median,
+                    prepare, print_table, run_timed, save_results)
 
 PEER = ROOT / "benchmarks" / "peer_torchvision_train.py"
 COLUMNS = (("runner", "runner", ""), ("runs", "runs", "d"), ("wall_s", "wall s (median)", ".1f"),
            ("train_s", "train s (median)", ".1f"), ("img_s", "train img/s", ".0f"),
            ("startup_eval_s", "other s", ".1f"), ("test_top1", "test top1", ".4f"),
+           ("gflop_s", "train GFLOP/s", ".1f"), ("of_peak", "of peak", ".1%"),
            ("speedup", "reslab speed-up", ".2f"))
 
 
@@ -85,9 +91,23 @@ def summarize(runs: list[dict[str, Any]], name: str) -> dict[str, Any]:
             "test_top1": round(median([r["test_top1"] for r in mine]), 4)}
 
 
+def step_gflop_per_image() -> float:
+    """The counted work of training one 28 px Fashion-MNIST image through resnet20: forward
+    and backward (3 x 2 x its conv/fc multiply-adds), in GFLOP."""
+    from reslab.analysis.macs import count_macs
+    from reslab.models import create_model
+
+    return 6 * count_macs(create_model("resnet20", num_classes=10, in_chans=1),
+                          (1, 1, 28, 28)) / 1e9
+
+
 def main() -> None:
     args = parse_args()
     prepare(args)
+    from reslab.engine.setup import resolve_amp, select_device
+
+    peaks = measure_peaks()
+    reslab_precision = "bf16" if resolve_amp("auto", select_device("cpu")) else "fp32"
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for i in range(args.rounds):
@@ -103,9 +123,14 @@ def main() -> None:
                       f"test top1 {runs[-1]['test_top1']:.4f}", flush=True)
     rows = [summarize(runs, "reslab"), summarize(runs, "peer")]
     images = args.iters * args.batch_size
+    per_image = step_gflop_per_image()
     for r in rows:
         r["img_s"] = round(images / r["train_s"], 1)
         r["startup_eval_s"] = round(r["wall_s"] - r["train_s"], 2)
+        peak = peaks[reslab_precision if r["runner"] == "reslab" else "fp32"]
+        r["gflop_s"] = round(r["img_s"] * per_image, 2)
+        r["of_peak"] = round(r["gflop_s"] / peak.gflop_s, 4)
+        r["peak"] = f"{peak.precision} {peak.gflop_s:.1f} GFLOP/s"
     ratio = rows[1]["wall_s"] / rows[0]["wall_s"]
     rows[0]["speedup"] = round(ratio, 3)
     train_ratio = rows[1]["train_s"] / rows[0]["train_s"]
@@ -125,6 +150,8 @@ def main() -> None:
              "train_s": "the training loop alone, as each process reports it (reslab: the "
                         "time_s of its last training-split metrics row, before evaluation)"}
     save_results("training", setup, rows, out=args.out, runs=runs,
+                 peaks={k: p.__dict__ for k, p in peaks.items()},
+                 gflop_per_training_image=round(per_image, 4),
                  speedup_whole_process=round(ratio, 3),
                  speedup_training_loop=round(train_ratio, 3))
 

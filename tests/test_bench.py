@@ -102,3 +102,93 @@ def test_bench_runtime_auto_adds_onnxruntime_and_names_the_faster(
     assert r["runtime"] == {"requested": "auto", "variant": faster,
                             "runtime": "torch" if faster == torch_row else "onnxruntime"}
     assert r["speedup"]["inference"] == rows[faster]["vs_baseline"]
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _benchmark(monkeypatch: pytest.MonkeyPatch, name: str):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+def test_peer_airbench_pieces_are_airbenchs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The port's lr schedule (0.2 -> 1 at 23% -> 0.07), its whitening layer (unit second
+    moment on the patches) and its net at 28 px (1 px before the head, as at 32 px)."""
+    import torch
+    import torch.nn.functional as F
+
+    peer = _benchmark(monkeypatch, "peer_airbench")
+    f = peer.triangle(100, start=0.2, end=0.07, peak=0.23)
+    assert len(f) == 101 and f[0] == 0.2 and f[23] == 1.0 and f[100] == pytest.approx(0.07)
+    assert f[10] == pytest.approx(0.2 + 0.8 * 10 / 23)
+    h = peer.Hyper(base_width=4)
+    net = peer.make_net(h, 1, 10)
+    images = torch.randn(64, 1, 12, 12).cumsum(-1)  # correlated neighbours
+    peer.init_whitening(net[0], images)
+    out = F.conv2d(images, net[0].weight).permute(1, 0, 2, 3).reshape(8, -1)
+    moment = out[:4] @ out[:4].T / out.shape[1]
+    assert torch.allclose(moment, torch.eye(4), atol=0.02) and torch.equal(out[4:], -out[:4])
+    assert net[:-3](torch.randn(2, 1, 28, 28)).shape == (2, 16, 1, 1)
+
+
+def test_peer_comparison_reports_the_ratio_and_who_dominates(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tta = _benchmark(monkeypatch, "time_to_accuracy")
+    runs = [tta.SideRun("reslab", 0, 0.93, 100.0, []), tta.SideRun("reslab", 1, 0.95, 120.0, []),
+            tta.SideRun("peer", 0, 0.94, 330.0, []), tta.SideRun("peer", 1, 0.94, 330.0, [])]
+    r = tta.compare(runs)
+    mine, peer = r["rows"]
+    assert (mine["top1_mean"], mine["top1_min"], mine["train_s_mean"]) == \
+        pytest.approx((0.94, 0.93, 110.0))
+    assert r["time_ratio_peer_over_reslab"] == 3.0 and r["reslab_dominates"] is True
+    slower = runs[:2] + [tta.SideRun("peer", 0, 0.94, 100.0, [])]
+    assert tta.compare(slower)["reslab_dominates"] is False  # 110 s > 100 s
+
+
+def test_time_to_accuracy_peer_runs_both_side_by_side_end_to_end(tmp_path: Path) -> None:
+    """--peer --tiny: `reslab train` and peer_airbench.py at once, one thread each, the same
+    precision; both curves, the ratio, the JSON and the plot."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "peer.json"
+    subprocess.run([sys.executable, str(BENCHMARKS / "time_to_accuracy.py"), "--peer", "--tiny",
+                    "--out", str(out)], check=True, capture_output=True, text=True)
+    r = json.loads(out.read_text())
+    runs = {run["runner"]: run for run in r["runs"]}
+    assert set(runs) == {"reslab", "peer"} and out.with_suffix(".png").stat().st_size > 1000
+    assert [p["epoch"] for p in runs["peer"]["curve"]] == [1.0, 2.0, 2.0]
+    assert runs["peer"]["curve"][-1]["tta"] is True
+    assert [p["epoch"] for p in runs["reslab"]["curve"]][:2] == [1.0, 2.0]
+    assert r["time_ratio_peer_over_reslab"] == round(
+        runs["peer"]["train_s"] / runs["reslab"]["train_s"], 3)
+    cmds = r["setup"]["commands"]
+    assert "--threads 1" in cmds["reslab"] and "--threads 1" in cmds["peer"]
+    precision = r["setup"]["precision"]
+    assert f"--amp {precision}" in cmds["reslab"] and f"--amp {precision}" in cmds["peer"]
+
+
+def test_each_airbench_ablation_variant_sets_its_recipe_fields(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/ablation.py: every +X variant's flags parse to the `fast` recipe with X's
+    fields set (a mistyped flag or value would fail here, not an hour into a study)."""
+    import shlex
+
+    from reslab.cli import build_parser
+    from reslab.cli.train import resolve
+
+    abl = _benchmark(monkeypatch, "ablation")
+    expected = {"+whiten-stem": {"whiten_stem": True}, "+dirac-init": {"dirac_init": True},
+                "+bn-bias-lr": {"bn_bias_lr": 64.0},
+                "+lookahead": {"ema": 0.95, "ema_every": 5, "lookahead": True,
+                               "bn_momentum": 0.4},
+                "+tta-translate": {"tta_translate": True},
+                "+flip-alternate": {"flip_alternate": True}}
+    assert abl.GROUPS["airbench"] == ["whole", *expected, "+airbench-all"]
+    expected["+airbench-all"] = {k: v for fields in list(expected.values()) for k, v in
+                                 fields.items()}
+    for name, fields in expected.items():
+        argv = ["train", "--recipe", "fast", "--quiet", *shlex.split(abl.VARIANTS[name])]
+        r = resolve(build_parser(argv).parse_args(argv))
+        assert {k: getattr(r, k) for k in fields} == fields, name

@@ -38,9 +38,10 @@ ERASE_AREA = (0.02, 0.4)
 ERASE_ASPECT = (0.3, 1 / 0.3)
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A private CPU generator for (seed, epoch); SeedSequence decorrelates nearby pairs."""
-    words = np.random.SeedSequence([seed % 2**63, epoch, 0xDA7A]).generate_state(2, np.uint32)
+def epoch_generator(seed: int, epoch: int, stream: int = 0xDA7A) -> torch.Generator:
+    """A private CPU generator for (seed, epoch); SeedSequence decorrelates nearby pairs.
+    `stream` names another sequence of draws of the same (seed, epoch)."""
+    words = np.random.SeedSequence([seed % 2**63, epoch, stream]).generate_state(2, np.uint32)
     return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
 
 
@@ -85,6 +86,23 @@ def plan_epoch(n: int, augment: str, g: torch.Generator, *, pad: int,
     if auto_augment != "none":
         params["policy_seed"] = torch.randint(0, 2**62, (n,), generator=g)
     return EpochPlan(order, params)
+
+
+def alternate_flips(plan: EpochPlan, seed: int, epoch: int) -> EpochPlan:
+    """The plan with airbench94's alternating ("derandomised") flip (Jordan 2024, arXiv
+    2404.00498): each image gets one random mirror bit for the whole run (drawn
+    from the seed alone) and is mirrored in even epochs where it is set, in odd epochs where it
+    is not, so every image is seen both ways in any two consecutive epochs. A plan without
+    flips is returned as it is."""
+    if "flip" not in plan.params:
+        return plan
+    n = len(plan.order)
+    bits = torch.randint(0, 2, (n,), generator=epoch_generator(seed, 0, FLIP_STREAM)).bool()
+    flips = bits[plan.order] ^ bool(epoch % 2)
+    return EpochPlan(plan.order, {**plan.params, "flip": flips})
+
+
+FLIP_STREAM = 0xF11B  # alternate_flips' draws: the run's, not any epoch's
 
 
 @lru_cache(maxsize=None)

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..errors import UserError
-from .augment import EpochPlan, epoch_generator, plan_epoch, random_erase
+from .augment import EpochPlan, alternate_flips, epoch_generator, plan_epoch, random_erase
 from .normalize import Normalizer, Stats
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -42,6 +42,7 @@ class Data:
         self.erase = erase  # random erasing probability of a training image
         self.auto_augment = auto_augment  # a policy of augment.AUTO_AUGMENTS, per image
         self.held_out = held_out  # training images held out as "val" (the resolved --val-split)
+        self.flip_alternate = False  # mirror each image every other epoch (augment.py)
 
     @property
     def same_val_test(self) -> bool:
@@ -104,6 +105,8 @@ class Data:
         plan = plan_epoch(self.num_examples("train"), self.augment,
                           epoch_generator(seed, epoch), pad=self.pad, erase=self.erase,
                           auto_augment=self.auto_augment)
+        if self.flip_alternate:
+            plan = alternate_flips(plan, seed, epoch)
         share = batch_size // world_size
         spans = [(s * batch_size + rank * share, s * batch_size + (rank + 1) * share)
                  for s in range(start_step, steps)]

@@ -32,6 +32,7 @@ from .result import FitResult, Scores
 from .run import Run
 from .rundir import RunDir, RunLock, claim, resumed_recipe
 from .schedule import lr_at, on_train_batch, on_val_error, train_side, warming_up
+from .setup import base_lr, set_lr
 from .step import sgd_step
 
 
@@ -104,10 +105,12 @@ def _train(run: Run, resume: bool) -> FitResult:
                 img_s = seen / (time.perf_counter() - started)
                 if p.step % 20 == 0 or p.step == run.total:
                     log.log(step=p.step, epoch=p.step / run.steps_per_epoch, loss=loss,
-                            lr=max(g["lr"] for g in run.optimizer.param_groups),
+                            lr=base_lr(run.optimizer),
                             img_s=round(img_s, 1))
                 console.update(p.step, loss=loss, img_s=round(img_s), epoch=epoch)
                 epoch_end = p.step % run.steps_per_epoch == 0
+                if epoch_end and run.ema is not None and run.ema.lookahead:
+                    run.ema.update(run.model, decay=1.0)  # airbench94: epochs end on the EMA
                 if epoch_end or p.step == run.total:
                     scores = _end_of_epoch(run, log, console, epoch_end)
                 elif r.train_error_every and p.step % r.train_error_every == 0:
@@ -158,8 +161,7 @@ def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
     r, p = run.r, run.progress
     lr = lr_at(p.step, run.total, r, p.schedule)
     frozen = p.step < run.frozen_until  # --freeze-epochs: only the head learns
-    for group in run.optimizer.param_groups:
-        group["lr"] = 0.0 if frozen and not group.get("head") else lr
+    set_lr(run.optimizer, lr, head_only=frozen)
     run.model.train()
     if frozen:  # the body's BN keeps its running statistics too: the body is exactly frozen
         for name, module in run.model.named_modules():
@@ -186,8 +188,8 @@ def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
         wrong = torch.stack([(logits.argmax(1) != y).sum().double(),
                              torch.tensor(len(y), dtype=torch.float64, device=y.device)])
         misses, seen = all_reduce_sum(wrong, run.dist).tolist()
-    if run.ema is not None:
-        run.ema.update(run.model)
+    if run.ema is not None and run.ema.due(p.step + 1):  # p.step: steps before this one
+        run.ema.update(run.model, run.ema.decay_at(p.step + 1, run.total))
     if warming:
         on_train_batch(p.schedule, r, misses / seen)
     with torch.no_grad():

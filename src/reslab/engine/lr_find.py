@@ -64,7 +64,7 @@ from .adapt import DataFacts, adapt
 from .logging import Progress
 from .loop import Run
 from .recipe import Recipe
-from .setup import build_model, build_optimizer, seed_everything, select_device
+from .setup import build_model, build_optimizer, seed_everything, select_device, set_lr
 from .step import sgd_step
 
 BETA = 0.98       # EMA factor of the smoothed loss of long sweeps (fastai, Lightning)
@@ -294,8 +294,7 @@ def _sweep(r: Recipe, model: torch.nn.Module,
             sweep.planned = len(plan.lrs)
             progress.replan(len(plan.lrs))
         lr = plan.lrs[step]
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
         try:
             loss, _ = sgd_step(model, optimizer, scaler, x, y, amp_dtype=amp,
                                channels_last=r.channels_last,

@@ -40,6 +40,7 @@ CHOICES = {
 MACHINERY = ("recipe", "given", "device", "workers", "threads", "tensorboard")
 
 MAX_ACCUMULATE = 1024  # micro-batches per optimizer step
+MAX_BN_BIAS_LR = 1000.0  # airbench94 uses 64
 MAX_ALPHA = 100.0      # Beta(alpha, alpha) of mixup/cutmix: beyond ~10 it is always lam = 0.5
 # Every numeric field's range (None-able fields are checked when set): far beyond real use.
 INT_BOUNDS = {"batch_size": (1, MAX_BATCH), "iters": (1, MAX_ITERS),
@@ -49,7 +50,8 @@ INT_BOUNDS = {"batch_size": (1, MAX_BATCH), "iters": (1, MAX_ITERS),
               "workers": (0, MAX_WORKERS), "seed": (0, MAX_SEED), "threads": (0, MAX_THREADS),
               "save_every": (0, MAX_ITERS), "eval_every": (0, MAX_EPOCHS),
               "train_error_every": (0, MAX_ITERS),
-              "accumulate": (1, MAX_ACCUMULATE), "early_stopping": (0, 100_000)}
+              "accumulate": (1, MAX_ACCUMULATE), "early_stopping": (0, 100_000),
+              "ema_every": (1, MAX_ITERS)}
 # (lo, hi, lo excluded, hi excluded)
 FLOAT_BOUNDS = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, True, False),
                 "freeze_epochs": (0.0, MAX_EPOCHS, False, False),
@@ -60,7 +62,9 @@ FLOAT_BOUNDS = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, Tr
                 "progressive_from": (0.0, 1.0, True, False),
                 "progressive_until": (0.0, 1.0, True, False), "erase": (0.0, 1.0, False, False),
                 "mixup": (0.0, MAX_ALPHA, False, False), "cutmix": (0.0, MAX_ALPHA, False, False),
-                "clip_grad_norm": (0.0, 1e9, False, False)}
+                "clip_grad_norm": (0.0, 1e9, False, False),
+                "bn_bias_lr": (0.0, MAX_BN_BIAS_LR, True, False),
+                "bn_momentum": (0.0, 1.0, True, False)}
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class Recipe:
     shortcut: str | None = None          # None: the family's default (A for CIFAR, B ImageNet)
     stride_in: str = "3x3"
     zero_init_residual: bool = False
+    # airbench94's initialisations (models/init.py): initial weights only, not the architecture
+    dirac_init: bool = False             # 3x3 convs start as the identity where they can
+    whiten_stem: bool = False            # the first conv whitens the training images' patches
     weights: str | None = None           # initialise from a checkpoint (head replaced if needed)
     freeze_epochs: float = 0.0           # fine-tuning: train only the classifier (fc) this long
     image_size: int | None = None        # None: native size (arrays), the model family's (folders)
@@ -91,6 +98,8 @@ class Recipe:
     decay_all: bool = False              # True: decay BN/bias too, as the paper; False: weights only
     label_smoothing: float = 0.0
     clip_grad_norm: float = 0.0          # max global L2 norm of the gradients (0: off)
+    bn_bias_lr: float = 1.0              # lr multiplier of the BN biases (airbench94: 64)
+    bn_momentum: float = 0.1             # BN running-statistics momentum, torch's convention
     accumulate: int = 1                  # micro-batches of batch_size per optimizer step
     # schedule
     schedule: str = "step"
@@ -101,7 +110,9 @@ class Recipe:
     warmup_until_error: float | None = None  # resnet110: lr warmup_lr until train error < this
     plateau_patience: int = 2            # epochs without val improvement before lr * gamma
     early_stopping: int = 0              # evaluations without val improvement before stopping
-    ema: float = 0.0                     # EMA decay of the weights (0: off)
+    ema: float = 0.0                     # EMA decay of the weights per step (0: off)
+    ema_every: int = 1                   # steps between EMA updates (decay ** ema_every each)
+    lookahead: bool = False              # airbench94: the EMA copied back into the weights
     # data
     augment: str = "crop-flip"
     pad: int = 4
@@ -114,6 +125,8 @@ class Recipe:
     train_images: int | None = None      # a class-balanced subset of the training split (the
                                          # same images for every seed); None: all of it
     tta_flip: bool = False               # average with the horizontal flip at evaluation
+    tta_translate: bool = False          # ... and with 1 px translations (airbench94)
+    flip_alternate: bool = False         # mirror each image every other epoch (airbench94)
     progressive_from: float | None = None  # progressive resizing: start side / native side
     progressive_until: float = 0.5       # ... growing to the native side by this fraction
     workers: int = 4
@@ -163,6 +176,9 @@ class Recipe:
         if self.schedule == "plateau" and self.eval_every == 0:
             raise UserError("the plateau schedule lowers the lr on evaluations: eval_every 0 "
                             "(at the end only) leaves it none; use eval_every >= 1")
+        if self.lookahead and self.ema == 0:
+            raise UserError("lookahead copies the weights' EMA back into them: it needs an "
+                            "ema decay (e.g. ema 0.95 as airbench94)")
         if self.early_stopping and self.eval_every == 0:
             raise UserError("early_stopping counts evaluations without improvement: eval_every "
                             "0 (at the end only) leaves it none; use eval_every >= 1")

@@ -9,6 +9,8 @@ from typing import Any
 from ..errors import UserError
 from .recipe import CHOICES, FLOAT_BOUNDS, INT_BOUNDS, Recipe, _recipe_path, read_toml
 
+AIRBENCH = "(airbench94: Jordan 2024, arXiv 2404.00498)"
+
 # One line per field for `--help`; choices, ranges and built-in defaults are added by field_help.
 FIELD_HELP = {
     "recipe": "the recipe name or file the run started from (set by --recipe)",
@@ -19,6 +21,11 @@ FIELD_HELP = {
     "shortcut": "section 3.3 option A (zero-pad), B (project where shapes change), C (always)",
     "stride_in": "bottleneck stride on the 3x3 conv (torchvision) or the first 1x1 (paper)",
     "zero_init_residual": "zero each block's last BN so every block starts as the identity",
+    "dirac_init": "start every 3x3 conv as the identity where it can: output channel i copies "
+                  "input channel i, the rest keep their He init " + AIRBENCH,
+    "whiten_stem": "initialise the first conv from the training images: its filters whiten "
+                   "their patches (leading eigenvectors / sqrt(eigenvalue), and their "
+                   "negatives) " + AIRBENCH,
     "weights": "initialise from a checkpoint: a reslab, torchvision or timm file, or "
                "torchvision:NAME[.WEIGHTS] (e.g. torchvision:resnet18); a head of another "
                "size is replaced",
@@ -37,6 +44,10 @@ FIELD_HELP = {
     "decay_all": "decay BN scales and biases too (the paper) instead of weights only",
     "label_smoothing": "label smoothing of the cross-entropy targets (also of mixup's and "
                        "cutmix's mixed targets)",
+    "bn_bias_lr": "learning-rate multiplier of the BN biases (airbench94: 64); with decay_all "
+                  "their weight decay is divided by it, so lr x decay stays the same",
+    "bn_momentum": "BN running-statistics momentum in torch's convention (the new batch's "
+                   "weight; airbench94's 0.6 is 0.4 here)",
     "clip_grad_norm": "clip the gradients' global L2 norm to this before each optimizer step "
                       "(0: off)",
     "accumulate": "gradient accumulation: an optimizer step (iteration) sums the gradients of "
@@ -53,7 +64,10 @@ FIELD_HELP = {
     "early_stopping": "stop when the validation top-1 has not improved for this many "
                       "evaluations (needs a validation split; the best weights stay in "
                       "best.safetensors; 0: off)",
-    "ema": "EMA decay of the weights, evaluated and saved instead of them (0: off)",
+    "ema": "EMA decay of the weights per step, evaluated and saved instead of them (0: off)",
+    "ema_every": "update the EMA every N steps (with decay ema ** N)",
+    "lookahead": "copy the EMA back into the weights at each update, its decay ramped by "
+                 "(step / total) ** 3 (airbench94's lookahead; needs ema)",
     "augment": "training augmentation (crop-flip: pad + random crop + mirror, section 4.2; "
                "imagenet: scale + crop + mirror + colour jitter + PCA lighting, section 3.4; "
                "imagenet-pca: the same with the PCA lighting only, as the paper)",
@@ -72,6 +86,12 @@ FIELD_HELP = {
     "val_split": "training images held out for validation, stratified and seeded (default: 10% "
                  "of an image folder without val/, else none; 0: no validation)",
     "tta_flip": "evaluate with the horizontally mirrored image averaged in",
+    "tta_translate": "evaluate with 1 px translations too: half the weight on the image, a "
+                     "quarter on each of its shifts up-left and down-right (reflect padding), "
+                     "each with its mirror under tta_flip " + AIRBENCH,
+    "flip_alternate": "mirror each training image every other epoch (a random half in even "
+                      "epochs, the other half in odd ones) instead of at random "
+                      + AIRBENCH,
     "progressive_from": "progressive resizing: train on images resized to this fraction of "
                         "their side at first (0.5: 28 px images start at 14; never below 8 px), "
                         "growing in 4 px steps to the native side (cheaper early epochs; "

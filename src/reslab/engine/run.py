@@ -13,10 +13,12 @@ from ..data.normalize import Stats
 from ..errors import UserError
 from ..interop import apply_state_dict, layout_kwargs, open_weights
 from ..models import get_arch
+from ..models.init import whiten_conv_
 from ..record import Preprocess, Record, TrainingData
 from ..text import plural
 from ..threads import ThreadGovernor
 from .adapt import DataFacts, adapt
+from .calibration import first_images
 from .distributed import init_distributed
 from .evaluate import Tally, evaluate, flip_tta
 from .mixing import batch_mixer
@@ -25,6 +27,9 @@ from .schedule import ScheduleState
 from .setup import (EMA, architecture_from_weights, build_model, build_optimizer, resolve_amp,
                     seed_everything, select_device)
 from .state import RunProgress
+from .tta import translate_tta
+
+WHITEN_IMAGES = 5000
 
 
 class Run:
@@ -57,17 +62,21 @@ class Run:
                                           min(self.data.input_size[1:]), self.dist.world_size))
             self.messages += notes
             self.data.augment, self.data.pad = r.augment, r.pad  # read at batch time
+        self.data.flip_alternate = r.flip_alternate
         self.r = r = self._fit_batch(r)
         torch.manual_seed(r.seed)  # the same initial weights on every rank
         self.model = build_model(r, len(self.data.class_names), self.data.in_chans, self.layout)
         if state is not None:
             self.messages += apply_state_dict(self.model, state, str(r.weights),
                                               layout=self.layout)
+        elif r.whiten_stem and not resume:  # a resumed run's state holds the weights
+            self._whiten_stem()
         self.model.to(self.device)
         if r.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(r, self.model)
-        self.ema = EMA(self.model, r.ema) if r.ema > 0 else None
+        self.ema = (EMA(self.model, r.ema, every=r.ema_every, lookahead=r.lookahead)
+                    if r.ema > 0 else None)
         self.mixer = batch_mixer(r.mixup, r.cutmix, len(self.data.class_names))
         if r.early_stopping and "val" not in self.data.splits:
             raise UserError(f"early_stopping watches the validation top-1: {r.data} has no "
@@ -108,6 +117,14 @@ class Run:
                              f"with ({r.weights})")
         pre = source.preprocess
         return Stats(list(pre.mean), list(pre.std))
+
+    def _whiten_stem(self) -> None:
+        """whiten_stem: the first conv initialised from the patches of up to WHITEN_IMAGES
+        training images, normalised and unaugmented (airbench94 uses 5,000)."""
+        batches = first_images(self.data.eval_batches("train", 500, "cpu"), WHITEN_IMAGES)
+        k = whiten_conv_(self.model.conv1, (x for x, _ in batches))
+        self.messages.append(f"note: the first conv whitens the training images' patches "
+                             f"({k} leading directions and their negatives)")
 
     def _fit_batch(self, r: Recipe) -> Recipe:
         n, ws = self.data.num_examples("train"), self.dist.world_size
@@ -156,6 +173,9 @@ class Run:
         model = self.eval_model()
         batches = self.data.eval_batches(split, max(256, self.r.batch_size), self.device,
                                          rank=self.dist.rank, world_size=self.dist.world_size)
-        predict = flip_tta(model) if self.r.tta_flip else None
+        if self.r.tta_translate:
+            predict = translate_tta(model, flip=self.r.tta_flip)
+        else:
+            predict = flip_tta(model) if self.r.tta_flip else None
         return evaluate(model, batches, d=self.dist, device=self.device,
                         autocast_dtype=self.amp_dtype, predict=predict)

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import create_model, get_arch
+from ..models.init import dirac_init_
 from ..record import Record
 from .recipe import Recipe
 
@@ -72,9 +73,17 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def build_model(r: Recipe, num_classes: int, in_chans: int,
                 layout: dict[str, Any] | None = None) -> nn.Module:
-    """The recipe's model; layout: options the initial weights need (interop.layout_kwargs)."""
-    return create_model(r.model, num_classes=num_classes, in_chans=in_chans,
-                        **r.model_kwargs(), **(layout or {}))
+    """The recipe's model; layout: options the initial weights need (interop.layout_kwargs).
+    dirac_init and bn_momentum change its initial weights and BN momentum, not its
+    architecture (so not its record)."""
+    model = create_model(r.model, num_classes=num_classes, in_chans=in_chans,
+                         **r.model_kwargs(), **(layout or {}))
+    if r.dirac_init:
+        dirac_init_(model)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = r.bn_momentum
+    return model
 
 
 def build_optimizer(r: Recipe, model: nn.Module) -> torch.optim.Optimizer:
@@ -87,27 +96,65 @@ def build_optimizer(r: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     # earlier runs hold two groups), then the head's when it is split off.
     keys = [(False, True), (False, False)] + ([(True, True), (True, False)] if split else [])
     params: dict[tuple[bool, bool], list[nn.Parameter]] = {k: [] for k in keys}
+    bn_biases = set()
+    if r.bn_bias_lr != 1.0:  # airbench94's BN-bias group: a larger lr, the same lr x decay
+        bn_biases = {id(m.bias) for m in model.modules()
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
     for name, p in model.named_parameters():
-        params[(split and name.startswith("fc."), p.ndim > 1 or r.decay_all)].append(p)
+        if id(p) not in bn_biases:
+            params[(split and name.startswith("fc."), p.ndim > 1 or r.decay_all)].append(p)
     groups = [{"params": params[k], "weight_decay": r.weight_decay if k[1] else 0.0,
                "head": k[0]} for k in keys]
+    if bn_biases:
+        groups.append({"params": [p for p in model.parameters() if id(p) in bn_biases],
+                       "weight_decay": r.weight_decay / r.bn_bias_lr if r.decay_all else 0.0,
+                       "head": False, "lr_scale": r.bn_bias_lr})
     if r.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=r.lr)
     return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov)
 
 
-class EMA:
-    """Exponential moving average of the weights (buffers copied), evaluated in place of them."""
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, head_only: bool = False) -> None:
+    """Every group's lr for this step: `lr` times the group's "lr_scale" (the BN biases' under
+    bn_bias_lr); 0 for the body's groups when only the head trains (freeze_epochs)."""
+    for group in optimizer.param_groups:
+        frozen = head_only and not group.get("head")
+        group["lr"] = 0.0 if frozen else lr * group.get("lr_scale", 1.0)
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The step's lr as the schedule gave it (set_lr's `lr`), whatever the groups' scales."""
+    return max(g["lr"] / g.get("lr_scale", 1.0) for g in optimizer.param_groups)
+
+
+class EMA:
+    """Exponential moving average of the weights (floating buffers such as the BN running
+    statistics averaged alike, others copied), evaluated in place of them. With `lookahead`
+    (airbench94) the average is copied back into the model at each update."""
+
+    def __init__(self, model: nn.Module, decay: float, *, every: int = 1,
+                 lookahead: bool = False) -> None:
+        self.decay, self.every, self.lookahead = decay, every, lookahead
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    def decay_at(self, step: int, total: int) -> float:
+        """The decay of an update after `step` of `total` steps: decay ** every (the updates
+        are `every` steps apart), ramped by (step / total) ** 3 under lookahead, as airbench94
+        (move fast early, average strongly at the end)."""
+        rho = self.decay ** self.every
+        return rho * (step / total) ** 3 if self.lookahead else rho
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, decay: float | None = None) -> None:
+        decay = self.decay if decay is None else decay
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v, 1 - self.decay)
+                self.shadow[k].lerp_(v, 1 - decay)
+                if self.lookahead:
+                    v.copy_(self.shadow[k])
             else:
                 self.shadow[k].copy_(v)
 

@@ -78,6 +78,28 @@ def tta_logits(model: Model, x: torch.Tensor, crops: int = 1, crop_size: int | N
     raise ValueError(f"crops must be 1 or 10, got {crops}")
 
 
+def translations(x: torch.Tensor, shift: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch moved by `shift` px down-right and up-left (out[i, j] = x[i - s, j - s], and
+    x[i + s, j + s]), the borders filled by reflection: airbench94's test-time translations."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (shift,) * 4, mode="reflect")
+    return padded[..., :h, :w], padded[..., 2 * shift:, 2 * shift:]
+
+
+def translate_tta(model: Model, flip: bool = True) -> Model:
+    """airbench94's multi-crop test-time augmentation (its tta_level 2; Jordan 2024, arXiv
+    2404.00498): logits of the image weighted 1/2 and of each of its two 1 px translations
+    1/4, each view averaged with its mirror image when `flip`. Logits are averaged, as
+    airbench does (and flip_tta)."""
+    def views(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (model(x) + model(x.flip(-1))) if flip else model(x)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        down_right, up_left = translations(x)
+        return 0.5 * views(x) + 0.25 * (views(down_right) + views(up_left))
+    return predict
+
+
 def resize_shorter(x: torch.Tensor, size: int) -> torch.Tensor:
     """The batch resized (bilinear, antialiased) so its shorter side is size, aspect kept."""
     h, w = x.shape[-2:]
