@@ -202,7 +202,8 @@ def test_a_full_queue_answers_503_with_retry_after(digits) -> None:
         assert r.json()["error"]["code"] == "overloaded"
         release.set()
         assert [f.result().status_code for f in [first, *waiting]] == [200, 200, 200]
-        assert 'reslab_errors_total{api="v1",error="overloaded"} 1.0' in httpx.get(f"{url}/metrics").text
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'reslab_errors_total{api="v1",error="overloaded"} 1.0' in metrics
 
 
 # --- the process --------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 body with its image/* content type, or files as multipart/form-data) answers the top-k classes
 as `reslab predict --json` does; GET /v1/model, /healthz, /metrics (Prometheus); an upload page
 with the Grad-CAM heat map at /; the Open Inference Protocol (KServe v2: health, metadata,
-infer; what tritonclient speaks) under /v2/models/NAME. Concurrent requests are batched (--max-batch, --max-wait-ms);
-past --max-queue waiting images requests get 503 with Retry-After. SIGTERM or Ctrl-C answers
+infer; what tritonclient speaks) under /v2/models/NAME. Concurrent requests are batched
+(--max-batch, --max-wait-ms); past --max-queue waiting images requests get 503 with
+Retry-After. SIGTERM or Ctrl-C answers
 the requests in flight, then exits 0. Needs the serve extra: pip install 'reslab[serve]'."""
 from __future__ import annotations
 

@@ -176,8 +176,8 @@ def parse_request(header: bytes) -> InferenceRequest:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        what = f"at {where}: " if where else ""
-        raise bad(f"invalid inference request {what}{first.get('msg')}") from None
+        what = f" at {where}" if where else ""
+        raise bad(f"invalid inference request{what}: {first.get('msg')}") from None
 
 
 def _flat(data: list[Any]) -> Iterator[Any]:
