@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -236,3 +237,23 @@ def test_the_default_model_name_is_the_run_name(tmp_path) -> None:
     run.mkdir()
     assert model_name_of(run) == "fmnist-resnet20"
     assert model_name_of(tmp_path / ".my run.v2.safetensors") == "my-run.v2"
+
+
+def test_the_deploy_guide_example_runs_as_written(server, client, digits, expected,
+                                                  capsys) -> None:
+    """docs/guides/deploy.md's tritonclient example, its address, model name and files
+    replaced by this server's."""
+    guide = Path(__file__).resolve().parents[1] / "docs" / "guides" / "deploy.md"
+    section = guide.read_text("utf-8").split("### The Open Inference Protocol (v2)")[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    for old, new in (('"localhost:8000"', repr(server.removeprefix("http://"))),
+                     ('"fmnist-resnet20"', repr(NAME)),
+                     ('("shirt.png", "boot.png")', repr(tuple(map(str, digits[1][:2]))))):
+        assert old in code, old
+        code = code.replace(old, new)
+    capsys.readouterr()
+    exec(compile(code, str(guide), "exec"), {})
+    shape, labels = capsys.readouterr().out.splitlines()
+    assert shape == "(2, 10)"
+    assert labels == str(np.array([str(i).encode() for i in expected[:2].argmax(1)],
+                                  dtype=object))
