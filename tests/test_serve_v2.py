@@ -213,6 +213,10 @@ BAD = {  # case: (body, headers, status, message start)
                                          "parameters": {"binary_data_size": 256}}]},
                             struct.pack("<64f", *([float("nan")] * 64))), 400,
                    "input 'input' holds values that are not finite fp32 numbers"),
+    "number too large": (json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8],
+                                                 "datatype": "FP32",
+                                                 "data": [10**400] + [0] * 63}]}).encode(), {},
+                         400, "input 'input' holds values that are not finite fp32 numbers"),
     "unknown output": (json.dumps({**_images_request(1), "outputs": [{"name": "logits"}]})
                        .encode(), {}, 400, "unknown output 'logits': this model has "
                        "'probabilities' and 'labels'"),

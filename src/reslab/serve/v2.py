@@ -288,8 +288,11 @@ def tensor_input(model: ServedModel, t: Tensor, data: list[Any] | bytes) -> torc
                                      for v in flat):
             raise bad(f"input '{TENSOR}': data must be {n:,} numbers (shape {t.shape}), got "
                       f"{len(flat):,} values")
-        with np.errstate(over="ignore"):
-            values = np.asarray(flat, dtype=np.float32)
+        try:
+            with np.errstate(over="ignore"):  # beyond fp32: inf, refused below
+                values = np.asarray(flat, dtype=np.float32)
+        except OverflowError:  # a JSON integer beyond even float64
+            values = np.array([np.inf], dtype=np.float32)
     if not np.isfinite(values).all():
         raise bad(f"input '{TENSOR}' holds values that are not finite fp32 numbers")
     return torch.from_numpy(values.astype(np.float32).reshape(t.shape))
