@@ -13,7 +13,8 @@ and top-1 agreement with fp32 on the checkpoint's whole test split.
 --auto-vs-ort times only the two that issue 29's criterion compares: runtime="auto" against
 ONNX Runtime's default session (auto >= 0.95x of it), both with the same intra-op threads.
 
-Times are medians of interleaved rounds (each round: as many calls as fill --target-s).
+Times are medians of interleaved rounds in rotating order (each round: as many calls as fill
+--target-s), reslab.deploy.runtime.median_seconds, the timing runtime="auto" chooses by.
 """
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ import torch
 
 from common import RESULTS, add_threads_option, prepare, print_table, save_results
 from reslab import create_model
-from reslab.bench import inference_step, precision_rows, time_steps, torchvision_twin
+from reslab.bench import inference_step, precision_rows, torchvision_twin
 from reslab.deploy import optimize_for_inference
 from reslab.deploy.export import onnx_program
+from reslab.deploy.runtime import median_seconds
 
 COLUMNS = (("model", "model", ""), ("batch", "batch", "d"), ("variant", "variant", ""),
            ("ms_per_batch", "ms/batch", ".1f"), ("img_s", "img/s", ".1f"),
@@ -90,8 +92,8 @@ def fp32_rows(name: str, batch: int, args: argparse.Namespace) -> tuple[list[dic
     with torch.inference_mode():
         ref = tv(x)
         diffs = {k: float((fn() - ref).abs().max()) for k, fn in steps.items()}
-    seconds = time_steps(steps, rounds=args.rounds, target_s=args.target_s,
-                         statistic=statistics.median)
+    # the runtime choice's own timing: interleaved, order rotated each round, median round
+    seconds = median_seconds(steps, rounds=args.rounds, target_s=args.target_s)
     rows = [{"model": name, "batch": batch, "variant": k, "ms_per_batch": round(1e3 * s, 2),
              "img_s": round(batch / s, 2),
              "vs_torchvision": round(seconds[TV] / s, 3) if TV in seconds else None,

@@ -114,25 +114,40 @@ class RuntimeChoice:
 
 
 # The runtime choice's timing: interleaved rounds (a load change hits every candidate alike),
-# the median round of each (one lucky or unlucky round does not decide), each round as many
-# calls as fill TARGET_S (at batch 1 several calls, so a round is not one call's jitter).
+# the order rotated each round (no candidate always runs in the same place, e.g. right after
+# another runtime whose threads may still spin for a moment), the median round of each
+# (one lucky or unlucky round does not decide), each round as many calls as fill TARGET_S (at
+# batch 1 several calls, so a round is not one call's jitter).
 ROUNDS = 5
 TARGET_S = 0.2
 
 
-def choose_faster(candidates: dict[str, Forward], example_input: torch.Tensor, *,
-                  target_s: float = TARGET_S, rounds: int = ROUNDS) -> RuntimeChoice:
-    """Times each candidate on example_input (warmed up, then `rounds` interleaved rounds of
-    about target_s each; the median round of each) and names the fastest. Where two are
-    within the rounds' noise either choice costs as little: the choice that can flip run to
-    run is the one that does not matter."""
+def median_seconds(steps: dict[str, Callable[[], object]], *, rounds: int = ROUNDS,
+                   target_s: float = TARGET_S) -> dict[str, float]:
+    """Seconds per call of each step: warmed up, then `rounds` interleaved rounds in rotating
+    order, the median round of each."""
     import statistics
 
-    from ..timing import inference_step, time_steps
+    from ..timing import calibrate, seconds_per_call
+
+    names = list(steps)
+    iters = {name: calibrate(steps[name], target_s=target_s) for name in names}
+    rounds_s: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            rounds_s[name].append(seconds_per_call(steps[name], iters[name]))
+    return {name: statistics.median(s) for name, s in rounds_s.items()}
+
+
+def choose_faster(candidates: dict[str, Forward], example_input: torch.Tensor, *,
+                  target_s: float = TARGET_S, rounds: int = ROUNDS) -> RuntimeChoice:
+    """Times each candidate on example_input (median_seconds) and names the fastest. Where
+    two are within the rounds' noise either choice costs as little: the choice that can flip
+    run to run is the one that does not matter."""
+    from ..timing import inference_step
 
     steps = {name: inference_step(fn, example_input) for name, fn in candidates.items()}
-    seconds = time_steps(steps, rounds=rounds, target_s=target_s,
-                         statistic=statistics.median)
+    seconds = median_seconds(steps, rounds=rounds, target_s=target_s)
     best = min(seconds, key=seconds.__getitem__)
     return RuntimeChoice(best, int(example_input.shape[0]), seconds)
 
