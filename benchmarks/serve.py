@@ -1,9 +1,17 @@
 """Load test of `reslab serve` on loopback: throughput and p50/p95/p99 latency at several
-concurrencies with dynamic batching on and off, against the offline batch throughput of the same
-runtime, and a mixed run where 10% of the requests are bad inputs (none may disturb the good).
+concurrencies with dynamic batching on and off, through /v1/predict and the v2 protocol's infer,
+against the offline batch throughput of the same runtime and threads, and a mixed run where 10%
+of the requests are bad inputs (none may disturb the good).
 
     python benchmarks/serve.py --ckpt runs/fmnist-resnet20 [--concurrency 1 8 32] [--requests 400]
-                               [--max-seconds 20] [--resnet50] [--out docs/results/inference-serving.json]
+                               [--max-seconds 20] [--resnet50] [--protocols v1 v2]
+                               [--out docs/results/inference-serving.json]
+    python benchmarks/serve.py --resnet50 --threads 2 --out docs/results/inference-serving-resnet50.json
+
+--resnet50 adds resnet50 at 224 px (random weights, JPEG uploads) at --resnet50-concurrency
+(default 1 4 16) with --max-batch 16 on and 1 off, --resnet50-requests per run; without --ckpt
+only resnet50 runs. A v2 request is what tritonclient sends by default: one image as a binary
+BYTES tensor, binary outputs.
 
 The server is a separate process (`reslab serve CKPT --port 0`, loopback only); the client is
 asyncio + httpx in this one, each of C workers sending one request at a time (closed loop),
@@ -30,7 +38,7 @@ from PIL import Image
 
 from common import ROOT, RESULTS, prepare, print_table, save_results
 
-COLUMNS = (("model", "model", ""), ("batching", "batching", ""),
+COLUMNS = (("model", "model", ""), ("protocol", "API", ""), ("batching", "batching", ""),
            ("concurrency", "conc.", "d"), ("requests", "requests", "d"),
            ("img_s", "img/s", ".1f"), ("vs_offline", "vs offline", ".2f"),
            ("p50_ms", "p50 ms", ".1f"), ("p95_ms", "p95 ms", ".1f"), ("p99_ms", "p99 ms", ".1f"),
@@ -44,15 +52,20 @@ def batching(max_batch: int) -> dict[str, list[str]]:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", type=Path, required=True, help="trained checkpoint (resnet20 on "
-                   "Fashion-MNIST for the recorded numbers)")
+    p.add_argument("--ckpt", type=Path, help="trained checkpoint (resnet20 on Fashion-MNIST "
+                   "for the recorded numbers); without it, --resnet50 only")
     p.add_argument("--runtime", default="auto", choices=("torch", "onnxruntime", "auto"))
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--requests", type=int, default=400, help="requests per run at most")
     p.add_argument("--max-seconds", type=float, default=20.0, help="seconds per run at most")
     p.add_argument("--images", type=int, default=256, help="distinct test images sent")
-    p.add_argument("--resnet50", action="store_true", help="also a short run of resnet50 at "
-                   "224 px (random weights), concurrency 32 only")
+    p.add_argument("--resnet50", action="store_true", help="also resnet50 at 224 px (random "
+                   "weights)")
+    p.add_argument("--resnet50-concurrency", nargs="+", type=int, default=[1, 4, 16])
+    p.add_argument("--resnet50-requests", type=int, default=96, help="requests per resnet50 "
+                   "run at most")
+    p.add_argument("--protocols", nargs="+", choices=("v1", "v2"), default=["v1", "v2"],
+                   help="/v1/predict, the v2 protocol's infer, or both")
     p.add_argument("--threads", type=int, help="torch threads in the server and offline")
     p.add_argument("--out", type=Path, default=RESULTS / "inference-serving.json")
     return p.parse_args()
@@ -126,6 +139,28 @@ def _seconds(fn, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+MODEL_NAME = "bench"  # the served model's v2 name
+Request = tuple[str, bytes, dict[str, str], int]  # path, body, headers, expected status
+
+
+def v1_request(image: bytes, ctype: str) -> Request:
+    return "/v1/predict", image, {"content-type": ctype}, 200
+
+
+def v2_request(image: bytes) -> Request:
+    """One image as tritonclient sends it by default: a binary BYTES tensor after the JSON,
+    binary outputs asked for."""
+    import json
+
+    header = json.dumps({"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": 4 + len(image)}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return (f"/v2/models/{MODEL_NAME}/infer",
+            header + len(image).to_bytes(4, "little") + image,
+            {"inference-header-content-length": str(len(header)),
+             "content-type": "application/octet-stream"}, 200)
+
+
 class Server:
     """`reslab serve` in a subprocess on a free loopback port."""
 
@@ -134,7 +169,8 @@ class Server:
         extra = ["--threads", str(threads)] if threads else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reslab", "serve", str(ckpt), "--host", "127.0.0.1",
-             "--port", "0", "--runtime", runtime, "--max-pixels", "1000000", *extra, *flags],
+             "--port", "0", "--runtime", runtime, "--max-pixels", "1000000", "--model-name",
+             MODEL_NAME, *extra, *flags],
             stdout=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
         if " at http://" not in line:
@@ -153,10 +189,10 @@ def _percentile(values: list[float], q: float) -> float:
         else (values[0] if values else float("nan"))
 
 
-async def load(url: str, bodies: list[tuple[bytes, str, int]], concurrency: int,
+async def load(url: str, bodies: list[Request], concurrency: int,
                requests: int, max_seconds: float) -> dict:
     """Closed-loop load: `concurrency` workers, each sending the next body when its last one is
-    answered, until `requests` are sent or max_seconds pass. bodies: (body, content type,
+    answered, until `requests` are sent or max_seconds pass. bodies: (path, body, headers,
     expected status). Returns latencies of the good answers and counts."""
     import httpx
 
@@ -168,12 +204,11 @@ async def load(url: str, bodies: list[tuple[bytes, str, int]], concurrency: int,
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
         async def worker() -> None:
             while counts["sent"] < requests and time.perf_counter() < deadline:
-                body, ctype, want = bodies[counts["sent"] % len(bodies)]
+                path, body, headers, want = bodies[counts["sent"] % len(bodies)]
                 counts["sent"] += 1
                 start = time.perf_counter()
                 try:
-                    r = await client.post("/v1/predict", content=body,
-                                          headers={"content-type": ctype})
+                    r = await client.post(path, content=body, headers=headers)
                     status = r.status_code
                 except httpx.HTTPError:
                     status = -1
@@ -204,12 +239,14 @@ def batch_totals(url: str) -> tuple[float, float]:
     return values.get("reslab_batch_size_sum", 0.0), values.get("reslab_batch_size_count", 0.0)
 
 
-def bad_bodies(good: bytes) -> list[tuple[bytes, str, int]]:
+def bad_bodies(good: bytes) -> list[Request]:
     """One of each bad-input class the server names (expected: a 4xx)."""
     big = io.BytesIO()
     Image.new("L", (1200, 1000)).save(big, "PNG")  # 1.2 M pixels > the run's --max-pixels
-    return [(b"not an image at all", "image/png", 422), (good[: len(good) // 2], "image/png", 422),
-            (big.getvalue(), "image/png", 422), (b"{}", "application/json", 415)]
+    bad = [v1_request(b, "image/png") for b in (b"not an image at all", good[: len(good) // 2],
+                                                big.getvalue())]
+    return [(path, body, headers, 422) for path, body, headers, _ in bad] + [
+        ("/v1/predict", b"{}", {"content-type": "application/json"}, 415)]
 
 
 def _cpu_s(pid: int) -> float:
@@ -219,10 +256,10 @@ def _cpu_s(pid: int) -> float:
 
 
 def run_model(name: str, ckpt: Path, images: list[bytes], args: argparse.Namespace,
-              concurrencies: list[int], max_batch: int, ctype: str = "image/png"
-              ) -> tuple[list[dict], dict, dict]:
+              concurrencies: list[int], max_batch: int, requests: int,
+              ctype: str = "image/png") -> tuple[list[dict], dict, dict]:
     rows, offline_rates, mixed = [], {}, {}
-    good = [(b, ctype, 200) for b in images]
+    good = {"v1": [v1_request(b, ctype) for b in images], "v2": [v2_request(b) for b in images]}
     for mode, flags in batching(max_batch).items():
         server = Server(ckpt, args.runtime, flags, args.threads)
         try:
@@ -232,40 +269,24 @@ def run_model(name: str, ckpt: Path, images: list[bytes], args: argparse.Namespa
             key = f"{runtime}/b{flags[1]}"
             if key not in offline_rates:
                 offline_rates[key] = offline(ckpt, runtime, images, int(flags[1]))
-            asyncio.run(load(server.url, good[:8], 4, 16, 10))  # warm-up
-            for c in concurrencies:
-                images0, calls0 = batch_totals(server.url)  # the histogram is cumulative
-                cpu0, client0 = _cpu_s(server.proc.pid), time.process_time()
-                r = asyncio.run(load(server.url, good, c, args.requests, args.max_seconds))
-                cpu1, client1 = _cpu_s(server.proc.pid), time.process_time()
-                images1, calls1 = batch_totals(server.url)
-                lat = [1e3 * s for s in r["latencies"]]
-                img_s = r["good_ok"] / r["wall_s"]
-                base = offline_rates.get(f"{runtime}/b{max_batch}") or offline_rates[key]
-                rows.append({"model": name, "batching": mode, "concurrency": c,
-                             "requests": r["sent"], "runtime": chosen,
-                             "img_s": round(img_s, 1),
-                             "vs_offline": round(img_s / base["end_to_end_img_s"], 3),
-                             "vs_offline_model_only": round(img_s / base["model_img_s"], 3),
-                             "p50_ms": round(_percentile(lat, 50), 2),
-                             "p95_ms": round(_percentile(lat, 95), 2),
-                             "p99_ms": round(_percentile(lat, 99), 2),
-                             "mean_batch": round((images1 - images0)
-                                                 / max(1.0, calls1 - calls0), 2),
-                             "failed": r["good_failed"], "wall_s": round(r["wall_s"], 2),
-                             # CPU per request: what the machine's load does not change much
-                             "server_cpu_ms_per_request": round(
-                                 1e3 * (cpu1 - cpu0) / max(1, r["sent"]), 2),
-                             "client_cpu_ms_per_request": round(
-                                 1e3 * (client1 - client0) / max(1, r["sent"]), 2)})
-                print(f"  {name} batching {mode} c={c}: {img_s:.1f} img/s, p99 "
-                      f"{rows[-1]['p99_ms']:.1f} ms", flush=True)
+            for protocol in args.protocols:
+                asyncio.run(load(server.url, good[protocol][:8], 4, 8, 10))  # warm-up
+                for c in concurrencies:
+                    rows.append(measure(server, good[protocol], c, requests, args) | {
+                        "model": name, "protocol": protocol, "batching": mode,
+                        "runtime": chosen})
+                    base = offline_rates.get(f"{runtime}/b{max_batch}") or offline_rates[key]
+                    img_s = rows[-1]["img_s"]
+                    rows[-1]["vs_offline"] = round(img_s / base["end_to_end_img_s"], 3)
+                    rows[-1]["vs_offline_model_only"] = round(img_s / base["model_img_s"], 3)
+                    print(f"  {name} {protocol} batching {mode} c={c}: {img_s:.1f} img/s, p99 "
+                          f"{rows[-1]['p99_ms']:.1f} ms", flush=True)
             if mode == "on":
                 bad = bad_bodies(images[0])
-                mixed_bodies = [bad[i // 10 % len(bad)] if i % 10 == 9 else good[i % len(good)]
-                                for i in range(400)]
-                r = asyncio.run(load(server.url, mixed_bodies, max(concurrencies),
-                                     args.requests, args.max_seconds))
+                mixed_bodies = [bad[i // 10 % len(bad)] if i % 10 == 9
+                                else good["v1"][i % len(images)] for i in range(400)]
+                r = asyncio.run(load(server.url, mixed_bodies, max(concurrencies), requests,
+                                     args.max_seconds))
                 mixed = {"concurrency": max(concurrencies), "sent": r["sent"],
                          "good_ok": r["good_ok"], "good_failed": r["good_failed"],
                          "bad_answered_4xx": r["bad_answered_4xx"],
@@ -280,41 +301,79 @@ def run_model(name: str, ckpt: Path, images: list[bytes], args: argparse.Namespa
     return rows, offline_rates, mixed
 
 
+def measure(server: Server, bodies: list[Request], concurrency: int, requests: int,
+            args: argparse.Namespace) -> dict:
+    """One closed-loop run: throughput, latency percentiles, the mean batch the server formed
+    and the CPU per request of server and client."""
+    images0, calls0 = batch_totals(server.url)  # the histogram is cumulative
+    cpu0, client0 = _cpu_s(server.proc.pid), time.process_time()
+    r = asyncio.run(load(server.url, bodies, concurrency, requests, args.max_seconds))
+    cpu1, client1 = _cpu_s(server.proc.pid), time.process_time()
+    images1, calls1 = batch_totals(server.url)
+    lat = [1e3 * s for s in r["latencies"]]
+    return {"concurrency": concurrency, "requests": r["sent"],
+            "img_s": round(r["good_ok"] / r["wall_s"], 2),
+            "p50_ms": round(_percentile(lat, 50), 2), "p95_ms": round(_percentile(lat, 95), 2),
+            "p99_ms": round(_percentile(lat, 99), 2),
+            "mean_batch": round((images1 - images0) / max(1.0, calls1 - calls0), 2),
+            "failed": r["good_failed"], "wall_s": round(r["wall_s"], 2),
+            # CPU per request: what the machine's load does not change much
+            "server_cpu_ms_per_request": round(1e3 * (cpu1 - cpu0) / max(1, r["sent"]), 2),
+            "client_cpu_ms_per_request": round(1e3 * (client1 - client0) / max(1, r["sent"]),
+                                               2)}
+
+
+def resnet50_photos(n: int = 16) -> list[bytes]:
+    """n JPEG files of 256 px noise: what the resnet50 runs upload."""
+    rng = torch.Generator().manual_seed(0)
+    photos = []
+    for _ in range(n):
+        pixels = torch.randint(0, 256, (256, 256, 3), generator=rng, dtype=torch.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels.numpy()).save(buf, "JPEG", quality=90)
+        photos.append(buf.getvalue())
+    return photos
+
+
 def main() -> None:
     args = parse_args()
+    if args.ckpt is None and not args.resnet50:
+        raise SystemExit("error: give --ckpt, --resnet50 or both")
     prepare(args)
-    images, side = pngs(args.ckpt, args.images)
-    rows, offline_rates, mixed = run_model(f"{args.ckpt.name} ({side} px)", args.ckpt, images,
-                                           args, args.concurrency, 32)
-    results = {"rows": rows, "offline": offline_rates, "mixed_bad_inputs": {"resnet20": mixed}}
+    rows, results = [], {"offline": {}, "mixed_bad_inputs": {}}
+    if args.ckpt is not None:
+        images, side = pngs(args.ckpt, args.images)
+        rows, offline_rates, mixed = run_model(f"{args.ckpt.name} ({side} px)", args.ckpt,
+                                               images, args, args.concurrency, 32,
+                                               args.requests)
+        results["offline"].update(offline_rates)
+        results["mixed_bad_inputs"]["resnet20"] = mixed
     if args.resnet50:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = random_checkpoint("resnet50", 224, Path(tmp))
-            rng = torch.Generator().manual_seed(0)
-            photos = []
-            for _ in range(16):
-                pixels = torch.randint(0, 256, (256, 256, 3), generator=rng, dtype=torch.uint8)
-                buf = io.BytesIO()
-                Image.fromarray(pixels.numpy()).save(buf, "JPEG", quality=90)
-                photos.append(buf.getvalue())
-            small = argparse.Namespace(**{**vars(args), "requests": 48,
-                                          "max_seconds": min(args.max_seconds, 30)})
-            r50, off50, mixed50 = run_model("resnet50 (224 px)", ckpt, photos, small, [8], 8,
-                                            "image/jpeg")
+            r50, off50, mixed50 = run_model("resnet50 (224 px)", ckpt, resnet50_photos(), args,
+                                            args.resnet50_concurrency, 16,
+                                            args.resnet50_requests, "image/jpeg")
             rows += r50
             results["offline"].update({f"resnet50/{k}": v for k, v in off50.items()})
             results["mixed_bad_inputs"]["resnet50"] = mixed50
+    results["rows"] = rows
     print_table("reslab serve on loopback (closed loop, one image per request)", rows, COLUMNS)
-    setup = {"ckpt": args.ckpt.name, "requested_runtime": args.runtime,
+    setup = {"ckpt": args.ckpt.name if args.ckpt else None, "requested_runtime": args.runtime,
              "concurrency": args.concurrency, "requests_per_run": args.requests,
              "max_seconds_per_run": args.max_seconds, "distinct_images": args.images,
+             "protocols": args.protocols,
              "batching": {k: " ".join(v) for k, v in batching(32).items()},
-             "resnet50": "random weights, 224 px, JPEG uploads of 256 px noise, concurrency 8, "
-                         "max batch 8, at most 48 requests per run",
+             "resnet50": None if not args.resnet50 else (
+                 f"random weights, 224 px, JPEG uploads of 256 px noise, concurrency "
+                 f"{args.resnet50_concurrency}, max batch 16 (on) or 1 (off), at most "
+                 f"{args.resnet50_requests} requests per run"),
              "client": "asyncio + httpx in the benchmark process, closed loop; the server a "
                        "separate process on 127.0.0.1",
-             "offline": "the same runtime in the benchmark process at the server's max batch: "
-                        "model alone, and PNG decode + preparation + model",
+             "v2_request": "one image as a binary BYTES tensor (binary-data extension), "
+                           "binary outputs: what tritonclient sends by default",
+             "offline": "the same runtime and threads in the benchmark process at the "
+                        "server's max batch: model alone, and decode + preparation + model",
              "mixed": "every 10th request bad (not an image, truncated PNG, too many pixels, "
                       "wrong content type, in turn)"}
     save_results("inference-serving", setup, results, out=args.out)

@@ -26,42 +26,17 @@ from PIL import Image
 
 import reslab
 from cli_helpers import clean_error
-from deploy_helpers import digits_checkpoint, digits_pngs
 from reslab.cli import main
-from reslab.serve import ServeOptions, create_app, listen, load_service, make_server
+from reslab.serve import ServeOptions, create_app, listen, load_service
+from serve_helpers import ThreadServer, digits_files
 
-LIMITS = ServeOptions(max_batch=8, max_wait_ms=2, max_body_bytes=64 * 2**10,
+LIMITS = ServeOptions(max_batch=8, max_wait_ms=2, max_body_mb=1 / 16,
                       max_pixels=100 * 100, topk=3)
-
-
-class ThreadServer:
-    """uvicorn serving app in a thread of this process, on a free loopback port."""
-
-    def __init__(self, app) -> None:
-        self.sock = listen("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = make_server(app, graceful_s=5)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "no server"
-            time.sleep(0.02)
-        return self.url
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> tuple[Path, list[Path]]:
-    root = tmp_path_factory.mktemp("serve")
-    paths, _ = digits_pngs(root, 12)
-    return digits_checkpoint(root / "model.safetensors"), paths
+    return digits_files(tmp_path_factory.mktemp("serve"), 12)
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +104,8 @@ def test_model_health_and_metrics(served) -> None:
     for name in ("reslab_requests_total", "reslab_request_seconds_bucket",
                  "reslab_batch_size_bucket", "reslab_images_total", "reslab_queue_images"):
         assert f"\n{name}" in text, name
-    assert 'reslab_errors_total{error="not_an_image"}' in text
-    assert 'reslab_requests_total{status="422"}' in text
+    assert 'reslab_errors_total{api="v1",error="not_an_image"}' in text
+    assert 'reslab_requests_total{api="v1",status="422"}' in text
 
 
 # --- bad requests -----------------------------------------------------------------------------
@@ -193,8 +168,11 @@ def test_bad_parameter_and_unknown_route(served) -> None:
         "message": "invalid topk 11: must be between 1 and 10 (the model's classes)"}
     r = _post(url, _noise_png(8), params={"topk": "x"})
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("invalid topk:")
-    r = httpx.get(f"{url}/v2/nothing")
-    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = httpx.get(f"{url}/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"] == {"code": "not_found",
+                                                          "message": "Not Found"}
+    r = httpx.get(f"{url}/v2/nothing")  # the v2 protocol's error shape
+    assert r.status_code == 404 and r.json() == {"error": "Not Found"}
 
 
 def test_a_full_queue_answers_503_with_retry_after(digits) -> None:
@@ -224,7 +202,8 @@ def test_a_full_queue_answers_503_with_retry_after(digits) -> None:
         assert r.json()["error"]["code"] == "overloaded"
         release.set()
         assert [f.result().status_code for f in [first, *waiting]] == [200, 200, 200]
-        assert 'reslab_errors_total{error="overloaded"} 1.0' in httpx.get(f"{url}/metrics").text
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'reslab_errors_total{api="v1",error="overloaded"} 1.0' in metrics
 
 
 # --- the process --------------------------------------------------------------------------------
@@ -264,9 +243,14 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(digits) -> None:
 def test_serve_flags_are_checked(digits, capsys) -> None:
     ckpt = digits[0]
     assert clean_error(capsys, ["serve", ckpt, "--max-batch", "0"]) == \
-        "error: invalid --max-batch 0: must be between 1 and 65,536"
+        "error: invalid max_batch 0: must be between 1 and 65,536"
     assert clean_error(capsys, ["serve", ckpt, "--max-body-mb", "0"]) == \
-        "error: invalid --max-body-mb 0.0: must be in (0, 4096]"
+        "error: invalid max_body_mb 0.0: must be in (0, 4096]"
+    assert clean_error(capsys, ["serve", ckpt, "--port", "70000"]) == \
+        "error: invalid port 70000: must be between 0 and 65,535"
+    assert clean_error(capsys, ["serve", ckpt, "--model-name", "a/b"]) == \
+        "error: invalid model_name 'a/b': use 1-128 letters, digits, '.', '_' or '-', not " \
+        "starting with '.'"
     taken = listen("127.0.0.1", 0)
     port = taken.getsockname()[1]
     try:
@@ -322,3 +306,15 @@ def test_upload_page_in_headless_chromium(served, digits, tmp_path, capsys) -> N
         assert driver.find_element(By.ID, "error").text == ""
     finally:
         driver.quit()
+
+
+def test_serve_options_check_themselves() -> None:
+    from reslab.errors import UserError
+
+    with pytest.raises(UserError, match=r"^invalid max_queue 0: must be between 1 and"):
+        ServeOptions(max_queue=0)
+    with pytest.raises(UserError, match=r"^invalid max_wait_ms -1: must be in \[0, 10000\]$"):
+        ServeOptions(max_wait_ms=-1)
+    with pytest.raises(UserError, match=r"^invalid model_name '\.hidden'"):
+        ServeOptions(model_name=".hidden")
+    assert ServeOptions(max_body_mb=0.5).max_body_bytes == 2**19

@@ -5,8 +5,8 @@ runtime="auto")`).
 
 ONNX Runtime is the runtime many CPU deployments use; on small batches it beats PyTorch's eager
 oneDNN path (its graph optimizer fuses Conv+BN+ReLU and the residual addition, and its
-per-operator overhead is lower). Its session runs with every graph optimization on and as many
-intra-op threads as CPUs this process may use. It is an optional dependency (the `export`
+per-operator overhead is lower). Its session is a plain one (ONNX Runtime's defaults: every
+graph optimization on) with as many intra-op threads as CPUs this process may use. It is an optional dependency (the `export`
 extra).
 """
 from __future__ import annotations
@@ -78,16 +78,16 @@ def onnxruntime_model(model: nn.Module, example_input: torch.Tensor, *,
 
 
 def ort_session(onnx_model: bytes | str, threads: int | None = None) -> OrtModel:
-    """An ONNX model (bytes or a file path) in a CPU session: every graph optimization on,
-    `threads` intra-op threads (default: the CPUs this process may use)."""
+    """An ONNX model (bytes or a file path) in a plain CPU session: ONNX Runtime's default
+    options (every graph optimization on, sequential execution) with `threads` intra-op
+    threads (default: the CPUs this process may use). Plain on purpose: "auto" must never lose
+    to the session a user would start themselves, so it runs that session."""
     from .export import onnx_modules
 
     ort = onnx_modules()
     threads = threads or available_cpus()
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1  # a ResNet is one chain of operators: nothing to overlap
     options.log_severity_level = 3  # its notices about unused initializers are not the user's
     session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
     return OrtModel(session, threads)
@@ -113,14 +113,41 @@ class RuntimeChoice:
                 f"{self.batch}; {times} per batch)")
 
 
+# The runtime choice's timing: interleaved rounds (a load change hits every candidate alike),
+# the order rotated each round (no candidate always runs in the same place, e.g. right after
+# another runtime whose threads may still spin for a moment), the median round of each
+# (one lucky or unlucky round does not decide), each round as many calls as fill TARGET_S (at
+# batch 1 several calls, so a round is not one call's jitter).
+ROUNDS = 5
+TARGET_S = 0.2
+
+
+def median_seconds(steps: dict[str, Callable[[], object]], *, rounds: int = ROUNDS,
+                   target_s: float = TARGET_S) -> dict[str, float]:
+    """Seconds per call of each step: warmed up, then `rounds` interleaved rounds in rotating
+    order, the median round of each."""
+    import statistics
+
+    from ..timing import calibrate, seconds_per_call
+
+    names = list(steps)
+    iters = {name: calibrate(steps[name], target_s=target_s) for name in names}
+    rounds_s: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            rounds_s[name].append(seconds_per_call(steps[name], iters[name]))
+    return {name: statistics.median(s) for name, s in rounds_s.items()}
+
+
 def choose_faster(candidates: dict[str, Forward], example_input: torch.Tensor, *,
-                  target_s: float = 0.1, rounds: int = 3) -> RuntimeChoice:
-    """Times each candidate on example_input (warmed up, interleaved rounds, best round each:
-    reslab.timing's rule) and names the fastest."""
-    from ..timing import inference_step, time_steps
+                  target_s: float = TARGET_S, rounds: int = ROUNDS) -> RuntimeChoice:
+    """Times each candidate on example_input (median_seconds) and names the fastest. Where
+    two are within the rounds' noise either choice costs as little: the choice that can flip
+    run to run is the one that does not matter."""
+    from ..timing import inference_step
 
     steps = {name: inference_step(fn, example_input) for name, fn in candidates.items()}
-    seconds = time_steps(steps, rounds=rounds, target_s=target_s)
+    seconds = median_seconds(steps, rounds=rounds, target_s=target_s)
     best = min(seconds, key=seconds.__getitem__)
     return RuntimeChoice(best, int(example_input.shape[0]), seconds)
 

@@ -1,17 +1,16 @@
-"""The HTTP API (FastAPI): POST /v1/predict, GET /v1/model, GET /healthz, GET /metrics, and
-the upload page at /.
+"""The HTTP API (FastAPI): POST /v1/predict, GET /v1/model, GET /healthz, GET /metrics, the
+upload page at /, and the Open Inference Protocol's /v2 routes (serve.v2).
 
 An upload goes the way `reslab predict` reads a file: decoded by reslab.data.images (the one
 decoding path, here from bytes), prepared by deploy.predict.prepare_decoded as the run's
 evaluation prepared its images, scored by the same logits function (deploy.predict.classifier,
 flip averaging as the record says) and ranked by deploy.predict.top_classes, so the answer is
 `reslab predict --json`'s for the same file. Between preparing and ranking, images wait in the
-dynamic batcher (serve.batching).
+dynamic batcher (serve.batching), the same one for /v1 and /v2.
 
-Every error is JSON, {"error": {"code", "message"}}, with the status that names its class:
-400 malformed request, 413 body too large, 415 not an image content type, 422 an image that
-cannot be used (not an image, truncated, decompression bomb, too many pixels), 503 overloaded
-(with Retry-After). A bad request never stops the server.
+Every error is JSON with the status that names its class (serve.http): /v1's
+{"error": {"code", "message"}}, /v2's {"error": "message"}. A bad request never stops the
+server.
 """
 from __future__ import annotations
 
@@ -22,14 +21,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -37,9 +36,13 @@ from torch import nn
 
 from ..data.images import ImageError, decode_image
 from ..deploy.predict import prepare_decoded, top_classes
+from .. import __version__
 from ..record import Record
+from . import v2
 from .batching import Batcher, Overloaded
+from .http import ApiError, counted, error_response, read_body
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .options import ServeOptions
 
 IMAGE_STATUS = 422  # a well-formed request whose image cannot be used
 # Images up to this many pixels are decoded on the event loop: well under a millisecond, less
@@ -50,49 +53,24 @@ INLINE_PIXELS = 256 * 256
 DECODE_THREADS = 2
 
 
-@dataclass(frozen=True)
-class ServeOptions:
-    """The server's batching and its limits on what a request may hold."""
-
-    max_batch: int = 16            # images per model call
-    max_wait_ms: float = 5.0       # how long the first image of a batch waits for company
-    max_queue: int = 256           # images waiting; beyond it requests get 503
-    max_body_bytes: int = 20 * 2**20
-    max_pixels: int = 40_000_000   # per image, from its header (PIL's own bomb guard: 179 M)
-    max_files: int = 64            # images in one multipart request
-    topk: int = 5
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
 
 
-class ApiError(Exception):
-    """An error answer: HTTP status, a stable code and a message naming the problem."""
+class Error(BaseModel):
+    """/v1's error answer."""
 
-    def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
+    error: ErrorDetail
 
 
-def _error_response(status: int, code: str, message: str,
-                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
-                        headers=headers)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it is known to pass `limit` bytes: from
-    Content-Length before reading, or while reading a body sent without one."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "body_too_large", f"request body of {int(declared):,} bytes is "
-                       f"larger than the server's limit of {limit:,} bytes")
-    parts, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"request body is larger than the server's "
-                           f"limit of {limit:,} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
+# /v1/predict reads its body itself (an image, or multipart files): documented here, so that
+# the OpenAPI document (and schemathesis, which fuzzes it) knows what it takes
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
 
 
 async def _uploads(request: Request, options: ServeOptions) -> list[tuple[str, bytes]]:
@@ -105,7 +83,7 @@ async def _uploads(request: Request, options: ServeOptions) -> list[tuple[str, b
         raise ApiError(415, "unsupported_media_type", f"{what}: send one image as the body "
                        "with its image/* content type (image/png, image/jpeg, ...), or files "
                        "as multipart/form-data")
-    body = await _read_body(request, options.max_body_bytes)
+    body = await read_body(request, options.max_body_bytes)
     if kind.startswith("image/"):
         if not body:
             raise ApiError(400, "empty_body", "the request body is empty: send an image")
@@ -156,10 +134,12 @@ def _cam_data_urls(model: nn.Module, record: Record, x: torch.Tensor, classes: l
 
 
 def create_app(model: nn.Module, record: Record, forward: Callable[[torch.Tensor],
-               torch.Tensor], options: ServeOptions, runtime: dict[str, Any]) -> FastAPI:
+               torch.Tensor], options: ServeOptions, runtime: dict[str, Any],
+               name: str = "model") -> FastAPI:
     """The app serving `forward` (the logits function: deploy.predict.classifier over a
     runtime's callable) for images prepared by `record`; `model` (eager, eval mode) draws the
-    Grad-CAM maps; `runtime` is reported by /v1/model."""
+    Grad-CAM maps; `runtime` is reported by /v1/model; `name` is the model's name on /v2
+    (options.model_name, when given, wins)."""
     metrics = Metrics()
     batcher = Batcher(forward, max_batch=options.max_batch,
                       max_wait_s=options.max_wait_ms / 1000, max_queue=options.max_queue,
@@ -177,6 +157,16 @@ def create_app(model: nn.Module, record: Record, forward: Callable[[torch.Tensor
         return await asyncio.get_running_loop().run_in_executor(
             decoders, _prepare, record, files, options.max_pixels)
 
+    async def logits(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return await batcher.predict(x)
+        except Overloaded as e:
+            raise ApiError(503, "overloaded", f"{e}; retry in {e.retry_after_s} s",
+                           {"Retry-After": str(e.retry_after_s)}) from None
+
+    def queued() -> int:
+        return batcher.queued
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
@@ -184,42 +174,41 @@ def create_app(model: nn.Module, record: Record, forward: Callable[[torch.Tensor
         await batcher.stop()  # uvicorn has let the in-flight requests finish: drain the rest
         decoders.shutdown()
 
-    app = FastAPI(title="reslab", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="reslab", version=__version__, lifespan=lifespan, docs_url="/docs",
+                  redoc_url=None)
     app.state.batcher, app.state.metrics = batcher, metrics
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
-        return _error_response(e.status, e.code, e.message, e.headers)
+        return error_response(request.url.path, e.status, e.code, e.message, e.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return _error_response(e.status_code, code, str(e.detail), getattr(e, "headers", None))
+        return error_response(request.url.path, e.status_code, code, str(e.detail),
+                              getattr(e, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameter(request: Request, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "query")
-        return _error_response(400, "bad_parameter", f"invalid {where}: {first.get('msg')}")
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "header"))
+        return error_response(request.url.path, 400, "bad_parameter",
+                              f"invalid {where}: {first.get('msg')}")
 
-    @app.post("/v1/predict")
+    v1_errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": Error} for status in (400, 413, 415, 422, 503)}
+
+    @app.post("/v1/predict", responses=v1_errors, openapi_extra=PREDICT_BODY)
     async def predict(request: Request, topk: int | None = None, cam: bool = False
                       ) -> JSONResponse:
-        start = time.perf_counter()
-        status = 200
-        try:
-            k = options.topk if topk is None else topk
+        async with counted(metrics, "v1", queued):
+            k = min(options.topk, len(record.class_names)) if topk is None else topk
             if not 1 <= k <= len(record.class_names):
                 raise ApiError(400, "bad_parameter", f"invalid topk {k}: must be between 1 "
                                f"and {len(record.class_names)} (the model's classes)")
             files = await _uploads(request, options)
             x = await prepare(files)
-            try:
-                logits = await batcher.predict(x)
-            except Overloaded as e:
-                raise ApiError(503, "overloaded", f"{e}; retry in {e.retry_after_s} s",
-                               {"Retry-After": str(e.retry_after_s)}) from None
-            tops = top_classes(logits, record.class_names, k)
+            tops = top_classes(await logits(x), record.class_names, k)
             predictions = [{"file": name, "top": top} for (name, _), top in zip(files, tops)]
             if cam:
                 urls = await run_in_threadpool(_cam_data_urls, model, record, x,
@@ -228,34 +217,26 @@ def create_app(model: nn.Module, record: Record, forward: Callable[[torch.Tensor
                     p["cam"] = url
             return JSONResponse({"architecture": record.architecture,
                                  "runtime": runtime["runtime"], "predictions": predictions})
-        except ApiError as e:
-            status = e.status
-            metrics.errors.labels(e.code).inc()
-            raise
-        except Exception:
-            status = 500
-            metrics.errors.labels("internal").inc()
-            raise
-        finally:
-            metrics.requests.labels(str(status)).inc()
-            metrics.latency.observe(time.perf_counter() - start)
-            metrics.queued.set(batcher.queued)
 
     @app.get("/v1/model")
     async def model_info() -> dict[str, Any]:
         return {"architecture": record.architecture, "kwargs": dict(record.kwargs),
                 "class_names": list(record.class_names),
                 "preprocess": record.preprocess.to_json(), "runtime": runtime,
-                "serving": asdict(options)}
+                "serving": options.to_json()}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "queued": batcher.queued}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         metrics.queued.set(batcher.queued)
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(v2.router(v2.ServedModel(
+        options.model_name or name, record, runtime["runtime"], options, prepare, logits,
+        metrics, queued)))
 
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
@@ -263,4 +244,12 @@ def create_app(model: nn.Module, record: Record, forward: Callable[[torch.Tensor
     async def index() -> str:
         return page
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                v2.openapi_components())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -10,23 +10,25 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
-    """Requests by status, their latency, images, batch sizes and model time, errors by cause,
-    and the queue's length."""
+    """Inference requests by API and status, their latency, images, batch sizes and model
+    time, errors by API and cause, and the queue's length."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("reslab_requests", "HTTP requests to /v1/predict by status",
-                                ["status"], registry=r)
-        self.latency = Histogram("reslab_request_seconds", "/v1/predict latency, received to "
-                                 "answered", buckets=LATENCY_BUCKETS, registry=r)
+        # api: "v1" (/v1/predict) or "v2" (the Open Inference Protocol's infer)
+        self.requests = Counter("reslab_requests", "inference requests by API and status",
+                                ["api", "status"], registry=r)
+        self.latency = Histogram("reslab_request_seconds", "inference request latency, "
+                                 "received to answered", ["api"], buckets=LATENCY_BUCKETS,
+                                 registry=r)
         self.images = Counter("reslab_images", "images classified", registry=r)
         self.batch_size = Histogram("reslab_batch_size", "images per model call",
                                     buckets=BATCH_BUCKETS, registry=r)
         self.batch_seconds = Histogram("reslab_batch_seconds", "seconds per model call",
                                        buckets=LATENCY_BUCKETS, registry=r)
-        self.errors = Counter("reslab_errors", "requests answered with an error, by cause",
-                              ["error"], registry=r)
+        self.errors = Counter("reslab_errors", "requests answered with an error, by API "
+                              "and cause", ["api", "error"], registry=r)
         self.queued = Gauge("reslab_queue_images", "images waiting for the model", registry=r)
 
     def batch(self, n: int, seconds: float) -> None:

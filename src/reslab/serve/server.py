@@ -14,7 +14,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..record import Record
-from .app import ServeOptions, create_app
+from .app import create_app
+from .options import ServeOptions
 
 
 @dataclass
@@ -26,9 +27,11 @@ class Service:
     record: Record
     forward: Callable[[torch.Tensor], torch.Tensor]
     runtime: dict[str, Any]
+    name: str = "model"  # the model's name on /v2 unless options.model_name says
 
     def app(self, options: ServeOptions) -> Any:
-        return create_app(self.model, self.record, self.forward, options, self.runtime)
+        return create_app(self.model, self.record, self.forward, options, self.runtime,
+                          self.name)
 
 
 def load_service(ckpt: str | Path, runtime: str = "auto", *, max_batch: int = 16,
@@ -40,6 +43,7 @@ def load_service(ckpt: str | Path, runtime: str = "auto", *, max_batch: int = 16
     from ..deploy.optimize import optimize_for_inference
     from ..deploy.predict import classifier
     from ..deploy.runtime import describe, runtime_of
+    from .v2 import model_name_of
 
     model, record = load_checkpoint(ckpt)
     example = torch.randn(max_batch, *record.preprocess.input_size,
@@ -51,12 +55,16 @@ def load_service(ckpt: str | Path, runtime: str = "auto", *, max_batch: int = 16
     choice = getattr(fast, "choice", None)
     info = {"runtime": runtime_of(fast), "requested": runtime, "note": describe(fast),
             "seconds_per_batch": choice.seconds if choice is not None else None}
-    return Service(model, record, classifier(fast, record, flip=flip), info)
+    return Service(model, record, classifier(fast, record, flip=flip), info,
+                   model_name_of(ckpt))
 
 
 def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (port 0: any free port); UserError when it cannot
     be had (address in use, a name that does not resolve, no permission)."""
+    from ..limits import check_int
+
+    check_int("port", port, 0, 65535)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, _, _, _, address = infos[0]
