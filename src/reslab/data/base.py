@@ -42,6 +42,8 @@ class Data:
         self.erase = erase  # random erasing probability of a training image
         self.auto_augment = auto_augment  # a policy of augment.AUTO_AUGMENTS, per image
         self.held_out = held_out  # training images held out as "val" (the resolved --val-split)
+        # per training image: the chance an epoch draws it (None: each once, in a random order)
+        self.sample_weights: torch.Tensor | None = None
 
     @property
     def same_val_test(self) -> bool:
@@ -82,6 +84,10 @@ class Data:
     def num_examples(self, split: str) -> int:
         return self._size(self._check_split(split))
 
+    def labels(self, split: str) -> torch.Tensor:
+        """The class index of every image of split, in order (int64, on the CPU)."""
+        return self._labels(self._check_split(split))
+
     def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
         """Full global batches per epoch (drop_last: every rank takes the same number of steps)."""
         if batch_size < 1 or world_size < 1 or batch_size % world_size:
@@ -103,7 +109,7 @@ class Data:
                             f"out of range ({steps} steps per epoch)")
         plan = plan_epoch(self.num_examples("train"), self.augment,
                           epoch_generator(seed, epoch), pad=self.pad, erase=self.erase,
-                          auto_augment=self.auto_augment)
+                          auto_augment=self.auto_augment, weights=self.sample_weights)
         share = batch_size // world_size
         spans = [(s * batch_size + rank * share, s * batch_size + (rank + 1) * share)
                  for s in range(start_step, steps)]
@@ -125,8 +131,11 @@ class Data:
                             f" world size {world_size}, resize {resize}")
         return self._eval_iter(split, batch_size, torch.device(device), rank, world_size, resize)
 
-    # Backends implement these three.
+    # Backends implement these four.
     def _size(self, split: str) -> int:
+        raise NotImplementedError
+
+    def _labels(self, split: str) -> torch.Tensor:
         raise NotImplementedError
 
     def _train_iter(self, plan: EpochPlan, spans: list[Span],

@@ -141,6 +141,9 @@ class FolderData(Data):
     def _size(self, split: str) -> int:
         return len(self._items[split])
 
+    def _labels(self, split: str) -> torch.Tensor:
+        return torch.tensor([label for _, label in self._items[split]], dtype=torch.int64)
+
     @property
     def same_val_test(self) -> bool:
         return "val" in self._items and self._items.get("test") is self._items["val"]

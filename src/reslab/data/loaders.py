@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError, unknown, warn
+from ..errors import UserError, note, unknown, warn
 from ..limits import (MAX_DATASET_BYTES, MAX_PAD, MAX_WORKERS, check_float, check_image_side,
                       check_int)
 from ..text import plural
@@ -21,12 +21,13 @@ from .normalize import NORMALIZE, Stats, compute_stats
 __all__ = ["Data", "FolderData", "InMemoryData", "available_cpus", "hold_out", "load_data"]
 
 
-def hold_out(labels: torch.Tensor, val_split: int, seed: int, name: str
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def hold_out(labels: torch.Tensor, val_split: int, seed: int, name: str,
+             class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, val) index tensors, sorted: val_split examples held out, stratified (each class
     keeps its share, largest remainders get the rounding), drawn at random within each class
     from a generator fixed by seed, so the same (labels, val_split, seed) give the same split
-    in training, `eval --split val` and `responses` (the paper's 45k/5k CIFAR split, 4.2)."""
+    in training, `eval --split val` and `responses` (the paper's 45k/5k CIFAR split, 4.2).
+    A class too small to get any held-out image is said in a note (class_names name it)."""
     n = len(labels)
     if val_split >= n:
         raise UserError(f"--val-split {val_split} leaves no training images: {name} has {n}")
@@ -43,6 +44,14 @@ def hold_out(labels: torch.Tensor, val_split: int, seed: int, name: str
         members = torch.nonzero(labels == c).flatten()
         val.append(members[torch.randperm(len(members), generator=g)[:k]])
     val_idx = torch.cat(val).sort().values
+    missing = [(c, int(k)) for c, k, t in zip(classes.tolist(), counts.tolist(), take.tolist())
+               if t == 0]
+    if missing:  # its validation recall would be undefined: say so rather than score it as 0
+        shown = ", ".join(f"class {class_names[c] if class_names else c} "
+                          f"({plural(k, 'image')})" for c, k in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        note(f"{shown}{more} too small to hold out any of the {val_split} validation images "
+             f"of {name}: trained on, not validated (a larger --val-split, or more images)")
     keep = torch.ones(n, dtype=torch.bool)
     keep[val_idx] = False
     return torch.nonzero(keep).flatten(), val_idx
@@ -89,7 +98,7 @@ def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | N
     x, y = sized(src.train)
     arrays = {"train": (x, y)}
     if val_split:
-        train, val = hold_out(y, val_split, seed, src.name)
+        train, val = hold_out(y, val_split, seed, src.name, src.class_names)
         arrays = {"train": (x[train], y[train]), "val": (x[val], y[val])}
     if src.test is not None:
         arrays["test"] = sized(src.test)
@@ -109,7 +118,7 @@ def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int |
     if val_split is None:  # auto: a folder without val/ holds out a validation set
         val_split = default_hold_out(labels) if src.val is None else 0
     if val_split:
-        train, val = hold_out(labels, val_split, seed, src.name)
+        train, val = hold_out(labels, val_split, seed, src.name, src.class_names)
         items = {"train": [src.train[i] for i in train], "val": [src.train[i] for i in val]}
         if src.val is not None and src.test is not None:
             warn(f"--val-split {val_split} holds out the validation images from train/: "

@@ -15,7 +15,7 @@ from typing import Any
 
 import tomli_w
 
-from ..choices import AUGMENTS, AUTO_AUGMENTS, NORMALIZE, STRIDE_IN
+from ..choices import AUGMENTS, AUTO_AUGMENTS, BALANCE, MONITOR, NORMALIZE, STRIDE_IN
 from ..errors import UserError, unknown
 from ..io import read_text
 from ..limits import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_ITERS, MAX_LR, MAX_PAD, MAX_SEED,
@@ -32,6 +32,8 @@ CHOICES = {
     "normalize": NORMALIZE,
     "amp": ("auto", "off", "bf16", "fp16"),
     "stride_in": STRIDE_IN,
+    "balance": BALANCE,
+    "monitor": MONITOR,
 }
 
 
@@ -100,6 +102,9 @@ class Recipe:
     warmup_until_error: float | None = None  # resnet110: lr warmup_lr until train error < this
     plateau_patience: int = 2            # epochs without val improvement before lr * gamma
     early_stopping: int = 0              # evaluations without val improvement before stopping
+    monitor: str = "auto"                # what early stopping and best.safetensors watch:
+                                         # top1, balanced (mean recall), auto (balanced when
+                                         # the training classes are imbalanced: balance.py)
     ema: float = 0.0                     # EMA decay of the weights (0: off)
     # data
     augment: str = "crop-flip"
@@ -111,6 +116,7 @@ class Recipe:
     normalize: str = "channel"
     val_split: int | None = None         # None: 10% of a folder without val/, else none
     tta_flip: bool = False               # average with the horizontal flip at evaluation
+    balance: str = "auto"                # imbalanced classes: sampler, weights, none (balance.py)
     progressive_from: float | None = None  # progressive resizing: start side / native side
     progressive_until: float = 0.5       # ... growing to the native side by this fraction
     workers: int = 4

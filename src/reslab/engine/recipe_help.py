@@ -50,7 +50,10 @@ FIELD_HELP = {
     "warmup_until_error": "resnet110 (section 4.2): stay at warmup_lr until the training error "
                           "of the last 50 batches is below this",
     "plateau_patience": "plateau schedule: evaluations without improvement before lr * gamma",
-    "early_stopping": "stop when the validation top-1 has not improved for this many "
+    "monitor": "the validation figure early stopping and best.safetensors follow: top1, "
+               "balanced (mean per-class recall); auto: balanced when the training classes "
+               "are imbalanced, else top1",
+    "early_stopping": "stop when the validation figure (monitor) has not improved for this many "
                       "evaluations (needs a validation split; the best weights stay in "
                       "best.safetensors; 0: off)",
     "ema": "EMA decay of the weights, evaluated and saved instead of them (0: off)",
@@ -72,6 +75,9 @@ FIELD_HELP = {
     "val_split": "training images held out for validation, stratified and seeded (default: 10% "
                  "of an image folder without val/, else none; 0: no validation)",
     "tta_flip": "evaluate with the horizontally mirrored image averaged in",
+    "balance": "imbalanced training classes (largest/smallest >= 3): sampler (each class drawn "
+               "equally often), weights (loss weighted by inverse class frequency), none; auto: "
+               "what measured best (docs/results/imbalance.md) when imbalanced, none otherwise",
     "progressive_from": "progressive resizing: train on images resized to this fraction of "
                         "their side at first (0.5: 28 px images start at 14; never below 8 px), "
                         "growing in 4 px steps to the native side (cheaper early epochs; "

@@ -17,8 +17,9 @@ from ..record import Preprocess, Record, TrainingData
 from ..text import plural
 from ..threads import ThreadGovernor
 from .adapt import DataFacts, adapt
+from .balance import class_balance
 from .distributed import init_distributed
-from .evaluate import Tally, evaluate, flip_tta
+from .evaluate import ClassFigures, Confusion, Tally, evaluate, flip_tta
 from .mixing import batch_mixer
 from .recipe import Recipe
 from .schedule import ScheduleState
@@ -58,6 +59,14 @@ class Run:
             self.messages += notes
             self.data.augment, self.data.pad = r.augment, r.pad  # read at batch time
         self.r = r = self._fit_batch(r)
+        labels = self.data.labels("train")
+        self.balance = class_balance(r.balance, labels, self.data.class_names)
+        self.messages += [line for line in (self.balance.note(),) if line]
+        self.data.sample_weights = self.balance.sample_weights(labels)
+        weights = self.balance.loss_weights()
+        self.class_weights = None if weights is None else weights.to(self.device)
+        self.monitor = self.balance.monitor(r.monitor)  # what early stopping and best follow
+        self.figures: ClassFigures | None = None  # the last evaluation's per-class figures
         torch.manual_seed(r.seed)  # the same initial weights on every rank
         self.model = build_model(r, len(self.data.class_names), self.data.in_chans, self.layout)
         if state is not None:
@@ -70,8 +79,8 @@ class Run:
         self.ema = EMA(self.model, r.ema) if r.ema > 0 else None
         self.mixer = batch_mixer(r.mixup, r.cutmix, len(self.data.class_names))
         if r.early_stopping and "val" not in self.data.splits:
-            raise UserError(f"early_stopping watches the validation top-1: {r.data} has no "
-                            "validation split (hold one out with --val-split N)")
+            raise UserError(f"early_stopping watches the validation {self.monitor}: {r.data} "
+                            "has no validation split (hold one out with --val-split N)")
         self.steps_per_epoch = self.data.steps_per_epoch(r.step_batch, self.dist.world_size)
         self.total = r.iters or max(1, math.ceil(r.epochs * self.steps_per_epoch))
         self.frozen_until = math.ceil(r.freeze_epochs * self.steps_per_epoch)
@@ -152,9 +161,14 @@ class Run:
         return shadow.to(self.device)
 
     def evaluate(self, split: str) -> dict[str, float]:
+        """top1, top5, loss, n, balanced, macro_f1 of split; its per-class figures are kept in
+        self.figures (the lost-class warning at the end of training)."""
         model = self.eval_model()
         batches = self.data.eval_batches(split, max(256, self.r.batch_size), self.device,
                                          rank=self.dist.rank, world_size=self.dist.world_size)
         predict = flip_tta(model) if self.r.tta_flip else None
-        return evaluate(model, batches, d=self.dist, device=self.device,
-                        autocast_dtype=self.amp_dtype, predict=predict)
+        confusion = Confusion(len(self.data.class_names), self.device)
+        scores = evaluate(model, batches, d=self.dist, device=self.device,
+                          autocast_dtype=self.amp_dtype, predict=predict, confusion=confusion)
+        self.figures = ClassFigures.of(confusion.matrix(self.dist))
+        return scores
