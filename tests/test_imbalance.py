@@ -112,6 +112,8 @@ def test_an_imbalanced_folder_is_said_balanced_and_scored_per_class(
     val = [r for r in rows if r.get("split") == "val"]
     assert val and all({"balanced", "macro_f1"} <= r.keys() for r in val)
     assert any("balanced" in line for line in err if line.startswith("epoch"))
+    report = (out / "report.md").read_text()
+    assert "| split | top-1 acc % | balanced acc % | macro-F1 % | top-1 err %" in report
     # eval: both figures in the text and, as the last keys, in --json
     assert main(["eval", str(out), "--split", "val", "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)

@@ -42,6 +42,8 @@ class Data:
         self.erase = erase  # random erasing probability of a training image
         self.auto_augment = auto_augment  # a policy of augment.AUTO_AUGMENTS, per image
         self.held_out = held_out  # training images held out as "val" (the resolved --val-split)
+        self.resize = "crop"  # image folders: how an image becomes the input (folders.py)
+        self.start_notes: list[str] = []  # what loading did that training should say once
         # per training image: the chance an epoch draws it (None: each once, in a random order)
         self.sample_weights: torch.Tensor | None = None
 

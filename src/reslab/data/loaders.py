@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..choices import RESIZES
 from ..errors import UserError, note, unknown, warn
 from ..limits import (MAX_DATASET_BYTES, MAX_PAD, MAX_WORKERS, check_float, check_image_side,
                       check_int)
@@ -14,7 +15,7 @@ from .base import Data
 from .datasets import ArraySource, Split, load_source
 from .scan import FolderSource
 from .folders import FolderData, folder_stats
-from .images import FOLDER_CROP_FRACTION
+from .images import FOLDER_CROP_FRACTION, GRAY_MODES
 from .memory import InMemoryData
 from .normalize import NORMALIZE, Stats, compute_stats
 
@@ -83,7 +84,8 @@ def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | None,
                 normalize: str, stats: Stats | None, crop_fraction: float | None,
-                **kw) -> InMemoryData:
+                resize: str = "crop", **kw) -> InMemoryData:
+    del resize  # arrays are square already (resized whole when image_size is given)
     if image_size:
         n = len(src.train[1]) + (len(src.test[1]) if src.test is not None else 0)
         size = n * src.train[0].shape[1] * image_size ** 2
@@ -109,7 +111,7 @@ def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | N
 
 def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int | None,
                  normalize: str, workers: int, stats: Stats | None, crop_fraction: float | None,
-                 **kw) -> FolderData:
+                 resize: str = "crop", **kw) -> FolderData:
     """Splits: train; val = the held-out images, else PATH/val; test = PATH/test, else
     PATH/val (ImageNet's layout), else the held-out images (one held-out set then answers to
     both names)."""
@@ -132,10 +134,47 @@ def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int |
     size = image_size or 224
     crop = crop_fraction or FOLDER_CROP_FRACTION
     if stats is None:
-        stats = folder_stats(src, items["train"], size, seed, normalize, workers)
-    return FolderData(items, workers, name=src.name, class_names=src.class_names,
+        stats = folder_stats(src, items["train"], size, seed, normalize, workers, resize)
+    data = FolderData(items, workers, resize, name=src.name, class_names=src.class_names,
                       input_size=(src.in_chans, size, size), crop_fraction=crop,
                       stats=stats, skipped=src.skipped, held_out=val_split, **kw)
+    line = preparation_note([src.headers[p] for p, _ in items["train"] if p in src.headers],
+                            src.in_chans, size, crop, resize)
+    data.start_notes = [line] if line else []
+    return data
+
+
+# Sides further apart than this are "not square"; a shorter side this many times the input's is
+# "much larger" (the resize throws most pixels away)
+SQUARE_TOLERANCE = 1.1
+MUCH_LARGER = 4
+
+
+def preparation_note(headers: list[tuple[str, tuple[int, int]]], in_chans: int, size: int,
+                     crop: float, resize: str) -> str | None:
+    """One line saying what preparing these training images (mode, (width, height)) does that
+    a user may not expect: grayscale images converted to RGB, images much larger than the
+    input, and what the resize does to images that are not square (None: nothing to say)."""
+    n, parts = len(headers), []
+    gray = sum(mode in GRAY_MODES for mode, _ in headers) if in_chans == 3 else 0
+    if gray:
+        parts.append(f"{gray:,} of {n:,} are grayscale, converted to RGB like the others")
+    large = sum(min(wh) >= MUCH_LARGER * size for _, wh in headers)
+    if large:
+        parts.append(f"{large:,} of {n:,} are over {MUCH_LARGER}x the {size} px input, "
+                     "downscaled (--image-size trains larger)")
+    oblong = [wh for _, wh in headers if max(wh) > SQUARE_TOLERANCE * min(wh)]
+    if oblong:
+        w, h = max(oblong, key=lambda wh: max(wh) / min(wh))
+        what = {"crop": f"resized to {round(size / crop)} px on the shorter side and "
+                        f"centre-cropped to {size}x{size} (a {w}x{h} image loses "
+                        f"{1 - crop * min(w, h) / max(w, h):.0%} of its "
+                        f"{'width' if w > h else 'height'}; --resize squish or pad keeps whole "
+                        "images)",
+                "squish": f"squished to {size}x{size} (--resize squish), aspect ratio not kept",
+                "pad": f"fitted inside {size}x{size} with black borders (--resize pad)"}[resize]
+        parts.append(f"{len(oblong):,} of {n:,} are not square: {what}")
+    return f"note: training images: {'; '.join(parts)}" if parts else None
 
 
 def _stats_for(stats: Stats, in_chans: int, spec: str) -> Stats:
@@ -162,7 +201,7 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
               image_size: int | None = None, normalize: str = "channel",
               augment: str = "crop-flip", pad: int = 4, workers: int = 4,
               stats: Stats | None = None, crop_fraction: float | None = None,
-              erase: float = 0.0, auto_augment: str = "none") -> Data:
+              erase: float = 0.0, auto_augment: str = "none", resize: str = "crop") -> Data:
     """Loads the dataset a --data spec names (docs/guides/training.md, Datasets), ready to batch.
 
     val_split: hold out that many training images as "val" (stratified, seeded); None: 10% of
@@ -174,13 +213,16 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
     stats, crop_fraction: a checkpoint's preprocessing (reslab.record) to prepare the images
     exactly as for that model, instead of measuring the training split. erase: random erasing
     probability of a training image (reslab.data.augment.random_erase). auto_augment: a
-    torchvision policy per training image (reslab.data.augment.AUTO_AUGMENTS)."""
+    torchvision policy per training image (reslab.data.augment.AUTO_AUGMENTS). resize: how a
+    folder's image becomes the square input: crop, squish or pad (images.eval_geometry)."""
     if normalize not in NORMALIZE:
         raise unknown("normalization", normalize, NORMALIZE)
     if augment not in AUGMENTS:
         raise unknown("augmentation", augment, AUGMENTS)
     if auto_augment not in AUTO_AUGMENTS:
         raise unknown("auto-augmentation policy", auto_augment, AUTO_AUGMENTS)
+    if resize not in RESIZES:
+        raise unknown("resize", resize, RESIZES)
     if val_split is not None:
         check_int("val_split", val_split, 0, 10**9)
     check_int("pad", pad, 0, MAX_PAD)
@@ -195,7 +237,7 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
                            else int(src.train[0].shape[1]), spec)
     opts = dict(val_split=val_split, seed=seed, image_size=image_size, normalize=normalize,
                 augment=augment, pad=pad, stats=stats, crop_fraction=crop_fraction, erase=erase,
-                auto_augment=auto_augment)
+                auto_augment=auto_augment, resize=resize)
     if isinstance(src, FolderSource):
         return _folder_data(src, workers=workers, **opts)
     return _array_data(src, **opts)

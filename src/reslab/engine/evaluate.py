@@ -300,7 +300,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     d = load_data(spec, data_dir=data_dir or trained_dir, **record.split_options(spec),
                   image_size=pre.input_size[-1],
                   normalize=pre.normalize, augment="none", stats=pre.stats(),
-                  crop_fraction=pre.crop_fraction)
+                  crop_fraction=pre.crop_fraction, resize=pre.resize)
     if split not in d.splits:
         raise UserError(f"split '{split}' not available for {spec} "
                         f"(available: {', '.join(d.splits)}; val needs --val-split in training)")

@@ -215,7 +215,7 @@ def lr_find(recipe: Recipe, *, start_lr: float = 1e-6, end_lr: float = 10.0,
     r = Run._fit_workers(r)
     data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
                      image_size=Run._image_size(r), normalize=r.normalize, augment=r.augment,
-                     pad=r.pad, workers=r.workers, erase=r.erase)
+                     pad=r.pad, workers=r.workers, erase=r.erase, resize=r.resize)
     # The batch and augmentation training would adapt to this data (reslab.engine.adapt): the
     # lr found is for the batch the run will use. The sweep sets the lr and its length, so
     # neither is adapted.

@@ -15,7 +15,7 @@ from typing import Any
 
 import tomli_w
 
-from ..choices import AUGMENTS, AUTO_AUGMENTS, BALANCE, MONITOR, NORMALIZE, STRIDE_IN
+from ..choices import AUGMENTS, AUTO_AUGMENTS, BALANCE, MONITOR, NORMALIZE, RESIZES, STRIDE_IN
 from ..errors import UserError, unknown
 from ..io import read_text
 from ..limits import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_ITERS, MAX_LR, MAX_PAD, MAX_SEED,
@@ -34,6 +34,7 @@ CHOICES = {
     "stride_in": STRIDE_IN,
     "balance": BALANCE,
     "monitor": MONITOR,
+    "resize": RESIZES,
 }
 
 
@@ -79,6 +80,7 @@ class Recipe:
     weights: str | None = None           # initialise from a checkpoint (head replaced if needed)
     freeze_epochs: float = 0.0           # fine-tuning: train only the classifier (fc) this long
     image_size: int | None = None        # None: native size (arrays), the model family's (folders)
+    resize: str = "crop"                 # folders: crop the centre, squish or pad to the square
     # how long: epochs, or iters when given (iters wins)
     epochs: float = 1.0
     iters: int | None = None

@@ -74,6 +74,9 @@ FIELD_HELP = {
     "normalize": "per-channel mean/std, or the per-pixel mean image (the paper)",
     "val_split": "training images held out for validation, stratified and seeded (default: 10% "
                  "of an image folder without val/, else none; 0: no validation)",
+    "resize": "image folders: how an image becomes the square input: crop (shorter side "
+              "resized, centre cut, the paper's), squish (whole image, aspect not kept), pad "
+              "(whole image, black borders); recorded with the weights for eval and predict",
     "tta_flip": "evaluate with the horizontally mirrored image averaged in",
     "balance": "imbalanced training classes (largest/smallest >= 3): sampler (each class drawn "
                "equally often), weights (loss weighted by inverse class frequency), none; auto: "
@@ -86,7 +89,9 @@ FIELD_HELP = {
                          "training images have their native side",
     "workers": "image-folder decoding processes (at most the CPUs)",
     "seed": "random seed (weights, order, augmentation, validation split)",
-    "deterministic": "bit-identical reruns (deterministic kernels only)",
+    "deterministic": "bit-identical reruns: deterministic kernels only, and the thread count "
+                     "fixed (threads, else PyTorch's default) instead of following the load, "
+                     "as it sets the order of the kernels' sums",
     "device": "auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps",
     "threads": "CPU threads for torch (0: one per core)",
     "amp": "mixed precision (auto: bf16 where the hardware runs it natively: CUDA with bf16, "

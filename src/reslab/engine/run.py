@@ -16,7 +16,7 @@ from ..models import get_arch
 from ..record import Preprocess, Record, TrainingData
 from ..text import plural
 from ..threads import ThreadGovernor
-from .adapt import DataFacts, adapt
+from .adapt import DataFacts, adapt, from_scratch_note
 from .balance import class_balance
 from .distributed import init_distributed
 from .evaluate import ClassFigures, Confusion, Tally, evaluate, flip_tta
@@ -51,13 +51,16 @@ class Run:
         self.data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
                               image_size=self._image_size(r), normalize=r.normalize,
                               augment=r.augment, pad=r.pad, workers=r.workers, erase=r.erase,
-                              auto_augment=r.auto_augment,
+                              auto_augment=r.auto_augment, resize=r.resize,
                               stats=self._source_stats(r, source_record))
+        self.messages += self.data.start_notes
         if not resume:  # a resumed run's stored recipe is already adapted
             r, notes = adapt(r, DataFacts(self.data.num_examples("train"),
                                           min(self.data.input_size[1:]), self.dist.world_size))
             self.messages += notes
             self.data.augment, self.data.pad = r.augment, r.pad  # read at batch time
+            scratch = from_scratch_note(r, self.data.input_size[-1])
+            self.messages += [scratch] if scratch else []
         self.r = r = self._fit_batch(r)
         labels = self.data.labels("train")
         self.balance = class_balance(r.balance, labels, self.data.class_names)
@@ -79,7 +82,8 @@ class Run:
         self.ema = EMA(self.model, r.ema) if r.ema > 0 else None
         self.mixer = batch_mixer(r.mixup, r.cutmix, len(self.data.class_names))
         if r.early_stopping and "val" not in self.data.splits:
-            raise UserError(f"early_stopping watches the validation {self.monitor}: {r.data} "
+            figure = {"top1": "top-1", "balanced": "balanced accuracy"}[self.monitor]
+            raise UserError(f"early_stopping watches the validation {figure}: {r.data} "
                             "has no validation split (hold one out with --val-split N)")
         self.steps_per_epoch = self.data.steps_per_epoch(r.step_batch, self.dist.world_size)
         self.total = r.iters or max(1, math.ceil(r.epochs * self.steps_per_epoch))
@@ -146,7 +150,7 @@ class Run:
         stats = d.stats
         pre = Preprocess(input_size=tuple(d.input_size), mean=tuple(stats.mean),
                          std=tuple(stats.std), normalize=r.normalize, mean_image=stats.mean_image,
-                         crop_fraction=d.crop_fraction, tta_flip=r.tta_flip)
+                         crop_fraction=d.crop_fraction, tta_flip=r.tta_flip, resize=d.resize)
         kwargs = {**r.model_kwargs(), **self.layout, "num_classes": len(d.class_names),
                   "in_chans": d.in_chans}
         return Record(r.model, kwargs, tuple(d.class_names), pre,

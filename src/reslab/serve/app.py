@@ -200,6 +200,9 @@ def create_app(model: nn.Module, record: Record, forward: Callable[[torch.Tensor
     async def bad_parameter(request: Request, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "query")
+        # rejected before the route runs: counted here as the route counts its own rejections
+        metrics.errors.labels("bad_parameter").inc()
+        metrics.requests.labels("400").inc()
         return _error_response(400, "bad_parameter", f"invalid {where}: {first.get('msg')}")
 
     @app.post("/v1/predict")
