@@ -218,9 +218,9 @@ def lr_find(recipe: Recipe, *, start_lr: float = 1e-6, end_lr: float = 10.0,
                      pad=r.pad, workers=r.workers, erase=r.erase, resize=r.resize)
     # The batch and augmentation training would adapt to this data (reslab.engine.adapt): the
     # lr found is for the batch the run will use. The sweep sets the lr and its length, so
-    # neither is adapted.
+    # neither is adapted; it evaluates nothing, so the test-time flip is not its business.
     n = data.num_examples("train")
-    fixed = {"lr", "epochs", "progressive_from"}
+    fixed = {"lr", "epochs", "progressive_from", "tta_flip"}
     r, notes = adapt(r.replace(given=sorted({*r.given, *fixed})),
                      DataFacts(n, min(data.input_size[1:])))
     data.augment, data.pad = r.augment, r.pad  # read at batch time
