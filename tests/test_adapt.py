@@ -52,6 +52,51 @@ def test_finetune_on_8px_digits_neither_mirrors_nor_pads_4px() -> None:
         "8 px side"]
 
 
+def test_no_mirror_in_training_means_no_mirror_in_evaluation() -> None:
+    """fast on 8 px digits: augment crop and, with it, no test-time flip (issue 28: train
+    reported 96.39% with it where eval --flip off gave 98.89%); a given tta_flip is kept."""
+    r, notes = adapt(load_recipe("fast", {"data": "digits"}), DataFacts(1437, side=8))
+    assert (r.augment, r.tta_flip) == ("crop", False)
+    assert ("note: recipe fast adapted to the data: no test-time flip (recipe tta_flip true): "
+            "augment crop does not mirror, so the net never saw a mirrored image (--tta-flip "
+            "true to average one in anyway)") in notes
+    kept, _ = adapt(load_recipe("fast", {"data": "digits", "tta_flip": "true"}), DataFacts(1437, 8))
+    assert (kept.augment, kept.tta_flip) == ("crop", True)
+    mirrored, _ = adapt(load_recipe("fast", {"augment": "crop-flip"}), DataFacts(1437, 8))
+    assert mirrored.tta_flip is True
+
+
+def test_train_eval_and_predict_agree_on_no_mirror(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """The record carries tta_flip false: eval's default is eval --flip off, and so is the test
+    top-1 train reports."""
+    from reslab.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "fast", "--data", "digits", "--model", "resnet8",
+                 "--iters", "3", "--workers", "0", "--device", "cpu", "--out", str(out),
+                 "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    scores = []
+    for flip in ([], ["--flip", "off"]):
+        assert main(["eval", str(out), "--json", "--device", "cpu", *flip]) == 0
+        ev = json.loads(capsys.readouterr().out)
+        scores.append((ev["flip"], ev["top1"]))
+    assert scores[0] == scores[1] == (False, summary["test"]["top1"])
+
+
+def test_finetune_without_weights_says_it_trains_from_scratch() -> None:
+    from reslab.engine.adapt import from_scratch_note
+
+    line = from_scratch_note(load_recipe("finetune"), 224)
+    assert line.startswith("warning: recipe finetune without --weights trains resnet18 from "
+                           "scratch, with its small fine-tuning lr, at 224 px")
+    assert "--weights torchvision:resnet18" in line and "leave out --recipe" in line
+    given = load_recipe("finetune", {"weights": "torchvision:resnet18"})
+    assert from_scratch_note(given, 224) is None
+    assert from_scratch_note(load_recipe("fast"), 32) is None
+
+
 def test_fields_the_user_gave_are_kept_and_recorded() -> None:
     r = load_recipe("fast", {"epochs": "20", "batch_size": "32", "augment": None})
     assert r.given == ["batch_size", "epochs"]
@@ -182,3 +227,19 @@ def test_a_recipe_file_with_a_given_of_the_wrong_type_is_one_clear_error(tmp_pat
     (tmp_path / "r.toml").write_text('given = ["epochs", "nope"]\n')
     with pytest.raises(UserError, match="unknown recipe field in given 'nope'"):
         load_recipe(str(tmp_path / "r.toml"))
+
+
+def test_deterministic_says_why_it_fixes_the_thread_count() -> None:
+    import torch
+
+    from reslab.threads import ThreadGovernor
+
+    before = torch.get_num_threads()
+    try:
+        g = ThreadGovernor(0, deterministic=True)
+        assert not g.active and g.describe().endswith(
+            "fixed by --deterministic (a count that followed the load would change the order "
+            "of the kernels' sums between reruns)")
+        assert ThreadGovernor(1).describe() == "1 thread"
+    finally:
+        torch.set_num_threads(before)

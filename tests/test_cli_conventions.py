@@ -139,6 +139,12 @@ def test_no_abbreviations_and_errors_name_the_subcommand_and_the_closest_flag(ca
         "error: reslab train: unrecognized arguments: --ep 1 (did you mean --epochs?)"
     assert clean_error(capsys, ["eval", "run", "--to", "3"]) == \
         "error: reslab eval: unrecognized arguments: --to 3 (did you mean --top-losses?)"
+    # other tools' names for reslab's flags (Keras, PyTorch examples, timm, YOLO)
+    assert clean_error(capsys, ["train", "--learning-rate", "0.1"]) == \
+        "error: reslab train: unrecognized arguments: --learning-rate 0.1 (did you mean --lr?)"
+    assert clean_error(capsys, ["train", "--imgsz=64", "--num-epochs", "3"]) == (
+        "error: reslab train: unrecognized arguments: --imgsz=64 --num-epochs 3 (did you mean "
+        "--image-size, --epochs?)")
     assert clean_error(capsys, ["trian"]).startswith(
         "error: reslab: argument COMMAND: invalid choice: 'trian' (did you mean train?")
     assert clean_error(capsys, ["eval", "run", "--split", "tset"]) == (

@@ -160,3 +160,25 @@ def test_the_site_builds_with_strict(tmp_path: Path) -> None:
     assert 'id="reslab-train"' in cli and "--recipe" in cli
     api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text(encoding="utf-8")
     assert 'id="reslab.load_checkpoint"' in api
+
+
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+SNIPPETS = [(path, i, code) for path in MARKDOWN
+            for i, code in enumerate(PYTHON_BLOCK.findall(path.read_text(encoding="utf-8")))]
+
+
+def test_the_snippet_finder_sees_the_readmes_python() -> None:
+    assert sum(path.name == "README.md" for path, _, _ in SNIPPETS) >= 2
+
+
+@pytest.mark.parametrize("path, index, code", SNIPPETS,
+                         ids=[f"{p.relative_to(ROOT)}#{i}" for p, i, _ in SNIPPETS])
+def test_every_python_snippet_runs_as_pasted(path: Path, index: int, code: str,
+                                             tmp_path: Path) -> None:
+    """Each ```python block of the README and docs/, alone, in a fresh directory: nothing
+    undefined (x, example_input, ...), nothing it does not create itself."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1",
+           "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, f"{path.name} block {index}:\n{proc.stderr[-2000:]}"

@@ -45,7 +45,8 @@ def test_eval_writes_a_confusion_matrix_and_per_class_metrics(run_dir, tmp_path,
     # the JSON's layout is a contract: keys in this order (per-class and confusion: centre view)
     assert list(result) == ["ckpt", "data", "split", "crops", "scales", "flip", "num_classes",
                             "trained_augment", "top1", "top5", "loss", "n", "per_class",
-                            "confusion", "runtime", "runtime_note", "wrote"]
+                            "confusion", "runtime", "runtime_note", "balanced", "macro_f1",
+                            "wrote"]
     assert list(rows[0]) == ["class", "precision", "recall", "f1", "support"]
     assert sum(map(sum, cm)) == result["n"] == 128
     for i, row in enumerate(rows):  # the per-class numbers are the matrix's
@@ -54,6 +55,9 @@ def test_eval_writes_a_confusion_matrix_and_per_class_metrics(run_dir, tmp_path,
         predicted = sum(r[i] for r in cm)
         assert row["precision"] == pytest.approx(cm[i][i] / predicted if predicted else 0)
     assert sum(cm[i][i] for i in range(len(cm))) / 128 == pytest.approx(result["top1"])
+    present = [r for r in rows if r["support"]]  # the balanced figures are scikit-learn's too
+    assert result["balanced"] == pytest.approx(sum(r["recall"] for r in present) / len(present))
+    assert result["macro_f1"] == pytest.approx(sum(r["f1"] for r in present) / len(present))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -323,6 +323,23 @@ def test_malicious_pickle_refused(tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
 
 
+@pytest.mark.parametrize("name", ["notes.txt", "model.onnx"])
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_a_file_that_is_not_weights_says_so_first(name, command, tmp_path, capsys):
+    """A text file or an ONNX export as the model: what it is not, not a missing architecture
+    (issue 28: "pass architecture=NAME" named no flag, and the real cause came after import)."""
+    path = tmp_path / name
+    path.write_bytes(b"\x08\x07\x12\x07pytorch" if name.endswith(".onnx") else b"epochs = 3\n")
+    argv = {"eval": ["eval", path], "predict": ["predict", path, path],
+            "export": ["export", path, "--out", tmp_path / "m.onnx"]}[command]
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read {path}: it is neither a safetensors file nor a "
+                          "PyTorch checkpoint") and err.count("\n") == 1, err
+    assert ("an ONNX export" in err) == name.endswith(".onnx")
+    assert "architecture=NAME" not in err
+
+
 def test_pickled_module_and_garbage_refused(tmp_path, tv18):
     torch.save(tv18, tmp_path / "whole.pt")
     with pytest.raises(UserError, match="torchvision.models.resnet.ResNet"):

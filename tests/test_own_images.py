@@ -270,3 +270,63 @@ def test_a_folder_too_small_to_hold_out_says_it_was_not_evaluated(
     assert rc == 0 and "nan" not in " ".join(err)
     assert err[-1].endswith("not evaluated (no validation or test images); run directory "
                             f"{tmp_path / 'run'}")
+
+
+# --- how images become the input: the resize field and the start-up note ---------------------
+
+def test_resize_crop_squish_pad() -> None:
+    """A 50x20 image, left fifth red, rest green, as a 16x16 input (crop fraction 1)."""
+    from PIL import Image
+
+    from reslab.data.images import eval_geometry, pil_to_uint8
+
+    img = Image.new("RGB", (50, 20), (0, 200, 0))
+    img.paste((200, 0, 0), (0, 0, 10, 20))
+    out = {how: pil_to_uint8(eval_geometry(img, (16, 16), 1.0, how)).float()
+           for how in ("crop", "squish", "pad")}
+    assert all(x.shape == (3, 16, 16) for x in out.values())
+    assert out["crop"][0].max() < 50  # the centre cut lost the red fifth
+    assert out["squish"][0, :, 0].min() > 150 and out["squish"][1, :, -1].min() > 150
+    # pad: the whole image, 16x6 (6.4 rounded), centred; 5 black rows above, 5 below
+    assert out["pad"][:, :5].max() == 0 and out["pad"][:, 11:].max() == 0
+    assert out["pad"][0, 8, 0] > 150 and out["pad"][1, 8, -1] > 150
+
+
+def test_the_preparation_note_says_what_happens_to_the_images() -> None:
+    from reslab.data.loaders import preparation_note
+
+    headers = [("RGB", (32, 32))] * 7 + [("L", (32, 32)), ("RGB", (50, 20)), ("RGB", (100, 88))]
+    assert preparation_note(headers, 3, 32, 0.875, "crop") == (
+        "note: training images: 1 of 10 are grayscale, converted to RGB like the others; "
+        "2 of 10 are not square: resized to 37 px on the shorter side and centre-cropped to "
+        "32x32 (a 50x20 image loses 65% of its width; --resize squish or pad keeps whole "
+        "images)")
+    assert preparation_note(headers[:7] + [("RGB", (512, 600))], 3, 32, 1.0, "pad") == (
+        "note: training images: 1 of 8 are over 4x the 32 px input, downscaled (--image-size "
+        "trains larger); 1 of 8 are not square: fitted inside 32x32 with black borders "
+        "(--resize pad)")
+    assert preparation_note([("L", (28, 28))] * 3, 1, 32, 1.0, "crop") is None
+
+
+def test_resize_is_recorded_and_used_by_predict(folder: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    from reslab.data.images import preprocess
+    from reslab.deploy.predict import prepare_decoded
+    from reslab.record import Preprocess
+
+    out = tmp_path / "run"
+    rc, err = run_cli(capsys, ["train", "--data", f"imagefolder:{folder}", "--model", "resnet8",
+                               "--image-size", "16", "--iters", "2", "--resize", "pad",
+                               "--workers", "0", "--device", "cpu", "--out", out])
+    assert rc == 0, err
+    assert sum(line.startswith("note: training images:") for line in err) == 1
+    _, record = load_checkpoint(out)
+    pre = record.preprocess
+    assert pre.resize == "pad" and pre.to_json()["resize"] == "pad"
+    assert "resize" not in Preprocess((3, 8, 8), (0.5,) * 3, (0.2,) * 3).to_json()
+    img = Image.new("RGB", (40, 10), (250, 250, 250))
+    want = preprocess([img], 3, pre.input_size, pre.mean, pre.std,
+                      crop_fraction=pre.crop_fraction, resize="pad")
+    assert torch.equal(prepare_decoded(record, [img]), want)

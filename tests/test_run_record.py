@@ -201,6 +201,27 @@ def test_a_pixel_record_without_its_mean_image_is_refused(runs: dict, tmp_path: 
     assert "normalize is \"pixel\" but the file has no reslab.mean_image tensor" in err
 
 
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_every_reader_bounds_the_mean_image_as_import_bounds_a_mean(
+        command: str, runs: dict, test_pngs: tuple, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    """predict once accepted a per-pixel mean of 1e30 where `import --mean` refuses one outside
+    [-10, 10] (issue 28): the record's reader (every command's) bounds both alike."""
+    src = runs["pixel"] / "model.safetensors"
+    tensors = load_file(str(src))
+    tensors[MEAN_IMAGE_KEY] = tensors[MEAN_IMAGE_KEY].clone()
+    tensors[MEAN_IMAGE_KEY][0, 3, 3] = 1e30
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as f:
+        save_file(tensors, str(tmp_path / "m.safetensors"), metadata=f.metadata())
+    bad = tmp_path / "m.safetensors"
+    argv = {"eval": ["eval", bad, "--device", "cpu"],
+            "predict": ["predict", bad, test_pngs[0][0], "--device", "cpu"]}[command]
+    err = clean_error(capsys, argv)
+    assert "reslab.mean_image holds values outside [-10, 10] (largest 1e+30)" in err, err
+
+
 def test_first_format_files_load_or_say_how_to_convert(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     """reslab-1 (flat metadata): per-channel files load as before; per-pixel ones lack the

@@ -108,6 +108,23 @@ def test_model_health_and_metrics(served) -> None:
     assert 'reslab_requests_total{api="v1",status="422"}' in text
 
 
+def test_metrics_count_every_rejected_request(served) -> None:
+    """A query parameter FastAPI itself rejects (topk=abc) counts like topk=99 (issue 28)."""
+    url, _ = served
+
+    def count(line: str) -> float:
+        text = httpx.get(f"{url}/metrics").text
+        return next((float(x.rsplit(" ", 1)[1]) for x in text.splitlines()
+                     if x.startswith(line + " ")), 0.0)
+
+    errors, requests = 'reslab_errors_total{error="bad_parameter"}', \
+        'reslab_requests_total{status="400"}'
+    before = count(errors), count(requests)
+    for topk in ("abc", "99"):
+        assert _post(url, b"x", params={"topk": topk}).status_code == 400
+    assert (count(errors), count(requests)) == (before[0] + 2, before[1] + 2)
+
+
 # --- bad requests -----------------------------------------------------------------------------
 
 def _bomb() -> bytes:

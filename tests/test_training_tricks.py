@@ -264,7 +264,7 @@ def test_resume_with_every_trick_is_bit_identical_and_csv_matches_jsonl(tmp_path
     with open(tmp_path / "whole" / "metrics.csv") as f:
         header = next(csv.reader(f))
     assert header == ["step", "epoch", "split", "final", "loss", "lr", "img_s", "top1", "top5",
-                      "n", "time_s"]
+                      "n", "time_s", "balanced", "macro_f1"]
 
 
 def test_csv_widens_its_header_for_a_new_key(tmp_path):

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .interop import (damaged_safetensors, looks_like_safetensors, model_from_state,
-                      open_weights, resolve_ckpt_path)
+from .interop import (damaged_safetensors, looks_like_safetensors, looks_like_torch_file,
+                      model_from_state, not_weights, open_weights, resolve_ckpt_path)
 from .io import is_safetensors
 from .record import Record, load_into
 
@@ -34,6 +34,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
     if architecture is None and not is_safetensors(file):  # unusable: not worth reading
         if looks_like_safetensors(file):
             raise damaged_safetensors(file)
+        if not looks_like_torch_file(file):  # a text file, an ONNX export: say that first
+            raise not_weights(file)
         raise _needs_architecture(file)
     state, record = open_weights(file)
     if record is not None and record.architecture != (architecture or record.architecture):
@@ -50,6 +52,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
 
 
 def _needs_architecture(file: Path) -> UserError:
-    return UserError(f"{file} has no reslab metadata (architecture); pass "
-                     f"architecture=NAME or import it once with "
-                     f"`reslab import {file} --model NAME --out FILE.safetensors`")
+    return UserError(f"{file} has no reslab metadata (the architecture its weights are for): "
+                     f"import it once with `reslab import {file} --model NAME --out "
+                     "FILE.safetensors` (in Python: load_checkpoint(path, architecture=NAME))")

@@ -11,6 +11,13 @@ AUGMENTS = ("crop-flip", "crop", "flip", "none", "imagenet", "imagenet-pca")  # 
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 FLIPPING_AUGMENTS = ("crop-flip", "flip", "imagenet", "imagenet-pca")  # they mirror images
 NORMALIZE = ("channel", "pixel")
+# Imbalanced training classes (engine/balance.py): auto picks for the data, sampler draws every
+# class equally often, weights weighs the loss by inverse class frequency, none does nothing.
+BALANCE = ("auto", "sampler", "weights", "none")
+# How an image folder's images become the model's square input (fastai's ResizeMethod): crop the
+# centre after resizing the shorter side (the paper's), squish the whole image, or pad it.
+RESIZES = ("crop", "squish", "pad")
+MONITOR = ("auto", "top1", "balanced")  # the validation figure early stopping and best follow
 SHORTCUTS = ("A", "B", "C")
 STRIDE_IN = ("3x3", "1x1")
 EXPORT_FORMATS = ("onnx", "torchscript", "pt2")

@@ -94,8 +94,7 @@ def _safe_torch_load(path: Path) -> Any:
         # (KeyError: 101 for a text file) would tell a user nothing.
         reason = unpickler_reason(e)
         detail = f" (torch's safe loader: {short_text(reason)})" if reason else ""
-        raise UserError(f"cannot read {path}: it is neither a safetensors file nor a PyTorch "
-                        f"checkpoint{detail}") from None
+        raise UserError(f"{not_weights(path)}{detail}") from None
 
 
 def damaged_safetensors(path: Path) -> UserError:
@@ -112,6 +111,24 @@ def looks_like_safetensors(path: Path) -> bool:
             return f.read(9)[8:9] == b"{"
     except OSError:
         return False
+
+
+def looks_like_torch_file(path: Path) -> bool:
+    """torch.save's zip archive, or a pickle (protocol 2 and later begin with 0x80)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def not_weights(path: Path) -> UserError:
+    """What a file that is neither kind of weights file is told, the likely mix-up named."""
+    hint = (": an ONNX export runs in ONNX Runtime; give reslab the .safetensors weights or "
+            "run directory it was exported from" if path.suffix.lower() == ".onnx" else "")
+    return UserError(f"cannot read {path}: it is neither a safetensors file nor a PyTorch "
+                     f"checkpoint{hint}")
 
 
 def _is_state_dict(obj: Any) -> bool:

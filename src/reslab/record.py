@@ -34,13 +34,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .choices import RESIZES
 from .data.images import default_crop_fraction
 from .data.normalize import NORMALIZE, Normalizer, Stats
 from .errors import InvalidRecord, UserError
 from .io import save_safetensors
 from .weights_check import check_tensors
-from .limits import (MAX_BATCH_VALUES, MAX_CLASS_NAME, MAX_CLASSES, MAX_IMAGE_SIDE,
-                     MAX_IN_CHANS, MAX_SEED, check_float, check_int, check_stats, short_text)
+from .limits import (MAX_ABS_MEAN, MAX_BATCH_VALUES, MAX_CLASS_NAME, MAX_CLASSES,
+                     MAX_IMAGE_SIDE, MAX_IN_CHANS, MAX_SEED, check_float, check_int, check_stats,
+                     short_text)
 from .models import REGISTRY, create_model
 from .models.blocks import PAD_SIDES, SHORTCUTS, STRIDE_IN
 
@@ -61,6 +63,7 @@ class Preprocess:
     mean_image: torch.Tensor | None = field(default=None, compare=False)
     crop_fraction: float = 1.0
     tta_flip: bool = False
+    resize: str = "crop"  # how an image becomes the input (data.images.eval_geometry)
 
     @property
     def in_chans(self) -> int:
@@ -76,7 +79,8 @@ class Preprocess:
     def to_json(self) -> dict[str, Any]:
         return {"normalize": self.normalize, "mean": list(self.mean), "std": list(self.std),
                 "input_size": list(self.input_size), "crop_fraction": self.crop_fraction,
-                "tta_flip": self.tta_flip}
+                "tta_flip": self.tta_flip} | ({"resize": self.resize}
+                                             if self.resize != "crop" else {})
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,9 @@ def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
     flip = value.get("tta_flip", False)
     if not isinstance(flip, bool):
         raise _fail(where, f"tta_flip must be true or false, got {_short(flip)}")
+    resize = value.get("resize", "crop")  # absent: the crop every record before it used
+    if resize not in RESIZES:
+        raise _fail(where, f"resize {_short(resize)} is not one of {', '.join(RESIZES)}")
     if normalize == "pixel":
         if mean_image is None:
             raise _fail(where, f"normalize is \"pixel\" but the file has no {MEAN_IMAGE_KEY} "
@@ -277,10 +284,14 @@ def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
                         f"({mean_image.dtype}); expected float {size}")
         if not bool(torch.isfinite(mean_image).all()):
             raise _fail(where, f"{MEAN_IMAGE_KEY} holds non-finite values")
+        largest = float(mean_image.abs().max())
+        if largest > MAX_ABS_MEAN:  # the bound check_stats puts on a per-channel mean
+            raise _fail(where, f"{MEAN_IMAGE_KEY} holds values outside [-{MAX_ABS_MEAN:g}, "
+                        f"{MAX_ABS_MEAN:g}] (largest {largest:.3g})")
         mean_image = mean_image.float()
     else:
         mean_image = None
-    return Preprocess(tuple(size), mean, std, normalize, mean_image, crop, flip)
+    return Preprocess(tuple(size), mean, std, normalize, mean_image, crop, flip, resize)
 
 
 def _parse(obj: Any, mean_image: torch.Tensor | None, where: str) -> Record:

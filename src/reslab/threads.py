@@ -159,6 +159,9 @@ class ThreadGovernor:
         n = torch.get_num_threads()
         if self.reason == "auto":
             return auto_note(n, n if self.free is None else self.free, len(self.cpus))
+        if self.reason == "deterministic":
+            return (f"{plural(n, 'thread')}, fixed by --deterministic (a count that followed the "
+                    "load would change the order of the kernels' sums between reruns)")
         return plural(n, "thread")
 
 

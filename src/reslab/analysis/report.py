@@ -185,10 +185,14 @@ def final_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                        if kv[0] in SPLITS else len(SPLITS)))
 
 
-def _metrics_row(split: str, r: dict[str, Any]) -> list[Any]:
+def _metrics_row(split: str, r: dict[str, Any], balanced: bool) -> list[Any]:
+    """A split's row; with balanced, its balanced accuracy and macro-F1 after top-1."""
     top5 = percent(1 - r["top5"]) if "top5" in r else "-"
-    return [split, percent(r["top1"]), percent(1 - r["top1"]), top5, f"{r['loss']:.4f}",
-            r.get("n", "-")]
+    figures = ([percent(r["balanced"]) if finite_number(r.get("balanced")) else "-",
+                percent(r["macro_f1"]) if finite_number(r.get("macro_f1")) else "-"]
+               if balanced else [])
+    return [split, percent(r["top1"]), *figures, percent(1 - r["top1"]), top5,
+            f"{r['loss']:.4f}", r.get("n", "-")]
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -230,8 +234,11 @@ def _run_section(doc: Doc, run_dir: Path) -> dict[str, Any]:
     last = final_metrics(rows)
     steps = max((r["step"] for r in rows), default=0)
     doc.para(_run_line(model, data, rows, run_dir))
-    doc.table(["split", "top-1 acc %", "top-1 err %", "top-5 err %", "loss", "images"],
-              [_metrics_row(split, r) for split, r in last.items()])
+    # runs that logged the class-balanced figures (since issue 28) show them beside top-1
+    balanced = any("balanced" in r for r in last.values())
+    figures = ["balanced acc %", "macro-F1 %"] if balanced else []
+    doc.table(["split", "top-1 acc %", *figures, "top-1 err %", "top-5 err %", "loss",
+               "images"], [_metrics_row(split, r, balanced) for split, r in last.items()])
     ref = paper_reference(model, data)
     test = last.get("test")
     if ref is not None:

@@ -74,9 +74,18 @@ def _closest_flags(parser: argparse.ArgumentParser, extras: Sequence[str]) -> st
     return f" (did you mean {', '.join(dict.fromkeys(close))}?)" if close else ""
 
 
+# Other tools' names for reslab's flags, which spelling alone would not suggest
+OTHER_NAMES = {"--learning-rate": "--lr", "--learning_rate": "--lr", "--num-epochs": "--epochs",
+               "--num_epochs": "--epochs", "--max-iters": "--iters", "--steps": "--iters",
+               "--imgsz": "--image-size", "--img-size": "--image-size", "--bs": "--batch-size",
+               "--arch": "--model"}
+
+
 def _like(given: str, flags: list[str]) -> list[str]:
-    """The flags an unknown one abbreviates (up to 3; reslab takes no abbreviations), else the
-    one it most resembles."""
+    """reslab's name for a flag of another tool, else the flags an unknown one abbreviates (up
+    to 3; reslab takes no abbreviations), else the one it most resembles."""
+    if OTHER_NAMES.get(given) in flags:
+        return [OTHER_NAMES[given]]
     begun = [f for f in flags if f.startswith(given)] if len(given) > 3 else []
     return begun if 0 < len(begun) <= 3 else \
         difflib.get_close_matches(given, flags, n=1, cutoff=0.7)

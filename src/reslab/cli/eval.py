@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         top5 = f"top5 {result.top5:.4f}  " if result.num_classes > 5 else ""
         print(f"{Path(args.ckpt)} on {result.data} {result.split} (n={result.n}, "
               f"{view}): top1 {result.top1:.4f}  {top5}loss {result.loss:.4f}")
+        if result.balanced is not None:
+            print(f"balanced accuracy (mean per-class recall) {result.balanced:.4f}  "
+                  f"macro-F1 {result.macro_f1:.4f}")
         rows = result.per_class or ()
         if 0 < len(rows) <= MAX_TABLE:
             from ..text import format_table

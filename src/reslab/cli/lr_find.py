@@ -28,7 +28,9 @@ NOT_FLAGS = ("data", "epochs", "iters", "lr", "schedule", "milestones", "gamma",
              "tta_flip", "save_every", "eval_every", "tensorboard", "compile",
              "progressive_from", "progressive_until",
              # training tricks the sweep does not apply (it runs its own plain steps)
-             "early_stopping", "mixup", "cutmix", "auto_augment", "accumulate", "clip_grad_norm")
+             "early_stopping", "mixup", "cutmix", "auto_augment", "accumulate", "clip_grad_norm",
+             # the sweep's plain steps draw the images as they come and score no validation
+             "balance", "monitor")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

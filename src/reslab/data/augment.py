@@ -56,8 +56,11 @@ class EpochPlan:
 
 
 def plan_epoch(n: int, augment: str, g: torch.Generator, *, pad: int,
-               erase: float = 0.0, auto_augment: str = "none") -> EpochPlan:
+               erase: float = 0.0, auto_augment: str = "none",
+               weights: torch.Tensor | None = None) -> EpochPlan:
     """Draws the order (a permutation of n) and every augmentation parameter for one epoch.
+    weights: n sampling weights; the order is then n draws with replacement in proportion to
+    them (a class-balanced sampler: engine/balance.py) instead of a permutation.
     erase: the probability of random erasing per image; auto_augment: a policy of
     AUTO_AUGMENTS, which gets one seed per image (their draws come last, so a plan without
     them is the same as before they existed).
@@ -65,7 +68,8 @@ def plan_epoch(n: int, augment: str, g: torch.Generator, *, pad: int,
     For "imagenet", `scale`/`offset` drive the batched scale augmentation of in-memory data and
     `seed` the per-example scale augmentation that folder workers do (both are drawn so the plan
     does not depend on the data's backend)."""
-    order = torch.randperm(n, generator=g)
+    order = (torch.randperm(n, generator=g) if weights is None
+             else torch.multinomial(weights.double(), n, replacement=True, generator=g))
     params: dict[str, torch.Tensor] = {}
     if augment in ("crop-flip", "crop"):
         params["shift"] = torch.randint(0, 2 * pad + 1, (n, 2), generator=g)

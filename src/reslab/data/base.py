@@ -43,6 +43,10 @@ class Data:
         self.auto_augment = auto_augment  # a policy of augment.AUTO_AUGMENTS, per image
         self.held_out = held_out  # training images held out as "val" (the resolved --val-split)
         self.flip_alternate = False  # mirror each image every other epoch (augment.py)
+        self.resize = "crop"  # image folders: how an image becomes the input (folders.py)
+        self.start_notes: list[str] = []  # what loading did that training should say once
+        # per training image: the chance an epoch draws it (None: each once, in a random order)
+        self.sample_weights: torch.Tensor | None = None
 
     @property
     def same_val_test(self) -> bool:
@@ -83,6 +87,10 @@ class Data:
     def num_examples(self, split: str) -> int:
         return self._size(self._check_split(split))
 
+    def labels(self, split: str) -> torch.Tensor:
+        """The class index of every image of split, in order (int64, on the CPU)."""
+        return self._labels(self._check_split(split))
+
     def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
         """Full global batches per epoch (drop_last: every rank takes the same number of steps)."""
         if batch_size < 1 or world_size < 1 or batch_size % world_size:
@@ -104,7 +112,7 @@ class Data:
                             f"out of range ({steps} steps per epoch)")
         plan = plan_epoch(self.num_examples("train"), self.augment,
                           epoch_generator(seed, epoch), pad=self.pad, erase=self.erase,
-                          auto_augment=self.auto_augment)
+                          auto_augment=self.auto_augment, weights=self.sample_weights)
         if self.flip_alternate:
             plan = alternate_flips(plan, seed, epoch)
         share = batch_size // world_size
@@ -128,8 +136,11 @@ class Data:
                             f" world size {world_size}, resize {resize}")
         return self._eval_iter(split, batch_size, torch.device(device), rank, world_size, resize)
 
-    # Backends implement these three.
+    # Backends implement these four.
     def _size(self, split: str) -> int:
+        raise NotImplementedError
+
+    def _labels(self, split: str) -> torch.Tensor:
         raise NotImplementedError
 
     def _train_iter(self, plan: EpochPlan, spans: list[Span],

@@ -30,9 +30,11 @@ class FolderDataset(Dataset):
     replaced by the next readable one with a warning naming it, so a long run does not die."""
 
     def __init__(self, items: list[tuple[str, int]], in_chans: int, size: int,
-                 crop_fraction: float, scale_aug: bool = False, whole: bool = False) -> None:
+                 crop_fraction: float, scale_aug: bool = False, whole: bool = False,
+                 resize: str = "crop") -> None:
         self.items, self.in_chans, self.size = items, in_chans, size
         self.crop_fraction, self.scale_aug, self.whole = crop_fraction, scale_aug, whole
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.items)
@@ -51,7 +53,8 @@ class FolderDataset(Dataset):
             elif self.whole:
                 img = whole_image(img, self.size)
             else:
-                img = eval_geometry(img, (self.size, self.size), self.crop_fraction)
+                img = eval_geometry(img, (self.size, self.size), self.crop_fraction,
+                                    self.resize)
             return pil_to_uint8(img), label
         raise UserError(f"none of the {min(16, len(self.items))} images from "
                         f"'{self.items[index][0]}' on could be decoded (truncated or damaged "
@@ -132,14 +135,19 @@ class FolderData(Data):
     """Image files decoded by `workers` DataLoader processes; geometry in the workers (PIL +
     torchvision.transforms.v2), flips, colour and normalisation batched on the device."""
 
-    def __init__(self, items: dict[str, list[tuple[str, int]]], workers: int, **kw) -> None:
+    def __init__(self, items: dict[str, list[tuple[str, int]]], workers: int,
+                 resize: str = "crop", **kw) -> None:
         super().__init__(splits=tuple(items), **kw)
         self._items, self.workers = items, workers
+        self.resize = resize  # how an image becomes the square input (images.eval_geometry)
         # (split's file list, side, crop fraction) -> its decoded images, where they fit
         self._kept: dict[tuple[int, int, float], KeptImages | None] = {}
 
     def _size(self, split: str) -> int:
         return len(self._items[split])
+
+    def _labels(self, split: str) -> torch.Tensor:
+        return torch.tensor([label for _, label in self._items[split]], dtype=torch.int64)
 
     @property
     def same_val_test(self) -> bool:
@@ -150,7 +158,7 @@ class FolderData(Data):
                scale_aug: bool = False, whole: bool = False) -> Iterator[Batch]:
         ds = FolderDataset(items, self.in_chans, size or self.input_size[-1],
                            self.crop_fraction if crop_fraction is None else crop_fraction,
-                           scale_aug, whole)
+                           scale_aug, whole, self.resize)
         return decode_batches(ds, sampler, device, self.workers)
 
     def _kept_images(self, split: str) -> KeptImages | None:
@@ -212,12 +220,12 @@ class FolderData(Data):
 
 
 def folder_stats(src: FolderSource, train: list[tuple[str, int]], size: int, seed: int,
-                  normalize: str, workers: int) -> Stats:
+                  normalize: str, workers: int, resize: str = "crop") -> Stats:
     """Statistics from up to STATS_SAMPLE training images, decoded as evaluation decodes them."""
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     pick = pick[:STATS_SAMPLE]
     spans = [(i, min(i + 64, len(pick))) for i in range(0, len(pick), 64)]
-    ds = FolderDataset(train, src.in_chans, size, FOLDER_CROP_FRACTION)
+    ds = FolderDataset(train, src.in_chans, size, FOLDER_CROP_FRACTION, resize=resize)
     sample = [x for x, _ in decode_batches(ds, _KeyBatches(pick, None, spans),
                                            torch.device("cpu"), workers)]
     return compute_stats(torch.cat(sample), normalize)

@@ -109,14 +109,15 @@ def _say(notes: list[warnings.WarningMessage], path: str | PathLike) -> None:
         warn(f"image '{path}': {text[:200]}")
 
 
-def probe_image(path: str | PathLike) -> str:
-    """The mode of an image file from its header only (cheap: no pixel decoding).
+def probe_image(path: str | PathLike) -> tuple[str, tuple[int, int]]:
+    """The mode and (width, height) of an image file from its header only (cheap: no pixel
+    decoding).
 
     Used to scan large folders; a truncated file can still pass and fail at decoding time."""
     regular_file(path, "image")
     try:
         with Image.open(path) as img:  # in threads: warnings are caught where images decode
-            return img.mode
+            return img.mode, img.size
     except _DECODE_ERRORS as exc:
         raise UserError(f"cannot read image '{path}': {exc}") from None
 
@@ -162,8 +163,21 @@ def pil_to_uint8(img: Image.Image) -> torch.Tensor:
     return TF.pil_to_tensor(img)
 
 
-def eval_geometry(img: Image.Image, size: tuple[int, int], crop_fraction: float) -> Image.Image:
-    """Resizes the shorter side to min(size) / crop_fraction, then cuts the centre (H, W)."""
+def eval_geometry(img: Image.Image, size: tuple[int, int], crop_fraction: float,
+                  resize: str = "crop") -> Image.Image:
+    """The image as an (H, W) input. resize "crop": the shorter side resized to
+    min(size) / crop_fraction, then the centre cut (the paper's; a 50x20 image loses 60% of its
+    width); "squish": the whole image resized to (H, W), its aspect ratio not kept; "pad": the
+    whole image fitted inside (H, W), aspect ratio kept, the rest black."""
+    if resize == "squish":
+        return TF.resize(img, list(size), antialias=True)
+    if resize == "pad":
+        (w, h), (height, width) = img.size, size
+        scale = min(height / h, width / w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        img = TF.resize(img, [nh, nw], antialias=True)
+        left, top = (width - nw) // 2, (height - nh) // 2
+        return TF.pad(img, [left, top, width - nw - left, height - nh - top], fill=0)
     shorter = max(min(size), round(min(size) / crop_fraction))
     img = TF.resize(img, [shorter], antialias=True)
     return TF.center_crop(img, list(size))
@@ -200,16 +214,17 @@ def default_crop_fraction(input_size: Sequence[int]) -> float:
 
 def preprocess(images: Sequence[Image.Image], in_chans: int, input_size: Sequence[int],
                mean: Sequence[float] | torch.Tensor, std: Sequence[float], *,
-               crop_fraction: float | None = None) -> torch.Tensor:
+               crop_fraction: float | None = None, resize: str = "crop") -> torch.Tensor:
     """Model-ready (N, C, H, W) float32 batch from PIL images of any mode and size, prepared as
     evaluation prepares its data: channel conversion, `eval_geometry`, normalisation.
 
     mean may be per channel or a per-pixel mean image (C, H, W) (normalize="pixel").
-    crop_fraction: store `Data.crop_fraction` with the model and pass it; None guesses."""
+    crop_fraction: store `Data.crop_fraction` with the model and pass it; None guesses.
+    resize: how the image becomes (H, W) (eval_geometry)."""
     size = (int(input_size[-2]), int(input_size[-1]))
     frac = default_crop_fraction(size) if crop_fraction is None else crop_fraction
     if not images:
         return torch.empty(0, in_chans, *size)
-    batch = torch.stack([pil_to_uint8(eval_geometry(to_channels(im, in_chans), size, frac))
-                         for im in images])
+    batch = torch.stack([pil_to_uint8(eval_geometry(to_channels(im, in_chans), size, frac,
+                                                    resize)) for im in images])
     return Normalizer(mean, std)(batch.float() / 255)

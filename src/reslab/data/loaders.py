@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError, unknown, warn
+from ..choices import RESIZES
+from ..errors import UserError, note, unknown, warn
 from ..limits import (MAX_DATASET_BYTES, MAX_PAD, MAX_WORKERS, check_float, check_image_side,
                       check_int)
 from ..text import plural
@@ -14,19 +15,20 @@ from .base import Data
 from .datasets import ArraySource, Split, load_source
 from .scan import FolderSource
 from .folders import FolderData, folder_stats
-from .images import FOLDER_CROP_FRACTION
+from .images import FOLDER_CROP_FRACTION, GRAY_MODES
 from .memory import InMemoryData
 from .normalize import NORMALIZE, Stats, compute_stats
 
 __all__ = ["Data", "FolderData", "InMemoryData", "available_cpus", "hold_out", "load_data"]
 
 
-def hold_out(labels: torch.Tensor, val_split: int, seed: int, name: str
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def hold_out(labels: torch.Tensor, val_split: int, seed: int, name: str,
+             class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, val) index tensors, sorted: val_split examples held out, stratified (each class
     keeps its share, largest remainders get the rounding), drawn at random within each class
     from a generator fixed by seed, so the same (labels, val_split, seed) give the same split
-    in training, `eval --split val` and `responses` (the paper's 45k/5k CIFAR split, 4.2)."""
+    in training, `eval --split val` and `responses` (the paper's 45k/5k CIFAR split, 4.2).
+    A class too small to get any held-out image is said in a note (class_names name it)."""
     n = len(labels)
     if val_split >= n:
         raise UserError(f"--val-split {val_split} leaves no training images: {name} has {n}")
@@ -43,6 +45,14 @@ def hold_out(labels: torch.Tensor, val_split: int, seed: int, name: str
         members = torch.nonzero(labels == c).flatten()
         val.append(members[torch.randperm(len(members), generator=g)[:k]])
     val_idx = torch.cat(val).sort().values
+    missing = [(c, int(k)) for c, k, t in zip(classes.tolist(), counts.tolist(), take.tolist())
+               if t == 0]
+    if missing:  # its validation recall would be undefined: say so rather than score it as 0
+        shown = ", ".join(f"class {class_names[c] if class_names else c} "
+                          f"({plural(k, 'image')})" for c, k in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        note(f"{shown}{more} too small to hold out any of the {val_split} validation images "
+             f"of {name}: trained on, not validated (a larger --val-split, or more images)")
     keep = torch.ones(n, dtype=torch.bool)
     keep[val_idx] = False
     return torch.nonzero(keep).flatten(), val_idx
@@ -90,7 +100,8 @@ def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | None,
                 normalize: str, stats: Stats | None, crop_fraction: float | None,
-                train_images: int | None, **kw) -> InMemoryData:
+                train_images: int | None, resize: str = "crop", **kw) -> InMemoryData:
+    del resize  # arrays are square already (resized whole when image_size is given)
     if image_size:
         n = len(src.train[1]) + (len(src.test[1]) if src.test is not None else 0)
         size = n * src.train[0].shape[1] * image_size ** 2
@@ -107,7 +118,7 @@ def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | N
     x, y = sized((x, y) if chosen is None else (x[chosen], y[chosen]))
     arrays = {"train": (x, y)}
     if val_split:
-        train, val = hold_out(y, val_split, seed, src.name)
+        train, val = hold_out(y, val_split, seed, src.name, src.class_names)
         arrays = {"train": (x[train], y[train]), "val": (x[val], y[val])}
     if src.test is not None:
         arrays["test"] = sized(src.test)
@@ -118,7 +129,7 @@ def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | N
 
 def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int | None,
                  normalize: str, workers: int, stats: Stats | None, crop_fraction: float | None,
-                 train_images: int | None, **kw) -> FolderData:
+                 train_images: int | None, resize: str = "crop", **kw) -> FolderData:
     """Splits: train; val = the held-out images, else PATH/val; test = PATH/test, else
     PATH/val (ImageNet's layout), else the held-out images (one held-out set then answers to
     both names)."""
@@ -129,7 +140,7 @@ def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int |
     if val_split is None:  # auto: a folder without val/ holds out a validation set
         val_split = default_hold_out(labels) if src.val is None else 0
     if val_split:
-        train, val = hold_out(labels, val_split, seed, src.name)
+        train, val = hold_out(labels, val_split, seed, src.name, src.class_names)
         items = {"train": [train_items[i] for i in train], "val": [train_items[i] for i in val]}
         if src.val is not None and src.test is not None:
             warn(f"--val-split {val_split} holds out the validation images from train/: "
@@ -143,10 +154,47 @@ def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int |
     size = image_size or 224
     crop = crop_fraction or FOLDER_CROP_FRACTION
     if stats is None:
-        stats = folder_stats(src, items["train"], size, seed, normalize, workers)
-    return FolderData(items, workers, name=src.name, class_names=src.class_names,
+        stats = folder_stats(src, items["train"], size, seed, normalize, workers, resize)
+    data = FolderData(items, workers, resize, name=src.name, class_names=src.class_names,
                       input_size=(src.in_chans, size, size), crop_fraction=crop,
                       stats=stats, skipped=src.skipped, held_out=val_split, **kw)
+    line = preparation_note([src.headers[p] for p, _ in items["train"] if p in src.headers],
+                            src.in_chans, size, crop, resize)
+    data.start_notes = [line] if line else []
+    return data
+
+
+# Sides further apart than this are "not square"; a shorter side this many times the input's is
+# "much larger" (the resize throws most pixels away)
+SQUARE_TOLERANCE = 1.1
+MUCH_LARGER = 4
+
+
+def preparation_note(headers: list[tuple[str, tuple[int, int]]], in_chans: int, size: int,
+                     crop: float, resize: str) -> str | None:
+    """One line saying what preparing these training images (mode, (width, height)) does that
+    a user may not expect: grayscale images converted to RGB, images much larger than the
+    input, and what the resize does to images that are not square (None: nothing to say)."""
+    n, parts = len(headers), []
+    gray = sum(mode in GRAY_MODES for mode, _ in headers) if in_chans == 3 else 0
+    if gray:
+        parts.append(f"{gray:,} of {n:,} are grayscale, converted to RGB like the others")
+    large = sum(min(wh) >= MUCH_LARGER * size for _, wh in headers)
+    if large:
+        parts.append(f"{large:,} of {n:,} are over {MUCH_LARGER}x the {size} px input, "
+                     "downscaled (--image-size trains larger)")
+    oblong = [wh for _, wh in headers if max(wh) > SQUARE_TOLERANCE * min(wh)]
+    if oblong:
+        w, h = max(oblong, key=lambda wh: max(wh) / min(wh))
+        what = {"crop": f"resized to {round(size / crop)} px on the shorter side and "
+                        f"centre-cropped to {size}x{size} (a {w}x{h} image loses "
+                        f"{1 - crop * min(w, h) / max(w, h):.0%} of its "
+                        f"{'width' if w > h else 'height'}; --resize squish or pad keeps whole "
+                        "images)",
+                "squish": f"squished to {size}x{size} (--resize squish), aspect ratio not kept",
+                "pad": f"fitted inside {size}x{size} with black borders (--resize pad)"}[resize]
+        parts.append(f"{len(oblong):,} of {n:,} are not square: {what}")
+    return f"note: training images: {'; '.join(parts)}" if parts else None
 
 
 def _stats_for(stats: Stats, in_chans: int, spec: str) -> Stats:
@@ -174,7 +222,7 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
               augment: str = "crop-flip", pad: int = 4, workers: int = 4,
               stats: Stats | None = None, crop_fraction: float | None = None,
               erase: float = 0.0, auto_augment: str = "none",
-              train_images: int | None = None) -> Data:
+              train_images: int | None = None, resize: str = "crop") -> Data:
     """Loads the dataset a --data spec names (docs/guides/training.md, Datasets), ready to batch.
 
     val_split: hold out that many training images as "val" (stratified, seeded); None: 10% of
@@ -188,13 +236,16 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
     probability of a training image (reslab.data.augment.random_erase). auto_augment: a
     torchvision policy per training image (reslab.data.augment.AUTO_AUGMENTS). train_images:
     train on a class-balanced subset of that many training images (subset), taken before the
-    val hold-out; the same subset for every seed."""
+    val hold-out; the same subset for every seed. resize: how a folder's image becomes the
+    square input: crop, squish or pad (images.eval_geometry)."""
     if normalize not in NORMALIZE:
         raise unknown("normalization", normalize, NORMALIZE)
     if augment not in AUGMENTS:
         raise unknown("augmentation", augment, AUGMENTS)
     if auto_augment not in AUTO_AUGMENTS:
         raise unknown("auto-augmentation policy", auto_augment, AUTO_AUGMENTS)
+    if resize not in RESIZES:
+        raise unknown("resize", resize, RESIZES)
     if val_split is not None:
         check_int("val_split", val_split, 0, 10**9)
     if train_images is not None:
@@ -211,7 +262,7 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
                            else int(src.train[0].shape[1]), spec)
     opts = dict(val_split=val_split, seed=seed, image_size=image_size, normalize=normalize,
                 augment=augment, pad=pad, stats=stats, crop_fraction=crop_fraction, erase=erase,
-                auto_augment=auto_augment, train_images=train_images)
+                auto_augment=auto_augment, train_images=train_images, resize=resize)
     if isinstance(src, FolderSource):
         return _folder_data(src, workers=workers, **opts)
     return _array_data(src, **opts)

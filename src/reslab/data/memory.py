@@ -23,6 +23,9 @@ class InMemoryData(Data):
     def _size(self, split: str) -> int:
         return len(self._arrays[split][1])
 
+    def _labels(self, split: str) -> torch.Tensor:
+        return self._arrays[split][1].long().cpu()
+
     def _on(self, split: str, device: torch.device, pad: int = 0) -> Split:
         """The split on `device` (copied once), images padded by `pad` with the mean colour."""
         key = (split, str(device), pad)

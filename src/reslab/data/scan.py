@@ -21,6 +21,8 @@ class FolderSource:
     val: list[tuple[str, int]] | None
     test: list[tuple[str, int]] | None = None
     skipped: list[str] = field(default_factory=list)
+    # every readable file's header: its mode and (width, height), for the start-up note
+    headers: dict[str, tuple[str, tuple[int, int]]] = field(default_factory=dict)
 
 
 def _list_files(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
@@ -32,11 +34,12 @@ def _list_files(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
     return items
 
 
-def _probe_all(items: list[tuple[str, int]],
-               workers: int) -> tuple[list[tuple[str, int]], set[str], list[str]]:
+def _probe_all(items: list[tuple[str, int]], workers: int,
+               headers: dict | None = None) -> tuple[list[tuple[str, int]], set[str], list[str]]:
     """Reads every file's header (threads: this is I/O); names the first unreadable files and
-    says how many were skipped in all."""
-    def probe(item: tuple[str, int]) -> str | UserError:
+    says how many were skipped in all. headers, when given, receives each readable file's
+    (mode, (width, height))."""
+    def probe(item: tuple[str, int]) -> tuple[str, tuple[int, int]] | UserError:
         try:
             return probe_image(item[0])
         except UserError as exc:
@@ -45,14 +48,16 @@ def _probe_all(items: list[tuple[str, int]],
     with ThreadPoolExecutor(max_workers=max(1, min(16, 2 * workers))) as pool:
         results = list(pool.map(probe, items))
     good, modes, skipped = [], set(), []
-    for item, mode in zip(items, results):
-        if isinstance(mode, UserError):
+    for item, header in zip(items, results):
+        if isinstance(header, UserError):
             if len(skipped) < NAMED_SKIPS:
-                warn(f"{mode} (skipped)")
+                warn(f"{header} (skipped)")
             skipped.append(item[0])
         else:
             good.append(item)
-            modes.add(mode)
+            modes.add(header[0])
+            if headers is not None:
+                headers[item[0]] = header
     return good, modes, skipped
 
 
@@ -125,7 +130,8 @@ def scan_folder(path: str, workers: int = 4) -> FolderSource:
         if extra:
             raise UserError(f"'{folder}' has classes that train/ lacks: {', '.join(extra)}")
     found = _list_files(train_dir, classes)
-    train, modes, skipped = _probe_all(found, workers)
+    headers: dict[str, tuple[str, tuple[int, int]]] = {}
+    train, modes, skipped = _probe_all(found, workers, headers)
     if not train:
         raise UserError(f"no readable images in '{train_dir}'"
                         + (f" ({len(skipped)} unreadable files skipped)" if skipped else ""))
@@ -155,4 +161,4 @@ def scan_folder(path: str, workers: int = 4) -> FolderSource:
              + (f" (the first {NAMED_SKIPS} named above)" if len(skipped) > NAMED_SKIPS else ""))
     in_chans = 1 if modes <= GRAY_MODES else 3
     return FolderSource(f"imagefolder:{path}", classes, in_chans, train, splits.get("val"),
-                        splits.get("test"), skipped)
+                        splits.get("test"), skipped, headers)

@@ -73,7 +73,7 @@ def prepare_decoded(record: Record, images: Sequence[Image.Image]) -> torch.Tens
     pre = record.preprocess
     mean = pre.mean_image if pre.mean_image is not None else pre.mean
     return preprocess(images, pre.in_chans, pre.input_size, mean, pre.std,
-                      crop_fraction=pre.crop_fraction)
+                      crop_fraction=pre.crop_fraction, resize=pre.resize)
 
 
 def classifier(model: Callable[[torch.Tensor], torch.Tensor], record: Record, *,

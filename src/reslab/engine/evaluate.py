@@ -44,6 +44,68 @@ class Tally:
         self.sums = torch.tensor(values, dtype=torch.float64, device=self.sums.device)
 
 
+class Confusion:
+    """Counts of (true class, predicted class) over batches, summed across ranks: the
+    class-balanced figures (balanced accuracy, macro-F1) and each class's recall."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
+        self.k = num_classes
+        self.counts = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.counts += torch.bincount(y * self.k + logits.argmax(1),
+                                      minlength=self.k * self.k).to(self.counts)
+
+    def matrix(self, d: Dist | None = None) -> torch.Tensor:
+        """(k, k) counts, rows: true class, columns: predicted (on the CPU)."""
+        return all_reduce_sum(self.counts.clone(), d or Dist()).view(self.k, self.k).cpu()
+
+
+@dataclass(frozen=True)
+class ClassFigures:
+    """Balanced accuracy (mean recall) and macro-F1 over the classes present in the split
+    (scikit-learn's balanced_accuracy_score; F1 0 where a class is never predicted), and each
+    class's recall and support."""
+    balanced: float
+    macro_f1: float
+    recall: tuple[float, ...]
+    support: tuple[int, ...]
+
+    @classmethod
+    def of(cls, confusion: torch.Tensor) -> ClassFigures:
+        m = confusion.double()
+        hits, support, predicted = m.diag(), m.sum(1), m.sum(0)
+        recall = hits / support.clamp(min=1)
+        precision = hits / predicted.clamp(min=1)
+        f1 = torch.where(hits > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
+                         torch.zeros_like(hits))
+        present = support > 0
+        if not bool(present.any()):
+            return cls(0.0, 0.0, tuple(recall.tolist()), tuple(support.long().tolist()))
+        return cls(float(recall[present].mean()), float(f1[present].mean()),
+                   tuple(recall.tolist()), tuple(support.long().tolist()))
+
+    def lost_class_warning(self, names: Sequence[str], top1: float) -> str | None:
+        """One line when a class is all but never recognised while top-1 looks fine."""
+        lost = [c for c, (r, n) in enumerate(zip(self.recall, self.support))
+                if n >= LOST_MIN_SUPPORT and r < LOST_RECALL]
+        if not lost or top1 < FINE_TOP1:
+            return None
+        c = min(lost, key=lambda i: self.recall[i])
+        others = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
+        return (f"class {names[c]} has recall {self.recall[c]:.2f} "
+                f"({round(self.recall[c] * self.support[c])} of {self.support[c]}){others} "
+                f"while top-1 is {top1:.1%}: balanced accuracy {self.balanced:.1%} (an "
+                "imbalanced training set? see --balance)")
+
+
+# A class "all but lost": recall below this, on at least this many images, while top-1 is at
+# least FINE_TOP1 (a model at chance everywhere is another problem, said elsewhere)
+LOST_RECALL = 0.1
+LOST_MIN_SUPPORT = 5
+FINE_TOP1 = 0.5
+
+
 @dataclass(frozen=True)
 class TopLoss:
     """One of the examples the model gets most wrong: its position in the split, true and
@@ -128,6 +190,8 @@ class Evaluation:
     confusion: list[list[int]] | None = None
     runtime: str | None = None
     runtime_note: str | None = None
+    balanced: float | None = None  # mean per-class recall (ClassFigures); None multi-scale
+    macro_f1: float | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -148,6 +212,8 @@ class Evaluation:
             out["confusion"] = self.confusion
         if self.runtime is not None:
             out["runtime"], out["runtime_note"] = self.runtime, self.runtime_note
+        if self.balanced is not None:
+            out["balanced"], out["macro_f1"] = self.balanced, self.macro_f1
         return out
 
 
@@ -162,10 +228,12 @@ def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
              device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
              predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
              predictions: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-             top_losses: TopLosses | None = None) -> dict[str, float]:
-    """{'top1', 'top5', 'loss', 'n'} over the batches (accuracies as fractions). predictions:
-    a list that receives each batch's (labels, predicted classes), for per-class metrics;
-    top_losses: collects the examples of largest loss."""
+             top_losses: TopLosses | None = None,
+             confusion: Confusion | None = None) -> dict[str, float]:
+    """{'top1', 'top5', 'loss', 'n'} over the batches (accuracies as fractions), and with a
+    confusion also 'balanced' and 'macro_f1' (ClassFigures). predictions: a list that receives
+    each batch's (labels, predicted classes), for per-class metrics; top_losses: collects the
+    examples of largest loss."""
     if isinstance(model, nn.Module):
         was_training = model.training
         model.eval()
@@ -181,9 +249,14 @@ def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
             predictions.append((y.cpu(), logits.argmax(1).cpu()))
         if top_losses is not None:
             top_losses.add(x, y, logits)
+        if confusion is not None:
+            confusion.add(logits, y)
     if isinstance(model, nn.Module) and was_training:
         model.train()
-    return tally.result(d)
+    if confusion is None:
+        return tally.result(d)
+    figures = ClassFigures.of(confusion.matrix(d))
+    return tally.result(d) | {"balanced": figures.balanced, "macro_f1": figures.macro_f1}
 
 
 def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
@@ -227,7 +300,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     d = load_data(spec, data_dir=data_dir or trained_dir, **record.split_options(spec),
                   image_size=pre.input_size[-1],
                   normalize=pre.normalize, augment="none", stats=pre.stats(),
-                  crop_fraction=pre.crop_fraction)
+                  crop_fraction=pre.crop_fraction, resize=pre.resize)
     if split not in d.splits:
         raise UserError(f"split '{split}' not available for {spec} "
                         f"(available: {', '.join(d.splits)}; val needs --val-split in training)")
@@ -251,29 +324,34 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     batch_size = fit_batch(batch_size, d.input_size)
     forward = model if runtime is None else runtime(model)
     views: dict[str, Any] = {}  # what only the centre view measures
+    confusion = Confusion(len(d.class_names), dev)
     if scales:
         scores = evaluate_scored(multiscale_logits(
             forward, [d.eval_batches(split, batch_size, dev, resize=s) for s in scales]), dev)
     elif crops == 10:
         batches = d.eval_batches(split, batch_size, dev, resize=round(size * 256 / 224))
-        scores = evaluate(model, batches, device=dev,
+        scores = evaluate(model, batches, device=dev, confusion=confusion,
                           predict=lambda x: tta_logits(forward, x, crops=10, crop_size=size))
     else:
         preds: list[tuple[torch.Tensor, torch.Tensor]] = []
         worst = TopLosses(top_losses) if top_losses else None
         scores = evaluate(model, d.eval_batches(split, batch_size, dev), device=dev,
                           predict=flip_tta(forward) if flip else forward, predictions=preds,
-                          top_losses=worst)
+                          top_losses=worst, confusion=confusion)
         if worst is not None:
             views["top_losses"] = tuple(replace(
                 t, image=d.normalize.invert(t.image[None])[0].clamp(0, 1)) for t in worst.items())
         y_true, y_pred = (torch.cat(t).numpy() for t in zip(*preds))
         views["per_class"] = tuple(per_class(y_true, y_pred, d.class_names))
-        k = len(d.class_names)  # rows: true class, columns: predicted
-        views["confusion"] = torch.bincount(torch.as_tensor(y_true * k + y_pred),
-                                            minlength=k * k).view(k, k).tolist()
+        views["confusion"] = confusion.matrix().long().tolist()  # rows: true, cols: predicted
     if runtime is not None:
         views["runtime"], views["runtime_note"] = forward.runtime_name, forward.describe()
+    if not scales:
+        figures = ClassFigures.of(confusion.matrix())
+        views["balanced"], views["macro_f1"] = figures.balanced, figures.macro_f1
+        lost = figures.lost_class_warning(d.class_names, scores["top1"])
+        if lost:
+            warn(lost)
     return Evaluation(str(ckpt), spec, split, crops, tuple(scales) if scales else None,
                       bool(flip and not scales and crops == 1), len(d.class_names), augment,
                       scores["top1"], scores["top5"], scores["loss"], scores["n"], **views)

@@ -119,7 +119,7 @@ class MetricsLog:
 
 
 CSV_COLUMNS = ("step", "epoch", "split", "final", "loss", "lr", "img_s", "top1", "top5", "n",
-               "time_s")  # the keys the loop logs; a row with others widens the header
+               "time_s", "balanced", "macro_f1")  # the keys the loop logs; others widen it
 
 
 class CsvLog:

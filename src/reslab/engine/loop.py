@@ -181,7 +181,8 @@ def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
     value, logits = sgd_step(run.forward, run.optimizer, run.scaler, x, target,
                              amp_dtype=run.amp_dtype, channels_last=r.channels_last,
                              label_smoothing=r.label_smoothing, accumulate=r.accumulate,
-                             clip_grad_norm=r.clip_grad_norm, check_loss=check)
+                             clip_grad_norm=r.clip_grad_norm, check_loss=check,
+                             class_weights=run.class_weights)
     if warming:
         # resnet110's warm-up: this batch's error over all ranks (every rank must switch at the
         # same iteration); one small transfer per step, during the warm-up only.
@@ -224,7 +225,8 @@ def train_view(run: Run, step: int, x: torch.Tensor,
 
 
 def stopped_early(run: Run) -> bool:
-    """Early stopping: the validation top-1 has not improved for the recipe's patience."""
+    """Early stopping: the validation figure (run.monitor) has not improved for the recipe's
+    patience."""
     return 0 < run.r.early_stopping <= run.progress.bad_evals
 
 
@@ -251,13 +253,13 @@ def _end_of_epoch(run: Run, log: MetricsLog, console: Progress, full_epoch: bool
         log.log(step=p.step, epoch=epoch, split=split, time_s=round(p.elapsed(), 2), **val)
         console.write(f"epoch {epoch:.2f} train top1 {train['top1']:.4f} loss "
                       f"{train['loss']:.4f} | {split} top1 {val['top1']:.4f} "
-                      f"loss {val['loss']:.4f}")
+                      f"balanced {val['balanced']:.4f} loss {val['loss']:.4f}")
         if split == "val":
             on_val_error(p.schedule, r, 1 - val["top1"])
-            improved = val["top1"] > p.best_val
+            improved = val[run.monitor] > p.best_val
             p.bad_evals = 0 if improved else p.bad_evals + 1
             if improved:
-                p.best_val = val["top1"]
+                p.best_val = val[run.monitor]
                 if run.out is not None:
                     save_weights(RunDir(run.out).best, run.eval_model(), run.record())
             if stopped_early(run) and not last:
@@ -298,7 +300,8 @@ def early_stop_line(run: Run, epoch: float) -> str:
     files = RunDir(run.out) if run.out is not None else None
     kept = (f"; the best weights are in {files.best}, the last in {files.weights.name}"
             if files is not None else "")
-    return (f"early stopping: val top1 has not improved for {n} evaluation{'s' if n != 1 else ''}"
+    return (f"early stopping: val {run.monitor} has not improved for "
+            f"{plural(n, 'evaluation')}"
             f" (best {run.progress.best_val:.4f}); stopped at epoch {epoch:.3g} of "
             f"{run.total / run.steps_per_epoch:.3g}{kept}")
 
@@ -314,6 +317,10 @@ def _finish(run: Run, log: MetricsLog, wall_s: float, last: EpochScores) -> FitR
     if test is not None:
         log.log(step=p.step, epoch=p.step / run.steps_per_epoch, split="test", final=True,
                 time_s=round(p.elapsed(), 2), **test)
+        lost = (run.figures.lost_class_warning(run.data.class_names, test["top1"])
+                if run.figures is not None else None)
+        if lost and run.dist.is_main:
+            warn(lost)
     result = FitResult(
         out=str(run.out) if run.out else None, model=run.r.model, data=run.r.data,
         steps=p.step, epochs=round(p.step / run.steps_per_epoch, 3), wall_s=round(wall_s, 2),

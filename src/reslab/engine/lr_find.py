@@ -216,12 +216,12 @@ def lr_find(recipe: Recipe, *, start_lr: float = 1e-6, end_lr: float = 10.0,
     data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
                      image_size=Run._image_size(r), normalize=r.normalize, augment=r.augment,
                      pad=r.pad, workers=r.workers, erase=r.erase,
-                     train_images=r.train_images)
+                     train_images=r.train_images, resize=r.resize)
     # The batch and augmentation training would adapt to this data (reslab.engine.adapt): the
     # lr found is for the batch the run will use. The sweep sets the lr and its length, so
-    # neither is adapted.
+    # neither is adapted; it evaluates nothing, so the test-time flip is not its business.
     n = data.num_examples("train")
-    fixed = {"lr", "epochs", "progressive_from"}
+    fixed = {"lr", "epochs", "progressive_from", "tta_flip"}
     r, notes = adapt(r.replace(given=sorted({*r.given, *fixed})),
                      DataFacts(n, min(data.input_size[1:])))
     data.augment, data.pad = r.augment, r.pad  # read at batch time

@@ -15,7 +15,7 @@ from typing import Any
 
 import tomli_w
 
-from ..choices import AUGMENTS, AUTO_AUGMENTS, NORMALIZE, STRIDE_IN
+from ..choices import AUGMENTS, AUTO_AUGMENTS, BALANCE, MONITOR, NORMALIZE, RESIZES, STRIDE_IN
 from ..errors import UserError, unknown
 from ..io import read_text
 from ..limits import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_ITERS, MAX_LR, MAX_PAD, MAX_SEED,
@@ -32,6 +32,9 @@ CHOICES = {
     "normalize": NORMALIZE,
     "amp": ("auto", "off", "bf16", "fp16"),
     "stride_in": STRIDE_IN,
+    "balance": BALANCE,
+    "monitor": MONITOR,
+    "resize": RESIZES,
 }
 
 
@@ -85,6 +88,7 @@ class Recipe:
     weights: str | None = None           # initialise from a checkpoint (head replaced if needed)
     freeze_epochs: float = 0.0           # fine-tuning: train only the classifier (fc) this long
     image_size: int | None = None        # None: native size (arrays), the model family's (folders)
+    resize: str = "crop"                 # folders: crop the centre, squish or pad to the square
     # how long: epochs, or iters when given (iters wins)
     epochs: float = 1.0
     iters: int | None = None
@@ -110,6 +114,9 @@ class Recipe:
     warmup_until_error: float | None = None  # resnet110: lr warmup_lr until train error < this
     plateau_patience: int = 2            # epochs without val improvement before lr * gamma
     early_stopping: int = 0              # evaluations without val improvement before stopping
+    monitor: str = "auto"                # what early stopping and best.safetensors watch:
+                                         # top1, balanced (mean recall), auto (balanced when
+                                         # the training classes are imbalanced: balance.py)
     ema: float = 0.0                     # EMA decay of the weights per step (0: off)
     ema_every: int = 1                   # steps between EMA updates (decay ** ema_every each)
     lookahead: bool = False              # airbench94: the EMA copied back into the weights
@@ -127,6 +134,7 @@ class Recipe:
     tta_flip: bool = False               # average with the horizontal flip at evaluation
     tta_translate: bool = False          # ... and with 1 px translations (airbench94)
     flip_alternate: bool = False         # mirror each image every other epoch (airbench94)
+    balance: str = "auto"                # imbalanced classes: sampler, weights, none (balance.py)
     progressive_from: float | None = None  # progressive resizing: start side / native side
     progressive_until: float = 0.5       # ... growing to the native side by this fraction
     workers: int = 4

@@ -61,7 +61,10 @@ FIELD_HELP = {
     "warmup_until_error": "resnet110 (section 4.2): stay at warmup_lr until the training error "
                           "of the last 50 batches is below this",
     "plateau_patience": "plateau schedule: evaluations without improvement before lr * gamma",
-    "early_stopping": "stop when the validation top-1 has not improved for this many "
+    "monitor": "the validation figure early stopping and best.safetensors follow: top1, "
+               "balanced (mean per-class recall); auto: balanced when the training classes "
+               "are imbalanced, else top1",
+    "early_stopping": "stop when the validation figure (monitor) has not improved for this many "
                       "evaluations (needs a validation split; the best weights stay in "
                       "best.safetensors; 0: off)",
     "ema": "EMA decay of the weights per step, evaluated and saved instead of them (0: off)",
@@ -85,6 +88,9 @@ FIELD_HELP = {
     "normalize": "per-channel mean/std, or the per-pixel mean image (the paper)",
     "val_split": "training images held out for validation, stratified and seeded (default: 10% "
                  "of an image folder without val/, else none; 0: no validation)",
+    "resize": "image folders: how an image becomes the square input: crop (shorter side "
+              "resized, centre cut, the paper's), squish (whole image, aspect not kept), pad "
+              "(whole image, black borders); recorded with the weights for eval and predict",
     "tta_flip": "evaluate with the horizontally mirrored image averaged in",
     "tta_translate": "evaluate with 1 px translations too: half the weight on the image, a "
                      "quarter on each of its shifts up-left and down-right (reflect padding), "
@@ -92,6 +98,9 @@ FIELD_HELP = {
     "flip_alternate": "mirror each training image every other epoch (a random half in even "
                       "epochs, the other half in odd ones) instead of at random "
                       + AIRBENCH,
+    "balance": "imbalanced training classes (largest/smallest >= 3): sampler (each class drawn "
+               "equally often), weights (loss weighted by inverse class frequency), none; auto: "
+               "what measured best (docs/results/imbalance.md) when imbalanced, none otherwise",
     "progressive_from": "progressive resizing: train on images resized to this fraction of "
                         "their side at first (0.5: 28 px images start at 14; never below 8 px), "
                         "growing in 4 px steps to the native side (cheaper early epochs; "
@@ -100,7 +109,9 @@ FIELD_HELP = {
                          "training images have their native side",
     "workers": "image-folder decoding processes (at most the CPUs)",
     "seed": "random seed (weights, order, augmentation, validation split)",
-    "deterministic": "bit-identical reruns (deterministic kernels only)",
+    "deterministic": "bit-identical reruns: deterministic kernels only, and the thread count "
+                     "fixed (threads, else PyTorch's default) instead of following the load, "
+                     "as it sets the order of the kernels' sums",
     "device": "auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps",
     "threads": "CPU threads for torch (0: one per core)",
     "amp": "mixed precision (auto: bf16 where the hardware runs it natively: CUDA with bf16, "

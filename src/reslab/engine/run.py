@@ -17,10 +17,11 @@ from ..models.init import whiten_conv_
 from ..record import Preprocess, Record, TrainingData
 from ..text import plural
 from ..threads import ThreadGovernor
-from .adapt import DataFacts, adapt
+from .adapt import DataFacts, adapt, from_scratch_note
+from .balance import class_balance
 from .calibration import first_images
 from .distributed import init_distributed
-from .evaluate import Tally, evaluate, flip_tta
+from .evaluate import ClassFigures, Confusion, Tally, evaluate, flip_tta
 from .mixing import batch_mixer
 from .recipe import Recipe
 from .schedule import ScheduleState
@@ -56,14 +57,26 @@ class Run:
                               image_size=self._image_size(r), normalize=r.normalize,
                               augment=r.augment, pad=r.pad, workers=r.workers, erase=r.erase,
                               auto_augment=r.auto_augment, train_images=r.train_images,
+                              resize=r.resize,
                               stats=self._source_stats(r, source_record))
+        self.messages += self.data.start_notes
         if not resume:  # a resumed run's stored recipe is already adapted
             r, notes = adapt(r, DataFacts(self.data.num_examples("train"),
                                           min(self.data.input_size[1:]), self.dist.world_size))
             self.messages += notes
             self.data.augment, self.data.pad = r.augment, r.pad  # read at batch time
+            scratch = from_scratch_note(r, self.data.input_size[-1])
+            self.messages += [scratch] if scratch else []
         self.data.flip_alternate = r.flip_alternate
         self.r = r = self._fit_batch(r)
+        labels = self.data.labels("train")
+        self.balance = class_balance(r.balance, labels, self.data.class_names)
+        self.messages += [line for line in (self.balance.note(),) if line]
+        self.data.sample_weights = self.balance.sample_weights(labels)
+        weights = self.balance.loss_weights()
+        self.class_weights = None if weights is None else weights.to(self.device)
+        self.monitor = self.balance.monitor(r.monitor)  # what early stopping and best follow
+        self.figures: ClassFigures | None = None  # the last evaluation's per-class figures
         torch.manual_seed(r.seed)  # the same initial weights on every rank
         self.model = build_model(r, len(self.data.class_names), self.data.in_chans, self.layout)
         if state is not None:
@@ -79,8 +92,9 @@ class Run:
                     if r.ema > 0 else None)
         self.mixer = batch_mixer(r.mixup, r.cutmix, len(self.data.class_names))
         if r.early_stopping and "val" not in self.data.splits:
-            raise UserError(f"early_stopping watches the validation top-1: {r.data} has no "
-                            "validation split (hold one out with --val-split N)")
+            figure = {"top1": "top-1", "balanced": "balanced accuracy"}[self.monitor]
+            raise UserError(f"early_stopping watches the validation {figure}: {r.data} "
+                            "has no validation split (hold one out with --val-split N)")
         self.steps_per_epoch = self.data.steps_per_epoch(r.step_batch, self.dist.world_size)
         self.total = r.iters or max(1, math.ceil(r.epochs * self.steps_per_epoch))
         self.frozen_until = math.ceil(r.freeze_epochs * self.steps_per_epoch)
@@ -154,7 +168,7 @@ class Run:
         stats = d.stats
         pre = Preprocess(input_size=tuple(d.input_size), mean=tuple(stats.mean),
                          std=tuple(stats.std), normalize=r.normalize, mean_image=stats.mean_image,
-                         crop_fraction=d.crop_fraction, tta_flip=r.tta_flip)
+                         crop_fraction=d.crop_fraction, tta_flip=r.tta_flip, resize=d.resize)
         kwargs = {**r.model_kwargs(), **self.layout, "num_classes": len(d.class_names),
                   "in_chans": d.in_chans}
         return Record(r.model, kwargs, tuple(d.class_names), pre,
@@ -170,6 +184,8 @@ class Run:
         return shadow.to(self.device)
 
     def evaluate(self, split: str) -> dict[str, float]:
+        """top1, top5, loss, n, balanced, macro_f1 of split; its per-class figures are kept in
+        self.figures (the lost-class warning at the end of training)."""
         model = self.eval_model()
         batches = self.data.eval_batches(split, max(256, self.r.batch_size), self.device,
                                          rank=self.dist.rank, world_size=self.dist.world_size)
@@ -177,5 +193,8 @@ class Run:
             predict = translate_tta(model, flip=self.r.tta_flip)
         else:
             predict = flip_tta(model) if self.r.tta_flip else None
-        return evaluate(model, batches, d=self.dist, device=self.device,
-                        autocast_dtype=self.amp_dtype, predict=predict)
+        confusion = Confusion(len(self.data.class_names), self.device)
+        scores = evaluate(model, batches, d=self.dist, device=self.device,
+                          autocast_dtype=self.amp_dtype, predict=predict, confusion=confusion)
+        self.figures = ClassFigures.of(confusion.matrix(self.dist))
+        return scores

@@ -15,15 +15,15 @@ def sgd_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.o
              scaler: torch.amp.GradScaler, x: torch.Tensor, y: torch.Tensor, *,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False,
              label_smoothing: float = 0.0, accumulate: int = 1, clip_grad_norm: float = 0.0,
-             check_loss: Callable[[float], None] | None = None
-             ) -> tuple[float, torch.Tensor]:
+             check_loss: Callable[[float], None] | None = None,
+             class_weights: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
     """(loss, logits) of one optimisation step on (x, y). y: class indices, or per-class target
     probabilities (N, K) such as mixup's (cross_entropy smooths those as it smooths indices).
     accumulate: micro-batches the batch is split into, each weighted by its share of the batch,
     so the summed gradient is that of the batch's mean loss. clip_grad_norm: the gradients'
     global L2 norm is clipped to it before the step (0: off). check_loss sees each micro-batch's
     loss before its backward pass (the engine stops a diverged run there, before it touches the
-    weights)."""
+    weights). class_weights: per-class weights of the cross-entropy (engine/balance.py)."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     optimizer.zero_grad(set_to_none=True)
@@ -32,7 +32,8 @@ def sgd_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.o
         with torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16,
                             enabled=amp_dtype is not None):
             logits = forward(xs)
-            loss = F.cross_entropy(logits.float(), ys, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits.float(), ys, weight=class_weights,
+                                   label_smoothing=label_smoothing)
         part = loss.item()
         if check_loss is not None:
             check_loss(part)

@@ -40,7 +40,7 @@ from .. import __version__
 from ..record import Record
 from . import v2
 from .batching import Batcher, Overloaded
-from .http import ApiError, counted, error_response, read_body
+from .http import ApiError, api_of, counted, error_response, read_body
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .options import ServeOptions
 
@@ -192,6 +192,10 @@ def create_app(model: nn.Module, record: Record, forward: Callable[[torch.Tensor
     async def bad_parameter(request: Request, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "header"))
+        # rejected before the route runs: counted here as the routes count their own rejections
+        api = api_of(request.url.path)
+        metrics.errors.labels(api, "bad_parameter").inc()
+        metrics.requests.labels(api, "400").inc()
         return error_response(request.url.path, 400, "bad_parameter",
                               f"invalid {where}: {first.get('msg')}")
 
