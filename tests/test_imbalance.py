@@ -131,8 +131,13 @@ def test_class_figures_and_the_lost_class_warning() -> None:
     r = [58 / 60, 57 / 60, 2 / 60]
     assert f.macro_f1 == pytest.approx(sum(2 * a * b / (a + b) for a, b in zip(p, r)) / 3)
     assert f.lost_class_warning(["a", "b", "c"], 0.65) == (
-        "class c has recall 0.03 (2 of 60) while top-1 is 65.0%: balanced accuracy 65.0% (an "
-        "imbalanced training set? see --balance)")
+        "class c has recall 0.03 (2 of 60) while top-1 is 65.0%: balanced accuracy 65.0% (if "
+        "the training classes are imbalanced, see --balance)")
+    two = ClassFigures.of(torch.tensor([[60, 0, 0, 0], [0, 60, 0, 0], [40, 18, 2, 0],
+                                        [30, 30, 0, 0]]))
+    assert two.lost_class_warning(["a", "b", "c", "d"], 0.6) == (
+        "class d has recall 0.00 (0 of 60) (so do c) while top-1 is 60.0%: balanced accuracy "
+        "50.8% (if the training classes are imbalanced, see --balance)")
     assert f.lost_class_warning(["a", "b", "c"], 0.45) is None  # top-1 does not look fine
     assert ClassFigures.of(torch.eye(3) * 5).lost_class_warning(["a", "b", "c"], 1.0) is None
     # a class absent from the split does not count (scikit-learn's balanced accuracy)

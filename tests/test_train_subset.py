@@ -36,6 +36,12 @@ def test_the_subset_is_class_balanced_and_the_same_for_every_seed() -> None:
     with pytest.raises(UserError, match="train_images 5000 is more than the 1,437 training "
                                         "images of digits"):
         load_data("digits", train_images=5000)
+    # fewer images than classes: some class would have none, which the net cannot learn
+    with pytest.raises(UserError) as e:
+        load_data("digits", train_images=5)
+    assert str(e.value) == ("train_images 5 leaves class 0 (142 images), class 2 (142 images), "
+                            "class 7 (143 images) and 2 more of digits without a training "
+                            "image: give a larger --train-images")
 
 
 def test_the_subset_is_recorded_and_rebuilt_by_eval(tmp_path, capsys) -> None:

@@ -22,37 +22,49 @@ from .normalize import NORMALIZE, Stats, compute_stats
 __all__ = ["Data", "FolderData", "InMemoryData", "available_cpus", "hold_out", "load_data"]
 
 
-def hold_out(labels: torch.Tensor, val_split: int, seed: int, name: str,
-             class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) index tensors, sorted: val_split examples held out, stratified (each class
-    keeps its share, largest remainders get the rounding), drawn at random within each class
-    from a generator fixed by seed, so the same (labels, val_split, seed) give the same split
-    in training, `eval --split val` and `responses` (the paper's 45k/5k CIFAR split, 4.2).
-    A class too small to get any held-out image is said in a note (class_names name it)."""
+def _stratified(labels: torch.Tensor, k: int, seed: int
+                ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """k examples drawn stratified (each class keeps its share, largest remainders get the
+    rounding), at random within each class from a generator fixed by seed: their sorted
+    indices, and the (class, count) of every class that got none."""
     n = len(labels)
-    if val_split >= n:
-        raise UserError(f"--val-split {val_split} leaves no training images: {name} has {n}")
     g = torch.Generator().manual_seed(seed)
     classes, counts = torch.unique(labels, return_counts=True)
-    share = counts.double() * val_split / n
+    share = counts.double() * k / n
     take = share.floor().long()
-    rest = val_split - int(take.sum())
+    rest = k - int(take.sum())
     if rest:  # largest remainders first; ties by class order
         order = torch.argsort(share - take, descending=True, stable=True)
         take[order[:rest]] += 1
-    val = []
-    for c, k in zip(classes.tolist(), take.tolist()):
+    chosen = []
+    for c, t in zip(classes.tolist(), take.tolist()):
         members = torch.nonzero(labels == c).flatten()
-        val.append(members[torch.randperm(len(members), generator=g)[:k]])
-    val_idx = torch.cat(val).sort().values
-    missing = [(c, int(k)) for c, k, t in zip(classes.tolist(), counts.tolist(), take.tolist())
+        chosen.append(members[torch.randperm(len(members), generator=g)[:t]])
+    missing = [(c, int(m)) for c, m, t in zip(classes.tolist(), counts.tolist(), take.tolist())
                if t == 0]
+    return torch.cat(chosen).sort().values, missing
+
+
+def _classes(missing: list[tuple[int, int]], class_names: list[str] | None) -> str:
+    shown = ", ".join(f"class {class_names[c] if class_names else c} ({plural(k, 'image')})"
+                      for c, k in missing[:3])
+    return shown + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+
+
+def hold_out(labels: torch.Tensor, val_split: int, seed: int, name: str,
+             class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) index tensors, sorted: val_split examples held out, stratified and seeded
+    (_stratified), so the same (labels, val_split, seed) give the same split in training,
+    `eval --split val` and `responses` (the paper's 45k/5k CIFAR split, 4.2). A class too
+    small to get any held-out image is said in a note (class_names name it)."""
+    n = len(labels)
+    if val_split >= n:
+        raise UserError(f"--val-split {val_split} leaves no training images: {name} has {n}")
+    val_idx, missing = _stratified(labels, val_split, seed)
     if missing:  # its validation recall would be undefined: say so rather than score it as 0
-        shown = ", ".join(f"class {class_names[c] if class_names else c} "
-                          f"({plural(k, 'image')})" for c, k in missing[:3])
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        note(f"{shown}{more} too small to hold out any of the {val_split} validation images "
-             f"of {name}: trained on, not validated (a larger --val-split, or more images)")
+        note(f"{_classes(missing, class_names)} too small to hold out any of the {val_split} "
+             f"validation images of {name}: trained on, not validated (a larger --val-split, "
+             "or more images)")
     keep = torch.ones(n, dtype=torch.bool)
     keep[val_idx] = False
     return torch.nonzero(keep).flatten(), val_idx
@@ -61,9 +73,11 @@ def hold_out(labels: torch.Tensor, val_split: int, seed: int, name: str,
 SUBSET_SEED = 0  # one subset for every run seed: members of a sweep see the same images
 
 
-def subset(labels: torch.Tensor, train_images: int | None, name: str) -> torch.Tensor | None:
+def subset(labels: torch.Tensor, train_images: int | None, name: str,
+           class_names: list[str] | None = None) -> torch.Tensor | None:
     """The sorted indices of a class-balanced subset of train_images examples (each class keeps
-    its share, as hold_out draws them, from a generator fixed by SUBSET_SEED), None for all."""
+    its share, drawn as hold_out draws, from a generator fixed by SUBSET_SEED), None for all.
+    A subset that leaves a class without an image is refused: the net could not learn it."""
     if train_images is None:
         return None
     if train_images > len(labels):
@@ -71,7 +85,11 @@ def subset(labels: torch.Tensor, train_images: int | None, name: str) -> torch.T
                         f"images of {name}")
     if train_images == len(labels):
         return None
-    return hold_out(labels, train_images, SUBSET_SEED, name)[1]
+    chosen, missing = _stratified(labels, train_images, SUBSET_SEED)
+    if missing:
+        raise UserError(f"train_images {train_images} leaves {_classes(missing, class_names)} "
+                        f"of {name} without a training image: give a larger --train-images")
+    return chosen
 
 
 def default_hold_out(labels: torch.Tensor) -> int:
@@ -114,7 +132,7 @@ def _array_data(src: ArraySource, val_split: int, seed: int, image_size: int | N
         return (resize_uint8(split[0], image_size) if image_size else split[0]), split[1]
 
     x, y = src.train
-    chosen = subset(y, train_images, src.name)
+    chosen = subset(y, train_images, src.name, src.class_names)
     x, y = sized((x, y) if chosen is None else (x[chosen], y[chosen]))
     arrays = {"train": (x, y)}
     if val_split:
@@ -133,7 +151,8 @@ def _folder_data(src: FolderSource, val_split: int, seed: int, image_size: int |
     """Splits: train; val = the held-out images, else PATH/val; test = PATH/test, else
     PATH/val (ImageNet's layout), else the held-out images (one held-out set then answers to
     both names)."""
-    chosen = subset(torch.tensor([label for _, label in src.train]), train_images, src.name)
+    chosen = subset(torch.tensor([label for _, label in src.train]), train_images, src.name,
+                    src.class_names)
     train_items = src.train if chosen is None else [src.train[i] for i in chosen.tolist()]
     items = {"train": train_items}
     labels = torch.tensor([label for _, label in train_items])

@@ -92,11 +92,13 @@ class ClassFigures:
         if not lost or top1 < FINE_TOP1:
             return None
         c = min(lost, key=lambda i: self.recall[i])
-        others = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
+        rest = [names[i] for i in lost if i != c]
+        others = (f" (so do {', '.join(rest[:3])}{' and more' if len(rest) > 3 else ''})"
+                  if rest else "")
         return (f"class {names[c]} has recall {self.recall[c]:.2f} "
                 f"({round(self.recall[c] * self.support[c])} of {self.support[c]}){others} "
-                f"while top-1 is {top1:.1%}: balanced accuracy {self.balanced:.1%} (an "
-                "imbalanced training set? see --balance)")
+                f"while top-1 is {top1:.1%}: balanced accuracy {self.balanced:.1%} (if the "
+                "training classes are imbalanced, see --balance)")
 
 
 # A class "all but lost": recall below this, on at least this many images, while top-1 is at

@@ -45,12 +45,14 @@ MEANING = {
 
 
 def _conclude(page: PageParts, measured: str, most: bool, fits: tuple[str, str],
-              does_not: tuple[str, str]) -> None:
+              does_not: tuple[str, str], residual_only: bool = False) -> None:
     """The answer's paragraph: what was measured, then what it means when most nets show the
     notes' observation (`fits`) or not (`does_not`), in the page's language; no meaning when
     a net it was measured on had not converged (the convergence gate, at its default
-    tolerance): the responses of a net still learning say nothing about trained ones."""
-    shown = page.p.by_role("sweep") + page.p.by_role("warmup")[:1]
+    tolerance): the responses of a net still learning say nothing about trained ones.
+    residual_only: the answer measured ResNets only, so only their convergence counts."""
+    shown = [m for m in page.p.by_role("sweep") + page.p.by_role("warmup")[:1]
+             if not residual_only or m.recipe.model.startswith("resnet")]
     readings = page.runs(shown)
     failed = [r for r in readings if not r.converged(DEFAULT_TOLERANCE)]
     if failed or len(readings) < len(shown):
@@ -88,7 +90,8 @@ def _q11(page: PageParts, resp: dict[str, Any]) -> None:
              "smaller than the identity it is added to (ratio below 1).",
              f"ResNet {len(means)}개 중 {len(small)}개에서 residual branch가 평균적으로 "
              "더해지는 identity보다 작다 (비율 1 미만).")
-    _conclude(page, text, len(small) > len(means) / 2, *MEANING["small residuals"])
+    _conclude(page, text, len(small) > len(means) / 2, *MEANING["small residuals"],
+              residual_only=True)
 
 
 def _q12(page: PageParts, resp: dict[str, Any]) -> None:
