@@ -117,8 +117,8 @@ def test_metrics_count_every_rejected_request(served) -> None:
         return next((float(x.rsplit(" ", 1)[1]) for x in text.splitlines()
                      if x.startswith(line + " ")), 0.0)
 
-    errors, requests = 'reslab_errors_total{error="bad_parameter"}', \
-        'reslab_requests_total{status="400"}'
+    errors, requests = 'reslab_errors_total{api="v1",error="bad_parameter"}', \
+        'reslab_requests_total{api="v1",status="400"}'
     before = count(errors), count(requests)
     for topk in ("abc", "99"):
         assert _post(url, b"x", params={"topk": topk}).status_code == 400
