@@ -32,8 +32,7 @@ import binascii
 import json
 import math
 import re
-import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,93 +41,18 @@ import torch
 import torch.nn.functional as F
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, ValidationError
 
 from .. import __version__
 from ..record import Record
 from .http import ApiError, counted, read_body
 from .metrics import Metrics
 from .options import ServeOptions
+from .v2_wire import (BINARY, HEADER_LENGTH, IMAGES, LABELS, PROBABILITIES, TENSOR, VERSION,
+                      InferenceRequest, InferenceResponse, Live, ModelMetadata,
+                      ModelReady, Ready, ServerMetadata, Tensor, TensorMetadata,
+                      error_responses, flat_data, bad, deserialize_bytes, parse_request, serialize_bytes,
+                      split_body)
 
-VERSION = "1"
-IMAGES, TENSOR = "images", "input"
-PROBABILITIES, LABELS = "probabilities", "labels"
-HEADER_LENGTH = "Inference-Header-Content-Length"
-BINARY = "application/octet-stream"
-
-
-# --- the protocol's JSON objects (validation of requests, and the OpenAPI schema) -------------
-
-class Tensor(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any] | None = None  # row-major, flat or nested
-
-
-class RequestOutput(BaseModel):
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class InferenceRequest(BaseModel):
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[Tensor] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = None
-
-
-class InferenceResponse(BaseModel):
-    model_name: str
-    model_version: str | None = None
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    outputs: list[Tensor]
-
-
-class TensorMetadata(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class ServerMetadata(BaseModel):
-    name: str
-    version: str
-    extensions: list[str]
-
-
-class ModelMetadata(BaseModel):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-
-
-class Live(BaseModel):
-    live: bool
-
-
-class Ready(BaseModel):
-    ready: bool
-
-
-class ModelReady(BaseModel):
-    name: str
-    ready: bool
-
-
-class Error(BaseModel):
-    error: str
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": Error} for status in statuses}
-
-
-# --- what the routes serve ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ServedModel:
@@ -155,56 +79,6 @@ class ServedModel:
             outputs=[TensorMetadata(name=PROBABILITIES, datatype="FP32", shape=[-1, k]),
                      TensorMetadata(name=LABELS, datatype="BYTES", shape=[-1])])
 
-
-def bad(message: str, code: str = "bad_request") -> ApiError:
-    return ApiError(400, code, message)
-
-
-def split_body(body: bytes, header_length: int | None) -> tuple[bytes, bytes]:
-    """(JSON header, binary data) of a request body: the binary-data extension's split."""
-    if header_length is None:
-        return body, b""
-    if not 0 < header_length <= len(body):
-        raise bad(f"{HEADER_LENGTH} {header_length} is not within the body's {len(body):,} "
-                  "bytes")
-    return body[:header_length], body[header_length:]
-
-
-def parse_request(header: bytes) -> InferenceRequest:
-    try:
-        return InferenceRequest.model_validate_json(header)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        what = f" at {where}" if where else ""
-        raise bad(f"invalid inference request{what}: {first.get('msg')}") from None
-
-
-def _flat(data: list[Any]) -> Iterator[Any]:
-    for item in data:
-        if isinstance(item, list):
-            yield from _flat(item)
-        else:
-            yield item
-
-
-def deserialize_bytes(raw: bytes, name: str) -> list[bytes]:
-    """A binary BYTES tensor's elements: each a 4-byte little-endian length, then the bytes."""
-    out, i = [], 0
-    while i < len(raw):
-        if i + 4 > len(raw):
-            raise bad(f"input '{name}': binary BYTES data ends inside an element's length")
-        (n,) = struct.unpack_from("<I", raw, i)
-        if i + 4 + n > len(raw):
-            raise bad(f"input '{name}': binary BYTES element of {n:,} bytes runs past the "
-                      "data")
-        out.append(raw[i + 4:i + 4 + n])
-        i += 4 + n
-    return out
-
-
-def serialize_bytes(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
 class Inputs:
@@ -253,7 +127,7 @@ async def images_input(model: ServedModel, t: Tensor, data: list[Any] | bytes
     else:
         try:
             files = [base64.b64decode(s, validate=True) if isinstance(s, str) else None
-                     for s in _flat(data)]
+                     for s in flat_data(data)]
         except (binascii.Error, ValueError):
             raise bad(f"input '{IMAGES}': JSON data must be base64 strings of image files"
                       ) from None
@@ -283,7 +157,7 @@ def tensor_input(model: ServedModel, t: Tensor, data: list[Any] | bytes) -> torc
                       f"{t.shape} of FP32 takes {4 * n:,}")
         values = np.frombuffer(data, dtype="<f4")
     else:
-        flat = list(_flat(data))
+        flat = list(flat_data(data))
         if len(flat) != n or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                      for v in flat):
             raise bad(f"input '{TENSOR}': data must be {n:,} numbers (shape {t.shape}), got "
@@ -417,7 +291,7 @@ INFER_BODY = {"requestBody": {"required": True, "content": {
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": InferenceResponse, "content": {BINARY: {"schema": {
         "type": "string", "format": "binary"}}}},
-    **_errors(400, 404, 413, 415, 422, 503)}
+    **error_responses(400, 404, 413, 415, 422, 503)}
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -446,22 +320,22 @@ def router(model: ServedModel) -> APIRouter:
         return ServerMetadata(name="reslab", version=__version__, extensions=["binary_data",
                                                                              "classification"])
 
-    @r.get("/models/{name}", responses=_errors(404))
+    @r.get("/models/{name}", responses=error_responses(404))
     async def model_metadata(name: str) -> ModelMetadata:
         check(name)
         return model.metadata()
 
-    @r.get("/models/{name}/versions/{version}", responses=_errors(404))
+    @r.get("/models/{name}/versions/{version}", responses=error_responses(404))
     async def version_metadata(name: str, version: str) -> ModelMetadata:
         check(name, version)
         return model.metadata()
 
-    @r.get("/models/{name}/ready", responses=_errors(404))
+    @r.get("/models/{name}/ready", responses=error_responses(404))
     async def model_ready(name: str) -> ModelReady:
         check(name)
         return ModelReady(name=name, ready=True)
 
-    @r.get("/models/{name}/versions/{version}/ready", responses=_errors(404))
+    @r.get("/models/{name}/versions/{version}/ready", responses=error_responses(404))
     async def version_ready(name: str, version: str) -> ModelReady:
         check(name, version)
         return ModelReady(name=name, ready=True)
