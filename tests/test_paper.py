@@ -215,7 +215,10 @@ def test_the_html_page_renders_in_headless_chromium(smoke: Path, tmp_path: Path)
         headings = [h.text for h in driver.find_elements("tag name", "h2")]
     finally:
         driver.quit()
-    assert len(tables) >= 15 and len(widths) == 5 and all(w > 0 for w in widths)
+    # Every figure the page wrote is embedded and decoded by the browser.
+    figures = sorted((smoke / "figures").glob("*.png"))
+    assert len(figures) == 6 and len(widths) == len(figures)
+    assert len(tables) >= 15 and all(w > 0 for w in widths)
     assert any(h.startswith("Fig. 6") for h in headings)
 
 
