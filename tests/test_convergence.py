@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from reslab.analysis.claims import (FAILS, HOLDS, NOT_JUDGED, Stat, convergence_claims, gate,
-                                    ordering)
+from reslab.analysis.claims import (FAILS, HOLDS, NOT_JUDGED, Stat, checked,
+                                    convergence_claims, gate, ordering)
 from reslab.analysis.convergence import (FLAT, MOVING, TOO_NOISY, TOO_SHORT, Convergence,
-                                         convergence)
+                                         convergence, pooled)
 
 STEPS = range(110, 310, 10)   # 20 points after the last lr drop at step 100; run ends at 300
 
@@ -104,7 +104,7 @@ def test_each_run_gets_a_row_at_its_tolerance() -> None:
     flat = convergence("a", curve(lambda s: 0.05), 100, 20)
     falling = convergence("b", curve(lambda s: 0.10 - 0.0002 * (s - 100)), 100, 20)
     few = convergence("c", [(300, 0.05)], 100, 20)
-    rows = convergence_claims([flat, falling, few], {"b": 0.05})
+    rows = convergence_claims([flat, falling, few], {"b": (falling, 0.05)})
     assert [r.verdict for r in rows] == [HOLDS, HOLDS, NOT_JUDGED]
     assert rows[0].text == "a's training error had converged at its last lr"
     assert convergence_claims([falling])[0].verdict == FAILS
@@ -116,3 +116,46 @@ def test_a_reading_round_trips_and_a_damaged_one_is_refused() -> None:
     for bad in ({}, {**c.to_json(), "points": "3"}, {**c.to_json(), "extra": 1}, [1]):
         with pytest.raises(ValueError):
             Convergence.from_json(bad)
+
+
+def _noisy(label: str, level: float, phase: int) -> Convergence:
+    """+-0.6 points of scatter around `level`, no trend (a laptop run's running error)."""
+    return convergence(label, curve(lambda s: level + (0.006 if (s // 10 + phase) % 2 else
+                                                       -0.006)), 100, 20)
+
+
+def test_the_mean_of_the_seeds_is_read_at_the_claims_tolerance() -> None:
+    # Each seed scatters too much to resolve a 1-point tolerance on its own; the claim compares
+    # the means of two seeds, and their mean curve resolves it.
+    runs = [_noisy(f"resnet20-s{i}", 0.12, i) for i in range(2)]
+    assert all(r.status(0.0102) == TOO_NOISY and r.status(0.02) == FLAT for r in runs)
+    mean = pooled("resnet20", runs)
+    assert mean is not None and mean.label == "resnet20 (mean of 2 runs)"
+    assert mean.moved == pytest.approx((runs[0].moved + runs[1].moved) / 2)
+    assert mean.se == pytest.approx((runs[0].se ** 2 + runs[1].se ** 2) ** 0.5 / 2)
+    assert (mean.start, mean.end, mean.points) == (runs[0].start, runs[0].end, runs[0].points)
+    claim = ordering("r < p", Stat("resnet20", (0.120, 0.121)), Stat("plain20", (0.1404, 0.1414)))
+    others = [_noisy(f"plain20-s{i}", 0.14, i) for i in range(2)]
+    members = {"resnet20": runs, "plain20": others}
+    assert gate([claim], members, errors=True)[0].verdict == HOLDS
+    # What the gate read: each seed at the default 2 points, each mean at the claim's.
+    read = checked([(([claim]), True)], members)
+    assert {label: round(100 * tol, 2) for label, (_, tol) in read.items()} == {
+        "resnet20-s0": 2.0, "resnet20-s1": 2.0, "resnet20 (mean of 2 runs)": 1.02,
+        "plain20-s0": 2.0, "plain20-s1": 2.0, "plain20 (mean of 2 runs)": 1.02}
+    # A seed still moving beyond 2 points is not hidden by the mean.
+    falling = convergence("resnet20-s1", curve(lambda s: 0.16 - 0.0002 * (s - 100)), 100, 20)
+    judged, = gate([claim], {"resnet20": [runs[0], falling], "plain20": others}, errors=True)
+    assert judged.verdict == NOT_JUDGED
+    assert judged.evidence.startswith("not judged: resnet20-s1 had not converged")
+    # A mean that moved more than the claim's tolerance is not judged either.
+    slow = [convergence(f"resnet20-s{i}", curve(lambda s: 0.13 - 0.00008 * (s - 100)), 100, 20)
+            for i in range(2)]
+    judged, = gate([claim], {"resnet20": slow, "plain20": others}, errors=True)
+    assert judged.evidence.startswith("not judged: resnet20 (mean of 2 runs) had not converged")
+
+
+def test_runs_over_different_spans_are_not_pooled() -> None:
+    a = convergence("a", curve(lambda s: 0.05), 100, 20)
+    b = convergence("b", [(s, 0.05) for s in range(110, 410, 10)], 100, 20)
+    assert pooled("x", [a, b]) is None and pooled("x", [a]) is None

@@ -334,6 +334,23 @@ def test_shorten_keeps_the_schedule_in_proportion() -> None:
     assert shorten(load_recipe("demo"), 10)[1] == ""  # one-cycle: nothing to scale
 
 
+def test_the_laptop_budgets_last_phase_is_longer_than_the_papers_share(tmp_path: Path) -> None:
+    from reslab.analysis.paper.budgets import plan
+    from reslab.analysis.paper.parts import PageParts
+
+    p = plan("laptop")
+    sweep = p.by_role("sweep")
+    assert {(m.recipe.iters, tuple(m.recipe.milestones)) for m in sweep} == {(1580, (702, 1053))}
+    assert {m.recipe.iters for m in p.by_role("grown") + p.by_role("continued")} == {351}
+    text = PageParts(p, tmp_path, "en").schedule_deviation()
+    assert ("lr 0.1 divided by 10 at 702, 1,053 (the paper's 32k and 48k of 64k in proportion "
+            "to a 1,404-iteration run; the last phase is then 527 iterations, 1.5x the paper's "
+            "share,") in text
+    # --iters (tests) keeps everything in proportion, as for the other budgets.
+    short = plan("laptop", iters=200).by_role("sweep")[0].recipe
+    assert (short.iters, short.milestones) == (200, [100, 150])
+
+
 def test_paper_recipes_are_fp32_and_the_papers_imagenet_net() -> None:
     from reslab.engine.recipe import load_recipe
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from .convergence import (DEFAULT_TOLERANCE, FLAT, MOVING, Convergence, convergence)
+from .convergence import (DEFAULT_TOLERANCE, FLAT, MOVING, Convergence, convergence, pooled)
 from .sweep_result import DegradationResult, SweepMember
 
 HOLDS, FAILS, NOT_JUDGED = "holds", "does not hold", "not judged"
@@ -216,6 +216,24 @@ def tolerance_for(claim: Claim, errors: bool) -> float:
     return DEFAULT_TOLERANCE
 
 
+def checks(claim: Claim, members: dict[str, list[Convergence]],
+           errors: bool) -> list[tuple[Convergence, float]]:
+    """What the gate reads for a claim, each reading at its tolerance. A side run with several
+    seeds over the same span is read as the mean of its seeds (what the claim compares) at the
+    claim's tolerance, and each seed at DEFAULT_TOLERANCE (every run must have finished
+    training); a side with one run is read at the claim's tolerance."""
+    tolerance = tolerance_for(claim, errors)
+    out: list[tuple[Convergence, float]] = []
+    for side in claim.sides:
+        runs = members.get(side, [])
+        mean = pooled(side, runs)
+        if mean is None:
+            out += [(r, tolerance) for r in runs]
+        else:
+            out += [(r, DEFAULT_TOLERANCE) for r in runs] + [(mean, tolerance)]
+    return out
+
+
 def gate(claims: Sequence[Claim], members: dict[str, list[Convergence]],
          errors: bool) -> list[Claim]:
     """The claims with every verdict on a member that had not converged turned into "not
@@ -226,17 +244,15 @@ def gate(claims: Sequence[Claim], members: dict[str, list[Convergence]],
         if c.verdict == NOT_JUDGED or not c.sides:
             out.append(c)
             continue
-        tolerance = tolerance_for(c, errors)
-        runs = [r for side in c.sides for r in members.get(side, [])]
         unread = [side for side in c.sides if not members.get(side)]
-        failed = [r for r in runs if not r.converged(tolerance)]
+        failed = [(r, tol) for r, tol in checks(c, members, errors) if not r.converged(tol)]
         if unread:
             out.append(Claim(c.text, NOT_JUDGED, f"not judged: no training curve of "
                              f"{', '.join(unread)} to check its convergence; {c.evidence}",
                              c.gap, c.noise, c.notes, c.sides))
         elif failed:
-            why = "; ".join(r.describe(tolerance) for r in failed)
-            out.append(Claim(c.text, NOT_JUDGED, f"not judged: {failed[0].label} had not "
+            why = "; ".join(r.describe(tol) for r, tol in failed)
+            out.append(Claim(c.text, NOT_JUDGED, f"not judged: {failed[0][0].label} had not "
                              f"converged ({why}); {c.evidence}", c.gap, c.noise, c.notes,
                              c.sides))
         else:
@@ -244,29 +260,32 @@ def gate(claims: Sequence[Claim], members: dict[str, list[Convergence]],
     return out
 
 
-def tolerances(claims: Sequence[tuple[Sequence[Claim], bool]],
-               members: dict[str, list[Convergence]]) -> dict[str, float]:
-    """{run label: the tolerance of the most demanding judged claim it is part of}
-    (DEFAULT_TOLERANCE for a run no judged claim compares). claims: (claims, errors) groups."""
-    out: dict[str, float] = {}
+def checked(claims: Sequence[tuple[Sequence[Claim], bool]],
+            members: dict[str, list[Convergence]]) -> dict[str, tuple[Convergence, float]]:
+    """{label: (reading, the tolerance of the most demanding judged claim that reads it)} for
+    every reading the gate checks (runs and the means of seeds); claims: (claims, errors)
+    groups. A run no judged claim reads is not in it (DEFAULT_TOLERANCE applies)."""
+    out: dict[str, tuple[Convergence, float]] = {}
     for group, errors in claims:
         for c in group:
             if c.verdict == NOT_JUDGED:
                 continue
-            for side in c.sides:
-                for r in members.get(side, []):
-                    out[r.label] = min(out.get(r.label, DEFAULT_TOLERANCE),
-                                       tolerance_for(c, errors))
+            for r, tol in checks(c, members, errors):
+                if r.label not in out or tol < out[r.label][1]:
+                    out[r.label] = (r, tol)
     return out
 
 
 def convergence_claims(runs: Sequence[Convergence],
-                       tolerance: dict[str, float] | None = None) -> list[Claim]:
-    """One row per run: "had converged at its last lr" holds (flat within its tolerance),
-    does not hold (still moving), or is not judged (too short or too noisy to tell)."""
+                       read: dict[str, tuple[Convergence, float]] | None = None) -> list[Claim]:
+    """One row per run, then one per mean of seeds the gate read (`read`, from checked): "had
+    converged at its last lr" holds (flat within its tolerance), does not hold (still moving),
+    or is not judged (too short or too noisy to tell)."""
+    read = read or {}
+    labels = {r.label for r in runs}
     rows = []
-    for r in runs:
-        tol = (tolerance or {}).get(r.label, DEFAULT_TOLERANCE)
+    for r in [*runs, *(m for m, _ in read.values() if m.label not in labels)]:
+        tol = read[r.label][1] if r.label in read else DEFAULT_TOLERANCE
         status = r.status(tol)
         verdict = HOLDS if status == FLAT else FAILS if status == MOVING else NOT_JUDGED
         rows.append(Claim(f"{r.label}'s training error had converged at its last lr", verdict,
@@ -290,7 +309,7 @@ def paper_claims(result: DegradationResult,
     members = by_model(result)
     errors, resp = error_claims(result), response_claims(responses or {})
     runs = [r for rs in members.values() for r in rs]
-    return (convergence_claims(runs, tolerances([(errors, True), (resp, False)], members))
+    return (convergence_claims(runs, checked([(errors, True), (resp, False)], members))
             + gate(errors, members, errors=True) + gate(resp, members, errors=False))
 
 

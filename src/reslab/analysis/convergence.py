@@ -17,7 +17,9 @@ learning what their schedule lets them learn. The criterion, stated once here an
 
 The tolerance is set by the claim, below the smallest effect it compares: half the gap of an
 ordering of training or test errors, and DEFAULT_TOLERANCE for a claim that compares no errors
-(responses, the notes' questions).
+(responses, the notes' questions). A claim that compares the mean of several seeds is read on
+the mean of their curves (`pooled`), whose scatter is a mean's, at the claim's tolerance; each
+seed must still be flat within DEFAULT_TOLERANCE (claims.checks).
 """
 from __future__ import annotations
 
@@ -120,3 +122,22 @@ def convergence(label: str, curve: Sequence[tuple[int, float]], final_lr_from: i
         moved = slope * width
         se = spread / math.sqrt(sxx) * width if sxx else math.inf
     return Convergence(label, first, end, len(span), epochs, moved, se)
+
+
+def pooled(label: str, runs: Sequence[Convergence]) -> Convergence | None:
+    """The reading of the mean curve of runs judged over the same span (the seeds of one net,
+    whose mean a claim compares): the fitted movement of a mean curve is the mean of the runs'
+    (least squares is linear in the errors), and its standard error that of a mean of
+    independent runs, sqrt(sum of se^2) / k. None for fewer than two runs, different spans, or
+    a run too short to fit."""
+    spans = {(r.start, r.end, r.points, r.epochs) for r in runs}
+    if len(runs) < 2 or len(spans) != 1:
+        return None
+    moved = [r.moved for r in runs if r.moved is not None]
+    se = [r.se for r in runs if r.se is not None]
+    if len(moved) != len(runs) or len(se) != len(runs):
+        return None
+    k, first = len(runs), runs[0]
+    return Convergence(f"{label} (mean of {k} runs)", first.start, first.end, first.points,
+                       first.epochs, statistics.fmean(moved),
+                       math.sqrt(sum(s * s for s in se)) / k)

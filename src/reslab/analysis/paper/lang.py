@@ -49,7 +49,7 @@ KO_CLAIMS = (
      r"\1의 response가 \2보다 작다, layer별 (크기순 정렬)"),
     (r"^(\S+)'s responses are smaller than (\S+)'s, layer by layer$",
      r"\1의 response가 \2보다 작다, layer별"),
-    (r"^(\S+)'s training error had converged at its last lr$",
+    (r"^(.+?)'s training error had converged at its last lr$",
      r"\1의 training error가 마지막 lr에서 수렴했다"),
     (r"^(\S+) with option (\w) has a lower (training|test) error than with (\w)$",
      lambda m: f"{m[1]}: option {m[2]}의 {m[3]} error가 option {m[4]}보다 낮다"),
@@ -85,7 +85,8 @@ KO_EVIDENCE = (
     (r"noise unknown \(a side has one seed\)", "noise 모름 (한쪽이 seed 1개)"),
     (r"smaller at (\d+) of (\d+) layers, larger at (\d+), beyond the seeds' noise",
      r"\2개 layer 중 \1개에서 작고 \3개에서 큼 (seed noise 밖에서)"),
-    (r"^not judged: (\S+) had not converged ", r"판정하지 않음: \1이 수렴하지 않음 "),
+    (r"^not judged: (.+?) had not converged ", r"판정하지 않음: \1이 수렴하지 않음 "),
+    (r"\(mean of (\d+) runs\)", r"(run \1개 평균)"),
     (r"not judged: no training curve of ([^;]*) to check its convergence",
      r"판정하지 않음: 수렴을 확인할 \1의 training curve 없음"),
     (r"moved ([-+]?[\d.]+) points \(s\.e\. ([\d.]+)\) over steps (\d+)-(\d+) \((\d+) points"

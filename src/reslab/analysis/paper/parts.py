@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..claims import Claim, tolerances
+from ..claims import Claim, checked
 from ..convergence import Convergence
 from ..report import Doc
 from ..sweep_result import DegradationResult
@@ -80,8 +80,9 @@ class PageParts:
         return {"resnet110": self.runs(p.by_role("warmup")),
                 "resnet56": models("sweep", "resnet56")}
 
-    def tolerances(self) -> dict[str, float]:
-        """{training member: the tolerance of the most demanding claim it is judged in}."""
+    def checked(self) -> dict[str, tuple[Convergence, float]]:
+        """{label: (reading, tolerance)} of every reading the gate checks (training members and
+        means of seeds) at the tolerance of the most demanding claim that reads it."""
         from . import verdicts as v
 
         groups = [(v.fig6_claims(self.deg), True, "sweep"),
@@ -89,10 +90,11 @@ class PageParts:
                   (v.identity_claims(self.m["identity"]), True, "identity"),
                   (v.shortcut_claims(self.m["shortcuts"]), True, "shortcuts"),
                   (v.warmup_claims(self.m["warmup"], self.deg), True, "warmup")]
-        out: dict[str, float] = {}
+        out: dict[str, tuple[Convergence, float]] = {}
         for claims, errors, what in groups:
-            for label, tol in tolerances([(claims, errors)], self.sides(what)).items():
-                out[label] = min(out.get(label, tol), tol)
+            for label, (r, tol) in checked([(claims, errors)], self.sides(what)).items():
+                if label not in out or tol < out[label][1]:
+                    out[label] = (r, tol)
         return out
 
     def section(self, title: str, claims: list[Claim], deviation: str | None = None) -> None:
@@ -118,15 +120,44 @@ class PageParts:
             f" ({r.image_size} px로 resize, crop padding {r.pad} px; 논문: 32 px, pad 4)")
         return t(f"{p.data} instead of CIFAR-10{' (ImageNet plan)' if p.imagenet else ''}; "
                  f"every run {length} iterations at batch {r.batch_size} (the paper: 64k), lr "
-                 f"{r.lr:g} divided by 10 at {ms} (the paper's 32k and 48k in proportion); "
+                 f"{r.lr:g} divided by 10 at {ms} ({self._milestones_en()}); "
                  f"trained on {images}{size} and evaluated on the test split (the paper "
                  f"chose its schedule on a 45k/5k split); {self.precision()}, "
                  "channels-last memory (the same arithmetic).",
                  f"CIFAR-10 대신 {p.data}; 모든 run은 batch {r.batch_size}로 {length} "
-                 f"iteration (논문: 64k), lr {r.lr:g}을 {ms}에서 10으로 나눔 (논문의 32k, "
-                 f"48k를 비례 축소); {images}{size}로 학습하고 test split으로 평가 (논문은 "
+                 f"iteration (논문: 64k), lr {r.lr:g}을 {ms}에서 10으로 나눔 "
+                 f"({self._milestones_ko()}); {images}{size}로 학습하고 test split으로 평가 (논문은 "
                  f"45k/5k split에서 schedule을 정함); {self.precision()}, "
                  "channels-last 메모리 (계산은 같음).") + self._sizing()
+
+    def _last_phase(self) -> tuple[int, int, int] | None:
+        """(the run its lr drops are in proportion to, the last phase's iterations, the share
+        the paper's schedule gives it) when the budget sets a longer last phase, else None."""
+        r, ms = self.p.base, self.p.budget.milestones
+        if not ms or not r.iters:
+            return None
+        # the paper: 32k and 48k of 64k, so the second drop sits at 3/4 of the run
+        proportional = round(ms[-1] * 4 / 3)
+        return proportional, r.iters - ms[-1], proportional - ms[-1]
+
+    def _milestones_en(self) -> str:
+        last = self._last_phase()
+        if last is None:
+            return "the paper's 32k and 48k in proportion"
+        run, phase, share = last
+        return (f"the paper's 32k and 48k of 64k in proportion to a {run:,}-iteration run; the "
+                f"last phase is then {phase:,} iterations, {phase / share:.1f}x the paper's "
+                "share, so that the convergence gate's span holds enough images to resolve "
+                "about a point")
+
+    def _milestones_ko(self) -> str:
+        last = self._last_phase()
+        if last is None:
+            return "논문의 32k, 48k를 비례 축소"
+        run, phase, share = last
+        return (f"논문의 64k 중 32k, 48k를 {run:,} iteration run에 비례 축소; 마지막 구간은 "
+                f"{phase:,} iteration으로 논문 비율의 {phase / share:.1f}배라서 수렴 관문의 "
+                "구간이 약 1 point를 가릴 만큼 image를 담는다")
 
     def _sizing(self) -> str:
         """How the budget was sized, where it says (laptop: from cost and convergence alone)."""

@@ -100,28 +100,32 @@ def fig6(page: PageParts) -> None:
 
 
 def convergence(page: PageParts) -> None:
-    """Every training member's reading of the gate, at the tolerance of the most demanding
-    claim it is judged in."""
+    """Every training member's reading of the gate, then the means of seeds it read, each at
+    the tolerance of the most demanding claim that reads it."""
     t = page.t
     readings = page.runs(list(page.p.members))
     if not readings:
         return
     tol = f"{100 * DEFAULT_TOLERANCE:g}"
-    page.section(t(*TITLES["convergence"]), convergence_claims(readings, page.tolerances()),
+    page.section(t(*TITLES["convergence"]), convergence_claims(readings, page.checked()),
                  t(f"the paper does not state a criterion. reslab's: a line fitted through the "
                    f"training-error points of the final lr phase (after its first "
                    f"{SETTLE_FRACTION:.0%}, where the error drops after the lr does) must "
                    f"move by at most the tolerance across it, with 2 standard errors of that "
                    f"movement within the tolerance too, over at least {MIN_POINTS} points and "
                    f"{MIN_EPOCHS:g} epoch. The tolerance is below the effect a claim compares: "
-                   f"half the gap of an ordering of errors, at most {tol} points; a claim on a "
-                   "run that fails it is not judged.",
+                   f"half the gap of an ordering of errors, at most {tol} points. Where a claim "
+                   f"compares the mean of several seeds, the mean of their curves is read at "
+                   f"the claim's tolerance (its standard error is a mean's) and each seed at "
+                   f"{tol} points. A claim on a run that fails it is not judged.",
                    f"논문에는 기준이 없다. reslab의 기준: 마지막 lr 구간 (lr이 떨어진 뒤 error가 "
                    f"떨어지는 처음 {SETTLE_FRACTION:.0%} 제외)의 training error 점에 맞춘 직선이 "
                    f"구간 전체에서 tolerance 이하로 움직이고, 그 움직임의 standard error 2배도 "
                    f"tolerance 이내이며, 점 {MIN_POINTS}개와 {MIN_EPOCHS:g} epoch 이상. "
                    f"tolerance는 주장이 비교하는 효과보다 작다: error 순서는 차이의 절반, 최대 "
-                   f"{tol} point; 이를 통과하지 못한 run에 대한 주장은 판정하지 않는다."))
+                   f"{tol} point. 주장이 여러 seed의 평균을 비교하면 그 곡선들의 평균을 주장의 "
+                   f"tolerance로 (standard error는 평균의 것), 각 seed는 {tol} point로 읽는다. "
+                   "이를 통과하지 못한 run에 대한 주장은 판정하지 않는다."))
     from ..plots import convergence_figure
 
     runs = page.m["convergence"].get("runs", {})
