@@ -76,14 +76,21 @@ def fig6(page: PageParts) -> None:
     every = r.train_error_every
     dev = page.schedule_deviation()
     if every:
+        # the last point averages the iterations since the one before: fewer when the run's
+        # length is not a multiple of the interval
+        last = (r.iters % every or every) if r.iters else every
+        short = "" if last == every else t(
+            f" (the final one over its last {last} iterations, {last * r.batch_size:,} images: "
+            "noisier)", f" (최종값은 마지막 {last} iteration, image {last * r.batch_size:,}장: "
+            "noise가 더 큼)")
         dev += " " + t(f"Training errors are running errors over the last {every} "
                        f"iterations ({every * r.batch_size:,} augmented images, as the "
-                       "paper's thin curves), so a final one carries sampling noise of "
-                       "about a point; the seeds' spread includes it.",
+                       f"paper's thin curves){short}, so a final one carries sampling noise "
+                       "of about a point; the seeds' spread includes it.",
                        f"training error는 마지막 {every} iteration (augmentation된 image "
-                       f"{every * r.batch_size:,}장)의 running error (논문의 가는 곡선처럼)라서 "
-                       "최종값에 1 point 정도의 sampling noise가 있고, seed 간 spread에 "
-                       "포함된다.")
+                       f"{every * r.batch_size:,}장)의 running error (논문의 가는 곡선처럼)"
+                       f"{short}라서 최종값에 1 point 정도의 sampling noise가 있고, seed 간 "
+                       "spread에 포함된다.")
     page.section(t(*TITLES["fig6"]), orderings, dev)
     if deg is None:
         return
