@@ -27,7 +27,7 @@ from common import RESULTS, add_threads_option, prepare, print_table, save_resul
 from reslab.data import load_data  # noqa: E402
 from reslab.deploy import quantize_int8  # noqa: E402
 from reslab.bench import time_steps  # noqa: E402
-from reslab.checkpoint import load_checkpoint  # noqa: E402
+from reslab.weights.checkpoint import load_checkpoint  # noqa: E402
 from reslab.engine.evaluate import evaluate  # noqa: E402
 
 

@@ -103,7 +103,7 @@ def fp32_rows(name: str, batch: int, args: argparse.Namespace) -> tuple[list[dic
 
 
 def reduced_precision(ckpt: Path, batch: int, args: argparse.Namespace) -> dict:
-    from reslab.checkpoint import load_checkpoint
+    from reslab.weights.checkpoint import load_checkpoint
     from reslab.data import load_data
 
     model, record = load_checkpoint(ckpt)

@@ -73,7 +73,7 @@ def parse_args() -> argparse.Namespace:
 
 def pngs(ckpt: Path, n: int) -> tuple[list[bytes], int]:
     """n test images of the checkpoint's dataset as PNG bytes, and the model's input side."""
-    from reslab.checkpoint import load_checkpoint
+    from reslab.weights.checkpoint import load_checkpoint
     from reslab.data import datasets
 
     _, record = load_checkpoint(ckpt)
@@ -89,7 +89,7 @@ def pngs(ckpt: Path, n: int) -> tuple[list[bytes], int]:
 def random_checkpoint(name: str, size: int, folder: Path) -> Path:
     """A reslab weights file of `name` with random weights and a size x size record."""
     from reslab.models import create_model
-    from reslab.record import Record, save_weights
+    from reslab.weights.record import Record, save_weights
 
     torch.manual_seed(0)
     model = create_model(name).eval()

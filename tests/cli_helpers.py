@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reslab.cli import main
-from reslab.record import Record
+from reslab.weights.record import Record
 
 
 def run_cli(capsys: pytest.CaptureFixture, argv: list) -> tuple[int, list[str]]:

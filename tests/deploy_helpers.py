@@ -11,7 +11,7 @@ from PIL import Image
 
 from reslab.data import datasets
 from reslab.models import create_model
-from reslab.record import Record, save_weights
+from reslab.weights.record import Record, save_weights
 
 
 def digits_checkpoint(path: Path, steps: int = 60, seed: int = 0) -> Path:

@@ -19,7 +19,7 @@ from reslab.deploy.cam import cam_layers, cam_paths, display_images, grad_cam
 from reslab.deploy.predict import prepare_images
 from reslab.errors import UserError
 from reslab.models import create_model
-from reslab.record import Record, save_weights
+from reslab.weights.record import Record, save_weights
 
 CLASSES = ["left", "right", "other"]
 

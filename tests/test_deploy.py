@@ -17,7 +17,7 @@ from reslab import UserError, create_model
 from reslab.cli import main
 from reslab.deploy import export_model, fold_batchnorm, optimize_for_inference, quantize_int8
 from cli_helpers import clean_error, legacy_record
-from reslab.record import save_weights
+from reslab.weights.record import save_weights
 from reslab.models import BasicBlock, ResNet
 from reslab.engine.tta import (center_crop, multiscale_logits, multiscale_probs, scales_of,
                                ten_crop, tta_logits)

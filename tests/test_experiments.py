@@ -13,8 +13,8 @@ import torch
 from reslab.analysis.responses import layer_responses, response_layers
 from reslab.cli import main
 from cli_helpers import legacy_record
-from reslab.checkpoint import load_checkpoint
-from reslab.record import save_weights
+from reslab.weights.checkpoint import load_checkpoint
+from reslab.weights.record import save_weights
 from reslab.errors import UserError
 from reslab.models import create_model
 from reslab.models.surgery import grow
@@ -153,7 +153,7 @@ def test_grow_cli_writes_a_loadable_checkpoint(resnet20_ckpt: Path, tmp_path: Pa
     assert (list(pre.mean), list(pre.std), list(pre.input_size)) == \
         (META["mean"], META["std"], META["input_size"])
     # `reslab train --weights CKPT2` initialises through interop.init_weights: same function.
-    from reslab.interop import init_weights
+    from reslab.weights.layouts import init_weights
 
     fresh = create_model("resnet44", num_classes=4)
     init_weights(fresh, str(out))

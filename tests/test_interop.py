@@ -15,8 +15,9 @@ from safetensors.torch import save_file
 from reslab import UserError, create_model, load_checkpoint
 from reslab.cli import main
 from cli_helpers import legacy_record
-from reslab.record import save_weights
-from reslab.interop import IMAGENET_MEAN, guess_architecture, init_weights, open_weights
+from reslab.weights.record import save_weights
+from reslab.weights.layouts import IMAGENET_MEAN, guess_architecture, init_weights
+from reslab.weights.reading import open_weights
 from helpers import randomize_bn
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -379,7 +380,7 @@ def test_cli_import_roundtrip(tmp_path, tv18, capsys):
 def test_import_weights_is_what_reslab_import_runs(tmp_path, tv18, capsys):
     """The library call behind `reslab import`, usable without the command line: the same file
     (tensors and metadata), and a typed result saying what it wrote."""
-    from reslab.importer import ImportedWeights, import_weights
+    from reslab.weights.importer import ImportedWeights, import_weights
 
     src = tmp_path / "ckpt.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in tv18.state_dict().items()}}, src)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cli_helpers import clean_error, run_cli
-from reslab.checkpoint import load_checkpoint
+from reslab.weights.checkpoint import load_checkpoint
 from reslab.data import load_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))

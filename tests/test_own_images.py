@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from cli_helpers import clean_error, run_cli
-from reslab.checkpoint import load_checkpoint
+from reslab.weights.checkpoint import load_checkpoint
 from reslab.cli import build_parser, main
 from reslab.data import load_data
 from reslab.engine.loop import Run
@@ -203,7 +203,7 @@ def test_freeze_epochs_trains_only_the_head(tmp_path: Path) -> None:
     src = tmp_path / "src.safetensors"
     torch.manual_seed(1)
     from cli_helpers import legacy_record
-    from reslab.record import save_weights
+    from reslab.weights.record import save_weights
 
     save_weights(src, create_model("resnet20", num_classes=10, in_chans=1), legacy_record({
         "architecture": "resnet20", "kwargs": {"num_classes": 10, "in_chans": 1},
@@ -314,7 +314,7 @@ def test_resize_is_recorded_and_used_by_predict(folder: Path, tmp_path: Path,
 
     from reslab.data.images import preprocess
     from reslab.deploy.predict import prepare_decoded
-    from reslab.record import Preprocess
+    from reslab.weights.record import Preprocess
 
     out = tmp_path / "run"
     rc, err = run_cli(capsys, ["train", "--data", f"imagefolder:{folder}", "--model", "resnet8",

@@ -37,13 +37,13 @@ from reslab.cli import build_parser, main
 from reslab.cli import train as train_cli
 from reslab.data import datasets
 from cli_helpers import legacy_record
-from reslab.checkpoint import load_checkpoint
+from reslab.weights.checkpoint import load_checkpoint
 from reslab.engine.state import load_state
-from reslab.record import save_weights
+from reslab.weights.record import save_weights
 from reslab.engine.logging import MetricsLog, read_metrics
 from reslab.engine.recipe import Recipe, coerce, load_recipe, save_recipe
 from reslab.errors import UserError
-from reslab.interop import open_weights
+from reslab.weights.reading import open_weights
 from reslab.models import create_model
 
 # A tiny, fully specified run (independent of the shipped recipes, which evolve): 16 steps per

@@ -21,14 +21,14 @@ from safetensors.torch import load_file, save_file
 from cli_helpers import clean_error, resumable_copy, run_cli, tree_digest
 from reslab import io as rio
 from reslab import limits
-from reslab.checkpoint import load_checkpoint
+from reslab.weights.checkpoint import load_checkpoint
 from reslab.cli import main
 from reslab.data import datasets, load_data
 from reslab.engine.rundir import LOCK_FILE
 from reslab.errors import UserError
 from reslab.models import create_model
-from reslab.interop import open_weights
-from reslab.record import FORMAT, MEAN_IMAGE_KEY, Record, TrainingData, save_weights
+from reslab.weights.reading import open_weights
+from reslab.weights.record import FORMAT, MEAN_IMAGE_KEY, Record, TrainingData, save_weights
 
 def cli(argv: list) -> int:
     return main([str(a) for a in argv])

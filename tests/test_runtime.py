@@ -128,7 +128,7 @@ def test_runtime_flag_errors(digits, capsys) -> None:
 def test_reduced_precision_agrees_with_fp32_on_the_test_set(digits) -> None:
     """bf16 (PyTorch) and int8 (ONNX Runtime static quantization, QDQ per-channel, calibrated
     on training images) classify digits' 360 test images as fp32 does, nearly always."""
-    from reslab.checkpoint import load_checkpoint
+    from reslab.weights.checkpoint import load_checkpoint
     from reslab.data import load_data
     from reslab.deploy.precision import bf16_model, onnx_int8_model
 

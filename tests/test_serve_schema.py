@@ -29,7 +29,7 @@ CHECKS = [schemathesis.checks.not_a_server_error, checks.status_code_conformance
 def _document() -> dict:
     """The OpenAPI document of a server of a digits-shaped resnet8 (weights do not matter)."""
     from reslab.models import create_model
-    from reslab.record import Record
+    from reslab.weights.record import Record
     from reslab.serve import ServeOptions, create_app
 
     model = create_model("resnet8", num_classes=10, in_chans=1).eval()

@@ -18,7 +18,7 @@ import pytest
 
 from reslab.cli import main
 from reslab.deploy.predict import prepare_images
-from reslab.checkpoint import load_checkpoint
+from reslab.weights.checkpoint import load_checkpoint
 from reslab.serve.v2 import model_name_of
 from serve_helpers import ServeProcess, digits_files
 

@@ -11,7 +11,7 @@ import torch
 from cli_helpers import run_cli
 from reslab.data import load_data
 from reslab.errors import UserError
-from reslab.record import TrainingData
+from reslab.weights.record import TrainingData
 
 
 def test_the_subset_is_class_balanced_and_the_same_for_every_seed() -> None:

@@ -2,11 +2,11 @@
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and the API reference; at run time: __getattr__ below
-    from .checkpoint import load_checkpoint
+    from .weights.checkpoint import load_checkpoint
     from .engine.result import FitResult
     from .errors import UserError
     from .models import create_model, list_models
-    from .record import Record
+    from .weights.record import Record
 
 __version__ = "0.2.0"
 __all__ = ["Record", "UserError", "__version__", "create_model", "list_models",
@@ -14,8 +14,8 @@ __all__ = ["Record", "UserError", "__version__", "create_model", "list_models",
 
 # The public names are imported on first use (PEP 562), so `import reslab.cli` and
 # `reslab --help` do not pay for importing torch.
-_LAZY = {"load_checkpoint": "checkpoint", "UserError": "errors", "create_model": "models",
-         "list_models": "models", "Record": "record"}
+_LAZY = {"load_checkpoint": "weights.checkpoint", "UserError": "errors", "create_model": "models",
+         "list_models": "models", "Record": "weights.record"}
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,8 @@ from ..limits import fit_batch
 from ..models import BasicBlock, Bottleneck, ResNet
 
 if TYPE_CHECKING:
-    from ..record import Record
+    from ..weights.checkpoint import Checkpoint
+    from ..weights.record import Record
 
 
 def response_layers(model: ResNet) -> list[nn.BatchNorm2d]:
@@ -160,18 +161,21 @@ class PreparedData:
                                     torch.device(device))
 
 
-def compute_responses(ckpts: list[str], data: str, *, data_dir: str | None = None,
+def compute_responses(ckpts: Sequence[str | Checkpoint], data: str, *, data_dir: str | None = None,
                       split: str = "test", max_images: int | None = None,
                       batch_size: int = 256, device: str = "cpu") -> dict[str, list[float]]:
     """{label: stds in layer order} for each checkpoint on the split of `data` (Fig. 7).
 
-    Each model sees the images prepared as in its training (PreparedData)."""
-    from ..checkpoint import load_checkpoint
+    Each model sees the images prepared as in its training (PreparedData); ckpts: run
+    directories, weights files or the Checkpoints the caller resolved."""
+    from ..weights.checkpoint import as_checkpoint
 
-    loaded = [load_checkpoint(c, device) for c in ckpts]
+    checkpoints = [as_checkpoint(c) for c in ckpts]
+    loaded = [c.load(device) for c in checkpoints]
     prepared = PreparedData(data, data_dir)
     out = {}
-    for label, (model, record) in zip(model_labels(ckpts, [r.architecture for _, r in loaded]), loaded):
+    labels = model_labels([str(c.given) for c in checkpoints], [r.architecture for _, r in loaded])
+    for label, (model, record) in zip(labels, loaded):
         batches = prepared.batches(label, model, record, split, batch_size, device)
         out[label] = layer_responses(model, take_images(batches, max_images))
     return out

@@ -13,6 +13,7 @@ from .common import (add_batch_size_option, add_data_option, add_device_option,
 
 if TYPE_CHECKING:
     from ..engine.evaluate import Evaluation
+    from ..weights.checkpoint import Checkpoint
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,17 +46,17 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate_checkpoint
     from ..io import check_writable
     from ..text import plural
+    from ..weights.checkpoint import Checkpoint
 
     scales = _parse_scales(args.scales) if args.scales else None
     if args.confusion and (scales or args.crops == 10):
         raise UserError("--confusion is computed on the centre view: drop --crops 10/--scales, "
                         "or evaluate twice")
+    ckpt = Checkpoint(args.ckpt)  # resolved on first use, once for every use below
     if args.confusion:
-        from ..interop import resolve_ckpt_path
-
-        check_writable(args.confusion, "--confusion", inputs=[resolve_ckpt_path(args.ckpt)])
-    worst = _top_losses_option(args.top_losses, bool(scales or args.crops == 10), args.ckpt)
-    result = evaluate_checkpoint(args.ckpt, data=args.data, data_dir=args.data_dir,
+        check_writable(args.confusion, "--confusion", inputs=[ckpt.path])
+    worst = _top_losses_option(args.top_losses, bool(scales or args.crops == 10), ckpt)
+    result = evaluate_checkpoint(ckpt, data=args.data, data_dir=args.data_dir,
                                  split=args.split, crops=args.crops, scales=scales,
                                  flip=tta_flip(args),
                                  batch_size=args.batch_size, device=args.device,
@@ -107,9 +108,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _top_losses_option(value: list[str] | None, multi_view: bool,
-                       ckpt: str) -> tuple[int, str] | None:
+                       ckpt: Checkpoint) -> tuple[int, str] | None:
     """--top-losses N FILE.png checked: (N, FILE)."""
-    from ..interop import resolve_ckpt_path
     from ..io import check_writable
     from ..limits import check_int
 
@@ -124,7 +124,7 @@ def _top_losses_option(value: list[str] | None, multi_view: bool,
         raise UserError(f"invalid --top-losses N '{value[0]}': expected a number of images, "
                         "e.g. --top-losses 16 worst.png") from None
     check_int("--top-losses N", n, 1, MAX_TOP_LOSSES)
-    return n, str(check_writable(value[1], "--top-losses", inputs=[resolve_ckpt_path(ckpt)]))
+    return n, str(check_writable(value[1], "--top-losses", inputs=[ckpt.path]))
 
 
 def _plot_top_losses(result: Evaluation, ckpt: str, path: str) -> None:

@@ -24,14 +24,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint, resolve_ckpt_path
     from ..deploy.export import check_out_suffix, export_model
     from ..io import check_writable
+    from ..weights.checkpoint import Checkpoint
 
-    ckpt = resolve_ckpt_path(args.ckpt)
+    checkpoint = Checkpoint(args.ckpt)
+    ckpt = checkpoint.path
     check_writable(args.out, "--out", inputs=[ckpt])
     check_out_suffix(args.out, args.format)  # before the checkpoint is loaded
-    model, record = load_checkpoint(ckpt)
+    model, record = checkpoint.load()
     result = export_model(model, record, args.out, args.format)
     if args.json:
         print_json({"ckpt": str(ckpt), "architecture": record.architecture,

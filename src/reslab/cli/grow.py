@@ -25,13 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import resolve_ckpt_path
     from ..io import check_writable
-    from ..models.surgery import grow_checkpoint
     from ..text import plural
+    from ..weights.checkpoint import Checkpoint
+    from ..weights.grow import grow_checkpoint
 
-    check_writable(args.out, "--out", inputs=[resolve_ckpt_path(args.ckpt)])
-    grown = grow_checkpoint(args.ckpt, args.to, args.out, shortcut=args.shortcut)
+    ckpt = Checkpoint(args.ckpt)
+    check_writable(args.out, "--out", inputs=[ckpt.path])
+    grown = grow_checkpoint(ckpt, args.to, args.out, shortcut=args.shortcut)
     summary = {"from": grown.source, "to": grown.target, "out": str(Path(args.out)),
                "copied_blocks": grown.copied_blocks, "added_blocks": grown.added_blocks,
                "max_abs_logit_diff": grown.max_abs_logit_diff}

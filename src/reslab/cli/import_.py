@@ -42,9 +42,9 @@ def _floats(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The conversion is the library's (reslab.importer): here only the flags and the printing.
-    from ..importer import import_weights
+    # The conversion is the library's (reslab.weights.importer): here only flags and printing.
     from ..text import plural
+    from ..weights.importer import import_weights
     from .common import model_kwargs
 
     done = import_weights(args.file, args.out, args.model, class_names=args.class_names or None,

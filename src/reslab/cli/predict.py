@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ..record import Record
+    from ..weights.record import Record
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +51,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint, resolve_ckpt_path
     from ..deploy.cam import cam_layer
     from ..io import ensure_dir
     from ..deploy.predict import (Unreadable, classifier, format_predictions, image_paths,
@@ -61,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.setup import select_device
     from ..io import atomic_write_text, check_writable
     from ..limits import MAX_BATCH, MAX_CLASSES, check_int
+    from ..weights.checkpoint import Checkpoint
 
     # `--csv -` is stdout, as `-` is everywhere: the CSV in place of the text table.
     csv_file = None if args.csv == "-" else args.csv
@@ -76,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
     paths = image_paths(args.images)
     device = select_device(args.device)
     runtime = check_runtime(args.runtime, device)
-    ckpt = resolve_ckpt_path(args.ckpt)
+    ckpt = Checkpoint(args.ckpt)
     if csv_file is not None:  # never over an image or the weights it reads
-        check_writable(csv_file, "--csv", inputs=[*paths, ckpt])
-    model, record = load_checkpoint(ckpt, device=device)
+        check_writable(csv_file, "--csv", inputs=[*paths, ckpt.path])
+    model, record = ckpt.load(device)
     layer = cam_layer(model, args.cam_layer) if args.cam is not None else None
     fast = FirstBatch(model, runtime, compile=False)
     forward = classifier(fast, record, flip=tta_flip(args))
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if csv_file is not None:
         atomic_write_text(csv_file, predictions_csv(results), "--csv")
     if args.json:
-        print_json({"ckpt": str(ckpt), "architecture": record.architecture,
+        print_json({"ckpt": str(ckpt.path), "architecture": record.architecture,
                     "runtime": runtime_of(fast.fast), "predictions": results,
                     **({"skipped": [bad.file for bad in skipped]} if skipped else {})})
     elif args.csv == "-":

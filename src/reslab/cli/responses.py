@@ -37,15 +37,15 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.setup import select_device
 
     from ..limits import MAX_BATCH, check_int
+    from ..weights.checkpoint import Checkpoint
 
     if args.max_images is not None:
         check_int("--max-images", args.max_images, 1, 10**9)
     check_int("--batch-size", args.batch_size, 1, MAX_BATCH)
+    ckpts = [Checkpoint(c) for c in args.ckpts]
     if args.out:
-        from ..interop import resolve_ckpt_path
-
-        check_writable(args.out, "--out", inputs=[resolve_ckpt_path(c) for c in args.ckpts])
-    responses = compute_responses(args.ckpts, args.data, data_dir=args.data_dir,
+        check_writable(args.out, "--out", inputs=[c.path for c in ckpts])
+    responses = compute_responses(ckpts, args.data, data_dir=args.data_dir,
                                   split=args.split, max_images=args.max_images,
                                   batch_size=args.batch_size,
                                   device=str(select_device(args.device)))

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
                         f"prometheus_client ({e.name} is missing): pip install "
                         "'reslab[serve]'") from None
     from ..limits import MAX_THREADS, check_int
+    from ..weights.checkpoint import Checkpoint
 
     threads = check_int("--threads", _free_threads() if args.threads is None else args.threads,
                         1, MAX_THREADS)
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    service = load_service(args.ckpt, args.runtime, max_batch=opts.max_batch,
+    service = load_service(Checkpoint(args.ckpt), args.runtime, max_batch=opts.max_batch,
                            flip=tta_flip(args), threads=threads)
     name = opts.model_name or service.name
 

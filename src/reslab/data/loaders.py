@@ -250,7 +250,7 @@ def load_data(spec: str, *, data_dir: str | None = None, val_split: int | None =
     per channel) or "pixel" (the per-pixel mean image and a global std, paper section 4.2).
     augment: "crop-flip" (pad `pad` px, random crop, flip: section 4.2), "flip", "none", or
     "imagenet" (scale augmentation in [256, 480]/224 x size, flip, colour: section 3.4).
-    stats, crop_fraction: a checkpoint's preprocessing (reslab.record) to prepare the images
+    stats, crop_fraction: a checkpoint's preprocessing (reslab.weights.record) to prepare the images
     exactly as for that model, instead of measuring the training split. erase: random erasing
     probability of a training image (reslab.data.augment.random_erase). auto_augment: a
     torchvision policy per training image (reslab.data.augment.AUTO_AUGMENTS). train_images:

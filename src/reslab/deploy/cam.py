@@ -40,7 +40,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import UserError
-from ..record import Record
+from ..weights.record import Record
 from .predict import chunks, prepare_images
 
 

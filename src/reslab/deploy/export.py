@@ -15,7 +15,7 @@ from torch import nn
 from ..choices import EXPORT_FORMATS
 from ..errors import UserError, unknown
 from ..io import atomic_write, ensure_dir
-from ..record import Record
+from ..weights.record import Record
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 FORMATS = EXPORT_FORMATS

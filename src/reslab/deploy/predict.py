@@ -20,7 +20,7 @@ from torch import nn
 from ..data.images import ImageError, open_image, preprocess
 from ..engine.evaluate import flip_tta
 from ..limits import fit_batch
-from ..record import Record
+from ..weights.record import Record
 
 
 def image_paths(args: Sequence[str]) -> list[str]:

@@ -14,6 +14,7 @@ from torch import nn
 from ..choices import FLIPPING_AUGMENTS
 from ..errors import UserError
 from ..limits import MAX_BATCH, MAX_SCALES, check_image_side, check_int, fit_batch
+from ..weights.checkpoint import Checkpoint, as_checkpoint
 from .distributed import Dist, all_reduce_sum
 
 
@@ -261,7 +262,7 @@ def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     return tally.result(d) | {"balanced": figures.balanced, "macro_f1": figures.macro_f1}
 
 
-def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
+def evaluate_checkpoint(ckpt: str | Path | Checkpoint, *, data: str | None = None,
                         data_dir: str | None = None, split: str = "test", crops: int = 1,
                         scales: list[int] | None = None, flip: bool | None = None,
                         batch_size: int = 256, device: str = "auto",
@@ -269,9 +270,10 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
                         top_losses: int = 0) -> Evaluation:
     """Scores a checkpoint on a split: centre view, the paper's 10-crop, or multi-scale.
 
-    Everything comes from the checkpoint's record (reslab.record): the images are prepared as in
-    its training (size, crop, mean/std or per-pixel mean), the dataset defaults to the one it was
-    trained on, with its val hold-out and seed so `--split val` is the same split as in training.
+    Everything comes from the checkpoint's record (reslab.weights.record): the images are
+    prepared as in its training (size, crop, mean/std or per-pixel mean), the dataset defaults
+    to the one it was trained on, with its val hold-out and seed so `--split val` is the same
+    split as in training.
     flip: average with the horizontal flip (default: as the run's reported numbers did).
     runtime: None, the model as loaded; else what wraps it for another runtime, e.g.
     reslab.deploy.optimize.first_batch_runtime("auto", device) (built on the first batch, as
@@ -279,8 +281,8 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
     `describe()`). The engine stands below deploy, so the wrapper comes from the caller.
 
     top_losses: also return the centre view's that many examples of largest loss as
-    `top_losses`, TopLoss items with their images de-normalised to [0, 1]."""
-    from ..checkpoint import load_checkpoint
+    `top_losses`, TopLoss items with their images de-normalised to [0, 1].
+    ckpt: a run directory, a weights file or the Checkpoint the caller resolved."""
     from ..data import load_data
     from ..errors import warn
     from .setup import select_device
@@ -293,7 +295,9 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
         for s in scales:
             check_image_side("scale", s)
     dev = select_device(device)
-    model, record = load_checkpoint(ckpt, device=dev)
+    checkpoint = as_checkpoint(ckpt)
+    ckpt = checkpoint.given  # what the messages and the result name
+    model, record = checkpoint.load(dev)
     spec = data or (record.data.spec if record.data is not None else None)
     if not spec:
         raise UserError(f"--data is required: {ckpt} does not say what it was trained on")
@@ -316,7 +320,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
         warn(f"{spec}'s classes ({_names(d.class_names)}) are not the ones the model was "
              f"trained on ({_names(record.class_names)}); scoring by class index")
     mirrors = "--crops 10" if crops == 10 and not scales else "--flip on" if flip else None
-    augment = trained_augment(ckpt)
+    augment = trained_augment(checkpoint)
     if mirrors and augment is not None and augment not in FLIPPING_AUGMENTS:
         warn(f"{mirrors} also scores mirrored views, but this run was trained without flips "
              f"(augment {augment}): mirrored images may score lower; --crops 1 --flip off "
@@ -359,15 +363,13 @@ def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None,
                       scores["top1"], scores["top5"], scores["loss"], scores["n"], **views)
 
 
-def trained_augment(ckpt: str | Path) -> str | None:
+def trained_augment(ckpt: Checkpoint) -> str | None:
     """The training augmentation of the run a checkpoint belongs to (its config.toml), None
     when it is not in a run directory."""
     from .recipe import read_toml
-    from .rundir import RunDir
 
-    path = Path(ckpt)
-    config = RunDir(path if path.is_dir() else path.parent).config
-    if not config.is_file():
+    config = ckpt.run_config
+    if config is None:
         return None
     try:
         value = read_toml(config, "run config").get("augment", "crop-flip")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError, warn
-from ..record import save_weights
+from ..weights.record import save_weights
 from ..text import plural
 from . import state as run_state
 from .calibration import BNCheck, first_images, recalibrate_bn

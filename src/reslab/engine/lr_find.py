@@ -259,7 +259,7 @@ def _model(r: Recipe, data: Data, device: torch.device) -> tuple[torch.nn.Module
     torch.manual_seed(r.seed)
     model, messages = build_model(r, len(data.class_names), data.in_chans), []
     if r.weights:
-        from ..interop import init_weights
+        from ..weights.layouts import init_weights
 
         messages = init_weights(model, r.weights)
     model.to(device).train()

@@ -11,10 +11,11 @@ from ..data import load_data
 from ..data.loaders import available_cpus
 from ..data.normalize import Stats
 from ..errors import UserError
-from ..interop import apply_state_dict, layout_kwargs, open_weights
+from ..weights.layouts import apply_state_dict, layout_kwargs
+from ..weights.reading import open_weights
 from ..models import get_arch
 from ..models.init import whiten_conv_
-from ..record import Preprocess, Record, TrainingData
+from ..weights.record import Preprocess, Record, TrainingData
 from ..text import plural
 from ..threads import ThreadGovernor
 from .adapt import DataFacts, adapt, from_scratch_note

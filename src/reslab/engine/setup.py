@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import UserError
 from ..models import create_model, get_arch
 from ..models.init import dirac_init_
-from ..record import Record
+from ..weights.record import Record
 from .recipe import Recipe
 
 
@@ -73,7 +73,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def build_model(r: Recipe, num_classes: int, in_chans: int,
                 layout: dict[str, Any] | None = None) -> nn.Module:
-    """The recipe's model; layout: options the initial weights need (interop.layout_kwargs).
+    """The recipe's model; layout: options the initial weights need (weights.layouts.layout_kwargs).
     dirac_init and bn_momentum change its initial weights and BN momentum, not its
     architecture (so not its record)."""
     model = create_model(r.model, num_classes=num_classes, in_chans=in_chans,

@@ -141,7 +141,7 @@ def check_state(s: dict[str, Any], model: torch.nn.Module, out: Path) -> None:
     (names, shapes, dtypes reslab writes, finite): a UserError saying which is not."""
     from ..limits import MAX_ITERS, short_text
     from ..errors import InvalidRecord
-    from ..weights_check import check_tensors
+    from ..weights.tensors import check_tensors
 
     def bad(message: str) -> UserError:
         return UserError(f"cannot resume from {RunDir(out).state}: {message}; the state is "

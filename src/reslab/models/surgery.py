@@ -26,9 +26,6 @@ stride 1 and can be made the identity:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 
 from ..errors import UserError
@@ -118,47 +115,3 @@ def make_identity(block: BasicBlock | Bottleneck) -> None:
     bn = block.last_bn()
     bn.weight.zero_()  # F(x) = 0 * x_hat + 0, whatever the statistics
     bn.bias.zero_()
-
-
-@dataclass(frozen=True)
-class Grown:
-    """What grow_checkpoint wrote: the architectures, the blocks, and the promise checked."""
-
-    source: str
-    target: str
-    copied_blocks: int
-    added_blocks: int
-    max_abs_logit_diff: float   # |shallow(x) - grown(x)| on random inputs, from the written file
-
-
-def max_logit_gap(a: torch.nn.Module, b: torch.nn.Module, input_size: list[int]) -> float:
-    """max |a(x) - b(x)| over two random inputs: the promise, checked on the written weights."""
-    # Fully convolutional: exactness at 256 px or less says the same as at a larger size.
-    c, h, w = input_size[0], min(input_size[1], 256), min(input_size[2], 256)
-    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        return float((a.eval()(x) - b.eval()(x)).abs().max())
-
-
-def grow_checkpoint(ckpt: str | Path, to: str, out: str | Path, *,
-                    shortcut: str | None = None) -> Grown:
-    """grow() a checkpoint (run directory or weights file) into `to` and save it at `out` with
-    the shallow net's record (classes, preprocessing), noting where it was grown from."""
-    from ..checkpoint import load_checkpoint
-    from ..io import regular_file
-    from ..record import save_weights
-
-    model, record = load_checkpoint(str(ckpt))
-    source = infer_arch(model).name
-    deeper = grow(model, to, shortcut=shortcut)
-    opts = model.block_options
-    kwargs = {**record.kwargs, "num_classes": model.num_classes,
-              "in_chans": model.conv1.in_channels, "shortcut": opts["shortcut"],
-              "stride_in": opts["stride_in"]}
-    kwargs.pop("zero_init_residual", None)  # an init option; the weights are given
-    grown = record.replace(architecture=to, kwargs=kwargs, extra={
-        **record.extra, "grown_from": {"architecture": source, "checkpoint": Path(ckpt).name}})
-    save_weights(out, deeper, grown)
-    written, _ = load_checkpoint(regular_file(out, "written checkpoint"))
-    gap = max_logit_gap(model, written, list(record.preprocess.input_size))
-    return Grown(source, to, len(model.blocks()), len(deeper.blocks()) - len(model.blocks()), gap)

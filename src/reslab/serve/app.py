@@ -37,7 +37,7 @@ from torch import nn
 from ..data.images import ImageError, decode_image
 from ..deploy.predict import prepare_decoded, top_classes
 from .. import __version__
-from ..record import Record
+from ..weights.record import Record
 from . import v2
 from .batching import Batcher, Overloaded
 from .http import ApiError, api_of, counted, error_response, read_body

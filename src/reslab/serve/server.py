@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..record import Record
+from ..weights.checkpoint import Checkpoint
+from ..weights.record import Record
 from .app import create_app
 from .options import ServeOptions
 
@@ -34,18 +35,20 @@ class Service:
                           self.name)
 
 
-def load_service(ckpt: str | Path, runtime: str = "auto", *, max_batch: int = 16,
+def load_service(ckpt: str | Path | Checkpoint, runtime: str = "auto", *, max_batch: int = 16,
                  flip: bool | None = None, threads: int | None = None) -> Service:
     """The checkpoint on `runtime` (deploy.runtime), built and, for "auto", timed on a batch
     of max_batch images: the shape the server runs under load. threads: ONNX Runtime's
-    intra-op threads (default: the CPUs this process may use)."""
-    from ..checkpoint import load_checkpoint
+    intra-op threads (default: the CPUs this process may use). ckpt: a run directory, a
+    weights file or the Checkpoint the caller resolved."""
     from ..deploy.optimize import optimize_for_inference
     from ..deploy.predict import classifier
     from ..deploy.runtime import describe, runtime_of
+    from ..weights.checkpoint import as_checkpoint
     from .v2 import model_name_of
 
-    model, record = load_checkpoint(ckpt)
+    checkpoint = as_checkpoint(ckpt)
+    model, record = checkpoint.load()
     example = torch.randn(max_batch, *record.preprocess.input_size,
                           generator=torch.Generator().manual_seed(0))
     # compile=False: a server's batches come in every size up to max_batch, and inductor
@@ -56,7 +59,7 @@ def load_service(ckpt: str | Path, runtime: str = "auto", *, max_batch: int = 16
     info = {"runtime": runtime_of(fast), "requested": runtime, "note": describe(fast),
             "seconds_per_batch": choice.seconds if choice is not None else None}
     return Service(model, record, classifier(fast, record, flip=flip), info,
-                   model_name_of(ckpt))
+                   model_name_of(checkpoint.given))
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -43,7 +43,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
-from ..record import Record
+from ..weights.record import Record
 from .http import ApiError, counted, read_body
 from .metrics import Metrics
 from .options import ServeOptions

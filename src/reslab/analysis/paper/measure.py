@@ -135,7 +135,7 @@ def degradation(p: Plan, out: Path) -> dict[str, Any]:
 
 
 def _loaded(m: TrainMember, out: Path, device: str = "cpu") -> tuple[Any, Any]:
-    from ...checkpoint import load_checkpoint
+    from ...weights.checkpoint import load_checkpoint
 
     return load_checkpoint(m.run_dir(out), device)
 
@@ -165,7 +165,7 @@ def responses(p: Plan, out: Path) -> dict[str, Any]:
 
 def grow_step(p: Plan, out: Path) -> dict[str, Any]:
     """Section 1's construction: the first seed's shallow ResNet grown into the deeper one."""
-    from ...models.surgery import grow_checkpoint
+    from ...weights.grow import grow_checkpoint
 
     small, big = (f"resnet{d}" for d in p.budget.grow)
     source = p.member(f"{small}-s{p.budget.seeds[0]}")
@@ -217,7 +217,7 @@ def identity(p: Plan, out: Path) -> dict[str, Any]:
     """The construction measured on the training set: the shallow net, the grown net as built,
     the grown net and the shallow net after equal further training, the deep net trained from
     scratch."""
-    from ...checkpoint import load_checkpoint
+    from ...weights.checkpoint import load_checkpoint
 
     small, big = (f"resnet{d}" for d in p.budget.grow)
     seed = p.budget.seeds[0]

@@ -1,11 +1,11 @@
 """The tensors of a weights file: the dtypes and values reslab accepts, checked for every file
-it reads or writes (a file's metadata is checked by reslab.record)."""
+it reads or writes (a file's metadata is checked by reslab.weights.record)."""
 from __future__ import annotations
 
 import torch
 
-from .errors import InvalidRecord
-from .limits import short_text
+from ..errors import InvalidRecord
+from ..limits import short_text
 
 # Tensor dtypes a weights file may hold: what reslab and the usual trainers write. (Here, not
 # in reslab.limits, which the command line's parser imports without torch.)
