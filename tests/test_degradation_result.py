@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from reslab.analysis.degradation import member_start, seed_spread
+from reslab.analysis.degradation import seed_spread
 from reslab.analysis.report import read_degradation
 from reslab.analysis.sweep_result import CurvePoint, DegradationResult, SweepMember
+from reslab.engine.sweep import member_start
 from reslab.errors import UserError
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"

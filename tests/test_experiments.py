@@ -152,7 +152,7 @@ def test_grow_cli_writes_a_loadable_checkpoint(resnet20_ckpt: Path, tmp_path: Pa
     pre = meta.preprocess
     assert (list(pre.mean), list(pre.std), list(pre.input_size)) == \
         (META["mean"], META["std"], META["input_size"])
-    # `reslab train --weights CKPT2` initialises through interop.init_weights: same function.
+    # `reslab train --weights CKPT2` initialises through weights.layouts.init_weights: same function.
     from reslab.weights.layouts import init_weights
 
     fresh = create_model("resnet44", num_classes=4)

@@ -1,34 +1,30 @@
 """The degradation experiment: Fig. 1 and Fig. 6 (section 4.2) on the CIFAR family.
 
 For each depth 6n+2 it trains plainN and resnetN with the same recipe and budget, each in
-OUT/<model>/ (a normal run directory), then writes OUT/degradation.json (docs/run-directory.md) and
-OUT/degradation.png. The paper's finding: deeper plain nets have HIGHER training error (so it is
-not overfitting), deeper ResNets lower. Re-running the command skips finished runs and resumes
-interrupted ones, so a long sweep survives being stopped.
+OUT/<model>/ (a normal run directory; reslab.engine.sweep runs them), then writes
+OUT/degradation.json (docs/run-directory.md) and OUT/degradation.png. The paper's finding:
+deeper plain nets have HIGHER training error (so it is not overfitting), deeper ResNets lower.
+Re-running the command skips finished runs and resumes interrupted ones, so a long sweep
+survives being stopped.
 """
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..io import atomic_write_text
 from ..engine.logging import read_metrics
-from ..engine.recipe import MACHINERY, Recipe
+from ..engine.recipe import Recipe
 from ..engine.rundir import RunDir
+from ..engine.sweep import check_reusable, train_in_parallel, train_or_reuse
 from ..errors import UserError
 from ..text import plural
 from ..models import REGISTRY, get_arch
 from .report import training_seconds, write_run_report
 from .sweep_result import CurvePoint, DegradationResult, SeedStats, Spread, SweepMember
+
 
 def cifar_depths() -> list[int]:
     return sorted({a.depth for a in REGISTRY.values() if a.family == "cifar"})
@@ -66,88 +62,6 @@ def sweep_models(depths: Sequence[int]) -> list[str]:
     if not depths:
         raise UserError("give at least one depth")
     return [f"{kind}{d}" for d in dict.fromkeys(depths) for kind in ("plain", "resnet")]
-
-
-def config_diff(r: Recipe, run_dir: Path, ignore: Sequence[str] = ()) -> list[str]:
-    """The recipe fields where run_dir/config.toml differs from r (machinery and `ignore`
-    ignored)."""
-    run = RunDir(run_dir)
-    try:
-        stored = run.stored_recipe()
-    except UserError as e:
-        return [f"unreadable {run.config.name} ({e})"]
-    stored, r = _resolved(stored), _resolved(r)
-    return [f"{f.name} {getattr(stored, f.name)!r} != {getattr(r, f.name)!r}"
-            for f in fields(Recipe)
-            if f.name not in MACHINERY and f.name not in ignore
-            and getattr(stored, f.name) != getattr(r, f.name)]
-
-
-def _resolved(r: Recipe) -> Recipe:
-    """Fields whose default means the same as a value: val_split None is 0 (no hold-out) for
-    every dataset but image folders without val/ (configs written before None existed say 0)."""
-    if r.val_split is None and not r.data.startswith("imagefolder:"):
-        return r.replace(val_split=0)
-    return r
-
-
-def check_reusable(r: Recipe, run_dir: Path, ignore: Sequence[str] = ()) -> bool:
-    """Whether run_dir holds a run of r; UserError when it holds one of another config (a run
-    directory is never overwritten). ignore: fields that may differ (reslab paper's initial
-    weights, whose path moves with DIR while the run directory's name fixes them)."""
-    if not RunDir(run_dir).started():
-        return False
-    diff = config_diff(r, run_dir, ignore)
-    if diff:
-        raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diff)}); "
-                        "use another --out or remove it")
-    return True
-
-
-# What a member's run directory asks for: "new" (nothing there), "skip" (finished), "resume"
-# (interrupted with a saved state) or "afresh" (this recipe's run, dead before its first state:
-# its files are replaced).
-Start = Literal["new", "skip", "resume", "afresh"]
-
-
-def member_start(r: Recipe, run_dir: Path, ignore: Sequence[str] = ()) -> Start:
-    """How the member r starts in run_dir; UserError when run_dir holds another recipe's run
-    (check_reusable)."""
-    run = RunDir(run_dir)
-    if not check_reusable(r, run_dir, ignore):
-        return "new"
-    if run.finished():
-        return "skip"
-    return "resume" if run.has_state() else "afresh"
-
-
-def _silent(_msg: str) -> None:
-    pass
-
-
-def train_or_reuse(r: Recipe, run_dir: Path, *, quiet: bool = False,
-                   say: Callable[[str], None] = _silent, report: bool = True,
-                   ignore: Sequence[str] = ()) -> str:
-    """Trains r into run_dir unless it is finished there: "skipped", "resumed" or "trained".
-
-    A directory holding this recipe's run that died before its first saved state is started
-    afresh (its files are replaced); one holding another recipe's run is refused. report:
-    write the run's report.md and curves.png (reslab paper draws its own figures)."""
-    from ..engine.loop import fit
-
-    start = member_start(r, run_dir, ignore)
-    if start == "skip":
-        say(f"{r.model}: finished in {run_dir}, skipped")
-        return "skipped"
-    if start == "resume":
-        say(f"{r.model}: resuming the interrupted run in {run_dir}")
-        fit(r, run_dir, resume=True, quiet=quiet)
-    else:
-        say(f"{r.model}: training into {run_dir}")
-        fit(r, run_dir, overwrite=start == "afresh", quiet=quiet)
-    if report:
-        write_run_report(run_dir, strict=False)
-    return "resumed" if start == "resume" else "trained"
 
 
 def _error(row: dict[str, Any] | None) -> float | None:
@@ -198,123 +112,18 @@ def budget(runs: Sequence[SweepMember], epochs: float | None = None) -> str:
     return f"{plural(iters, 'iteration')}{per} per run; {secs / 3600:.2f} h of training in all"
 
 
-def train_in_subprocess(r: Recipe, run_dir: Path, tmp: Path, say: Callable[[str], None],
-                        members: Members, name: str | None = None,
-                        ignore: Sequence[str] = ()) -> tuple[int, str]:
-    """Trains r into run_dir in its own `reslab train` process (started by `members`, which
-    can stop it) unless it is finished there: (exit code, last stderr line). A finished run is
-    skipped, an interrupted one resumed, one dead before its first state started afresh; tmp
-    holds the recipe file it is given."""
-    from ..engine.recipe import save_recipe
-
-    name = name or r.model
-    threads = plural(r.threads, "thread")
-    start = member_start(r, run_dir, ignore)
-    if start == "skip":
-        say(f"{name}: finished in {run_dir}, skipped")
-        return 0, ""
-    if start == "resume":
-        say(f"{name}: resuming the interrupted run in {run_dir} ({threads})")
-        argv = ["--resume"]
-    else:
-        say(f"{name}: training into {run_dir} ({threads})")
-        save_recipe(tmp / f"{name}.toml", r)
-        argv = ["--recipe", str(tmp / f"{name}.toml")]
-        if start == "afresh":
-            argv.append("--overwrite")  # this recipe's run, dead before its first state
-    with members.start([sys.executable, "-m", "reslab", "train", *argv, "--out",
-                        str(run_dir), "--quiet"]) as proc:
-        _, err = proc.communicate()
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    return proc.returncode, lines[-1] if lines else ""
-
-
-def raise_for_exit(name: str, rc: int, line: str) -> None:
-    """A member process's exit as the sweep's: Interrupted for Ctrl-C/SIGTERM (its state is
-    saved), UserError with its error line for a failure."""
-    if rc in (130, 143):
-        from ..engine.state import Interrupted
-
-        raise Interrupted("SIGINT" if rc == 130 else "SIGTERM", 0)
-    if rc != 0:
-        raise UserError(f"{name}: {line.removeprefix('error: ') or f'exit {rc}'}")
-
-
-def train_in_parallel(recipes: dict[str, Recipe], out: Path, jobs: int,
-                      say: Callable[[str], None]) -> None:
-    """Trains the members `jobs` at a time, each in its own `reslab train` process with
-    CPUs // jobs threads (small nets on a CPU use the cores better as separate processes than
-    as threads of one: the paper-size convolutions are too small to split well), deepest first
-    so the longest runs start at once. Finished members are skipped and interrupted ones
-    resumed, exactly as in a sequential sweep; a member that fails stops the sweep with its
-    error; a SIGINT or SIGTERM to the sweep is passed to every member, which saves its state,
-    and the sweep exits when they have."""
-    from ..data.loaders import available_cpus
-
-    threads = max(1, available_cpus() // jobs)
-
-    def one(model: str, tmp: Path) -> tuple[str, int, str]:
-        r = recipes[model].replace(threads=threads)
-        return (model, *train_in_subprocess(r, out / model, tmp, say, members, model))
-
-    order = sorted(recipes, key=lambda name: -get_arch(recipes[name].model).depth)
-    members = Members()
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(jobs) as pool:
-        try:
-            results = list(pool.map(lambda m: one(m, Path(tmp)), order))
-        except BaseException as e:  # SIGTERM/SIGINT (or an error) here: stop every member
-            members.stop(signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
-            raise
-    for model, rc, line in results:
-        raise_for_exit(model, rc, line)
-
-
-class Members:
-    """The member trainings of a parallel sweep. Each runs in its own session, so a signal
-    reaches it once, from `stop` when the sweep is stopped (a Ctrl-C in the terminal would
-    otherwise reach it too, and a second signal makes a training stop without saving)."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-        self.stopping = False
-        self.lock = threading.Lock()
-
-    def start(self, argv: list[str]) -> subprocess.Popen:
-        with self.lock:
-            if self.stopping:
-                raise UserError("the sweep is stopping")
-            proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)
-            self.procs.append(proc)
-            return proc
-
-    def stop(self, sig: int) -> None:
-        """Sends sig to every running member (each saves its state) and waits for them."""
-        with self.lock:
-            self.stopping = True
-            procs = list(self.procs)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(sig)
-        for proc in procs:
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: Recipe, *,
                     quiet: bool = False, say: Callable[[str], None] | None = None,
                     jobs: int = 1, seeds: Sequence[int] | None = None,
                     seeds_depths: Sequence[int] | None = None,
                     notes: Sequence[str] = ()) -> DegradationResult:
     """Trains the sweep (Fig. 6) and writes OUT/degradation.json and OUT/degradation.png.
-    jobs > 1: members trained that many at a time (train_in_parallel). seeds: repeat the runs
-    (of seeds_depths, default all) with these seeds; the spread over seeds is reported.
+    jobs > 1: members trained that many at a time (engine.sweep.train_in_parallel). seeds:
+    repeat the runs (of seeds_depths, default all) with these seeds; the spread over seeds is
+    reported.
     notes: lines said once the sweep is accepted, before training."""
     out = Path(out)
-    say = say or _silent
+    say = say or (lambda _msg: None)
     base = recipe.replace(data=data)
     members = sweep_members(depths, seeds or [base.seed], seeds_depths)
     recipes = {name: base.replace(model=model, seed=seed) for model, seed, name in members}
@@ -332,6 +141,7 @@ def run_degradation(data: str, depths: Sequence[int], out: str | Path, recipe: R
         if jobs == 1:
             say(f"[{i}/{len(recipes)}] {name}")
             train_or_reuse(r, out / name, quiet=quiet, say=say)
+            write_run_report(out / name, strict=False)
         runs.append(summarize_run(r.model, out / name, r.seed, name))
         summary = _read_summary(out / name)
         if summary.get("steps") and summary.get("epochs"):

@@ -7,7 +7,6 @@ it; the functions that need a model import it when called."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import sys
@@ -214,8 +213,8 @@ def add_recipe_flags(parser: argparse.ArgumentParser, recipe_in_use: Callable[[A
 
     g = parser.add_argument_group("recipe fields (override the recipe file)")
     actions = {}
-    for f in dataclasses.fields(Recipe):
-        if f.name in skip or f.name in ("recipe", "given"):  # set by --recipe / the flags given
+    for f in Recipe.settable_fields():
+        if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         if str(f.type).startswith("bool"):
@@ -263,5 +262,5 @@ def recipe_overrides(args: argparse.Namespace, *, skip: tuple[str, ...] = ()) ->
     """The recipe fields given on the command line (None: not given)."""
     from ..engine.recipe import Recipe
 
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)
-            if f.name not in skip and f.name not in ("recipe", "given")}
+    return {f.name: getattr(args, f.name) for f in Recipe.settable_fields()
+            if f.name not in skip}

@@ -27,34 +27,35 @@ NOT_FLAGS = ("data", "epochs", "iters", "lr", "schedule", "milestones", "gamma",
              "warmup_iters", "warmup_lr", "warmup_until_error", "plateau_patience", "ema",
              "tta_flip", "save_every", "eval_every", "tensorboard", "compile",
              "progressive_from", "progressive_until",
-             # training tricks the sweep does not apply (it runs its own plain steps)
-             "early_stopping", "mixup", "cutmix", "auto_augment", "accumulate", "clip_grad_norm",
+             # training tricks the sweep does not apply (it runs its own plain steps; the data
+             # is training's, auto_augment included: engine.lr_find)
+             "early_stopping", "mixup", "cutmix", "accumulate", "clip_grad_norm",
              # the sweep's plain steps draw the images as they come and score no validation
              "balance", "monitor")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr, "
-                       "suggest an lr", description=__doc__)
-    add_data_option(p)
-    p.add_argument("--recipe", default="fast", help="recipe name or TOML file (default fast): "
-                   "optimizer, batch size, weight decay, augmentation, ...")
-    p.add_argument("--start-lr", type=float, default=1e-6, metavar="LR",
-                   help="first lr of the sweep (default 1e-6)")
-    p.add_argument("--end-lr", type=float, default=10.0, metavar="LR",
-                   help="last lr of the sweep (default 10, the most reslab allows)")
-    p.add_argument("--iters", type=int, metavar="N",
-                   help="steps of the sweep, 10..10000 (default: 8 epochs of the training set, "
-                        "at least 30, at most 100)")
-    p.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
-                   help="time bound: after 3 steps the rest of the sweep is re-planned with "
-                        "fewer steps (at least 20) when it would take longer (default 60; 0: "
-                        "no bound)")
-    add_out_option(p, "the plot", metavar="FILE.png", required=True)
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    add_json_option(p)
-    add_recipe_flags(p, lambda a: a.recipe or "fast", skip=NOT_FLAGS)
-    p.set_defaults(func=run)
+    parser = sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr, "
+                            "suggest an lr", description=__doc__)
+    add_data_option(parser)
+    parser.add_argument("--recipe", default="fast", help="recipe name or TOML file (default "
+                        "fast): optimizer, batch size, weight decay, augmentation, ...")
+    parser.add_argument("--start-lr", type=float, default=1e-6, metavar="LR",
+                        help="first lr of the sweep (default 1e-6)")
+    parser.add_argument("--end-lr", type=float, default=10.0, metavar="LR",
+                        help="last lr of the sweep (default 10, the most reslab allows)")
+    parser.add_argument("--iters", type=int, metavar="N",
+                        help="steps of the sweep, 10..10000 (default: 8 epochs of the training "
+                             "set, at least 30, at most 100)")
+    parser.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
+                        help="time bound: after 3 steps the rest of the sweep is re-planned "
+                             "with fewer steps (at least 20) when it would take longer (default "
+                             "60; 0: no bound)")
+    add_out_option(parser, "the plot", metavar="FILE.png", required=True)
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_json_option(parser)
+    add_recipe_flags(parser, lambda a: a.recipe or "fast", skip=NOT_FLAGS)
+    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

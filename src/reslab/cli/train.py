@@ -7,25 +7,26 @@ import sys
 import time
 from pathlib import Path
 
-from ..engine.recipe import MACHINERY, Recipe, load_recipe, recipe_names
-from ..engine.rundir import RunDir, resume_change_error
+from ..engine.recipe import Recipe, load_recipe, recipe_names
+from ..engine.rundir import RunDir, check_resume
 from ..errors import UserError
 from ..text import plural
 from .common import add_json_option, add_out_option, add_recipe_flags, recipe_overrides
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a ResNet; writes a run directory",
-                       description=__doc__)
-    p.add_argument("--recipe", help="recipe name (configs/: " + ", ".join(recipe_names())
-                   + ") or a TOML file; default: demo without --model/--data, else fast")
-    add_out_option(p, "run directory (default runs/MODEL-DATA-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--overwrite", action="store_true",
-                   help="--out already holds a run: delete its files and start afresh")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    add_json_option(p, "a final JSON summary")
-    add_recipe_flags(p, recipe_in_use)
-    p.set_defaults(func=run)
+    parser = sub.add_parser("train", help="train a ResNet; writes a run directory",
+                            description=__doc__)
+    parser.add_argument("--recipe", help="recipe name (configs/: " + ", ".join(recipe_names())
+                        + ") or a TOML file; default: demo without --model/--data, else fast")
+    add_out_option(parser, "run directory (default runs/MODEL-DATA-TIME)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="--out already holds a run: delete its files and start afresh")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_json_option(parser, "a final JSON summary")
+    add_recipe_flags(parser, recipe_in_use)
+    parser.set_defaults(func=run)
 
 
 def recipe_in_use(args: argparse.Namespace) -> str:
@@ -51,9 +52,7 @@ def resume_machinery(args: argparse.Namespace) -> Recipe | None:
     """The stored recipe of --out with the machinery flags given (None: none given, or no run
     there for the claim to name); a recipe flag is an error, as the resume would ignore it."""
     given = {k: v for k, v in recipe_overrides(args).items() if v is not None}
-    changed = (["recipe"] if args.recipe else []) + [k for k in given if k not in MACHINERY]
-    if changed:
-        raise resume_change_error(changed)
+    check_resume(given, recipe_named=bool(args.recipe))
     run = RunDir(Path(args.out))
     return load_recipe(str(run.config), given) if given and run.started() else None
 

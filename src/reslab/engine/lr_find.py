@@ -4,14 +4,17 @@ WACV 2017, section 3.3), in the exponential form of fastai's `lr_find` and PyTor
 
 The rule, step by step:
 
-- Setup as `reslab train` would start: the recipe's seed, data (training split, augmented),
-  model (fresh, or --weights), optimizer (`build_optimizer`: SGD or AdamW, momentum, nesterov,
-  weight-decay groups), label smoothing, amp and channels_last. The recipe's schedule is
-  replaced by the sweep; torch.compile and torchrun are not used (a few hundred steps).
+- The start is `reslab train`'s, assembled by the same function (engine.assembly.assemble):
+  the recipe's seed; the --weights' architecture, layout and normalisation; the data (training
+  split, image size, augmentation with any auto_augment policy and erasing, as training
+  augments it); the model (fresh, whitened by whiten_stem, or --weights); the batch adapted to
+  the data as reslab.engine.adapt says and clamped to the training set; then the optimizer
+  (`build_optimizer`: SGD or AdamW, momentum, nesterov, weight-decay groups), label smoothing,
+  amp and channels_last. The recipe's schedule is replaced by the sweep, whose plain steps
+  leave out what a step of training adds: accumulation, gradient clipping, mixup/cutmix, the
+  class-balanced sampler, EMA; torch.compile and torchrun are not used (a few hundred steps).
 - The number of steps n: --iters, else 8 epochs of the training set, at least 30 and at most
   100 (fastai's and Lightning's length): a folder of 300 images gets 30 steps, not 100 epochs.
-  The batch (and augmentation) are those training would use: adapted to the data as
-  reslab.engine.adapt says, and clamped to the training set.
 - Step i of n (i = 0 .. n-1) sets lr_i = start * (end / start) ** (i / (n - 1)), a geometric
   sweep from start to end, and takes one training step on the next training batch (epoch after
   epoch, as in training).
@@ -56,15 +59,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import Data, load_data
+from ..data import Data
 from ..errors import UserError
 from ..limits import LR_FIND_ITERS, MAX_LR, check_float, check_int
 from ..threads import ThreadGovernor
-from .adapt import DataFacts, adapt
+from .assembly import assemble
 from .logging import Progress
-from .loop import Run
 from .recipe import Recipe
-from .setup import build_model, build_optimizer, seed_everything, select_device, set_lr
+from .setup import build_optimizer, resolve_amp, seed_everything, select_device, set_lr
 from .step import sgd_step
 
 BETA = 0.98       # EMA factor of the smoothed loss of long sweeps (fastai, Lightning)
@@ -206,34 +208,18 @@ def lr_find(recipe: Recipe, *, start_lr: float = 1e-6, end_lr: float = 10.0,
     stderr unless quiet."""
     start_lr, end_lr, iters = check_sweep(start_lr, end_lr, iters)
     max_seconds = check_float("max_seconds", max_seconds, 0.0, MAX_SECONDS)
-    r = recipe
-    ThreadGovernor(r.threads, deterministic=r.deterministic, once=True)
-    device = select_device(r.device)
-    seed_everything(r.seed, r.deterministic)
-    # The image size and worker count training would use: an image folder at the model
-    # family's resolution (32 px for the CIFAR family, not 224: 49x the work per step).
-    r = Run._fit_workers(r)
-    data = load_data(r.data, data_dir=r.data_dir, val_split=r.val_split, seed=r.seed,
-                     image_size=Run._image_size(r), normalize=r.normalize, augment=r.augment,
-                     pad=r.pad, workers=r.workers, erase=r.erase,
-                     train_images=r.train_images, resize=r.resize)
-    # The batch and augmentation training would adapt to this data (reslab.engine.adapt): the
-    # lr found is for the batch the run will use. The sweep sets the lr and its length, so
-    # neither is adapted; it evaluates nothing, so the test-time flip is not its business.
-    n = data.num_examples("train")
+    ThreadGovernor(recipe.threads, deterministic=recipe.deterministic, once=True)
+    device = select_device(recipe.device)
+    seed_everything(recipe.seed, recipe.deterministic)
+    # The sweep sets the lr and its own length, so adapt leaves them (and the progressive
+    # resizing the sweep does not apply) as they are; it evaluates nothing, so the test-time
+    # flip is not its business. Its plain steps take one batch each: no accumulation.
     fixed = {"lr", "epochs", "progressive_from", "tta_flip"}
-    r, notes = adapt(r.replace(given=sorted({*r.given, *fixed})),
-                     DataFacts(n, min(data.input_size[1:])))
-    data.augment, data.pad = r.augment, r.pad  # read at batch time
-    model, messages = _model(r, data, device)
-    messages = notes + messages
-    if r.batch_size > n:  # as training does: every step a full batch of the small set
-        messages.append(f"note: batch size {r.batch_size} is larger than the {n} training "
-                        f"images; using {n}")
-        r = r.replace(batch_size=n)
+    start = assemble(recipe.replace(given=sorted({*recipe.given, *fixed}), accumulate=1), device)
+    r, data, model = start.recipe, start.data, start.model.train()
     iters = iters or auto_iters(data.steps_per_epoch(r.batch_size))
     progress = Progress(iters, quiet=quiet, desc="lr-find")
-    for message in messages:
+    for message in start.notes + start.model_notes:
         progress.write(message)
     started = _clock()
     try:
@@ -254,18 +240,6 @@ def lr_find(recipe: Recipe, *, start_lr: float = 1e-6, end_lr: float = 10.0,
             "wall_s": round(_clock() - started, 2)}
 
 
-def _model(r: Recipe, data: Data, device: torch.device) -> tuple[torch.nn.Module, list[str]]:
-    """The model `reslab train` would start from, and what loading --weights reported."""
-    torch.manual_seed(r.seed)
-    model, messages = build_model(r, len(data.class_names), data.in_chans), []
-    if r.weights:
-        from ..weights.layouts import init_weights
-
-        messages = init_weights(model, r.weights)
-    model.to(device).train()
-    return (model.to(memory_format=torch.channels_last) if r.channels_last else model), messages
-
-
 def _batches(r: Recipe, data: Data, device: torch.device
              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for epoch in itertools.count():
@@ -277,7 +251,7 @@ def _sweep(r: Recipe, model: torch.nn.Module,
            device: torch.device, progress: Progress) -> Sweep:
     """One training step per lr, recorded, until the loss diverges or the lrs run out."""
     optimizer = build_optimizer(r, model)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(r.amp)
+    amp = resolve_amp(r.amp, device)  # auto: bf16 where it runs natively, as in training
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     sweep = Sweep(planned=plan.iters, beta=smoothing(plan.iters))
     ema, best, started = SmoothedLoss(sweep.beta), math.inf, _clock()

@@ -9,6 +9,7 @@ import dataclasses
 import decimal
 import math
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,13 @@ CHOICES = {
 }
 
 
-# Fields that change where or how fast a run goes, not what it learns: a finished run is reused
-# even if they differ, and a resumed run may set them (its stored recipe stays as it was).
-MACHINERY = ("recipe", "given", "device", "workers", "threads", "tensorboard")
+# Where a recipe came from: set by --recipe and by the flags given, not flags of their own.
+PROVENANCE = ("recipe", "given")
+# Where and how fast a run goes: a resumed run may set them (its stored recipe stays as it was).
+RUNS_ON = ("device", "workers", "threads", "tensorboard")
+# Fields that do not change what a run learns: a finished run is reused even if they differ,
+# and a resume may give them (changed_fields is the one rule that reads this).
+MACHINERY = PROVENANCE + RUNS_ON
 
 MAX_ACCUMULATE = 1024  # micro-batches per optimizer step
 MAX_BN_BIAS_LR = 1000.0  # airbench94 uses 64
@@ -191,6 +196,12 @@ class Recipe:
             raise UserError("early_stopping counts evaluations without improvement: eval_every "
                             "0 (at the end only) leaves it none; use eval_every >= 1")
 
+    @classmethod
+    def settable_fields(cls) -> tuple[dataclasses.Field, ...]:
+        """The fields a user sets (each a --flag): all but the PROVENANCE, which --recipe and
+        the flags given set."""
+        return tuple(f for f in fields(cls) if f.name not in PROVENANCE)
+
     @property
     def step_batch(self) -> int:
         """Images per optimizer step (iteration): accumulate micro-batches of batch_size."""
@@ -213,6 +224,17 @@ class Recipe:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Recipe))
+
+
+def changed_fields(names: Iterable[str], a: Recipe | None = None,
+                   b: Recipe | None = None) -> list[str]:
+    """The fields among names that would change what a run learns (all but MACHINERY): those
+    where the recipes a and b differ, or every one when they are not given (the command line
+    refuses a recipe flag on a resume before any run is read). The one rule behind what a
+    resume may change (engine.rundir.check_resume), whether a sweep reuses a finished run
+    (engine.sweep.config_diff) and what names a paper run (analysis.paper.budgets)."""
+    return [n for n in names if n not in MACHINERY
+            and (a is None or b is None or getattr(a, n) != getattr(b, n))]
 
 
 def _field_types() -> dict[str, str]:

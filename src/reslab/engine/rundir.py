@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,25 +42,33 @@ class RunDir(RunFiles):
 
 def resumed_recipe(run: RunDir, r: Recipe | None) -> Recipe:
     """The recipe a resume of `run` continues with: its stored config.toml, with r's machinery
-    (recipe.MACHINERY: where and how fast it runs) when r is given. A field r.given sets to
-    another value is refused: the run's state belongs to the stored recipe."""
-    from .recipe import MACHINERY
+    (recipe.RUNS_ON: where and how fast it runs) when r is given. A field r.given sets to
+    another value is refused (check_resume): the run's state belongs to the stored recipe."""
+    from .recipe import RUNS_ON
 
     stored = run.stored_recipe()
     if r is None:
         return stored
-    changed = [n for n in r.given if n not in MACHINERY and getattr(r, n) != getattr(stored, n)]
+    check_resume(r.given, stored, r)
+    return stored.replace(**{n: getattr(r, n) for n in RUNS_ON})
+
+
+def check_resume(given: Iterable[str], stored: Recipe | None = None, r: Recipe | None = None,
+                 *, recipe_named: bool = False) -> None:
+    """The resume rule, for the library (fit(resume=True)) and `reslab train --resume` alike: a
+    resumed run continues with its stored config.toml, so of the recipe fields given only its
+    machinery may be set; another that would change the stored recipe is refused, naming the
+    flags (recipe.changed_fields; without stored and r every one given counts, as the command
+    line refuses a recipe flag before any run is read). recipe_named: --recipe was given,
+    another recipe in any case."""
+    from .recipe import changed_fields
+
+    changed = (["recipe"] if recipe_named else []) + changed_fields(given, stored, r)
     if changed:
-        raise resume_change_error(changed)
-    return stored.replace(**{n: getattr(r, n) for n in MACHINERY if n not in ("recipe", "given")})
-
-
-def resume_change_error(names: list[str]) -> UserError:
-    """The error for recipe fields (names) given to a resume, which keeps its stored recipe."""
-    flags = ", ".join("--" + n.replace("_", "-") for n in names)
-    return UserError(f"--resume continues the run with its stored {RunDir(Path()).config.name}; "
-                     f"{flags} cannot change it (start a new run with --overwrite or another "
-                     "--out)")
+        flags = ", ".join("--" + n.replace("_", "-") for n in changed)
+        raise UserError(f"--resume continues the run with its stored "
+                        f"{RunDir(Path()).config.name}; {flags} cannot change it (start a new "
+                        "run with --overwrite or another --out)")
 
 
 def claim(out: Path, mode: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...engine.recipe import MACHINERY, Recipe, load_recipe, shorten
+from ...engine.recipe import Recipe, changed_fields, load_recipe, shorten
 from ...engine.rundir import RunDir
 from ...errors import UserError
 from ...models import get_arch
@@ -159,9 +159,8 @@ def recipe_digest(r: Recipe) -> str:
     to Recipe later, with a default, leaves every digest as it was), machinery (threads,
     device, ...) and the initial weights' path (set from DIR when the run starts: weights_for)
     left out."""
-    default = Recipe().to_dict()
-    what = {k: v for k, v in sorted(r.to_dict().items())
-            if k not in MACHINERY and k != "weights" and default.get(k, None) != v}
+    values = r.to_dict()
+    what = {k: values[k] for k in changed_fields(sorted(values.keys() - {"weights"}), Recipe(), r)}
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -252,13 +251,13 @@ def _imagenet_members(base: Recipe) -> list[TrainMember]:
     return members
 
 
-def weights_for(member: TrainMember, out: Path, p: Plan) -> TrainMember:
+def weights_for(member: TrainMember, out: Path, plan: Plan) -> TrainMember:
     """The member with its initial weights set: the grown net from the grow step's file, the
     continued net from the shallow sweep run (paths known only once DIR is)."""
     if member.role == "grown":
         path = PaperDir(out).grown(member.recipe.model)
     elif member.role == "continued":
-        source = p.member(member.needs[0])
+        source = plan.member(member.needs[0])
         assert source is not None
         path = RunDir(source.run_dir(out)).weights
     else:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ...engine.rundir import RunDir
+from ...engine.sweep import (Members, check_reusable, raise_for_exit, train_in_subprocess,
+                             train_or_reuse)
 from ...errors import UserError
 from ...io import atomic_write_text
-from ..degradation import (Members, check_reusable, raise_for_exit, train_in_subprocess,
-                           train_or_reuse)
 from . import measure
 from .budgets import PaperDir, Plan, TrainMember, weights_for
 
@@ -96,8 +96,8 @@ def read_member(out: Path, name: str) -> dict[str, Any] | None:
 
 def _key(step: Step) -> str:
     members = PaperDir(Path()).members.name
-    files = {p.name if p.parent.name == members else f"{p.parent.name}/{p.name}": _digest(p)
-             for p in step.inputs()}
+    files = {path.name if path.parent.name == members else f"{path.parent.name}/{path.name}":
+             _digest(path) for path in step.inputs()}
     blob = json.dumps({"step": step.name, "version": ANALYSIS_VERSION, "files": files},
                       sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()
@@ -130,7 +130,7 @@ def _trained(m: TrainMember, out: Path) -> bool:
         RunDir(m.run_dir(out)).finished()
 
 
-def steps(p: Plan, out: Path, members: list[TrainMember]) -> list[Step]:
+def steps(plan: Plan, out: Path, members: list[TrainMember]) -> list[Step]:
     """The analyses of the plan whose training members are all in `members`."""
     have = {m.name for m in members}
 
@@ -144,43 +144,43 @@ def steps(p: Plan, out: Path, members: list[TrainMember]) -> list[Step]:
     out_steps = [Step("tables", (), measure.tables), Step("trace", (), measure.trace_compare)]
     if sweep:
         out_steps.append(Step("degradation", tuple(m.name for m in sweep),
-                              lambda: measure.degradation(p, out), metrics(sweep)))
+                              lambda: measure.degradation(plan, out), metrics(sweep)))
     shown = sweep + runs("warmup")[:1]
-    if sweep and not p.imagenet:
+    if sweep and not plan.imagenet:
         out_steps.append(Step("responses", tuple(m.name for m in shown),
-                              lambda: measure.responses(p, out), metrics(shown)))
+                              lambda: measure.responses(plan, out), metrics(shown)))
     grown, continued = runs("grown"), runs("continued")
-    source = p.member(f"resnet{p.budget.grow[0]}-s{p.budget.seeds[0]}")
-    if not p.imagenet and source is not None and source.name in have:
-        out_steps.append(Step("grow", (source.name,), lambda: measure.grow_step(p, out),
+    source = plan.member(f"resnet{plan.budget.grow[0]}-s{plan.budget.seeds[0]}")
+    if not plan.imagenet and source is not None and source.name in have:
+        out_steps.append(Step("grow", (source.name,), lambda: measure.grow_step(plan, out),
                               metrics([source])))
         if grown and continued:
-            deep = p.member(f"resnet{p.budget.grow[1]}-s{p.budget.seeds[0]}")
+            deep = plan.member(f"resnet{plan.budget.grow[1]}-s{plan.budget.seeds[0]}")
             used = [source, *grown, *continued] + ([deep] if deep and deep.name in have else [])
             out_steps.append(Step("identity", ("grow", *(m.name for m in used)),
-                                  lambda: measure.identity(p, out), metrics(used)))
+                                  lambda: measure.identity(plan, out), metrics(used)))
     shortcut = runs("shortcut")
     if shortcut:
         a = [m for m in sweep if m.recipe.model == shortcut[0].recipe.model]
         out_steps.append(Step("shortcuts", tuple(m.name for m in shortcut + a),
-                              lambda: measure.shortcuts(p, out), metrics(shortcut + a)))
+                              lambda: measure.shortcuts(plan, out), metrics(shortcut + a)))
     if runs("warmup"):
         out_steps.append(Step("warmup", tuple(m.name for m in runs("warmup")),
-                              lambda: measure.warmup(p, out), metrics(runs("warmup"))))
+                              lambda: measure.warmup(plan, out), metrics(runs("warmup"))))
     if members:
         out_steps.append(Step("convergence", tuple(m.name for m in members),
-                              lambda: measure.convergence(p, out), metrics(members)))
+                              lambda: measure.convergence(plan, out), metrics(members)))
     return out_steps
 
 
-def select(p: Plan, only: list[str] | None) -> list[TrainMember]:
+def select(plan: Plan, only: list[str] | None) -> list[TrainMember]:
     """The plan's training members, or those matching one of the `only` patterns (globs)."""
     if not only:
-        return list(p.members)
-    chosen = [m for m in p.members if any(fnmatch.fnmatch(m.name, pat) for pat in only)]
+        return list(plan.members)
+    chosen = [m for m in plan.members if any(fnmatch.fnmatch(m.name, pat) for pat in only)]
     if not chosen:
         raise UserError(f"--only {' '.join(only)} matches no member of the plan (members: "
-                        f"{', '.join(m.name for m in p.members)})")
+                        f"{', '.join(m.name for m in plan.members)})")
     return chosen
 
 
@@ -198,29 +198,29 @@ def threads_per_member(jobs: int) -> int:
     return cpus // jobs
 
 
-def run_members(p: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = None,
+def run_members(plan: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = None,
                 say: Callable[[str], None] = lambda _m: None) -> None:
     """Trains and analyses every member not finished yet; see the module docstring."""
     threads = threads_per_member(jobs) if jobs > 1 else 0
-    members = [weights_for(m, out, p) for m in select(p, only)]
+    members = [weights_for(m, out, plan) for m in select(plan, only)]
     for m in members:  # refuse before training anything, not halfway through
         check_reusable(m.recipe, m.run_dir(out), MOVES_WITH_DIR)
-    p = dataclasses.replace(p, members=tuple(members))  # the analyses read these runs only
-    all_steps = steps(p, out, members)
+    plan = dataclasses.replace(plan, members=tuple(members))  # the analyses read these runs only
+    all_steps = steps(plan, out, members)
     known = {m.name for m in members} | {s.name for s in all_steps}
     for m in members:
         missing = [n for n in m.needs if n not in known]
         if missing:
             raise UserError(f"{m.name} needs {', '.join(missing)}, which --only leaves out")
-    if p.schedule_note:  # said once the plan is accepted (bad input is one error line)
-        say(p.schedule_note)
+    if plan.schedule_note:  # said once the plan is accepted (bad input is one error line)
+        say(plan.schedule_note)
     progress = Progress(len(members) + len(all_steps), say)
     progress.work_total = sum(m.cost for m in members)
     done: set[str] = set()
     pending = sorted(members, key=lambda m: -m.cost)   # longest first: they set the end
     waiting = list(all_steps)
     running: dict[Future, TrainMember] = {}
-    members = Members()   # the member processes, each in its own session (stopped by us)
+    processes = Members()   # the member processes, each in its own session (stopped by us)
 
     def run_ready_steps() -> None:
         for step in [s for s in waiting if set(s.needs) <= done]:
@@ -243,7 +243,7 @@ def run_members(p: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = N
                     finished = _trained(m, out)
                     if not finished:
                         train_or_reuse(m.recipe, m.run_dir(out), quiet=True, say=say,
-                                       report=False, ignore=MOVES_WITH_DIR)
+                                       ignore=MOVES_WITH_DIR)
                     done.add(m.name)
                     progress.finished(m.name, "skipped" if finished else "trained", m.cost)
                     continue
@@ -257,7 +257,7 @@ def run_members(p: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = N
                     # one GPU), with its share of the CPUs
                     r = m.recipe.replace(threads=threads)
                     running[pool.submit(train_in_subprocess, r, m.run_dir(out), Path(tmp),
-                                        say, members, m.name, MOVES_WITH_DIR)] = m
+                                        say, processes, m.name, MOVES_WITH_DIR)] = m
                 if jobs > 1:  # with the pool full: the analyses run while members train
                     ran = len(waiting)
                     run_ready_steps()
@@ -279,7 +279,7 @@ def run_members(p: Plan, out: Path, *, jobs: int = 1, only: list[str] | None = N
                     done.add(m.name)
                     progress.finished(m.name, "trained", m.cost)
         except BaseException as e:  # Ctrl-C, SIGTERM or a failed member: stop the others
-            members.stop(signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
+            processes.stop(signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
             for fut in running:  # each saved its state and exited
                 fut.exception()
             raise

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...engine.recipe import save_recipe
+from ...engine.sweep import member_start
 from ...errors import UserError
 from ...io import atomic_write_text
 from ...limits import check_int
-from ..degradation import member_start
 from .budgets import Plan, TrainMember, weights_for
 from .runner import MOVES_WITH_DIR, step_done, steps
 
@@ -70,12 +70,12 @@ def plan_dir(out: Path) -> Path:
     return out / "plan"
 
 
-def gpus_per_run(p: Plan, gpus: int | None) -> int:
+def gpus_per_run(plan: Plan, gpus: int | None) -> int:
     """--gpus, checked against the batch (torchrun splits the global batch evenly), or the
     default: 8 for ImageNet (the paper's), 1 for the CIFAR family."""
-    g = (IMAGENET_GPUS if p.imagenet else 1) if gpus is None else \
+    g = (IMAGENET_GPUS if plan.imagenet else 1) if gpus is None else \
         check_int("--gpus", gpus, 1, MAX_GPUS)
-    batch = p.base.batch_size
+    batch = plan.base.batch_size
     if batch % g:
         raise UserError(f"--gpus {g} does not divide the batch of {batch} images (torchrun "
                         "splits the batch evenly over the GPUs)")
@@ -88,7 +88,7 @@ def _as_given(path: str, out: Path) -> str:
 
 
 def _train_argv(m: TrainMember, out: Path, gpus: int) -> tuple[str, ...] | None:
-    """The member's command as the runner would start it (degradation.train_in_subprocess):
+    """The member's command as the runner would start it (engine.sweep.train_in_subprocess):
     a new run from its recipe file, an interrupted one resumed, one dead before its first
     state started afresh; None when it is finished in DIR."""
     run = m.run_dir(out)
@@ -104,15 +104,15 @@ def _train_argv(m: TrainMember, out: Path, gpus: int) -> tuple[str, ...] | None:
     return (*launch, "train", *args, "--out", str(run))
 
 
-def schedule(p: Plan, out: Path, paper_argv: Sequence[str], collect: Sequence[str],
+def schedule(plan: Plan, out: Path, paper_argv: Sequence[str], collect: Sequence[str],
              gpus: int | None = None) -> Schedule:
     """The plan's commands (see the module docstring). paper_argv: `reslab paper` with the
     options that fix the plan (budget, DIR, data, iterations), for the analysis steps;
     collect: the call that makes the page afterwards. Refuses, like the runner, a DIR holding
     runs of other recipes."""
-    g = gpus_per_run(p, gpus)
-    members = {m.name: weights_for(m, out, p) for m in p.members}
-    analyses = {s.name: s for s in steps(p, out, list(members.values()))}
+    g = gpus_per_run(plan, gpus)
+    members = {m.name: weights_for(m, out, plan) for m in plan.members}
+    analyses = {s.name: s for s in steps(plan, out, list(members.values()))}
     stage: dict[str, int] = {}
 
     def stage_of(name: str) -> int:
@@ -146,33 +146,33 @@ def schedule(p: Plan, out: Path, paper_argv: Sequence[str], collect: Sequence[st
     return Schedule(tuple(commands), tuple(finished), tuple(collect), g)
 
 
-def write_plan(p: Plan, out: Path, file: Path, paper_argv: Sequence[str],
+def write_plan(plan: Plan, out: Path, file: Path, paper_argv: Sequence[str],
                collect: Sequence[str], gpus: int | None = None) -> Schedule:
     """Writes every member's recipe under DIR/plan/ and the shell script to `file` (see
     `schedule`); trains nothing."""
-    s = schedule(p, out, paper_argv, collect, gpus)
-    for m in p.members:
+    s = schedule(plan, out, paper_argv, collect, gpus)
+    for m in plan.members:
         if m.name in s.finished:
             continue
-        weighted = weights_for(m, out, p)
+        weighted = weights_for(m, out, plan)
         r = weighted.recipe
         if r.weights:
             r = r.replace(weights=_as_given(r.weights, out))
         save_recipe(plan_dir(out) / f"{m.name}.toml", r)
-    atomic_write_text(file, script(p, out, s))
+    atomic_write_text(file, script(plan, out, s))
     file.chmod(0o755)
     return s
 
 
-def script(p: Plan, out: Path, s: Schedule) -> str:
+def script(plan: Plan, out: Path, s: Schedule) -> str:
     """The plan as a POSIX shell script: one command a line, a comment before each stage."""
     collect = shlex.join(s.collect)
     where = ("" if out.is_absolute() else
              "# Run every command from the directory `reslab paper --plan` ran in: the paths "
              "are relative to it.\n")
     lines = ["#!/bin/sh",
-             f"# Written by `{collect} --plan FILE`: {len(p.members)} training runs of budget "
-             f"{p.budget.name} on {p.data}, in {len(s.stages)} stages",
+             f"# Written by `{collect} --plan FILE`: {len(plan.members)} training runs of budget "
+             f"{plan.budget.name} on {plan.data}, in {len(s.stages)} stages",
              f"# ({s.gpus} GPU{'s' if s.gpus > 1 else ''} per run).",
              where.rstrip("\n"),
              "# A stage's commands are independent (a job array); start a stage when every "
@@ -183,11 +183,11 @@ def script(p: Plan, out: Path, s: Schedule) -> str:
              f"#   {collect}",
              "set -e"]
     for name in s.finished:
-        run = p.member(name)
+        run = plan.member(name)
         assert run is not None
         lines.append(f"# {name}: finished in {run.run_dir(out)}, left out")
     for i, cmds in enumerate(s.stages, 1):
-        what = ", ".join(dict.fromkeys(_role(p, c.name) for c in cmds))
+        what = ", ".join(dict.fromkeys(_role(plan, c.name) for c in cmds))
         lines.append(f"# stage {i}: {len(cmds)} command{'s' if len(cmds) > 1 else ''} "
                      f"({what})")
         lines += [c.line for c in cmds]
@@ -195,6 +195,6 @@ def script(p: Plan, out: Path, s: Schedule) -> str:
     return "\n".join(line for line in lines if line) + "\n"
 
 
-def _role(p: Plan, name: str) -> str:
-    m = p.member(name)
+def _role(plan: Plan, name: str) -> str:
+    m = plan.member(name)
     return m.role if m is not None else f"the {name} step"
