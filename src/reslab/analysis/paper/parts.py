@@ -120,13 +120,13 @@ class PageParts:
             f" ({r.image_size} px로 resize, crop padding {r.pad} px; 논문: 32 px, pad 4)")
         return t(f"{p.data} instead of CIFAR-10{' (ImageNet plan)' if p.imagenet else ''}; "
                  f"every run {length} iterations at batch {r.batch_size} (the paper: 64k), lr "
-                 f"{r.lr:g} divided by 10 at {ms} ({self._milestones_en()}); "
+                 f"{r.lr:g} divided by 10 at {ms} ({self._milestones()}); "
                  f"trained on {images}{size} and evaluated on the test split (the paper "
                  f"chose its schedule on a 45k/5k split); {self.precision()}, "
                  "channels-last memory (the same arithmetic).",
                  f"CIFAR-10 대신 {p.data}; 모든 run은 batch {r.batch_size}로 {length} "
                  f"iteration (논문: 64k), lr {r.lr:g}을 {ms}에서 10으로 나눔 "
-                 f"({self._milestones_ko()}); {images}{size}로 학습하고 test split으로 평가 (논문은 "
+                 f"({self._milestones()}); {images}{size}로 학습하고 test split으로 평가 (논문은 "
                  f"45k/5k split에서 schedule을 정함); {self.precision()}, "
                  "channels-last 메모리 (계산은 같음).") + self._sizing()
 
@@ -140,24 +140,19 @@ class PageParts:
         proportional = round(ms[-1] * 4 / 3)
         return proportional, r.iters - ms[-1], proportional - ms[-1]
 
-    def _milestones_en(self) -> str:
-        last = self._last_phase()
+    def _milestones(self) -> str:
+        """Where the lr drops sit against the paper's schedule, in the page's language."""
+        t, last = self.t, self._last_phase()
         if last is None:
-            return "the paper's 32k and 48k in proportion"
+            return t("the paper's 32k and 48k in proportion", "논문의 32k, 48k를 비례 축소")
         run, phase, share = last
-        return (f"the paper's 32k and 48k of 64k in proportion to a {run:,}-iteration run; the "
-                f"last phase is then {phase:,} iterations, {phase / share:.1f}x the paper's "
-                "share, so that the convergence gate's span holds enough images to resolve "
-                "about a point")
-
-    def _milestones_ko(self) -> str:
-        last = self._last_phase()
-        if last is None:
-            return "논문의 32k, 48k를 비례 축소"
-        run, phase, share = last
-        return (f"논문의 64k 중 32k, 48k를 {run:,} iteration run에 비례 축소; 마지막 구간은 "
-                f"{phase:,} iteration으로 논문 비율의 {phase / share:.1f}배라서 수렴 관문의 "
-                "구간이 약 1 point를 가릴 만큼 image를 담는다")
+        return t(f"the paper's 32k and 48k of 64k in proportion to a {run:,}-iteration run; "
+                 f"the last phase is then {phase:,} iterations, {phase / share:.1f}x the "
+                 "paper's share, so that the convergence gate's span holds enough images to "
+                 "resolve about a point",
+                 f"논문의 64k 중 32k, 48k를 {run:,} iteration run에 비례 축소; 마지막 구간은 "
+                 f"{phase:,} iteration으로 논문 비율의 {phase / share:.1f}배라서 수렴 관문의 "
+                 "구간이 약 1 point를 가릴 만큼 image를 담는다")
 
     def _sizing(self) -> str:
         """How the budget was sized, where it says (laptop: from cost and convergence alone)."""
