@@ -181,3 +181,45 @@ def test_registry_families() -> None:
     assert len(REGISTRY) == 26  # 5 ImageNet and 8 CIFAR depths, each residual and plain
     assert set(list_models("imagenet")) | set(list_models("cifar")) == set(list_models())
     assert all(get_arch(n).family == "cifar" for n in list_models("cifar"))
+
+
+def wide_params(width: int, blocks: int, in_chans: int = 3, classes: int = 10) -> int:
+    """By hand: stem conv + BN, per block two 3x3 convs + 2 BNs (option A shortcuts free), fc."""
+    w = [16 * width, 32 * width, 64 * width]
+    total = in_chans * w[0] * 9 + 2 * w[0]
+    cin = w[0]
+    for c in w:
+        for _ in range(blocks):
+            total += cin * c * 9 + 2 * c + c * c * 9 + 2 * c
+            cin = c
+    return total + w[2] * classes + classes
+
+
+@pytest.mark.parametrize("name,width,blocks", [("resnet8-w2", 2, 1), ("resnet8-w4", 4, 1),
+                                               ("resnet14-w3", 3, 2), ("plain20-w2", 2, 3)])
+def test_widened_cifar_nets(name: str, width: int, blocks: int) -> None:
+    arch = get_arch(name)
+    assert (arch.name, arch.width, arch.layers) == (name, width, (blocks,) * 3)
+    assert arch.widths == (16 * width, 32 * width, 64 * width)
+    assert n_params(meta_model(name, in_chans=1)) == wide_params(width, blocks, in_chans=1)
+    assert name not in REGISTRY and name not in list_models()  # the listing stays the paper's
+
+
+def test_widened_net_trains_and_grows_exactly() -> None:
+    from reslab.models.surgery import grow, infer_arch
+    model = create_model("resnet8-w2", num_classes=4, in_chans=1)
+    x = torch.randn(2, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    model(x).sum().backward()
+    assert infer_arch(model).name == "resnet8-w2"
+    deeper = grow(model.eval(), "resnet14-w2")
+    assert torch.equal(deeper(x), model(x))
+    with pytest.raises(UserError, match=r"cannot grow resnet8-w2 into resnet14: different "
+                                        r"widths \(\(32, 64, 128\) vs \(16, 32, 64\)"):
+        grow(model, "resnet14")
+
+
+@pytest.mark.parametrize("name", ["resnet8-w1", "resnet8-w17", "resnet8-w02", "resnet18-w2",
+                                  "resnet9-w2", "resnet8-w", "resnet8w2"])
+def test_bad_width_suffixes(name: str) -> None:
+    with pytest.raises(UserError, match=f"unknown model '{name}'"):
+        get_arch(name)

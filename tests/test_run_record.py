@@ -275,6 +275,17 @@ def test_the_record_round_trips_and_is_format_2(runs: dict, tmp_path: Path) -> N
         assert f.metadata()["format"] == FORMAT
 
 
+def test_a_widened_net_round_trips_through_its_record(runs: dict, tmp_path: Path) -> None:
+    """The record names a widened net ("resnet8-w2") and every reader rebuilds it."""
+    _, record = load_checkpoint(runs["pixel"])
+    model = create_model("resnet8-w2", num_classes=record.num_classes, in_chans=record.in_chans)
+    save_weights(tmp_path / "wide.safetensors", model, record.replace(architecture="resnet8-w2"))
+    again, _ = load_checkpoint(tmp_path / "wide.safetensors")
+    assert again.conv1.out_channels == 32 and again.fc.in_features == 128
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                 model.state_dict().values()))
+
+
 def test_the_records_metadata_text_round_trips_exactly(runs: dict, tmp_path: Path) -> None:
     """A record read and written again is the same text, byte for byte: a trained run's (its
     training data read as TrainingData) and one with every data field set."""

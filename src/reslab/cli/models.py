@@ -27,7 +27,7 @@ def describe(name: str) -> dict:
     prof = profile(model, arch.default_input)
     return {"name": name, "family": arch.family, "depth": arch.depth,
             "block": "bottleneck" if arch.block.expansion == 4 else "basic",
-            "residual": arch.residual, "layers": list(arch.layers),
+            "residual": arch.residual, "layers": list(arch.layers), "widths": list(arch.widths),
             "shortcut": arch.default_shortcut if arch.residual else None,
             "input_shape": list(arch.default_input), "params": prof.params, "macs": prof.macs}
 

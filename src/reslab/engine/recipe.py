@@ -167,10 +167,9 @@ class Recipe:
             value = getattr(self, name)
             if value not in choices:
                 raise UserError(f"invalid {name} '{value}' (choices: {', '.join(choices)})")
-        from ..models import REGISTRY  # here, not at the top: the CLI's --help stays torch-free
+        from ..models import get_arch  # here, not at the top: the CLI's --help stays torch-free
 
-        if self.model not in REGISTRY:
-            raise unknown("model", self.model, REGISTRY)
+        get_arch(self.model)  # a UserError naming the closest models
         if not self.data:
             raise UserError("invalid data '': name a dataset (e.g. digits, fashion-mnist)")
         for name, (lo, hi) in INT_BOUNDS.items():

@@ -1,10 +1,13 @@
 """Name -> architecture. The ImageNet family of Table 1 and the CIFAR family of section 4.2,
-each in a residual ("resnetN") and a plain ("plainN") variant."""
+each in a residual ("resnetN") and a plain ("plainN") variant, and the CIFAR nets widened k
+times ("resnetN-wK": every stage's filters x K, as the wide residual networks of Zagoruyko and
+Komodakis, arXiv 1605.07146, widen the paper's 16/32/64)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
-from ..errors import unknown
+from ..errors import UserError, unknown
 from .blocks import BasicBlock, Bottleneck
 from .resnet import ResNet
 
@@ -17,6 +20,13 @@ class Arch:
     block: type
     layers: tuple[int, ...]
     residual: bool
+    width: int = 1            # the stages' filters as a multiple of the paper's
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Filters per stage before a bottleneck's expansion."""
+        base = (64, 128, 256, 512) if self.family == "imagenet" else (16, 32, 64)
+        return tuple(self.width * w for w in base)
 
     @property
     def default_input(self) -> tuple[int, int, int, int]:
@@ -50,6 +60,9 @@ def _build_registry() -> dict[str, Arch]:
 
 
 REGISTRY: dict[str, Arch] = _build_registry()
+# "resnet14-w4": a CIFAR net of the registry, every stage k times as wide (k = 2..16)
+WIDE = re.compile(r"(?P<base>(?:resnet|plain)\d+)-w(?P<k>\d+)")
+MAX_WIDTH = 16
 
 
 def list_models(family: str | None = None) -> list[str]:
@@ -60,10 +73,27 @@ def list_models(family: str | None = None) -> list[str]:
 
 
 def get_arch(name: str) -> Arch:
-    try:
+    """The registry's architecture, or a CIFAR net of it widened by a "-wK" suffix."""
+    if name in REGISTRY:
         return REGISTRY[name]
-    except KeyError:
+    wide = WIDE.fullmatch(name) if isinstance(name, str) else None
+    if wide is None:
         raise unknown("model", name, REGISTRY) from None
+    base, k = REGISTRY.get(wide["base"]), int(wide["k"])
+    if base is None or base.family != "cifar" or not 2 <= k <= MAX_WIDTH or wide["k"] != str(k):
+        raise UserError(f"unknown model '{name}': a -wK suffix widens a CIFAR-family net "
+                        f"(resnet8 ... resnet1202, plain8 ...) by K = 2 to {MAX_WIDTH}, "
+                        "e.g. resnet14-w2")
+    return replace(base, name=name, width=k)
+
+
+def is_model(name: object) -> bool:
+    """Whether get_arch knows name (a registered or widened architecture)."""
+    try:
+        get_arch(name)  # type: ignore[arg-type]
+    except UserError:
+        return False
+    return True
 
 
 def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3,
@@ -75,8 +105,7 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3
     paper's choice for the family (A for CIFAR, B for ImageNet).
     """
     arch = get_arch(name)
-    widths = (64, 128, 256, 512) if arch.family == "imagenet" else (16, 32, 64)
-    return ResNet(arch.block, arch.layers, widths=widths, stem=arch.family,
+    return ResNet(arch.block, arch.layers, widths=arch.widths, stem=arch.family,
                   num_classes=(num_classes if num_classes is not None
                                else 1000 if arch.family == "imagenet" else 10),
                   in_chans=in_chans, shortcut=shortcut or arch.default_shortcut,

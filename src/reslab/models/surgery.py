@@ -41,10 +41,11 @@ def infer_arch(model: ResNet) -> Arch:
     block = type(model.blocks()[0])
     layers = tuple(len(stage) for _, stage in model.stages())
     residual = model.block_options["residual"]
+    width = model.conv1.out_channels // (64 if model.stem_kind == "imagenet" else 16)
     for arch in REGISTRY.values():
         if (arch.family, arch.block, arch.layers, arch.residual) == (
                 model.stem_kind, block, layers, residual):
-            return arch
+            return arch if width == 1 else get_arch(f"{arch.name}-w{width}")
     raise UserError(f"not a registered architecture: {model.stem_kind} stem, "
                     f"{BLOCK_NAMES.get(block, block.__name__)} blocks {layers}")
 
@@ -82,6 +83,9 @@ def check_growable(src: Arch, dst: Arch, options: dict, *, shortcut: str | None 
     if src.family != dst.family:
         raise UserError(f"{what}: different families ({src.family} vs {dst.family}) have "
                         "different stems and stage widths")
+    if src.width != dst.width:
+        raise UserError(f"{what}: different widths ({src.widths} vs {dst.widths} filters per "
+                        "stage), so the trained layers cannot be copied")
     if not src.residual:
         raise UserError(f"{what}: a plain net has no shortcuts, so an added block cannot be made "
                         "the identity by zeroing its residual branch (section 1's construction "

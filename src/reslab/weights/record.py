@@ -42,7 +42,7 @@ from ..io import save_safetensors
 from ..limits import (MAX_ABS_MEAN, MAX_BATCH_VALUES, MAX_CLASS_NAME, MAX_CLASSES,
                       MAX_IMAGE_SIDE, MAX_IN_CHANS, MAX_SEED, check_float, check_int, check_stats,
                       short_text)
-from ..models import REGISTRY, create_model
+from ..models import create_model, is_model
 from ..models.blocks import PAD_SIDES, SHORTCUTS, STRIDE_IN
 from .tensors import check_tensors
 
@@ -298,7 +298,7 @@ def _parse(obj: Any, mean_image: torch.Tensor | None, where: str) -> Record:
     if not isinstance(obj, dict):
         raise _fail(where, f"the record must be an object, got {_short(obj)}")
     arch = _require(obj, "architecture", where)
-    if not isinstance(arch, str) or arch not in REGISTRY:
+    if not isinstance(arch, str) or not is_model(arch):
         raise _fail(where, f"unknown architecture {_short(arch)}")
     kwargs = _kwargs(_require(obj, "kwargs", where), where)
     names = _require(obj, "class_names", where)
