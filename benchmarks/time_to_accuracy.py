@@ -234,6 +234,15 @@ def peer_main(args: argparse.Namespace) -> None:
     from reslab.engine.setup import resolve_amp, select_device
 
     amp = "bf16" if resolve_amp("auto", select_device("cpu")) is not None else "off"
+    title = (f"`reslab train --recipe {args.recipe}` and airbench94's port side by side, one "
+             f"thread each, {'bf16' if amp == 'bf16' else 'fp32'}")
+    setup = {"recipe": args.recipe, "train_args": args.train_args, "peer_args": args.peer_args,
+             "seeds": args.seeds, "tiny": args.tiny, "threads_each": 1, "precision": amp,
+             "commands": {k: " ".join(v[1:]) for k, v in peer_commands(
+                 args, 0, Path("TMP"), amp).items()},
+             "train_s": "reslab: the time_s of its last evaluation row (training seconds, "
+                        "its evaluations included); peer: training, whitening and the final "
+                        "TTA evaluation (its per-epoch curve evaluations excluded)"}
     runs: list[SideRun] = []
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
         for seed in args.seeds:
@@ -243,23 +252,16 @@ def peer_main(args: argparse.Namespace) -> None:
             outs = run_pair(cmds)
             runs += [reslab_side(Path(tmp) / f"reslab-s{seed}", seed),
                      peer_side(outs["peer"], seed)]
-    result = compare(runs)
-    title = (f"`reslab train --recipe {args.recipe}` and airbench94's port side by side, one "
-             f"thread each, {'bf16' if amp == 'bf16' else 'fp32'}")
+            # saved after every pair: a run cut short keeps the seeds it finished
+            result = compare(runs)
+            save_results("time_to_accuracy_peer", {**setup, "seeds_done": len(runs) // 2},
+                         result["rows"], out=args.out,
+                         **{k: v for k, v in result.items() if k != "rows"},
+                         runs=[r.__dict__ for r in runs])
     print_table(title, result["rows"], PEER_COLUMNS)
     print(f"time ratio (peer / reslab): {result['time_ratio_peer_over_reslab']:.2f}; top1 "
           f"reslab - peer: {result['top1_difference_reslab_minus_peer']:+.4f}; reslab "
           f"dominates: {result['reslab_dominates']}")
-    setup = {"recipe": args.recipe, "train_args": args.train_args, "peer_args": args.peer_args,
-             "seeds": args.seeds, "tiny": args.tiny, "threads_each": 1, "precision": amp,
-             "commands": {k: " ".join(v[1:]) for k, v in peer_commands(
-                 args, 0, Path("TMP"), amp).items()},
-             "train_s": "reslab: the time_s of its last evaluation row (training seconds, "
-                        "its evaluations included); peer: training, whitening and the final "
-                        "TTA evaluation (its per-epoch curve evaluations excluded)"}
-    save_results("time_to_accuracy_peer", setup, result["rows"], out=args.out,
-                 **{k: v for k, v in result.items() if k != "rows"},
-                 runs=[r.__dict__ for r in runs])
     plot = plot_curves(runs, args.out.with_suffix(".png"), title)
     print(f"wrote {plot.name}")
 
