@@ -3,11 +3,16 @@ default: Dirac init, whitened first conv, the BN-bias lr multiplier, lookahead E
 momentum, 1 px translation TTA, alternating flip."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
+from reslab.cli import main
 from reslab.data import load_data
 from reslab.data.augment import alternate_flips, epoch_generator, plan_epoch
 from reslab.engine import loop
@@ -15,9 +20,11 @@ from reslab.engine.loop import fit
 from reslab.engine.recipe import Recipe, coerce, load_recipe
 from reslab.engine.run import Run
 from reslab.engine.setup import EMA, base_lr, build_model, build_optimizer, set_lr
-from reslab.engine.tta import translate_tta, translations
+from reslab.deploy.predict import prepare_images
+from reslab.engine.tta import flip_tta, translate_tta, translations
 from reslab.errors import UserError
 from reslab.models.init import dirac_init_, whiten_conv_
+from reslab.weights.checkpoint import load_checkpoint
 
 TINY = {"model": "resnet8", "data": "synthetic:64x1x12x12:4", "batch_size": 16, "lr": 0.05,
         "schedule": "constant", "workers": 0, "device": "cpu", "deterministic": True,
@@ -210,18 +217,93 @@ def test_translate_tta_weights_the_views_as_airbench(flip):
     assert not torch.allclose(expected, view(x), atol=1e-3)
 
 
-def test_a_run_with_tta_translate_evaluates_through_it(monkeypatch):
-    seen = []
-    import reslab.engine.run as run_module
-    real = run_module.translate_tta
+# --- the translations through the record: train, eval, predict and serve score alike --------
 
-    def spy(model, flip=True):
-        seen.append(flip)
-        return real(model, flip)
-    monkeypatch.setattr(run_module, "translate_tta", spy)
-    run = Run(coerce(TINY | {"tta_translate": True, "tta_flip": True}), None, quiet=True)
-    result = run.evaluate("test")
-    assert seen == [True] and result["n"] > 0
+TRANSLATED = ["train", "--model", "resnet8", "--data", "synthetic:128x1x12x12:4", "--epochs", "1",
+              "--batch-size", "16", "--workers", "0", "--device", "cpu", "--deterministic",
+              "--tta-flip", "--tta-translate", "true", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def translated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run trained with --tta-translate (and the test-time flip): 32 test images."""
+    out = tmp_path_factory.mktemp("translated")
+    assert main([*TRANSLATED, "--out", str(out)]) == 0
+    return out
+
+
+def _eval(capsys: pytest.CaptureFixture, run: Path, *extra: str) -> dict:
+    assert main(["eval", str(run), "--json", "--device", "cpu", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_eval_scores_a_translated_run_as_its_training_did(translated, capsys):
+    """The record says tta_translate, so `eval RUN` reproduces the run's own test numbers;
+    --translate off is the flip alone, as computed here by hand."""
+    final = json.loads((translated / "summary.json").read_text())["test"]
+    model, record = load_checkpoint(translated)
+    pre = record.preprocess
+    assert (pre.tta_flip, pre.tta_translate) == (True, True)
+    auto = _eval(capsys, translated)
+    assert (auto["flip"], auto["translate"], auto["n"], final["n"]) == (True, True, 32, 32)
+    assert auto["top1"] == final["top1"]
+    assert auto["loss"] == pytest.approx(final["loss"], rel=1e-6)
+    off = _eval(capsys, translated, "--translate", "off")
+    assert (off["flip"], off["translate"]) == (True, False)
+    assert off["loss"] != pytest.approx(auto["loss"], rel=1e-4)  # the views do differ
+    data = load_data("synthetic:128x1x12x12:4", stats=pre.stats(), image_size=12,
+                     augment="none")
+    x, y = (torch.cat(t) for t in zip(*data.eval_batches("test", 256, "cpu")))
+    with torch.no_grad():
+        logits = flip_tta(model.eval())(x)
+    assert off["top1"] == (logits.argmax(1) == y).float().mean().item()
+    assert off["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    # the text names the views it scored
+    assert main(["eval", str(translated), "--device", "cpu"]) == 0
+    assert "(n=32, centre view + flip + 1 px translations): top1" in capsys.readouterr().out
+    assert main(["eval", str(translated), "--device", "cpu", "--flip", "off",
+                 "--translate", "off"]) == 0
+    assert "(n=32, centre view): top1" in capsys.readouterr().out
+
+
+def test_translate_on_with_other_views_is_one_clean_error(translated, capsys):
+    for extra in (["--crops", "10"], ["--scales", "12,16"]):
+        assert main(["eval", str(translated), "--device", "cpu", "--translate", "on",
+                     *extra]) == 2
+        err = capsys.readouterr().err
+        assert err == ("error: --translate on averages translations of the centre view: drop "
+                       "--crops 10/--scales, or --translate on\n")
+
+
+def test_predict_and_serve_score_a_translated_run_with_its_views(translated, tmp_path, capsys):
+    """predict's probabilities are the softmax of translate_tta's logits (flip_tta's with
+    --translate off); the server's logits function is the same."""
+    g = torch.Generator().manual_seed(0)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(torch.randint(0, 256, (12, 12), generator=g, dtype=torch.uint8).numpy(),
+                        "L").save(paths[-1])
+    model, record = load_checkpoint(translated)
+    x = prepare_images(record, paths)
+    with torch.no_grad():
+        views = translate_tta(model.eval(), flip=True)(x), flip_tta(model)(x)
+    expected, flip_only = (F.softmax(v, 1) for v in views)
+    assert not torch.allclose(expected, flip_only, atol=1e-3)
+    for extra, want in (([], expected), (["--translate", "off"], flip_only)):
+        assert main(["predict", str(translated), *map(str, paths), "--topk", "4", "--json",
+                     "--device", "cpu", *extra]) == 0
+        rows = json.loads(capsys.readouterr().out)["predictions"]
+        got = torch.tensor([[t["prob"] for t in sorted(r["top"], key=lambda t: t["index"])]
+                            for r in rows])
+        assert torch.allclose(got, want, atol=1e-5), extra
+    pytest.importorskip("fastapi")
+    from reslab.serve.server import load_service
+
+    for translate, want in ((None, views[0]), (False, views[1])):
+        service = load_service(translated, "torch", max_batch=4, translate=translate, threads=1)
+        with torch.no_grad():
+            assert torch.allclose(service.forward(x), want, atol=1e-4), translate
 
 
 # --- alternating flip ------------------------------------------------------------------------

@@ -43,10 +43,10 @@ def test_eval_writes_a_confusion_matrix_and_per_class_metrics(run_dir, tmp_path,
     assert png.stat().st_size > 1000
     cm, rows = result["confusion"], result["per_class"]
     # the JSON's layout is a contract: keys in this order (per-class and confusion: centre view)
-    assert list(result) == ["ckpt", "data", "split", "crops", "scales", "flip", "num_classes",
-                            "trained_augment", "top1", "top5", "loss", "n", "per_class",
-                            "confusion", "runtime", "runtime_note", "balanced", "macro_f1",
-                            "wrote"]
+    assert list(result) == ["ckpt", "data", "split", "crops", "scales", "flip", "translate",
+                            "num_classes", "trained_augment", "top1", "top5", "loss", "n",
+                            "per_class", "confusion", "runtime", "runtime_note", "balanced",
+                            "macro_f1", "wrote"]
     assert list(rows[0]) == ["class", "precision", "recall", "f1", "support"]
     assert sum(map(sum, cm)) == result["n"] == 128
     for i, row in enumerate(rows):  # the per-class numbers are the matrix's

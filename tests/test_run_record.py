@@ -122,6 +122,24 @@ def test_the_record_holds_the_preprocessing(runs: dict) -> None:
     assert channel.preprocess.mean_image is None and channel.preprocess.tta_flip is True
 
 
+def test_tta_translate_is_recorded_when_set_and_false_in_older_records() -> None:
+    """Records written before tta_translate (no key) read as without it, and so do the records
+    of runs without it, which stay as they were; with it, the record round-trips it."""
+    old = Record.from_json(json.loads(json.dumps(GOOD)))
+    assert old.preprocess.tta_translate is False and "tta_translate" not in old.to_json()[
+        "preprocess"]
+    assert old.preprocess.tta() == (False, False)
+    obj = json.loads(json.dumps(GOOD))
+    obj["preprocess"] |= {"tta_flip": True, "tta_translate": True}
+    new = Record.from_json(obj)
+    assert new.preprocess.tta_translate is True
+    assert new.to_json()["preprocess"]["tta_translate"] is True
+    assert Record.from_json(new.to_json()) == new
+    assert new.preprocess.tta() == (True, True)  # eval/predict/serve's auto: the record's views
+    assert new.preprocess.tta(translate=False) == (True, False)
+    assert new.preprocess.tta(flip=False, translate=None) == (False, True)
+
+
 # --- hostile metadata ---------------------------------------------------------------------
 
 def _forge(src: Path, dst: Path, change) -> Path:
@@ -166,6 +184,8 @@ BAD_RECORDS = {
     "unknown architecture": (["architecture"], "resnet21", "unknown architecture \"resnet21\""),
     "normalize": (["preprocess", "normalize"], "pixels", "normalize \"pixels\" is not one of"),
     "tta_flip": (["preprocess", "tta_flip"], "yes", "tta_flip must be true or false"),
+    "tta_translate": (["preprocess", "tta_translate"], 1,
+                      "tta_translate must be true or false, got 1"),
     "kwargs": (["kwargs", "widen"], 2, "kwargs has unknown options widen"),
 }
 
@@ -594,7 +614,8 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70)
 PATHS = [["architecture"], ["kwargs"], ["kwargs", "num_classes"], ["kwargs", "in_chans"],
          ["kwargs", "shortcut"], ["class_names"], ["preprocess"], ["preprocess", "input_size"],
          ["preprocess", "mean"], ["preprocess", "std"], ["preprocess", "normalize"],
-         ["preprocess", "crop_fraction"], ["preprocess", "tta_flip"], ["data"],
+         ["preprocess", "crop_fraction"], ["preprocess", "tta_flip"],
+         ["preprocess", "tta_translate"], ["data"],
          ["data", "val_split"], ["data", "seed"], ["extra"]]
 GOOD = {"architecture": "resnet20", "kwargs": {"num_classes": 3, "in_chans": 1},
         "class_names": ["a", "b", "c"],

@@ -71,10 +71,12 @@ def parse_input_shape(text: str) -> Shape:
 # --- the flags several subcommands share: one definition each ------------------------------
 # Each helper tags the action it adds (SHARED_TAG), so a test can tell a shared flag defined
 # here from a copy in a subcommand's module.
-SHARED_FLAGS = ("--json", "--out", "--device", "--batch-size", "--flip", "--data", "--threads")
+SHARED_FLAGS = ("--json", "--out", "--device", "--batch-size", "--flip", "--translate", "--data",
+                "--threads")
 SHARED_TAG = "reslab_shared"
-# --flip -> the tta_flip value: None lets the checkpoint's record decide (its evaluation's).
-FLIP = {"auto": None, "on": True, "off": False}
+# --flip and --translate -> the library's flip and translate values: None lets the
+# checkpoint's record decide (its evaluation's).
+AUTO_ON_OFF = {"auto": None, "on": True, "off": False}
 
 
 def _shared(action: argparse.Action) -> argparse.Action:
@@ -108,16 +110,25 @@ def add_batch_size_option(parser: argparse.ArgumentParser, default: int | None,
                                 help=f"images per forward pass ({said})"))
 
 
-def add_flip_option(parser: argparse.ArgumentParser) -> None:
-    """--flip auto|on|off; tta_flip(args) is its value for the library."""
-    _shared(parser.add_argument("--flip", choices=tuple(FLIP), default="auto",
-                                help="average with the mirrored image: auto (default) as the "
-                                     "run's evaluation did (its record says), on, off"))
+TTA_FLAGS = {"--flip": "average with the mirrored image",
+             "--translate": "average with the image moved 1 px up-left and down-right "
+                            "(airbench94's test-time translations; each with its mirror "
+                            "under --flip)"}
 
 
-def tta_flip(args: argparse.Namespace) -> bool | None:
-    """The --flip value as the library's flip argument (None: as the record says)."""
-    return FLIP[args.flip]
+def add_tta_options(parser: argparse.ArgumentParser) -> None:
+    """--flip and --translate, each auto|on|off: the test-time views (engine.tta.tta_model);
+    tta_choices(args) are their values for the library."""
+    for flag, what in TTA_FLAGS.items():
+        _shared(parser.add_argument(flag, choices=tuple(AUTO_ON_OFF), default="auto",
+                                    help=f"{what}: auto (default) as the run's evaluation did "
+                                         "(its record says), on, off"))
+
+
+def tta_choices(args: argparse.Namespace) -> dict[str, bool | None]:
+    """--flip and --translate as the library's flip= and translate= arguments (None: as the
+    record says)."""
+    return {"flip": AUTO_ON_OFF[args.flip], "translate": AUTO_ON_OFF[args.translate]}
 
 
 def add_data_option(parser: argparse.ArgumentParser, default_text: str | None = None) -> None:

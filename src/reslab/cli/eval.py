@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from .common import (add_batch_size_option, add_data_option, add_device_option,
-                     add_flip_option, add_json_option, add_runtime_option, tta_flip)
+                     add_json_option, add_runtime_option, add_tta_options, tta_choices)
 
 if TYPE_CHECKING:
     from ..engine.evaluate import Evaluation
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="1: centre; 10: four corners, centre and their flips (paper 3.4)")
     p.add_argument("--scales", help="comma-separated shorter sides, e.g. 224,256,384,480,640: "
                    "the paper's fully-convolutional multi-scale test, scores averaged")
-    add_flip_option(p)
+    add_tta_options(p)
     add_batch_size_option(p, 256)
     add_device_option(p)
     p.add_argument("--confusion", metavar="FILE.png",
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     worst = _top_losses_option(args.top_losses, bool(scales or args.crops == 10), ckpt)
     result = evaluate_checkpoint(ckpt, data=args.data, data_dir=args.data_dir,
                                  split=args.split, crops=args.crops, scales=scales,
-                                 flip=tta_flip(args),
+                                 **tta_choices(args),
                                  batch_size=args.batch_size, device=args.device,
                                  runtime=_runtime(args, scales),
                                  top_losses=worst[0] if worst else 0)
@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         view = ("multi-scale " + ",".join(map(str, scales)) if scales
                 else "10-crop with mirrored views" if args.crops == 10
-                else "centre view + flip" if result.flip else "centre view")
+                else "centre view" + " + flip" * result.flip
+                + " + 1 px translations" * result.translate)
         # With 5 classes or fewer every label is among the top 5: top-5 says nothing.
         top5 = f"top5 {result.top5:.4f}  " if result.num_classes > 5 else ""
         print(f"{Path(args.ckpt)} on {result.data} {result.split} (n={result.n}, "

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, warn
-from .common import (add_batch_size_option, add_device_option, add_flip_option, add_json_option,
-                     add_runtime_option, print_json, tta_flip)
+from .common import (add_batch_size_option, add_device_option, add_json_option,
+                     add_runtime_option, add_tta_options, print_json, tta_choices)
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "patterns (quoted; ** spans folders)")
     p.add_argument("--topk", type=int, default=5, metavar="K",
                    help="classes to show per image (default 5)")
-    add_flip_option(p)
+    add_tta_options(p)
     add_batch_size_option(p, 32)
     add_device_option(p)
     p.add_argument("--cam", metavar="DIR", help="write a Grad-CAM heat map per image for its "
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     model, record = ckpt.load(device)
     layer = cam_layer(model, args.cam_layer) if args.cam is not None else None
     fast = FirstBatch(model, runtime, compile=False)
-    forward = classifier(fast, record, flip=tta_flip(args))
+    forward = classifier(fast, record, **tta_choices(args))
     skipped: list[Unreadable] = []
     results = predict_images(forward, record, paths, topk=args.topk,
                              batch_size=args.batch_size, device=device, skipped=skipped)

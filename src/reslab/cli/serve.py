@@ -13,7 +13,7 @@ import sys
 
 from ..errors import UserError
 from ..serve.options import ServeOptions
-from .common import add_flip_option, add_runtime_option, add_threads_option, tta_flip
+from .common import add_runtime_option, add_threads_option, add_tta_options, tta_choices
 
 DEFAULTS = ServeOptions()
 
@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "run directory's name or the weights file's stem)")
     add_threads_option(p, "the model, torch and ONNX Runtime",
                        "the CPUs other programs leave free when the server starts")
-    add_flip_option(p)
+    add_tta_options(p)
     p.set_defaults(func=run)
 
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(threads)
     service = load_service(Checkpoint(args.ckpt), args.runtime, max_batch=opts.max_batch,
-                           flip=tta_flip(args), threads=threads)
+                           threads=threads, **tta_choices(args))
     name = opts.model_name or service.name
 
     def ready(url: str) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from ..data.images import ImageError, open_image, preprocess
-from ..engine.evaluate import flip_tta
+from ..engine.tta import tta_model
 from ..limits import fit_batch
 from ..weights.record import Record
 
@@ -77,11 +77,14 @@ def prepare_decoded(record: Record, images: Sequence[Image.Image]) -> torch.Tens
 
 
 def classifier(model: Callable[[torch.Tensor], torch.Tensor], record: Record, *,
-               flip: bool | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+               flip: bool | None = None, translate: bool | None = None
+               ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The logits function prediction uses: model (an nn.Module or a runtime's callable,
-    deploy.runtime), averaged with the mirrored image's when flip says so (None: as the run's
-    evaluation did, its record says)."""
-    return flip_tta(model) if (record.preprocess.tta_flip if flip is None else flip) else model
+    deploy.runtime) under the test-time augmentation `eval` scores with (engine.tta.tta_model):
+    averaged with the mirrored image's when flip says so, with the 1 px translations' when
+    translate does (each None: as the run's evaluation did, its record says)."""
+    tta = record.preprocess.tta(flip, translate)
+    return tta_model(model, flip=tta.flip, translate=tta.translate)
 
 
 def top_classes(logits: torch.Tensor, names: Sequence[str], topk: int
@@ -96,23 +99,24 @@ def top_classes(logits: torch.Tensor, names: Sequence[str], topk: int
 
 def predict_files(model: nn.Module, record: Record, paths: Sequence[str | PathLike], *,
                   topk: int = 5, batch_size: int = 32, device: str | torch.device = "cpu",
-                  flip: bool | None = None, runtime: str | None = None
-                  ) -> list[dict[str, Any]]:
+                  flip: bool | None = None, translate: bool | None = None,
+                  runtime: str | None = None) -> list[dict[str, Any]]:
     """One result per file, in order: {"file", "top": [{"class", "index", "prob"}, ...]}.
 
     The record gives the input channels and size, the evaluation crop, the normalisation (per
     channel or the per-pixel mean image) and the class names; every image, whatever its mode
     and size, is prepared exactly as the run's evaluation prepared its images. An unreadable
-    file raises UserError naming it (before any result is returned). flip: average the logits
-    with the mirrored image's (default: as the run's evaluation did, its record says).
+    file raises UserError naming it (before any result is returned). flip, translate: the
+    test-time views, as `classifier` takes them (default: as the run's evaluation did, its
+    record says).
     runtime: None, the model as given; else "torch", "onnxruntime" or "auto"
     (deploy.optimize.FirstBatch: built on the first batch)."""
     from .optimize import FirstBatch
 
     model = model.to(device).eval()
     fast = model if runtime is None else FirstBatch(model, runtime, compile=False)
-    return predict_images(classifier(fast, record, flip=flip), record, paths, topk=topk,
-                          batch_size=batch_size, device=device)
+    return predict_images(classifier(fast, record, flip=flip, translate=translate), record,
+                          paths, topk=topk, batch_size=batch_size, device=device)
 
 
 @dataclass(frozen=True)

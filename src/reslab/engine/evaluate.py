@@ -182,6 +182,7 @@ class Evaluation:
     crops: int
     scales: tuple[int, ...] | None
     flip: bool
+    translate: bool  # airbench94's 1 px translations averaged in (engine.tta.tta_model)
     num_classes: int
     trained_augment: str | None
     top1: float
@@ -204,7 +205,7 @@ class Evaluation:
         out: dict[str, Any] = {
             "ckpt": self.ckpt, "data": self.data, "split": self.split, "crops": self.crops,
             "scales": list(self.scales) if self.scales is not None else None,
-            "flip": self.flip, "num_classes": self.num_classes,
+            "flip": self.flip, "translate": self.translate, "num_classes": self.num_classes,
             "trained_augment": self.trained_augment, "top1": self.top1, "top5": self.top5,
             "loss": self.loss, "n": self.n}
         if self.top_losses is not None:
@@ -218,11 +219,6 @@ class Evaluation:
         if self.balanced is not None:
             out["balanced"], out["macro_f1"] = self.balanced, self.macro_f1
         return out
-
-
-def flip_tta(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Logits averaged with those of the horizontally flipped image (test-time flip)."""
-    return lambda x: 0.5 * (model(x) + model(torch.flip(x, dims=[3])))
 
 
 @torch.no_grad()
@@ -265,7 +261,7 @@ def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
 def evaluate_checkpoint(ckpt: str | Path | Checkpoint, *, data: str | None = None,
                         data_dir: str | None = None, split: str = "test", crops: int = 1,
                         scales: list[int] | None = None, flip: bool | None = None,
-                        batch_size: int = 256, device: str = "auto",
+                        translate: bool | None = None, batch_size: int = 256, device: str = "auto",
                         runtime: Callable[[nn.Module], Any] | None = None,
                         top_losses: int = 0) -> Evaluation:
     """Scores a checkpoint on a split: centre view, the paper's 10-crop, or multi-scale.
@@ -274,7 +270,9 @@ def evaluate_checkpoint(ckpt: str | Path | Checkpoint, *, data: str | None = Non
     prepared as in its training (size, crop, mean/std or per-pixel mean), the dataset defaults
     to the one it was trained on, with its val hold-out and seed so `--split val` is the same
     split as in training.
-    flip: average with the horizontal flip (default: as the run's reported numbers did).
+    flip: average with the horizontal flip; translate: with airbench94's 1 px translations
+    too (engine.tta.tta_model); both of the centre view, each by default as the run's reported
+    numbers did (its record says).
     runtime: None, the model as loaded; else what wraps it for another runtime, e.g.
     reslab.deploy.optimize.first_batch_runtime("auto", device) (built on the first batch, as
     `reslab predict` builds it, so the two agree; its result has `runtime_name` and
@@ -286,7 +284,7 @@ def evaluate_checkpoint(ckpt: str | Path | Checkpoint, *, data: str | None = Non
     from ..data import load_data
     from ..errors import warn
     from .setup import select_device
-    from .tta import multiscale_logits, tta_logits
+    from .tta import multiscale_logits, tta_logits, tta_model
 
     check_int("batch size", batch_size, 1, MAX_BATCH)
     if scales is not None:
@@ -294,6 +292,10 @@ def evaluate_checkpoint(ckpt: str | Path | Checkpoint, *, data: str | None = Non
             raise UserError(f"give 1 to {MAX_SCALES} scales, got {len(scales)}")
         for s in scales:
             check_image_side("scale", s)
+    centre = crops == 1 and not scales  # the one view the run's test-time augmentation takes
+    if translate and not centre:
+        raise UserError("--translate on averages translations of the centre view: drop "
+                        "--crops 10/--scales, or --translate on")
     dev = select_device(device)
     checkpoint = as_checkpoint(ckpt)
     ckpt = checkpoint.given  # what the messages and the result name
@@ -325,7 +327,7 @@ def evaluate_checkpoint(ckpt: str | Path | Checkpoint, *, data: str | None = Non
         warn(f"{mirrors} also scores mirrored views, but this run was trained without flips "
              f"(augment {augment}): mirrored images may score lower; --crops 1 --flip off "
              "scores the images as trained")
-    flip = pre.tta_flip if flip is None else flip
+    tta = pre.tta(flip, translate)
     size = d.input_size[1]
     batch_size = fit_batch(batch_size, d.input_size)
     forward = model if runtime is None else runtime(model)
@@ -342,7 +344,8 @@ def evaluate_checkpoint(ckpt: str | Path | Checkpoint, *, data: str | None = Non
         preds: list[tuple[torch.Tensor, torch.Tensor]] = []
         worst = TopLosses(top_losses) if top_losses else None
         scores = evaluate(model, d.eval_batches(split, batch_size, dev), device=dev,
-                          predict=flip_tta(forward) if flip else forward, predictions=preds,
+                          predict=tta_model(forward, flip=tta.flip, translate=tta.translate),
+                          predictions=preds,
                           top_losses=worst, confusion=confusion)
         if worst is not None:
             views["top_losses"] = tuple(replace(
@@ -359,7 +362,8 @@ def evaluate_checkpoint(ckpt: str | Path | Checkpoint, *, data: str | None = Non
         if lost:
             warn(lost)
     return Evaluation(str(ckpt), spec, split, crops, tuple(scales) if scales else None,
-                      bool(flip and not scales and crops == 1), len(d.class_names), augment,
+                      bool(tta.flip and centre), bool(tta.translate and centre),
+                      len(d.class_names), augment,
                       scores["top1"], scores["top5"], scores["loss"], scores["n"], **views)
 
 

@@ -15,14 +15,14 @@ from ..threads import ThreadGovernor
 from .assembly import assemble, fit_workers, image_size
 from .balance import class_balance
 from .distributed import init_distributed
-from .evaluate import ClassFigures, Confusion, Tally, evaluate, flip_tta
+from .evaluate import ClassFigures, Confusion, Tally, evaluate
 from .mixing import batch_mixer
 from .recipe import Recipe
 from .schedule import ScheduleState
 from .setup import (EMA, build_model, build_optimizer, resolve_amp, seed_everything,
                     select_device)
 from .state import RunProgress
-from .tta import translate_tta
+from .tta import tta_model
 
 
 class Run:
@@ -90,7 +90,8 @@ class Run:
         stats = d.stats
         pre = Preprocess(input_size=tuple(d.input_size), mean=tuple(stats.mean),
                          std=tuple(stats.std), normalize=r.normalize, mean_image=stats.mean_image,
-                         crop_fraction=d.crop_fraction, tta_flip=r.tta_flip, resize=d.resize)
+                         crop_fraction=d.crop_fraction, tta_flip=r.tta_flip, resize=d.resize,
+                         tta_translate=r.tta_translate)
         kwargs = {**r.model_kwargs(), **self.layout, "num_classes": len(d.class_names),
                   "in_chans": d.in_chans}
         return Record(r.model, kwargs, tuple(d.class_names), pre,
@@ -111,10 +112,8 @@ class Run:
         model = self.eval_model()
         batches = self.data.eval_batches(split, max(256, self.r.batch_size), self.device,
                                          rank=self.dist.rank, world_size=self.dist.world_size)
-        if self.r.tta_translate:
-            predict = translate_tta(model, flip=self.r.tta_flip)
-        else:
-            predict = flip_tta(model) if self.r.tta_flip else None
+        # the views the record names (record()), so eval, predict and serve score as this did
+        predict = tta_model(model, flip=self.r.tta_flip, translate=self.r.tta_translate)
         confusion = Confusion(len(self.data.class_names), self.device)
         scores = evaluate(model, batches, d=self.dist, device=self.device,
                           autocast_dtype=self.amp_dtype, predict=predict, confusion=confusion)

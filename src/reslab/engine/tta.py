@@ -1,8 +1,8 @@
-"""The paper's test-time evaluation modes (section 3.4): 10-crop and fully-convolutional
-multi-scale testing. Both average softmax scores over views.
-
-The functions return log of the averaged probabilities: usable wherever logits are (argmax,
-top-k and cross-entropy all give the averaged-score answers, since softmax(log p) = p).
+"""Test-time views. The paper's evaluation modes (section 3.4): 10-crop and
+fully-convolutional multi-scale testing, both averaging softmax scores over views, and return
+log of the averaged probabilities: usable wherever logits are (argmax, top-k and cross-entropy
+all give the averaged-score answers, since softmax(log p) = p). A run's own test-time
+augmentation (tta_model: the mirror image, airbench94's 1 px translations) averages logits.
 """
 from __future__ import annotations
 
@@ -86,13 +86,26 @@ def translations(x: torch.Tensor, shift: int = 1) -> tuple[torch.Tensor, torch.T
     return padded[..., :h, :w], padded[..., 2 * shift:, 2 * shift:]
 
 
+def flip_tta(model: Model) -> Model:
+    """Logits averaged with those of the horizontally flipped image (test-time flip)."""
+    return lambda x: 0.5 * (model(x) + model(x.flip(-1)))
+
+
+def tta_model(model: Model, *, flip: bool, translate: bool) -> Model:
+    """The logits function of a test-time augmentation, the one path of `train`'s evaluation,
+    `eval`, `predict` and `serve` (the record's TTA says which): the translations (each view
+    with its mirror under flip), the mirror alone, or the model as it is."""
+    if translate:
+        return translate_tta(model, flip=flip)
+    return flip_tta(model) if flip else model
+
+
 def translate_tta(model: Model, flip: bool = True) -> Model:
     """airbench94's multi-crop test-time augmentation (its tta_level 2; Jordan 2024, arXiv
     2404.00498): logits of the image weighted 1/2 and of each of its two 1 px translations
     1/4, each view averaged with its mirror image when `flip`. Logits are averaged, as
     airbench does (and flip_tta)."""
-    def views(x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (model(x) + model(x.flip(-1))) if flip else model(x)
+    views = flip_tta(model) if flip else model
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         down_right, up_left = translations(x)

@@ -3,10 +3,10 @@ upload page at /, and the Open Inference Protocol's /v2 routes (serve.v2).
 
 An upload goes the way `reslab predict` reads a file: decoded by reslab.data.images (the one
 decoding path, here from bytes), prepared by deploy.predict.prepare_decoded as the run's
-evaluation prepared its images, scored by the same logits function (deploy.predict.classifier,
-flip averaging as the record says) and ranked by deploy.predict.top_classes, so the answer is
-`reslab predict --json`'s for the same file. Between preparing and ranking, images wait in the
-dynamic batcher (serve.batching), the same one for /v1 and /v2.
+evaluation prepared its images, scored by the same logits function (deploy.predict.classifier:
+test-time flip and translations as the record says) and ranked by deploy.predict.top_classes,
+so the answer is `reslab predict --json`'s for the same file. Between preparing and ranking,
+images wait in the dynamic batcher (serve.batching), the same one for /v1 and /v2.
 
 Every error is JSON with the status that names its class (serve.http): /v1's
 {"error": {"code", "message"}}, /v2's {"error": "message"}. A bad request never stops the

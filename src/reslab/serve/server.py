@@ -36,11 +36,13 @@ class Service:
 
 
 def load_service(ckpt: str | Path | Checkpoint, runtime: str = "auto", *, max_batch: int = 16,
-                 flip: bool | None = None, threads: int | None = None) -> Service:
+                 flip: bool | None = None, translate: bool | None = None,
+                 threads: int | None = None) -> Service:
     """The checkpoint on `runtime` (deploy.runtime), built and, for "auto", timed on a batch
     of max_batch images: the shape the server runs under load. threads: ONNX Runtime's
     intra-op threads (default: the CPUs this process may use). ckpt: a run directory, a
-    weights file or the Checkpoint the caller resolved."""
+    weights file or the Checkpoint the caller resolved. flip, translate: the test-time views
+    (deploy.predict.classifier; None: as the record says)."""
     from ..deploy.optimize import optimize_for_inference
     from ..deploy.predict import classifier
     from ..deploy.runtime import describe, runtime_of
@@ -58,7 +60,7 @@ def load_service(ckpt: str | Path | Checkpoint, runtime: str = "auto", *, max_ba
     choice = getattr(fast, "choice", None)
     info = {"runtime": runtime_of(fast), "requested": runtime, "note": describe(fast),
             "seconds_per_batch": choice.seconds if choice is not None else None}
-    return Service(model, record, classifier(fast, record, flip=flip), info,
+    return Service(model, record, classifier(fast, record, flip=flip, translate=translate), info,
                    model_name_of(checkpoint.given))
 
 

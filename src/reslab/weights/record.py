@@ -11,7 +11,8 @@ object (format "reslab-2"):
     preprocess     normalize ("channel" | "pixel"), mean and std (per input channel, [0, 1]
                    pixel units), input_size [C, H, W], crop_fraction (evaluation geometry:
                    shorter side to H / crop_fraction, centre crop), tta_flip (whether the run's
-                   reported numbers averaged the horizontal flip)
+                   reported numbers averaged the horizontal flip), tta_translate (whether they
+                   averaged airbench94's 1 px translations, engine/tta.py; absent: false)
     data           what it was trained on (TrainingData): spec, data_dir, val_split, seed (so
                    `eval --split val` rebuilds the same held-out images); null for imported
                    weights
@@ -29,7 +30,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -64,6 +65,7 @@ class Preprocess:
     crop_fraction: float = 1.0
     tta_flip: bool = False
     resize: str = "crop"  # how an image becomes the input (data.images.eval_geometry)
+    tta_translate: bool = False  # airbench94's 1 px translations averaged in (engine/tta.py)
 
     @property
     def in_chans(self) -> int:
@@ -76,11 +78,27 @@ class Preprocess:
         return Normalizer(self.mean_image if self.mean_image is not None else self.mean,
                           self.std)
 
+    def tta(self, flip: bool | None = None, translate: bool | None = None) -> TTA:
+        """The test-time views to score with: each given choice, None as the run's evaluation
+        did (this record)."""
+        return TTA(self.tta_flip if flip is None else flip,
+                   self.tta_translate if translate is None else translate)
+
     def to_json(self) -> dict[str, Any]:
-        return {"normalize": self.normalize, "mean": list(self.mean), "std": list(self.std),
-                "input_size": list(self.input_size), "crop_fraction": self.crop_fraction,
-                "tta_flip": self.tta_flip} | ({"resize": self.resize}
-                                             if self.resize != "crop" else {})
+        # resize and tta_translate only when set: the records of runs without them stay as
+        # they were, and a reader takes their absence for the default
+        return ({"normalize": self.normalize, "mean": list(self.mean), "std": list(self.std),
+                 "input_size": list(self.input_size), "crop_fraction": self.crop_fraction,
+                 "tta_flip": self.tta_flip}
+                | ({"resize": self.resize} if self.resize != "crop" else {})
+                | ({"tta_translate": True} if self.tta_translate else {}))
+
+
+class TTA(NamedTuple):
+    """Which test-time views a score averages: the mirror image (flip) and airbench94's 1 px
+    translations (translate; each view with its mirror under flip): engine.tta.tta_model."""
+    flip: bool = False
+    translate: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,9 +287,7 @@ def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
         crop = check_float("crop_fraction", crop, 0.0, 1.0, lo_open=True)
     except UserError as e:
         raise _fail(where, str(e)) from None
-    flip = value.get("tta_flip", False)
-    if not isinstance(flip, bool):
-        raise _fail(where, f"tta_flip must be true or false, got {_short(flip)}")
+    flip, translate = (_flag(value, key, where) for key in ("tta_flip", "tta_translate"))
     resize = value.get("resize", "crop")  # absent: the crop every record before it used
     if resize not in RESIZES:
         raise _fail(where, f"resize {_short(resize)} is not one of {', '.join(RESIZES)}")
@@ -291,7 +307,16 @@ def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
         mean_image = mean_image.float()
     else:
         mean_image = None
-    return Preprocess(tuple(size), mean, std, normalize, mean_image, crop, flip, resize)
+    return Preprocess(tuple(size), mean, std, normalize, mean_image, crop, flip, resize,
+                      translate)
+
+
+def _flag(value: dict[str, Any], key: str, where: str) -> bool:
+    """preprocess[key], a boolean that is false when absent (records written before it)."""
+    flag = value.get(key, False)
+    if not isinstance(flag, bool):
+        raise _fail(where, f"{key} must be true or false, got {_short(flag)}")
+    return flag
 
 
 def _parse(obj: Any, mean_image: torch.Tensor | None, where: str) -> Record:
