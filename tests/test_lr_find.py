@@ -159,6 +159,9 @@ def test_the_4x_rule_and_a_non_finite_loss(monkeypatch):
     (["--start-lr", "small"], "invalid float value: 'small'"),
     (["--model", "resnet21"], "unknown model 'resnet21'"),
     (["--batch-size", "0"], "invalid batch_size 0"),
+    # evaluation-only fields are not lr-find's: refused, not silently ignored
+    (["--tta-flip"], "unrecognized arguments: --tta-flip"),
+    (["--tta-translate", "true"], "unrecognized arguments: --tta-translate true"),
 ])
 def test_bad_flags_are_one_error_line(flags, says, tmp_path, capsys):
     argv = ["lr-find", "--model", "resnet20", "--data", "synthetic:64x3x8x8:4",

@@ -25,7 +25,7 @@ from .common import (add_data_option, add_json_option, add_out_option, add_recip
 # required flag of its own: the lr it finds is for the data the user names.
 NOT_FLAGS = ("data", "epochs", "iters", "lr", "schedule", "milestones", "gamma",
              "warmup_iters", "warmup_lr", "warmup_until_error", "plateau_patience", "ema",
-             "tta_flip", "save_every", "eval_every", "tensorboard", "compile",
+             "tta_flip", "tta_translate", "save_every", "eval_every", "tensorboard", "compile",
              "progressive_from", "progressive_until",
              # training tricks the sweep does not apply (it runs its own plain steps; the data
              # is training's, auto_augment included: engine.lr_find)
