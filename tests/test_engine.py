@@ -178,13 +178,13 @@ def test_resume_without_state_is_a_clean_error(tmp_path):
 def test_torchrun_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "2", "-m", "reslab", *_train_args(out, 6)]
+           "2", "-m", "reslab", *_train_args(out, 6, **SMALL)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     finals = [row for row in rows if row.get("final")]
-    assert len(finals) == 1 and finals[0]["n"] == 128  # every test image once, one writer
+    assert len(finals) == 1 and finals[0]["n"] == 32  # every test image once, one writer
     assert (out / "model.safetensors").is_file()
 
 
