@@ -405,7 +405,12 @@ def test_a_sigterm_stops_the_members_of_a_parallel_sweep(tmp_path):
             assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
             pids = [int(text) for text in (_read(lock) for lock in locks) if text]
             time.sleep(0.05)
-        time.sleep(1.0)  # both members are training
+        # both members are training: each has logged its step 20 (a fixed wait is too short
+        # where a member is still importing and building its run)
+        metrics = [out / m / "metrics.jsonl" for m in ("plain8", "resnet8")]
+        while not all(_read(path) for path in metrics):
+            assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 143, err

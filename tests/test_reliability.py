@@ -47,10 +47,10 @@ from reslab.weights.reading import open_weights
 from reslab.models import create_model
 
 # A tiny, fully specified run (independent of the shipped recipes, which evolve): 16 steps per
-# epoch on the 512 synthetic images, a state every 4 steps.
+# epoch on 128 synthetic 16x16 images in batches of 8, a state every 4 steps.
 ITERS, SAVE_EVERY = 40, 4
-RECIPE = {"model": "resnet20", "data": "synthetic", "batch_size": 32, "iters": ITERS,
-          "lr": 0.05, "schedule": "cosine", "workers": 0, "device": "cpu",
+RECIPE = {"model": "resnet20", "data": "synthetic:128x3x16x16:10", "batch_size": 8,
+          "iters": ITERS, "lr": 0.05, "schedule": "cosine", "workers": 0, "device": "cpu",
           "deterministic": True, "save_every": SAVE_EVERY}
 FUZZ = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -13,16 +13,24 @@ import os
 import warnings
 from collections.abc import Sequence
 from os import PathLike
+from types import ModuleType
 from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError, warn
 from ..io import regular_file
 from .normalize import Normalizer
+
+
+def _tf() -> ModuleType:
+    """torchvision's v2 functional, imported on first use: importing torchvision takes 1.5 s
+    (its ops import torch._dynamo), which every command paid at start, images or not."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
 
 # 224 / 256: the paper's test crop of an image whose shorter side was resized to 256.
 FOLDER_CROP_FRACTION = 224 / 256
@@ -160,7 +168,7 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:
     """(C, H, W) uint8 tensor of an 'L' or 'RGB' image."""
-    return TF.pil_to_tensor(img)
+    return _tf().pil_to_tensor(img)
 
 
 def eval_geometry(img: Image.Image, size: tuple[int, int], crop_fraction: float,
@@ -170,24 +178,24 @@ def eval_geometry(img: Image.Image, size: tuple[int, int], crop_fraction: float,
     width); "squish": the whole image resized to (H, W), its aspect ratio not kept; "pad": the
     whole image fitted inside (H, W), aspect ratio kept, the rest black."""
     if resize == "squish":
-        return TF.resize(img, list(size), antialias=True)
+        return _tf().resize(img, list(size), antialias=True)
     if resize == "pad":
         (w, h), (height, width) = img.size, size
         scale = min(height / h, width / w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        img = TF.resize(img, [nh, nw], antialias=True)
+        img = _tf().resize(img, [nh, nw], antialias=True)
         left, top = (width - nw) // 2, (height - nh) // 2
-        return TF.pad(img, [left, top, width - nw - left, height - nh - top], fill=0)
+        return _tf().pad(img, [left, top, width - nw - left, height - nh - top], fill=0)
     shorter = max(min(size), round(min(size) / crop_fraction))
-    img = TF.resize(img, [shorter], antialias=True)
-    return TF.center_crop(img, list(size))
+    img = _tf().resize(img, [shorter], antialias=True)
+    return _tf().center_crop(img, list(size))
 
 
 def whole_image(img: Image.Image, shorter: int) -> Image.Image:
     """The whole image with its shorter side resized to `shorter`, aspect ratio kept, no crop:
     the paper's fully-convolutional multi-scale test (section 3.4; global average pooling takes
     any size). The longer side is int(shorter * long / short), as torchvision's resize."""
-    return TF.resize(img, [shorter], antialias=True)
+    return _tf().resize(img, [shorter], antialias=True)
 
 
 def scale_crop(img: Image.Image, size: int, seed: int) -> Image.Image:
@@ -199,11 +207,11 @@ def scale_crop(img: Image.Image, size: int, seed: int) -> Image.Image:
     g = torch.Generator().manual_seed(seed)
     lo, hi = (round(size * s) for s in SCALE_RANGE)
     shorter = int(torch.randint(lo, hi + 1, (1,), generator=g))
-    img = TF.resize(img, [shorter], antialias=True)
+    img = _tf().resize(img, [shorter], antialias=True)
     w, h = img.size
     top = int(torch.randint(0, h - size + 1, (1,), generator=g))
     left = int(torch.randint(0, w - size + 1, (1,), generator=g))
-    return TF.crop(img, top, left, size, size)
+    return _tf().crop(img, top, left, size, size)
 
 
 def default_crop_fraction(input_size: Sequence[int]) -> float:

@@ -91,6 +91,8 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
+        if self.fc.weight.is_meta:  # shapes only (counts, traces): no values to draw, and each
+            return                  # init op on "meta" is a slow Python decomposition
         # He init (the paper's ref. [13]) as torchvision: fan_out, gain for ReLU.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -40,6 +40,7 @@ def _params(name: str, **kw: Any) -> int:
     return sum(p.numel() for p in _meta(name, **kw).parameters())
 
 
+@functools.cache  # pure, and only written out as JSON: built once per process (as _params)
 def tables() -> dict[str, Any]:
     """Table 1 (per stage, stride on the first 1x1 as the paper and on the 3x3 as torchvision),
     Table 6's parameter counts, the per-3x3-layer cost by stage (Q3), resnet50's projection
