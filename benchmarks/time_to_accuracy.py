@@ -30,6 +30,7 @@ import shlex
 import statistics
 import subprocess
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,8 @@ def plot_curves(runs: list[SideRun], path: Path, title: str) -> Path:
         color = "C0" if r.runner == "reslab" else "C1"
         ax.plot([p["time_s"] for p in r.curve], [100 * p["top1"] for p in r.curve],
                 marker="o", ms=3, color=color, alpha=0.8, label=f"{r.runner} seed {r.seed}")
-    ax.set(xlabel="training seconds", ylabel="test top-1 (%)", title=title)
+    ax.set(xlabel="training seconds", ylabel="test top-1 (%)")
+    ax.set_title(textwrap.fill(title, 70), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
