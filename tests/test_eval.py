@@ -4,7 +4,7 @@ import json
 import pytest
 
 from reslab.cli import main
-from reslab.engine.evaluate import evaluate_checkpoint
+from reslab.engine.checkpoint_eval import evaluate_checkpoint
 from reslab.engine.loop import fit
 from reslab.engine.recipe import load_recipe
 

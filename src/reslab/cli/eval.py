@@ -12,7 +12,7 @@ from .common import (add_batch_size_option, add_data_option, add_device_option,
                      add_json_option, add_runtime_option, add_tta_options, tta_choices)
 
 if TYPE_CHECKING:
-    from ..engine.evaluate import Evaluation
+    from ..engine.checkpoint_eval import Evaluation
     from ..weights.checkpoint import Checkpoint
 
 
@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.evaluate import evaluate_checkpoint
+    from ..engine.checkpoint_eval import evaluate_checkpoint
     from ..io import check_writable
     from ..text import plural
     from ..weights.checkpoint import Checkpoint

@@ -20,7 +20,8 @@ from ..rundir_names import RunFiles
 from .layouts import model_from_state
 from .reading import (damaged_safetensors, looks_like_safetensors, looks_like_torch_file,
                       not_weights, read_weights_file, resolve_ckpt_path)
-from .record import Record, load_into
+from .record import Record
+from .tensors import load_into
 
 __all__ = ["Checkpoint", "load_checkpoint", "resolve_ckpt_path"]
 
@@ -49,7 +50,8 @@ def _load_file(file: Path, device: str | torch.device, architecture: str | None,
     if record is not None and record.architecture != (architecture or record.architecture):
         raise UserError(f"{file} holds a {record.architecture}, not a {architecture}")
     if record is not None:
-        model = load_into(record.build_model(), state, record, str(file))
+        model = load_into(record.build_model(), state, f"{record.architecture} {record.kwargs}",
+                          str(file))
         return model.to(device).eval(), record
     if architecture is None:
         raise _needs_architecture(file)

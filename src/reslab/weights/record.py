@@ -398,24 +398,3 @@ def parse_metadata(raw: dict[str, str], tensors: dict[str, torch.Tensor],
         raise InvalidRecord(f"{where} has format {_short(fmt)}, which this reslab does not know "
                             f"(it reads {FORMAT} and {OLD_FORMAT}); a newer reslab wrote it?")
     return _parse(obj, tensors.get(MEAN_IMAGE_KEY), where)
-
-
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], record: Record,
-              where: str) -> nn.Module:
-    """Loads state into model strictly: every tensor checked (check_tensors: NaN or infinite
-    weights would only give NaN scores, silently), of the model's kind (floating where the
-    model's is floating) and shape."""
-    check_tensors(state, where)
-    own = model.state_dict()
-    problems = ([f"missing {k}" for k in own if k not in state]
-                + [f"unexpected {k}" for k in state if k not in own]
-                + [f"{k} has shape {list(state[k].shape)}, the model {list(own[k].shape)}"
-                   for k in own if k in state and state[k].shape != own[k].shape]
-                + [f"{k} is {str(state[k].dtype).removeprefix('torch.')}, the model's "
-                   f"{str(own[k].dtype).removeprefix('torch.')}" for k in own if k in state
-                   and state[k].dtype.is_floating_point != own[k].dtype.is_floating_point])
-    if problems:
-        raise InvalidRecord(f"{where} does not match {record.architecture} {record.kwargs}: "
-                            + "; ".join(short_text(p) for p in problems[:3]))
-    model.load_state_dict(state, strict=True)
-    return model

@@ -1,8 +1,10 @@
 """The tensors of a weights file: the dtypes and values reslab accepts, checked for every file
-it reads or writes (a file's metadata is checked by reslab.weights.record)."""
+it reads or writes, and loaded into a model only when they match it (a file's metadata is
+checked by reslab.weights.record)."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..errors import InvalidRecord
 from ..limits import short_text
@@ -33,3 +35,24 @@ def check_tensors(state: dict[str, torch.Tensor], where: str) -> None:
                                 f"{short_text(key)}")
         if key.endswith("running_var") and bool((value < 0).any()):  # sqrt of it: NaN scores
             raise InvalidRecord(f"{where}: {short_text(key)} holds negative variances")
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], architecture: str,
+              where: str) -> nn.Module:
+    """Loads state into model strictly: every tensor checked (check_tensors: NaN or infinite
+    weights would only give NaN scores, silently), of the model's kind (floating where the
+    model's is floating) and shape."""
+    check_tensors(state, where)
+    own = model.state_dict()
+    problems = ([f"missing {k}" for k in own if k not in state]
+                + [f"unexpected {k}" for k in state if k not in own]
+                + [f"{k} has shape {list(state[k].shape)}, the model {list(own[k].shape)}"
+                   for k in own if k in state and state[k].shape != own[k].shape]
+                + [f"{k} is {str(state[k].dtype).removeprefix('torch.')}, the model's "
+                   f"{str(own[k].dtype).removeprefix('torch.')}" for k in own if k in state
+                   and state[k].dtype.is_floating_point != own[k].dtype.is_floating_point])
+    if problems:
+        raise InvalidRecord(f"{where} does not match {architecture}: "
+                            + "; ".join(short_text(p) for p in problems[:3]))
+    model.load_state_dict(state, strict=True)
+    return model
