@@ -30,7 +30,7 @@ import torch
 
 from ..errors import UserError
 from .blocks import BasicBlock, Bottleneck
-from .registry import REGISTRY, Arch, create_model, get_arch
+from .registry import BASE_WIDTHS, REGISTRY, Arch, create_model, get_arch
 from .resnet import ResNet
 
 BLOCK_NAMES = {BasicBlock: "basic", Bottleneck: "bottleneck"}
@@ -41,12 +41,13 @@ def infer_arch(model: ResNet) -> Arch:
     block = type(model.blocks()[0])
     layers = tuple(len(stage) for _, stage in model.stages())
     residual = model.block_options["residual"]
-    width = model.conv1.out_channels // (64 if model.stem_kind == "imagenet" else 16)
+    family = "pooled" if model.downsample == "pool" else model.stem_kind
+    width = model.conv1.out_channels // BASE_WIDTHS[family][0]
     for arch in REGISTRY.values():
         if (arch.family, arch.block, arch.layers, arch.residual) == (
-                model.stem_kind, block, layers, residual):
+                family, block, layers, residual):
             return arch if width == 1 else get_arch(f"{arch.name}-w{width}")
-    raise UserError(f"not a registered architecture: {model.stem_kind} stem, "
+    raise UserError(f"not a registered architecture: {family} family, "
                     f"{BLOCK_NAMES.get(block, block.__name__)} blocks {layers}")
 
 
