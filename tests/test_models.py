@@ -287,3 +287,16 @@ def test_pooled_net_grows_exactly_in_both_modes() -> None:
 def test_bad_width_suffixes(name: str) -> None:
     with pytest.raises(UserError, match=f"unknown model '{name}'"):
         get_arch(name)
+
+
+def test_images_too_small_for_a_pooled_net_are_one_clear_error(capsys, tmp_path) -> None:
+    """The default recipe's resnet9p pools three times: 4 px images were a RuntimeError from
+    max_pool2d deep in the first step; now one line and exit 2, before any training."""
+    from cli_helpers import clean_error
+    base = ["train", "--data", "synthetic:32x3x4x4:2", "--iters", "2", "--out", tmp_path / "r",
+            "--quiet"]
+    assert clean_error(capsys, base) == (
+        "error: resnet9p needs images of at least 8 px (one 2x2 max-pool per stage); these are "
+        "4 px: give --image-size 8 or more, or a CIFAR-family model such as --model resnet14")
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+    assert get_arch("resnet9p-w2").min_side == 8 and get_arch("resnet1202").min_side == 1

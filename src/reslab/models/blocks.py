@@ -175,8 +175,7 @@ class Transition(nn.Module):
     """The start of a stage of Page's ResNet-9 (D. Page, "How to train your ResNet", 2018, the
     DAWNBench CIFAR-10 net that airbench94 descends from): a 3x3 conv to the stage's width, a
     2x2 max-pool, BN, ReLU. Pooling before BN and ReLU (airbench94's order; Page pools last)
-    runs BN and ReLU on a quarter of the pixels: max-pool commutes with ReLU, and with BN up to
-    the batch statistics it is computed from."""
+    runs BN and ReLU on a quarter of the pixels."""
 
     def __init__(self, inplanes: int, planes: int) -> None:
         super().__init__()

@@ -34,7 +34,13 @@ class Arch:
         return (1, 3, 224, 224) if self.family == "imagenet" else (1, 3, 32, 32)
 
     @property
-    def downsample(self) -> str:
+    def min_side(self) -> int:
+        """The smallest input side its forward takes: a pooled net halves the map with a 2x2
+        max-pool per stage (a 1 px map has nothing to pool); strided convs pad, so any side."""
+        return 2 ** len(self.layers) if self.family == "pooled" else 1
+
+    @property
+    def downsampling(self) -> str:
         return "pool" if self.family == "pooled" else "stride"
 
     @property
@@ -112,6 +118,15 @@ def is_model(name: object) -> bool:
     return True
 
 
+def check_input_side(name: str, side: int) -> None:
+    """UserError when images of `side` px (the shorter side) are too small for model `name`."""
+    arch = get_arch(name)
+    if side < arch.min_side:
+        raise UserError(f"{name} needs images of at least {arch.min_side} px (one 2x2 max-pool "
+                        f"per stage); these are {side} px: give --image-size {arch.min_side} "
+                        f"or more, or a CIFAR-family model such as --model resnet14")
+
+
 def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3,
                  shortcut: str | None = None, stride_in: str = "3x3",
                  zero_init_residual: bool = False, pad_sides: str = "after") -> ResNet:
@@ -128,4 +143,4 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3
                   in_chans=in_chans, shortcut=shortcut or arch.default_shortcut,
                   stride_in=stride_in, residual=arch.residual,
                   zero_init_residual=zero_init_residual, pad_sides=pad_sides,
-                  downsample=arch.downsample)
+                  downsampling=arch.downsampling)

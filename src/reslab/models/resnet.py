@@ -12,7 +12,7 @@ from torch import nn
 
 from .blocks import PAD_SIDES, SHORTCUTS, STRIDE_IN, BasicBlock, Bottleneck, Transition, conv3x3
 
-DOWNSAMPLE = ("stride", "pool")
+DOWNSAMPLING = ("stride", "pool")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ResNet(nn.Module):
         layers: blocks per stage, e.g. (3, 4, 6, 3) for resnet50 or (3, 3, 3) for resnet20.
         widths: filters per stage before expansion, (64, 128, 256, 512) or (16, 32, 64).
         stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3 conv, 16 filters).
-        downsample: "stride" (the paper: each stage after the first starts with a stride-2
+        downsampling: "stride" (the paper: each stage after the first starts with a stride-2
             block) or "pool" (Page's ResNet-9, below: every stage starts with a `Transition`,
             a 3x3 conv to the stage's width and a 2x2 max-pool, and its blocks keep the
             size; widths then has one more entry than layers, the stem's first).
@@ -51,14 +51,14 @@ class ResNet(nn.Module):
                  widths: tuple[int, ...], stem: str, num_classes: int = 1000, in_chans: int = 3,
                  shortcut: str = "B", stride_in: str = "3x3", residual: bool = True,
                  zero_init_residual: bool = False, pad_sides: str = "after",
-                 downsample: str = "stride") -> None:
+                 downsampling: str = "stride") -> None:
         super().__init__()
-        if downsample not in DOWNSAMPLE:
-            raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLE)}, "
-                             f"got {downsample!r}")
-        if len(widths) != len(layers) + (downsample == "pool"):
+        if downsampling not in DOWNSAMPLING:
+            raise ValueError(f"downsampling must be one of {', '.join(DOWNSAMPLING)}, "
+                             f"got {downsampling!r}")
+        if len(widths) != len(layers) + (downsampling == "pool"):
             raise ValueError("widths needs one entry per stage (and the stem's first, with "
-                             "downsample='pool')")
+                             "downsampling='pool')")
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {shortcut!r}")
         if stride_in not in STRIDE_IN:
@@ -72,7 +72,7 @@ class ResNet(nn.Module):
         self.block_options = dict(shortcut=shortcut, stride_in=stride_in, residual=residual,
                                   pad_sides=pad_sides)
         self.stem_kind = stem
-        self.downsample = downsample
+        self.downsampling = downsampling
         self.num_classes = num_classes
         self.inplanes = widths[0]
         if stem == "imagenet":
@@ -87,18 +87,18 @@ class ResNet(nn.Module):
         self.stage_names = []
         # Page's stages each begin with a Transition (to the stage's width, half the size).
         self.transitions = nn.ModuleList()
-        for i, (planes, blocks) in enumerate(zip(widths[downsample == "pool":], layers)):
+        for i, (planes, blocks) in enumerate(zip(widths[downsampling == "pool":], layers)):
             # Section 3.3: "when the feature map size is halved, the number of filters is
             # doubled so as to preserve the time complexity per layer" (docs/notes.md, "Why channels
             # double when the resolution halves").
             stride = 1 if i == 0 else 2
-            if downsample == "pool":
+            if downsampling == "pool":
                 self.transitions.append(Transition(self.inplanes, planes))
                 self.inplanes, stride = planes, 1
             setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, stride))
             self.stage_names.append(f"layer{i + 1}")
         # Page's net ends on a global max-pool, the paper's on an average.
-        self.avgpool = (nn.AdaptiveMaxPool2d((1, 1)) if downsample == "pool"
+        self.avgpool = (nn.AdaptiveMaxPool2d((1, 1)) if downsampling == "pool"
                         else nn.AdaptiveAvgPool2d((1, 1)))
         self.num_features = widths[-1] * block.expansion
         self.fc = nn.Linear(self.num_features, num_classes)

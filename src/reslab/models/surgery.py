@@ -4,8 +4,9 @@ Section 1 of the paper: "There exists a solution by construction to the deeper m
 layers are identity mapping, and the other layers are copied from the learned shallower model."
 `grow` builds that solution. The stem, the head and every existing block are copied; the added
 blocks go after the existing blocks of each stage (the first block of a stage, which
-downsamples, is always a copied one), so every added block maps C channels to C channels at
-stride 1 and can be made the identity:
+downsamples, is always a copied one; a pooled net's stages downsample in their transitions,
+which are copied too), so every added block maps C channels to C channels at stride 1 and can
+be made the identity:
 
 - residual block: out = relu(x + F(x)). Zeroing the last BN's scale AND shift makes F(x) = 0 in
   train and eval mode alike, and relu(x) = x because x is itself a block output (post-ReLU).
@@ -41,7 +42,7 @@ def infer_arch(model: ResNet) -> Arch:
     block = type(model.blocks()[0])
     layers = tuple(len(stage) for _, stage in model.stages())
     residual = model.block_options["residual"]
-    family = "pooled" if model.downsample == "pool" else model.stem_kind
+    family = "pooled" if model.downsampling == "pool" else model.stem_kind
     width = model.conv1.out_channels // BASE_WIDTHS[family][0]
     for arch in REGISTRY.values():
         if (arch.family, arch.block, arch.layers, arch.residual) == (
