@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cli_helpers import clean_error, run_cli
+from reslab.engine.tta import tta_model
 from reslab.weights.checkpoint import load_checkpoint
 from reslab.data import load_data
 
@@ -143,8 +144,9 @@ def test_top_losses_are_the_largest_per_image_losses(ckpt, tmp_path, capsys):
                      augment="none", workers=0)
     with torch.no_grad():
         batches = list(data.eval_batches("test", 64, "cpu"))
-        logits = torch.cat([(model(x) + model(x.flip(3))) / 2 if pre.tta_flip else model(x)
-                            for x, _ in batches])
+        # the record's views: fast's mirror and, since it adopted them, 1 px translations
+        views = tta_model(model, flip=pre.tta_flip, translate=pre.tta_translate)
+        logits = torch.cat([views(x) for x, _ in batches])
     y = torch.cat([y for _, y in batches])
     losses = F.cross_entropy(logits, y, reduction="none")
     order = torch.sort(losses, descending=True, stable=True).indices[:4]

@@ -194,13 +194,13 @@ def test_model_defaults_to_the_recipes_as_for_train(monkeypatch, tmp_path, capsy
     for flags in ([], ["--recipe", "demo"], ["--model", "resnet8"]):
         assert clean_error(capsys, [*base, *flags]) == "error: stopped before the sweep"
     assert swept == [load_recipe("fast").model, load_recipe("demo").model, "resnet8"]
-    assert swept[:2] == ["resnet14", "resnet20"]
+    assert swept[:2] == ["resnet9p", "resnet20"]
     monkeypatch.setenv("COLUMNS", "400")
     with pytest.raises(SystemExit):
         main(["lr-find", "--help"])
     help_line = next(line for line in capsys.readouterr().out.splitlines()
                      if line.strip().startswith("--model "))
-    assert help_line.endswith("(default resnet14 from recipe fast)")
+    assert help_line.endswith("(default resnet9p from recipe fast)")
 
 
 def test_no_suggestion_is_a_warning_and_the_text_says_why_it_stopped(monkeypatch, tmp_path,

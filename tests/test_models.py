@@ -178,9 +178,12 @@ def test_zero_init_on_plain_net_and_unknown_names() -> None:
 
 
 def test_registry_families() -> None:
-    assert len(REGISTRY) == 26  # 5 ImageNet and 8 CIFAR depths, each residual and plain
-    assert set(list_models("imagenet")) | set(list_models("cifar")) == set(list_models())
+    # 5 ImageNet, 8 CIFAR and 2 pooled depths, each residual and plain
+    assert len(REGISTRY) == 30
+    assert (set(list_models("imagenet")) | set(list_models("cifar")) | set(list_models("pooled"))
+            == set(list_models()))
     assert all(get_arch(n).family == "cifar" for n in list_models("cifar"))
+    assert list_models("pooled") == ["resnet9p", "resnet11p", "plain9p", "plain11p"]
 
 
 def wide_params(width: int, blocks: int, in_chans: int = 3, classes: int = 10) -> int:
@@ -218,8 +221,82 @@ def test_widened_net_trains_and_grows_exactly() -> None:
         grow(model, "resnet14")
 
 
+def pooled_cost(width: int, layers: tuple[int, ...], in_chans: int = 1, classes: int = 10,
+                side: int = 28) -> tuple[int, int]:
+    """(parameters, MACs) by hand: stem conv + BN; per stage a transition (3x3 conv to the
+    stage's width + BN, then a 2x2 max-pool halves the side) and its blocks (two 3x3 convs + 2
+    BNs each, identity shortcuts); fc."""
+    w = [16 * width, 32 * width, 64 * width, 128 * width]
+    params, macs = in_chans * w[0] * 9 + 2 * w[0], in_chans * w[0] * 9 * side * side
+    c = w[0]
+    for out, blocks in zip(w[1:], layers):
+        params, macs = params + c * out * 9 + 2 * out, macs + c * out * 9 * side * side
+        side //= 2
+        params += blocks * 2 * (out * out * 9 + 2 * out)
+        macs += blocks * 2 * out * out * 9 * side * side
+        c = out
+    return params + c * classes + classes, macs + c * classes
+
+
+@pytest.mark.parametrize("name,width,layers", [("resnet9p", 1, (1, 0, 1)),
+                                               ("resnet11p", 1, (1, 1, 1)),
+                                               ("resnet9p-w4", 4, (1, 0, 1)),
+                                               ("plain11p-w2", 2, (1, 1, 1))])
+def test_pooled_nets_by_hand(name: str, width: int, layers: tuple) -> None:
+    from reslab.analysis.macs import count_macs
+    arch = get_arch(name)
+    assert (arch.family, arch.layers, arch.width, arch.depth) == (
+        "pooled", layers, width, 5 + 2 * sum(layers))
+    model = meta_model(name, in_chans=1)
+    assert (n_params(model), count_macs(model, (1, 1, 28, 28))) == pooled_cost(width, layers)
+
+
+def test_resnet9p_w4_is_pages_resnet9() -> None:
+    """Page's DAWNBench ResNet-9: prep 64, then 128 (+ a residual block), 256, 512 (+ a
+    residual block), each halving the side; 6.57M parameters on CIFAR-10."""
+    model = create_model("resnet9p-w4").eval()
+    assert n_params(model) == pooled_cost(4, (1, 0, 1), in_chans=3)[0] == 6_573_130
+    sides = {}
+    for name, stage in model.stages():
+        stage.register_forward_hook(lambda m, a, out, name=name: sides.__setitem__(
+            name, tuple(out.shape[1:])))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    assert sides == {"layer1": (128, 16, 16), "layer2": (256, 8, 8), "layer3": (512, 4, 4)}
+    assert isinstance(model.avgpool, nn.AdaptiveMaxPool2d)
+
+
+def test_pooled_net_grows_exactly_in_both_modes() -> None:
+    from reslab.models.surgery import grow, infer_arch
+    model = create_model("resnet9p", num_classes=4, in_chans=1)
+    x = torch.randn(4, 1, 20, 20, generator=torch.Generator().manual_seed(0))
+    model(x).sum().backward()
+    assert infer_arch(model).name == "resnet9p"
+    for mode in (True, False):
+        deeper = grow(model.train(mode), "resnet11p")
+        assert infer_arch(deeper).name == "resnet11p"
+        assert torch.equal(deeper(x), model(x))
+    with pytest.raises(UserError, match="cannot grow resnet9p into resnet14: different "
+                                        r"families \(pooled vs cifar\)"):
+        grow(model, "resnet14")
+
+
 @pytest.mark.parametrize("name", ["resnet8-w1", "resnet8-w17", "resnet8-w02", "resnet18-w2",
-                                  "resnet9-w2", "resnet8-w", "resnet8w2"])
+                                  "resnet9-w2", "resnet8-w", "resnet8w2", "resnet8p-w2",
+                                  "resnet9p-w1", "resnet50p"])
 def test_bad_width_suffixes(name: str) -> None:
     with pytest.raises(UserError, match=f"unknown model '{name}'"):
         get_arch(name)
+
+
+def test_images_too_small_for_a_pooled_net_are_one_clear_error(capsys, tmp_path) -> None:
+    """The default recipe's resnet9p pools three times: 4 px images were a RuntimeError from
+    max_pool2d deep in the first step; now one line and exit 2, before any training."""
+    from cli_helpers import clean_error
+    base = ["train", "--data", "synthetic:32x3x4x4:2", "--iters", "2", "--out", tmp_path / "r",
+            "--quiet"]
+    assert clean_error(capsys, base) == (
+        "error: resnet9p needs images of at least 8 px (one 2x2 max-pool per stage); these are "
+        "4 px: give --image-size 8 or more, or a CIFAR-family model such as --model resnet14")
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+    assert get_arch("resnet9p-w2").min_side == 8 and get_arch("resnet1202").min_side == 1

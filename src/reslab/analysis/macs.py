@@ -60,6 +60,8 @@ def stage_of(name: str) -> str:
     top = name.split(".")[0]
     if re.fullmatch(r"layer\d+", top):
         return top
+    if top == "transitions":  # a pooled net's transitions.i opens stage layer{i + 1}
+        return f"layer{int(name.split('.')[1]) + 1}"
     return "head" if top in ("avgpool", "fc") else "stem"
 
 
@@ -231,12 +233,19 @@ def _layout(model: nn.Module, name: str) -> tuple[str, int]:
             text += f"; {pool.kernel_size}x{pool.kernel_size} max pool, stride {pool.stride}"
         return text, 0
     if name == "head":
-        return f"avg pool, {model.fc.out_features}-d fc", 0
+        pool = "max" if isinstance(model.avgpool, nn.AdaptiveMaxPool2d) else "avg"
+        return f"{pool} pool, {model.fc.out_features}-d fc", 0
     stage = getattr(model, name)
-    first = stage[0]
+    entry = ""
+    if getattr(model, "transitions", None):
+        t = model.transitions[int(name[len("layer"):]) - 1]
+        entry = f"{_conv_text(t.conv)}; {t.pool.kernel_size}x{t.pool.kernel_size} max pool"
+        if not len(stage):
+            return entry, 0
+        entry += "; "
     # The main path's convs are the block's direct children; the projection sits in downsample.
-    convs = [m for m in first.children() if isinstance(m, nn.Conv2d)]
-    return f"[{'; '.join(_conv_text(c) for c in convs)}] x{len(stage)}", len(stage)
+    convs = [m for m in stage[0].children() if isinstance(m, nn.Conv2d)]
+    return f"{entry}[{'; '.join(_conv_text(c) for c in convs)}] x{len(stage)}", len(stage)
 
 
 def profile(model: nn.Module, shape: Shape) -> Profile:

@@ -53,6 +53,10 @@ def _role(name: str, module: nn.Module) -> str | None:
         return "fc"
     if re.fullmatch(r"layer\d+", name):
         return "stage"
+    if re.fullmatch(r"transitions\.\d+", name):
+        return "transition"   # a pooled net's stage starts with it (models.blocks.Transition)
+    if re.fullmatch(r"transitions\.\d+\.pool", name):
+        return "maxpool"
     return name if name in ("maxpool", "avgpool") else None
 
 
@@ -79,10 +83,15 @@ def trace(model: nn.Module, shape: Shape) -> list[TraceRow]:
         return hook
 
     hooks: list[Hook] = []
+    pooled = bool(getattr(model, "transitions", None))
     for name, module in model.named_modules():
         role = _role(name, module)
         if role == "stage":
-            hooks += [(module, "pre", stage(name, True)), (module, "post", stage(name, False))]
+            if not pooled:  # else the stage's separator comes before its transition
+                hooks.append((module, "pre", stage(name, True)))
+            hooks.append((module, "post", stage(name, False)))
+        elif role == "transition":
+            hooks.append((module, "pre", stage(f"layer{int(name.split('.')[1]) + 1}", True)))
         elif role is not None:
             if role == "fc":
                 hooks.append((module, "pre", flatten))

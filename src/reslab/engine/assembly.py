@@ -20,7 +20,7 @@ from ..data import Data, load_data
 from ..data.loaders import available_cpus
 from ..data.normalize import Stats
 from ..errors import UserError
-from ..models import get_arch
+from ..models import check_input_side, get_arch
 from ..models.init import whiten_conv_
 from ..weights.layouts import apply_state_dict, layout_kwargs
 from ..weights.reading import open_weights
@@ -70,6 +70,7 @@ def assemble(r: Recipe, device: torch.device, *, world_size: int = 1,
                      pad=r.pad, workers=r.workers, erase=r.erase, auto_augment=r.auto_augment,
                      train_images=r.train_images, resize=r.resize, stats=stats)
     notes += data.start_notes
+    check_input_side(r.model, min(data.input_size[1:]))
     if not resume:  # a resumed run's stored recipe is already adapted
         r, said = adapt(r, DataFacts(data.num_examples("train"), min(data.input_size[1:]),
                                      world_size))

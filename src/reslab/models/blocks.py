@@ -169,3 +169,19 @@ class Bottleneck(_Block):
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn3
+
+
+class Transition(nn.Module):
+    """The start of a stage of Page's ResNet-9 (D. Page, "How to train your ResNet", 2018, the
+    DAWNBench CIFAR-10 net that airbench94 descends from): a 3x3 conv to the stage's width, a
+    2x2 max-pool, BN, ReLU. Pooling before BN and ReLU (airbench94's order; Page pools last)
+    runs BN and ReLU on a quarter of the pixels."""
+
+    def __init__(self, inplanes: int, planes: int) -> None:
+        super().__init__()
+        self.conv = conv3x3(inplanes, planes)
+        self.pool = nn.MaxPool2d(2)
+        self.bn = nn.BatchNorm2d(planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.pool(self.conv(x))), inplace=True)

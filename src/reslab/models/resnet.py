@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import PAD_SIDES, SHORTCUTS, STRIDE_IN, BasicBlock, Bottleneck, conv3x3
+from .blocks import PAD_SIDES, SHORTCUTS, STRIDE_IN, BasicBlock, Bottleneck, Transition, conv3x3
+
+DOWNSAMPLING = ("stride", "pool")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class ResNet(nn.Module):
         layers: blocks per stage, e.g. (3, 4, 6, 3) for resnet50 or (3, 3, 3) for resnet20.
         widths: filters per stage before expansion, (64, 128, 256, 512) or (16, 32, 64).
         stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3 conv, 16 filters).
+        downsampling: "stride" (the paper: each stage after the first starts with a stride-2
+            block) or "pool" (Page's ResNet-9, below: every stage starts with a `Transition`,
+            a 3x3 conv to the stage's width and a 2x2 max-pool, and its blocks keep the
+            size; widths then has one more entry than layers, the stem's first).
         residual: False builds the paper's plain counterpart (no shortcuts).
         pad_sides: where option A's zero channels go, "after" the input's or "both" sides
             (akamaster's CIFAR checkpoints).
@@ -44,8 +50,15 @@ class ResNet(nn.Module):
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: tuple[int, ...], *,
                  widths: tuple[int, ...], stem: str, num_classes: int = 1000, in_chans: int = 3,
                  shortcut: str = "B", stride_in: str = "3x3", residual: bool = True,
-                 zero_init_residual: bool = False, pad_sides: str = "after") -> None:
+                 zero_init_residual: bool = False, pad_sides: str = "after",
+                 downsampling: str = "stride") -> None:
         super().__init__()
+        if downsampling not in DOWNSAMPLING:
+            raise ValueError(f"downsampling must be one of {', '.join(DOWNSAMPLING)}, "
+                             f"got {downsampling!r}")
+        if len(widths) != len(layers) + (downsampling == "pool"):
+            raise ValueError("widths needs one entry per stage (and the stem's first, with "
+                             "downsampling='pool')")
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {shortcut!r}")
         if stride_in not in STRIDE_IN:
@@ -59,6 +72,7 @@ class ResNet(nn.Module):
         self.block_options = dict(shortcut=shortcut, stride_in=stride_in, residual=residual,
                                   pad_sides=pad_sides)
         self.stem_kind = stem
+        self.downsampling = downsampling
         self.num_classes = num_classes
         self.inplanes = widths[0]
         if stem == "imagenet":
@@ -71,20 +85,29 @@ class ResNet(nn.Module):
         self.maxpool = (nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet"
                         else None)
         self.stage_names = []
-        for i, (planes, blocks) in enumerate(zip(widths, layers)):
+        # Page's stages each begin with a Transition (to the stage's width, half the size).
+        self.transitions = nn.ModuleList()
+        for i, (planes, blocks) in enumerate(zip(widths[downsampling == "pool":], layers)):
             # Section 3.3: "when the feature map size is halved, the number of filters is
             # doubled so as to preserve the time complexity per layer" (docs/notes.md, "Why channels
             # double when the resolution halves").
             stride = 1 if i == 0 else 2
+            if downsampling == "pool":
+                self.transitions.append(Transition(self.inplanes, planes))
+                self.inplanes, stride = planes, 1
             setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, stride))
             self.stage_names.append(f"layer{i + 1}")
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        # Page's net ends on a global max-pool, the paper's on an average.
+        self.avgpool = (nn.AdaptiveMaxPool2d((1, 1)) if downsampling == "pool"
+                        else nn.AdaptiveAvgPool2d((1, 1)))
         self.num_features = widths[-1] * block.expansion
         self.fc = nn.Linear(self.num_features, num_classes)
         self._init_weights(zero_init_residual)
 
     def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int,
                     stride: int) -> nn.Sequential:
+        if blocks == 0:  # a pooled stage may be its Transition alone (ResNet-9's second)
+            return nn.Sequential()
         layers = [block(self.inplanes, planes, stride, **self.block_options)]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes, **self.block_options) for _ in range(1, blocks)]
@@ -112,6 +135,10 @@ class ResNet(nn.Module):
     def stages(self) -> list[tuple[str, nn.Sequential]]:
         return [(name, getattr(self, name)) for name in self.stage_names]
 
+    def enter_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """What comes before stage i's blocks: its Transition, or nothing (the paper's nets)."""
+        return self.transitions[i](x) if self.transitions else x
+
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         return self.maxpool(x) if self.maxpool is not None else x
@@ -119,8 +146,8 @@ class ResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and all stages: the last feature map (N, num_features, H/32 or H/4, ...)."""
         x = self.forward_stem(x)
-        for _, stage in self.stages():
-            x = stage(x)
+        for i, (_, stage) in enumerate(self.stages()):
+            x = stage(self.enter_stage(i, x))
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -135,7 +162,8 @@ class ResNet(nn.Module):
         """The forward pass, keeping each stage output and each block's residual branch F(x)."""
         stages, residuals = {}, {}
         x = stages["stem"] = self.forward_stem(x)
-        for name, stage in self.stages():
+        for s, (name, stage) in enumerate(self.stages()):
+            x = self.enter_stage(s, x)
             for i, block in enumerate(stage):
                 branch = block.residual_branch(x)
                 residuals[f"{name}.{i}"] = branch.clone()  # merge's in-place ReLU may reuse it

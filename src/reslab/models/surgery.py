@@ -4,8 +4,9 @@ Section 1 of the paper: "There exists a solution by construction to the deeper m
 layers are identity mapping, and the other layers are copied from the learned shallower model."
 `grow` builds that solution. The stem, the head and every existing block are copied; the added
 blocks go after the existing blocks of each stage (the first block of a stage, which
-downsamples, is always a copied one), so every added block maps C channels to C channels at
-stride 1 and can be made the identity:
+downsamples, is always a copied one; a pooled net's stages downsample in their transitions,
+which are copied too), so every added block maps C channels to C channels at stride 1 and can
+be made the identity:
 
 - residual block: out = relu(x + F(x)). Zeroing the last BN's scale AND shift makes F(x) = 0 in
   train and eval mode alike, and relu(x) = x because x is itself a block output (post-ReLU).
@@ -30,7 +31,7 @@ import torch
 
 from ..errors import UserError
 from .blocks import BasicBlock, Bottleneck
-from .registry import REGISTRY, Arch, create_model, get_arch
+from .registry import BASE_WIDTHS, REGISTRY, Arch, create_model, get_arch
 from .resnet import ResNet
 
 BLOCK_NAMES = {BasicBlock: "basic", Bottleneck: "bottleneck"}
@@ -41,12 +42,13 @@ def infer_arch(model: ResNet) -> Arch:
     block = type(model.blocks()[0])
     layers = tuple(len(stage) for _, stage in model.stages())
     residual = model.block_options["residual"]
-    width = model.conv1.out_channels // (64 if model.stem_kind == "imagenet" else 16)
+    family = "pooled" if model.downsampling == "pool" else model.stem_kind
+    width = model.conv1.out_channels // BASE_WIDTHS[family][0]
     for arch in REGISTRY.values():
         if (arch.family, arch.block, arch.layers, arch.residual) == (
-                model.stem_kind, block, layers, residual):
+                family, block, layers, residual):
             return arch if width == 1 else get_arch(f"{arch.name}-w{width}")
-    raise UserError(f"not a registered architecture: {model.stem_kind} stem, "
+    raise UserError(f"not a registered architecture: {family} family, "
                     f"{BLOCK_NAMES.get(block, block.__name__)} blocks {layers}")
 
 
