@@ -82,13 +82,13 @@ def _build_registry() -> dict[str, Arch]:
 
 
 REGISTRY: dict[str, Arch] = _build_registry()
-# "resnet14-w4": a CIFAR net of the registry, every stage k times as wide (k = 2..16)
+# "resnet14-w4", "resnet9p-w2": a CIFAR or pooled net, every stage k times as wide (k = 2..16)
 WIDE = re.compile(r"(?P<base>(?:resnet|plain)\d+p?)-w(?P<k>\d+)")
 MAX_WIDTH = 16
 
 
 def list_models(family: str | None = None) -> list[str]:
-    """Registered architecture names, optionally of one family ("imagenet" or "cifar")."""
+    """Registered architecture names, optionally of one family ("imagenet", "cifar", "pooled")."""
     if family is not None and family not in BASE_WIDTHS:
         raise unknown("family", family, list(BASE_WIDTHS))
     return [a.name for a in REGISTRY.values() if family in (None, a.family)]
@@ -102,7 +102,8 @@ def get_arch(name: str) -> Arch:
     if wide is None:
         raise unknown("model", name, REGISTRY) from None
     base, k = REGISTRY.get(wide["base"]), int(wide["k"])
-    if base is None or base.family == "imagenet" or not 2 <= k <= MAX_WIDTH or wide["k"] != str(k):
+    widenable = base is not None and base.family != "imagenet"
+    if not widenable or not 2 <= k <= MAX_WIDTH or wide["k"] != str(k):
         raise UserError(f"unknown model '{name}': a -wK suffix widens a CIFAR-family or pooled "
                         f"net (resnet8 ... resnet1202, resnet9p, resnet11p, plain8 ...) by K = 2 "
                         f"to {MAX_WIDTH}, e.g. resnet14-w2")
