@@ -108,6 +108,20 @@ def test_model_health_and_metrics(served) -> None:
     assert 'reslab_requests_total{api="v1",status="422"}' in text
 
 
+def test_model_info_names_the_views_served_not_only_the_records(digits) -> None:
+    """--flip/--translate override the record's test-time views: GET /v1/model's preprocess
+    says what this server averages, so a client that reproduces its scores gets them right."""
+    record_views = load_service(digits[0], "torch", max_batch=2).record.preprocess
+    for flip, translate in ((not record_views.tta_flip, True), (None, None)):
+        service = load_service(digits[0], "torch", max_batch=2, flip=flip, translate=translate)
+        with ThreadServer(service.app(LIMITS)) as url:
+            served_views = httpx.get(f"{url}/v1/model").json()["preprocess"]
+        want_flip = record_views.tta_flip if flip is None else flip
+        want_translate = record_views.tta_translate if translate is None else translate
+        assert served_views["tta_flip"] is want_flip
+        assert served_views.get("tta_translate", False) is want_translate
+
+
 def test_metrics_count_every_rejected_request(served) -> None:
     """A query parameter FastAPI itself rejects (topk=abc) counts like topk=99 (issue 28)."""
     url, _ = served

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,11 @@ def load_service(ckpt: str | Path | Checkpoint, runtime: str = "auto", *, max_ba
     choice = getattr(fast, "choice", None)
     info = {"runtime": runtime_of(fast), "requested": runtime, "note": describe(fast),
             "seconds_per_batch": choice.seconds if choice is not None else None}
-    return Service(model, record, classifier(fast, record, flip=flip, translate=translate), info,
+    # the record as served: its preprocess names the views this server averages (GET /v1/model)
+    views = record.preprocess.tta(flip, translate)
+    served = replace(record, preprocess=replace(record.preprocess, tta_flip=views.flip,
+                                                tta_translate=views.translate))
+    return Service(model, served, classifier(fast, served), info,
                    model_name_of(checkpoint.given))
 
 
