@@ -163,6 +163,25 @@ def test_grow_cli_writes_a_loadable_checkpoint(resnet20_ckpt: Path, tmp_path: Pa
         torch.testing.assert_close(fresh.eval()(x), small(x), atol=1e-5, rtol=0)
 
 
+def test_grow_is_seeded(resnet20_ckpt: Path, tmp_path: Path) -> None:
+    """The added blocks' He-initialised layers are drawn from --seed (default 0): the same
+    command writes the same tensors and record (not the same bytes: safetensors writes its
+    metadata keys in a per-process hash order); another seed, other draws."""
+    outs = [tmp_path / f"{name}.safetensors" for name in ("a", "b", "c")]
+    for out, extra in zip(outs, ([], [], ["--seed", "1"])):
+        torch.manual_seed(len(extra) + hash(out.name) % 1000)  # the global RNG must not matter
+        assert main(["grow", str(resnet20_ckpt), "--to", "resnet32", "--out", str(out),
+                     *extra]) == 0
+    a, b, c = (load_checkpoint(out)[0].state_dict() for out in outs)
+    added = "layer1.4.conv1.weight"  # resnet20 has 3 blocks per stage; resnet32 adds 4.3, 4.4
+    assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+    assert load_checkpoint(outs[0])[1] == load_checkpoint(outs[1])[1]
+    assert load_checkpoint(outs[2])[1].extra["grown_from"]["seed"] == 1
+    assert not torch.equal(a[added], c[added])
+    assert all(torch.equal(a[k], c[k]) for k in a if not k.startswith(("layer1.3", "layer1.4",
+               "layer2.3", "layer2.4", "layer3.3", "layer3.4")))
+
+
 def test_grow_cli_refusal_exits_2(resnet20_ckpt: Path, tmp_path: Path,
                                   capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "x.safetensors"
@@ -170,6 +189,10 @@ def test_grow_cli_refusal_exits_2(resnet20_ckpt: Path, tmp_path: Path,
     err = capsys.readouterr().err
     assert err.startswith("error: cannot grow resnet20 into resnet50: different families")
     assert err.count("\n") == 1 and not out.exists()
+    assert main(["grow", str(resnet20_ckpt), "--to", "resnet32", "--out", str(out),
+                 "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid --seed -1: must be between 0 and") and err.count("\n") == 1 and not out.exists()
 
 
 # --- layer responses: Fig. 7 --------------------------------------------------------------

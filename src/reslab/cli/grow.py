@@ -20,19 +20,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_out_option(p, "output .safetensors file", metavar="CKPT2", required=True)
     p.add_argument("--shortcut", choices=("A", "B", "C"),
                    help="assert the shortcut option (it must equal the trained net's)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the added blocks' "
+                   "He-initialised layers (their last BN is zero either way; default: 0)")
     add_json_option(p, "a JSON summary")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..io import check_writable
+    from ..limits import MAX_SEED, check_int
     from ..text import plural
     from ..weights.checkpoint import Checkpoint
     from ..weights.grow import grow_checkpoint
 
+    check_int("--seed", args.seed, 0, MAX_SEED)
     ckpt = Checkpoint(args.ckpt)
     check_writable(args.out, "--out", inputs=[ckpt.path])
-    grown = grow_checkpoint(ckpt, args.to, args.out, shortcut=args.shortcut)
+    grown = grow_checkpoint(ckpt, args.to, args.out, shortcut=args.shortcut,
+                            seed=args.seed)
     summary = {"from": grown.source, "to": grown.target, "out": str(Path(args.out)),
                "copied_blocks": grown.copied_blocks, "added_blocks": grown.added_blocks,
                "max_abs_logit_diff": grown.max_abs_logit_diff}

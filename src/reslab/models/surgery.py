@@ -53,20 +53,24 @@ def infer_arch(model: ResNet) -> Arch:
 
 
 def grow(model: ResNet, to: str, *, shortcut: str | None = None,
-         stride_in: str | None = None) -> ResNet:
+         stride_in: str | None = None, seed: int = 0) -> ResNet:
     """A deeper ResNet `to` that computes exactly model's function, in eval and train mode
     (section 1).
 
     shortcut/stride_in, when given, must equal the model's own options (a grown net keeps them:
     changing a copied block's shortcut would change its function). The result is in the same
-    train/eval mode as model, on the CPU. Raises UserError when no such construction exists.
+    train/eval mode as model, on the CPU. seed: the added blocks' He-initialised layers are
+    drawn from it (the global RNG is left as it was), so a grow is reproducible. Raises
+    UserError when no such construction exists.
     """
     src, dst = infer_arch(model), get_arch(to)
     check_growable(src, dst, model.block_options, shortcut=shortcut, stride_in=stride_in)
     opts = model.block_options
-    deeper = create_model(to, num_classes=model.num_classes, in_chans=model.conv1.in_channels,
-                          shortcut=opts["shortcut"], stride_in=opts["stride_in"],
-                          pad_sides=opts["pad_sides"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        deeper = create_model(to, num_classes=model.num_classes,
+                              in_chans=model.conv1.in_channels, shortcut=opts["shortcut"],
+                              stride_in=opts["stride_in"], pad_sides=opts["pad_sides"])
     # Every tensor of the shallow net has the same name and shape in the deeper one (layerK.i
     # for i < its block count), so one load copies stem, head and the existing blocks.
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}

@@ -36,22 +36,23 @@ def max_logit_gap(a: torch.nn.Module, b: torch.nn.Module, input_size: list[int])
 
 
 def grow_checkpoint(ckpt: str | Path | Checkpoint, to: str, out: str | Path, *,
-                    shortcut: str | None = None) -> Grown:
+                    shortcut: str | None = None, seed: int = 0) -> Grown:
     """grow() a checkpoint (run directory, weights file or a resolved Checkpoint) into `to` and
     save it at `out` with the shallow net's record (classes, preprocessing), noting where it
-    was grown from."""
+    was grown from and the seed of the added blocks' draws."""
     checkpoint = as_checkpoint(ckpt)
     ckpt = checkpoint.given
     model, record = checkpoint.load()
     source = infer_arch(model).name
-    deeper = grow(model, to, shortcut=shortcut)
+    deeper = grow(model, to, shortcut=shortcut, seed=seed)
     opts = model.block_options
     kwargs = {**record.kwargs, "num_classes": model.num_classes,
               "in_chans": model.conv1.in_channels, "shortcut": opts["shortcut"],
               "stride_in": opts["stride_in"]}
     kwargs.pop("zero_init_residual", None)  # an init option; the weights are given
     grown = record.replace(architecture=to, kwargs=kwargs, extra={
-        **record.extra, "grown_from": {"architecture": source, "checkpoint": Path(ckpt).name}})
+        **record.extra, "grown_from": {"architecture": source, "checkpoint": Path(ckpt).name,
+                                      "seed": seed}})
     save_weights(out, deeper, grown)
     written, _ = load_checkpoint(regular_file(out, "written checkpoint"))
     gap = max_logit_gap(model, written, list(record.preprocess.input_size))
