@@ -192,6 +192,13 @@ def test_cli_models_json(capsys: pytest.CaptureFixture) -> None:
     assert set(rows) == set(list_models("cifar"))
     assert rows["resnet20"]["params"] == 269_722 and rows["resnet20"]["macs"] == 40_551_040
     assert rows["plain20"]["shortcut"] is None and rows["resnet20"]["depth"] == 20
+    # a pooled net's blocks keep their shape: every shortcut is an identity, whatever option
+    assert main(["models", "--json", "--family", "pooled"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["models"]}
+    assert rows["resnet9p"]["shortcut"] == "identity" and rows["plain9p"]["shortcut"] is None
+    from reslab.cli.models import FAMILIES
+    from reslab.models.registry import BASE_WIDTHS
+    assert FAMILIES == tuple(BASE_WIDTHS)  # every family can be listed on its own
 
 
 def test_cli_models_table(capsys: pytest.CaptureFixture) -> None:

@@ -6,13 +6,17 @@ import argparse
 
 from .common import add_json_option, analysis_model, print_json
 
+# models.registry's families, named here so that parsing the command line imports no torch
+# (tests/test_inspect.py checks the two agree)
+FAMILIES = ("imagenet", "cifar", "pooled")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the architectures with depth, params and MACs",
                        description="Every registered architecture: depth, block, parameters "
                                    "and MACs (multiply-adds of conv and fc layers) at its "
                                    "default input, with its default options.")
-    p.add_argument("--family", choices=("imagenet", "cifar"), help="only this family")
+    p.add_argument("--family", choices=FAMILIES, help="only this family")
     add_json_option(p)
     p.set_defaults(func=run)
 
@@ -28,8 +32,16 @@ def describe(name: str) -> dict:
     return {"name": name, "family": arch.family, "depth": arch.depth,
             "block": "bottleneck" if arch.block.expansion == 4 else "basic",
             "residual": arch.residual, "layers": list(arch.layers), "widths": list(arch.widths),
-            "shortcut": arch.default_shortcut if arch.residual else None,
+            "shortcut": _shortcut(arch),
             "input_shape": list(arch.default_input), "params": prof.params, "macs": prof.macs}
+
+
+def _shortcut(arch) -> str | None:
+    """What the table calls its shortcuts: a pooled net's blocks keep their shape, so every
+    shortcut is an identity whatever the option; None for a plain net."""
+    if not arch.residual:
+        return None
+    return "identity" if arch.downsampling == "pool" else arch.default_shortcut
 
 
 COLUMNS = (("name", "name", ""), ("family", "family", ""), ("depth", "depth", "d"),
