@@ -104,10 +104,13 @@ def test_numbers_on_the_page_are_read_from_the_run_files(smoke: Path, tmp_path: 
     final = next(r for r in reversed(rows) if r.get("final"))
     final["top1"] = 0.123456  # a test error of 87.65%: nothing in the runs gives it
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert "87.65" not in (out / "paper.md").read_text()
+    english = (out / "paper.md").read_text()
+    assert "87.65" not in english
     rc, err = run_cli(capsys, [*SMOKE, "--out", out, "--lang", "ko"])
     assert rc == 0 and any("degradation: measured" in line for line in err)
-    md = (out / "paper.md").read_text()
+    # the Korean page is DIR/paper.ko.md (and .html) beside the English one, which it leaves
+    assert (out / "paper.md").read_text() == english and (out / "paper.ko.html").is_file()
+    md = (out / "paper.ko.md").read_text()
     assert "| resnet14 | 0 | " in md and "| 87.65 |" in md
     assert "노트의 질문" in md and "판정 요약" in md  # the page in Korean
 

@@ -3,7 +3,8 @@
 Trains and measures every member of the budget's plan (the Fig. 6 sweep over seeds, the layer
 responses, the identity construction, the shortcut options, resnet110's warm-up where the budget
 has it, Table 1/6 and the notes' trace) into DIR, then writes DIR/paper.md and a self-contained
-DIR/paper.html saying which claims hold, with the numbers. Run the same command again to reuse
+DIR/paper.html saying which claims hold, with the numbers (--lang ko: DIR/paper.ko.md and
+DIR/paper.ko.html beside them). Run the same command again to reuse
 finished members and resume interrupted ones; a changed budget or dataset trains only the
 members it changes. See docs/guides/paper.md.
 """
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     p = plan(args.budget, args.data, data_dir=args.data_dir, iters=iters, device=device)
     if args.plan:
         return _write_plan(p, args)
-    check_writable(PaperDir(Path(args.out)).page_md, "--out")
+    check_writable(PaperDir(Path(args.out)).page_md(args.lang), "--out")
 
     def say(msg: str) -> None:
         if not args.quiet:

@@ -113,13 +113,12 @@ class PaperDir:
         """Every call of the command on DIR (the page's commands and times)."""
         return self.path / "calls.json"
 
-    @property
-    def page_md(self) -> Path:
-        return self.path / "paper.md"
+    def page_md(self, lang: str = "en") -> Path:
+        """The page in `lang`: paper.md in English, paper.LANG.md beside it otherwise."""
+        return self.path / ("paper.md" if lang == "en" else f"paper.{lang}.md")
 
-    @property
-    def page_html(self) -> Path:
-        return self.path / "paper.html"
+    def page_html(self, lang: str = "en") -> Path:
+        return self.page_md(lang).with_suffix(".html")
 
     @property
     def verdicts(self) -> Path:

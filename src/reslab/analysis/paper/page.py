@@ -115,11 +115,12 @@ def _budget_text(name: str) -> str:
 
 
 def write_page(p: Plan, out: Path, lang: str = "en") -> tuple[Path, Path]:
-    """DIR/paper.md, DIR/paper.html (figures inline) and DIR/paper.json from DIR's members."""
+    """DIR/paper.md, DIR/paper.html (figures inline; paper.LANG.md and .html for another
+    language, beside the English page) and DIR/paper.json from DIR's members."""
     page = Page(p, out, lang)
     doc = page.build()
     paper = PaperDir(out)
-    md, html = paper.page_md, paper.page_html
+    md, html = paper.page_md(lang), paper.page_html(lang)
     atomic_write_text(md, doc.markdown(out))
     atomic_write_text(html, doc.html(f"reslab paper: {p.budget.name} on {p.data}"))
     atomic_write_text(paper.verdicts, json.dumps(page.verdicts_json(), indent=1) + "\n")
