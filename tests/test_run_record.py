@@ -24,9 +24,9 @@ from reslab import limits
 from reslab.weights.checkpoint import load_checkpoint
 from reslab.cli import main
 from reslab.data import datasets, load_data
-from reslab.engine.rundir import LOCK_FILE
 from reslab.errors import UserError
 from reslab.models import create_model
+from reslab.rundir_names import LOCK_FILE
 from reslab.weights.reading import open_weights
 from reslab.weights.record import FORMAT, MEAN_IMAGE_KEY, Record, TrainingData, save_weights
 

@@ -16,7 +16,6 @@ import datetime
 import math
 import os
 import platform
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any

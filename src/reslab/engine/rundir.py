@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..io import ensure_dir, path_error
-from ..rundir_names import LOCK_FILE, RunFiles
+from ..rundir_names import RunFiles
 
 if TYPE_CHECKING:
     from .recipe import Recipe
