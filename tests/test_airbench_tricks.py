@@ -30,8 +30,8 @@ TINY = {"model": "resnet8", "data": "synthetic:64x1x12x12:4", "batch_size": 16, 
         "schedule": "constant", "workers": 0, "device": "cpu", "deterministic": True,
         "epochs": 1}
 NEW = ("dirac_init", "whiten_stem", "bn_bias_lr", "bn_momentum", "ema_every", "lookahead",
-       "tta_translate", "flip_alternate")
-OFF = (False, False, 1.0, 0.1, 1, False, False, False)
+       "tta_translate", "flip_alternate", "activation")
+OFF = (False, False, 1.0, 0.1, 1, False, False, False, "relu")
 
 
 def test_every_technique_is_off_by_default_and_in_the_shipped_recipes():
@@ -372,3 +372,35 @@ def test_whitening_large_images_samples_a_grid_of_patches():
     assert 74 * 74 > MAX_POSITIONS >= 25 * 25
     _, n_small = patch_covariance([torch.randn(2, 1, 12, 12)], (3, 3))
     assert n_small == 2 * 10 * 10  # every patch of small images
+
+
+# --- GELU --------------------------------------------------------------------------------------
+
+def test_a_gelu_run_records_its_activation_and_is_rebuilt_with_it(tmp_path, capsys):
+    """--activation gelu reaches every nonlinearity, the record names it (a ReLU run's record
+    does not: records written before it stay valid), `eval RUN` reproduces the run's test
+    numbers with it, and growing it is one clear error (no exact construction exists)."""
+    from cli_helpers import clean_error
+    base = ["train", "--data", "synthetic:64x1x12x12:4", "--model", "resnet8", "--iters", "4",
+            "--batch-size", "16", "--device", "cpu", "--quiet"]
+    assert main([*base, "--activation", "gelu", "--out", str(tmp_path / "g")]) == 0
+    model, record = load_checkpoint(tmp_path / "g")
+    assert record.kwargs["activation"] == "gelu" and isinstance(model.relu, nn.GELU)
+    assert {b.activation for b in model.blocks()} == {"gelu"}
+    final = json.loads((tmp_path / "g" / "summary.json").read_text())["test"]
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "g"), "--json", "--device", "cpu"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["top1"] == final["top1"]
+    assert scored["loss"] == pytest.approx(final["loss"], rel=1e-6)
+    assert main([*base, "--out", str(tmp_path / "r")]) == 0
+    assert "activation" not in load_checkpoint(tmp_path / "r")[1].kwargs
+    capsys.readouterr()
+    assert clean_error(capsys, [*base, "--activation", "tanh", "--out", str(tmp_path / "t")]) \
+        == "error: invalid activation 'tanh' (choices: relu, gelu)"
+    assert clean_error(capsys, ["grow", str(tmp_path / "g"), "--to", "resnet14", "--out",
+                                str(tmp_path / "g14.safetensors")]) == (
+        "error: cannot grow resnet8 into resnet14: its activation is gelu, and an added block "
+        "is the identity only where act(x) = x for x >= 0 (ReLU): zeroing its residual branch "
+        "would still apply the activation to x")
+    assert not (tmp_path / "g14.safetensors").exists()

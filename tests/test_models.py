@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import functools
+from unittest.mock import patch
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -300,3 +302,40 @@ def test_images_too_small_for_a_pooled_net_are_one_clear_error(capsys, tmp_path)
         "4 px: give --image-size 8 or more, or a CIFAR-family model such as --model resnet14")
     assert not (tmp_path / "r" / "model.safetensors").exists()
     assert get_arch("resnet9p-w2").min_side == 8 and get_arch("resnet1202").min_side == 1
+
+
+def test_gelu_nets_swap_every_relu_and_keep_the_state_dict() -> None:
+    """activation="gelu" (airbench94's nonlinearity) replaces the stem's, every block's and
+    every Transition's ReLU; the parameters and their names are those of the ReLU net, so the
+    same weights compute gelu where the ReLU net computes relu."""
+    relu = create_model("resnet9p", num_classes=3, in_chans=1).eval()
+    gelu = create_model("resnet9p", num_classes=3, in_chans=1, activation="gelu").eval()
+    assert list(relu.state_dict()) == list(gelu.state_dict())
+    gelu.load_state_dict(relu.state_dict())
+    calls: list[str] = []
+    real_relu, real_gelu = F.relu, F.gelu
+    with patch.object(F, "relu", lambda x, **kw: calls.append("relu") or real_relu(x)), \
+            patch.object(F, "gelu", lambda x, **kw: calls.append("gelu") or real_gelu(x)):
+        x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            y_gelu = gelu(x)
+        assert calls == ["gelu"] * 8  # stem, 3 transitions, 2 blocks x (after conv1, merge)
+        calls.clear()
+        with torch.no_grad():
+            y_relu = relu(x)
+    assert calls == ["relu"] * 8
+    assert not torch.allclose(y_gelu, y_relu)
+    assert gelu.block_options["activation"] == "gelu" and isinstance(gelu.relu, nn.GELU)
+    with pytest.raises(ValueError, match="activation must be one of relu, gelu, got 'tanh'"):
+        create_model("resnet14", activation="tanh")
+
+
+def test_a_gelu_net_does_not_grow() -> None:
+    """Section 1's construction needs act(x) = x on a block's (non-negative) input: true of
+    ReLU, not of GELU (gelu(1) = 0.84), so the grown net would not compute the same function."""
+    from reslab.models.surgery import grow
+    model = create_model("resnet9p", num_classes=4, in_chans=1, activation="gelu")
+    with pytest.raises(UserError, match=r"cannot grow resnet9p into resnet11p: its activation is "
+                                        r"gelu, and an added block is the identity only where "
+                                        r"act\(x\) = x for x >= 0 \(ReLU\)"):
+        grow(model, "resnet11p")

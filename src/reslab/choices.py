@@ -20,6 +20,9 @@ RESIZES = ("crop", "squish", "pad")
 MONITOR = ("auto", "top1", "balanced")  # the validation figure early stopping and best follow
 SHORTCUTS = ("A", "B", "C")
 STRIDE_IN = ("3x3", "1x1")
+# The nonlinearity after each BN: the paper's ReLU, or the GELU of airbench94 (Hendrycks &
+# Gimpel 2016), which measured +0.23 points on the fast recipe's net (models/blocks.py).
+ACTIVATIONS = ("relu", "gelu")
 EXPORT_FORMATS = ("onnx", "torchscript", "pt2")
 RUNTIMES = ("torch", "onnxruntime", "auto")  # inference runtimes (reslab.deploy.runtime)
 PAPER_BUDGETS = ("smoke", "laptop", "full")  # `reslab paper --budget` (analysis.paper.budgets)

@@ -16,7 +16,8 @@ from typing import Any
 
 import tomli_w
 
-from ..choices import AUGMENTS, AUTO_AUGMENTS, BALANCE, MONITOR, NORMALIZE, RESIZES, STRIDE_IN
+from ..choices import (ACTIVATIONS, AUGMENTS, AUTO_AUGMENTS, BALANCE, MONITOR, NORMALIZE, RESIZES,
+                       STRIDE_IN)
 from ..errors import UserError, unknown
 from ..io import read_text
 from ..limits import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_ITERS, MAX_LR, MAX_PAD, MAX_SEED,
@@ -33,6 +34,7 @@ CHOICES = {
     "normalize": NORMALIZE,
     "amp": ("auto", "off", "bf16", "fp16"),
     "stride_in": STRIDE_IN,
+    "activation": ACTIVATIONS,
     "balance": BALANCE,
     "monitor": MONITOR,
     "resize": RESIZES,
@@ -87,6 +89,7 @@ class Recipe:
     shortcut: str | None = None          # None: the family's default (A for CIFAR, B ImageNet)
     stride_in: str = "3x3"
     zero_init_residual: bool = False
+    activation: str = "relu"             # or airbench94's gelu: after every BN and addition
     # airbench94's initialisations (models/init.py): initial weights only, not the architecture
     dirac_init: bool = False             # 3x3 convs start as the identity where they can
     whiten_stem: bool = False            # the first conv whitens the training images' patches
@@ -213,6 +216,8 @@ class Recipe:
             kw["shortcut"] = self.shortcut
         if self.zero_init_residual:
             kw["zero_init_residual"] = True
+        if self.activation != "relu":  # ReLU nets' records stay as they were
+            kw["activation"] = self.activation
         return kw
 
     def to_dict(self) -> dict[str, Any]:

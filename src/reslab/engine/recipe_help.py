@@ -21,6 +21,8 @@ FIELD_HELP = {
     "shortcut": "section 3.3 option A (zero-pad), B (project where shapes change), C (always)",
     "stride_in": "bottleneck stride on the 3x3 conv (torchvision) or the first 1x1 (paper)",
     "zero_init_residual": "zero each block's last BN so every block starts as the identity",
+    "activation": "the nonlinearity after every BN and shortcut addition: the paper's relu, or "
+                  "gelu " + AIRBENCH,
     "dirac_init": "start every 3x3 conv as the identity where it can: output channel i copies "
                   "input channel i, the rest keep their He init " + AIRBENCH,
     "whiten_stem": "initialise the first conv from the training images: its filters whiten "

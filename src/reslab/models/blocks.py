@@ -13,11 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..choices import SHORTCUTS, STRIDE_IN  # noqa: F401 (re-exported)
+from ..choices import ACTIVATIONS, SHORTCUTS, STRIDE_IN  # noqa: F401 (re-exported)
 
 # Where option A puts its zero channels: after the input's (reslab, fb.resnet.torch) or half
 # on each side (akamaster/pytorch_resnet_cifar10's LambdaLayer, whose checkpoints reslab imports).
 PAD_SIDES = ("after", "both")
+
+
+def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """The nonlinearity after a BN: ReLU in place (the paper's), or GELU (airbench94's; it
+    needs its input for the backward pass, so it cannot overwrite it)."""
+    return F.relu(x, inplace=True) if activation == "relu" else F.gelu(x)
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -84,14 +90,19 @@ def make_shortcut(kind: str, in_planes: int, out_planes: int, stride: int,
 
 
 class _Block(nn.Module):
-    """What both blocks share: out = relu(F(x) + shortcut(x)), or relu(F(x)) for a plain block."""
+    """What both blocks share: out = relu(F(x) + shortcut(x)), or relu(F(x)) for a plain block
+    (GELU in place of each ReLU with activation="gelu")."""
 
     expansion = 1
     downsample: nn.Module | None
 
-    def __init__(self, residual: bool) -> None:
+    def __init__(self, residual: bool, activation: str) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
+                             f"got {activation!r}")
         self.residual = residual
+        self.activation = activation
 
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:  # F(x), ending at the last BN
         raise NotImplementedError
@@ -104,7 +115,7 @@ class _Block(nn.Module):
         if self.residual:
             identity = x if self.downsample is None else self.downsample(x)
             out = out + identity
-        return F.relu(out, inplace=True)
+        return activate(out, self.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.merge(x, self.residual_branch(x))
@@ -116,9 +127,9 @@ class BasicBlock(_Block):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
-                 stride_in: str = "3x3", residual: bool = True, pad_sides: str = "after"
-                 ) -> None:
-        super().__init__(residual)
+                 stride_in: str = "3x3", residual: bool = True, pad_sides: str = "after",
+                 activation: str = "relu") -> None:
+        super().__init__(residual, activation)
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
@@ -128,7 +139,7 @@ class BasicBlock(_Block):
         self.stride = stride
 
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = activate(self.bn1(self.conv1(x)), self.activation)
         return self.bn2(self.conv2(out))
 
     def last_bn(self) -> nn.BatchNorm2d:
@@ -145,9 +156,9 @@ class Bottleneck(_Block):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
-                 stride_in: str = "3x3", residual: bool = True, pad_sides: str = "after"
-                 ) -> None:
-        super().__init__(residual)
+                 stride_in: str = "3x3", residual: bool = True, pad_sides: str = "after",
+                 activation: str = "relu") -> None:
+        super().__init__(residual, activation)
         if stride_in not in STRIDE_IN:
             raise ValueError(f"stride_in must be one of {STRIDE_IN}, got {stride_in!r}")
         s1, s3 = (1, stride) if stride_in == "3x3" else (stride, 1)
@@ -163,8 +174,8 @@ class Bottleneck(_Block):
         self.stride = stride
 
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
+        out = activate(self.bn1(self.conv1(x)), self.activation)
+        out = activate(self.bn2(self.conv2(out)), self.activation)
         return self.bn3(self.conv3(out))
 
     def last_bn(self) -> nn.BatchNorm2d:
@@ -177,11 +188,12 @@ class Transition(nn.Module):
     2x2 max-pool, BN, ReLU. Pooling before BN and ReLU (airbench94's order; Page pools last)
     runs BN and ReLU on a quarter of the pixels."""
 
-    def __init__(self, inplanes: int, planes: int) -> None:
+    def __init__(self, inplanes: int, planes: int, activation: str = "relu") -> None:
         super().__init__()
+        self.activation = activation
         self.conv = conv3x3(inplanes, planes)
         self.pool = nn.MaxPool2d(2)
         self.bn = nn.BatchNorm2d(planes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.pool(self.conv(x))), inplace=True)
+        return activate(self.bn(self.pool(self.conv(x))), self.activation)

@@ -130,7 +130,8 @@ def check_input_side(name: str, side: int) -> None:
 
 def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3,
                  shortcut: str | None = None, stride_in: str = "3x3",
-                 zero_init_residual: bool = False, pad_sides: str = "after") -> ResNet:
+                 zero_init_residual: bool = False, pad_sides: str = "after",
+                 activation: str = "relu") -> ResNet:
     """Builds a registered architecture with He initialisation.
 
     num_classes defaults to 1000 (ImageNet family) or 10 (CIFAR family); shortcut to the
@@ -144,4 +145,4 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3
                   in_chans=in_chans, shortcut=shortcut or arch.default_shortcut,
                   stride_in=stride_in, residual=arch.residual,
                   zero_init_residual=zero_init_residual, pad_sides=pad_sides,
-                  downsampling=arch.downsampling)
+                  downsampling=arch.downsampling, activation=activation)

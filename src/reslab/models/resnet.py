@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import PAD_SIDES, SHORTCUTS, STRIDE_IN, BasicBlock, Bottleneck, Transition, conv3x3
+from .blocks import (ACTIVATIONS, PAD_SIDES, SHORTCUTS, STRIDE_IN, BasicBlock, Bottleneck,
+                     Transition, conv3x3)
 
 DOWNSAMPLING = ("stride", "pool")
 
@@ -45,13 +46,15 @@ class ResNet(nn.Module):
         residual: False builds the paper's plain counterpart (no shortcuts).
         pad_sides: where option A's zero channels go, "after" the input's or "both" sides
             (akamaster's CIFAR checkpoints).
+        activation: "relu" (the paper's) or "gelu" (airbench94's) after every BN and
+            addition; the parameters are the same.
     """
 
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: tuple[int, ...], *,
                  widths: tuple[int, ...], stem: str, num_classes: int = 1000, in_chans: int = 3,
                  shortcut: str = "B", stride_in: str = "3x3", residual: bool = True,
                  zero_init_residual: bool = False, pad_sides: str = "after",
-                 downsampling: str = "stride") -> None:
+                 downsampling: str = "stride", activation: str = "relu") -> None:
         super().__init__()
         if downsampling not in DOWNSAMPLING:
             raise ValueError(f"downsampling must be one of {', '.join(DOWNSAMPLING)}, "
@@ -65,12 +68,15 @@ class ResNet(nn.Module):
             raise ValueError(f"stride_in must be one of {', '.join(STRIDE_IN)}, got {stride_in!r}")
         if pad_sides not in PAD_SIDES:
             raise ValueError(f"pad_sides must be one of {', '.join(PAD_SIDES)}, got {pad_sides!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
+                             f"got {activation!r}")
         if num_classes < 1 or in_chans < 1:
             raise ValueError("num_classes and in_chans must be positive")
         if zero_init_residual and not residual:
             raise ValueError("zero_init_residual needs shortcuts: a plain net would output zeros")
         self.block_options = dict(shortcut=shortcut, stride_in=stride_in, residual=residual,
-                                  pad_sides=pad_sides)
+                                  pad_sides=pad_sides, activation=activation)
         self.stem_kind = stem
         self.downsampling = downsampling
         self.num_classes = num_classes
@@ -81,7 +87,8 @@ class ResNet(nn.Module):
         else:
             self.conv1 = conv3x3(in_chans, self.inplanes)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
-        self.relu = nn.ReLU(inplace=True)
+        # torchvision's name for the stem's nonlinearity, whichever it is
+        self.relu = nn.ReLU(inplace=True) if activation == "relu" else nn.GELU()
         self.maxpool = (nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet"
                         else None)
         self.stage_names = []
@@ -93,7 +100,7 @@ class ResNet(nn.Module):
             # double when the resolution halves").
             stride = 1 if i == 0 else 2
             if downsampling == "pool":
-                self.transitions.append(Transition(self.inplanes, planes))
+                self.transitions.append(Transition(self.inplanes, planes, activation))
                 self.inplanes, stride = planes, 1
             setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, stride))
             self.stage_names.append(f"layer{i + 1}")

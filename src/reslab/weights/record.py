@@ -44,13 +44,14 @@ from ..limits import (MAX_ABS_MEAN, MAX_BATCH_VALUES, MAX_CLASS_NAME, MAX_CLASSE
                       MAX_IMAGE_SIDE, MAX_IN_CHANS, MAX_SEED, check_float, check_int, check_stats,
                       short_text)
 from ..models import create_model, is_model
-from ..models.blocks import PAD_SIDES, SHORTCUTS, STRIDE_IN
+from ..models.blocks import ACTIVATIONS, PAD_SIDES, SHORTCUTS, STRIDE_IN
 from .tensors import check_tensors
 
 FORMAT = "reslab-2"
 OLD_FORMAT = "reslab-1"
 MEAN_IMAGE_KEY = "reslab.mean_image"
-KWARGS = ("num_classes", "in_chans", "shortcut", "stride_in", "zero_init_residual", "pad_sides")
+KWARGS = ("num_classes", "in_chans", "shortcut", "stride_in", "zero_init_residual", "pad_sides",
+          "activation")
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ def _kwargs(value: Any, where: str) -> dict[str, Any]:
         raise _fail(where, str(e)) from None
     out: dict[str, Any] = {**value, "num_classes": num_classes, "in_chans": in_chans}
     for key, choices in (("shortcut", SHORTCUTS), ("stride_in", STRIDE_IN),
-                         ("pad_sides", PAD_SIDES)):
+                         ("pad_sides", PAD_SIDES), ("activation", ACTIVATIONS)):
         if key in value and value[key] not in choices:
             raise _fail(where, f"kwargs {key} {_short(value[key])} is not one of "
                         f"{', '.join(choices)}")
