@@ -240,8 +240,9 @@ def peer_main(args: argparse.Namespace) -> None:
              f"thread each, {'bf16' if amp == 'bf16' else 'fp32'}")
     setup = {"recipe": args.recipe, "train_args": args.train_args, "peer_args": args.peer_args,
              "seeds": args.seeds, "tiny": args.tiny, "threads_each": 1, "precision": amp,
-             "commands": {k: " ".join(v[1:]) for k, v in peer_commands(
-                 args, 0, Path("TMP"), amp).items()},
+             "commands": {k: " ".join(str(PEER.relative_to(ROOT)) if a == str(PEER) else a
+                                      for a in v[1:])
+                          for k, v in peer_commands(args, 0, Path("TMP"), amp).items()},
              "train_s": "reslab: the time_s of its last evaluation row (training seconds, "
                         "its evaluations included); peer: training, whitening and the final "
                         "TTA evaluation (its per-epoch curve evaluations excluded)"}

@@ -165,6 +165,9 @@ def test_time_to_accuracy_peer_runs_both_side_by_side_end_to_end(tmp_path: Path)
         runs["peer"]["train_s"] / runs["reslab"]["train_s"], 3)
     cmds = r["setup"]["commands"]
     assert "--threads 1" in cmds["reslab"] and "--threads 1" in cmds["peer"]
+    # results files carry no path of the machine that wrote them
+    assert cmds["peer"].startswith("benchmarks/peer_airbench.py --seed 0 --threads 1")
+    assert str(BENCHMARKS.parent) not in out.read_text()
     precision = r["setup"]["precision"]
     assert f"--amp {precision}" in cmds["reslab"] and f"--amp {precision}" in cmds["peer"]
 
