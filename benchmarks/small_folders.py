@@ -2,20 +2,25 @@
 with nothing else, on folders of 30 to 3,000 images, 2 to 10 classes and sides of 8 to 256 px.
 
     python benchmarks/small_folders.py [--only NAME ...] [--source fashion-mnist|digits]
+        [--seeds 0 1 2] [--train-args '--activation relu --epochs 19'] [--out FILE]
 
 The images are Fashion-MNIST training images (Debian's dataset-fashion-mnist, else
 scikit-learn's 8x8 digits with --source digits) resized to each folder's side and saved as PNG
 in DIR/train/<class>/, with no val/ (reslab holds out 10%). Each row: the held-out top-1 (10%: 3 images of
 a 30-image folder), the top-1 on 100 fresh images per class (`reslab eval`), the
 eval-mode top-1 on the training images (reslab's BN check), chance, the adapted batch and
-iterations, and the whole-process seconds. Writes
-docs/results/first-contact-small-folders.json.
+iterations, and the whole-process seconds. --seeds trains each folder once per seed (the
+folder's images stay the same: a seed changes the training, not the data), so a difference of a
+few fresh images between two recipes can be told from one seed's noise; --train-args adds
+`reslab train` flags (e.g. an earlier recipe's values, for a paired comparison). Writes
+docs/results/first-contact-small-folders.json (or --out).
 """
 from __future__ import annotations
 
 import argparse
 import gzip
 import json
+import shlex
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,9 +81,9 @@ def make(folder: Folder, x: np.ndarray, y: np.ndarray, root: Path, seed: int = 0
     return out, test
 
 
-def train(path: Path, test: Path, out: Path) -> dict:
+def train(path: Path, test: Path, out: Path, seed: int, extra: list[str]) -> dict:
     wall, stdout = run_timed([PYTHON, "-m", "reslab", "train", "--data", f"imagefolder:{path}",
-                              "--out", str(out), "--json"])
+                              "--out", str(out), "--json", "--seed", str(seed), *extra])
     summary = json.loads(stdout)
     config = (out / "config.toml").read_text()
     batch = int(config.split("batch_size = ")[1].split()[0])
@@ -94,6 +99,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", nargs="*", help="folder names to run (default: all)")
     p.add_argument("--source", choices=("fashion-mnist", "digits"), default="fashion-mnist")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds")
+    p.add_argument("--train-args", default="", help="extra `reslab train` flags")
+    p.add_argument("--out", type=Path, help="results file (default: docs/results/...)")
     args = p.parse_args()
     x, y = source_images(args.source)
     rows = []
@@ -102,18 +110,20 @@ def main() -> None:
             if args.only and folder.name not in args.only:
                 continue
             path, test = make(folder, x, y, Path(tmp))
-            row = asdict(folder) | {"chance": 1 / folder.classes} | train(
-                path, test, Path(tmp) / "run" / folder.name)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            for seed in args.seeds:
+                row = asdict(folder) | {"seed": seed, "chance": 1 / folder.classes} | train(
+                    path, test, Path(tmp) / "run" / f"{folder.name}-{seed}", seed,
+                    shlex.split(args.train_args))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     print_table("the default command on small folders (reslab train --data imagefolder:DIR)",
-                rows, [("name", "folder", ""), ("chance", "chance", ".2f"),
+                rows, [("name", "folder", ""), ("seed", "seed", "d"), ("chance", "chance", ".2f"),
                        ("val_top1", "held-out top1", ".3f"), ("val_n", "held out", "d"),
                        ("test_top1", f"top1 on {TEST_PER_CLASS}/class fresh", ".3f"),
                        ("train_eval_top1", "eval-mode train top1", ".3f"),
                        ("batch", "batch", "d"), ("iters", "iterations", "d"),
                        ("wall_s", "seconds", ".0f")])
-    save_results("first-contact-small-folders", vars(args), rows)
+    save_results("first-contact-small-folders", vars(args) | {"out": None}, rows, out=args.out)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ def test_fast_on_a_small_folder_gets_a_batch_length_and_no_resizing_that_fit() -
     assert notes == [
         "note: recipe fast adapted to the data: batch 32 (recipe 128) and lr 0.05 (recipe 0.2, "
         "scaled with the batch) for 270 training images",
-        "note: recipe fast adapted to the data: 50 epochs (recipe 19): 19 epochs of 8 steps "
-        "would be 152 optimizer steps, fewer than the 400 a net needs to train and its BN statistics "
+        "note: recipe fast adapted to the data: 50 epochs (recipe 17): 17 epochs of 8 steps "
+        "would be 136 optimizer steps, fewer than the 400 a net needs to train and its BN statistics "
         "to settle",
         "note: recipe fast adapted to the data: no progressive resizing: it pays on long runs, "
         "and 400 iterations are fewer than 1,500"]
@@ -137,7 +137,7 @@ def test_eval_mode_collapse_is_caught_and_bn_recalibrate_fixes_it(
     accuracy 87.5%, eval mode near chance. The check says so; recalibrating BN recovers it."""
     argv = ["train", "--model", "resnet8", "--data", f"imagefolder:{shapes}", "--image-size",
             "16", "--workers", "0", "--device", "cpu", "--adapt", "false", "--epochs", "9",
-            "--label-smoothing", "0.1", "--json", "--out"]
+            "--label-smoothing", "0.1", "--activation", "relu", "--json", "--out"]
     rc, err = run_cli(capsys, [*argv, tmp_path / "a"])
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert rc == 0 and summary["steps"] == 9

@@ -6,6 +6,7 @@ import importlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from reslab.cli import main
@@ -195,3 +196,30 @@ def test_each_airbench_ablation_variant_sets_its_recipe_fields(
         argv = ["train", "--recipe", "fast", "--quiet", *shlex.split(abl.VARIANTS[name])]
         r = resolve(build_parser(argv).parse_args(argv))
         assert {k: getattr(r, k) for k in fields} == fields, name
+
+
+def test_small_folders_trains_each_folder_once_per_seed_with_the_given_flags(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """benchmarks/small_folders.py --seeds/--train-args: one row per (folder, seed), the
+    folder's images made once (a seed changes the training, not the data), the flags split as
+    a shell would; the results go to --out."""
+    sf = _benchmark(monkeypatch, "small_folders")
+    made, trained = [], []
+    labels = np.repeat(np.arange(3, dtype=np.uint8), 60)
+    monkeypatch.setattr(sf, "source_images",
+                        lambda source: (np.zeros((180, 28, 28), np.uint8), labels))
+    monkeypatch.setattr(sf, "make", lambda folder, *a: made.append(folder.name) or (
+        tmp_path / folder.name, tmp_path / "test"))
+    monkeypatch.setattr(sf, "train", lambda path, test, out, seed, extra: trained.append(
+        (path.name, out.name, seed, extra)) or {"test_top1": 0.5})
+    monkeypatch.setattr("sys.argv", ["small_folders.py", "--only", "30-3c-8px", "--seeds", "0",
+                                     "2", "--train-args", "--activation relu --lr '0.1'",
+                                     "--out", str(tmp_path / "r.json")])
+    sf.main()
+    assert made == ["30-3c-8px"]
+    flags = ["--activation", "relu", "--lr", "0.1"]
+    assert trained == [("30-3c-8px", "30-3c-8px-0", 0, flags),
+                       ("30-3c-8px", "30-3c-8px-2", 2, flags)]
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [(r["name"], r["seed"], r["test_top1"]) for r in rows] == [("30-3c-8px", 0, 0.5),
+                                                                        ("30-3c-8px", 2, 0.5)]

@@ -6,8 +6,6 @@ ran.
 from __future__ import annotations
 
 import dataclasses
-import decimal
-import math
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
@@ -23,6 +21,7 @@ from ..io import read_text
 from ..limits import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_ITERS, MAX_LR, MAX_PAD, MAX_SEED,
                       MAX_TEXT_BYTES, MAX_THREADS, MAX_WORKERS, check_float, check_int,
                       short_text)
+from .values import convert
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -258,43 +257,15 @@ def coerce(values: dict[str, Any]) -> Recipe:
 
 
 def _convert(key: str, type_name: str, value: Any) -> Any:
-    """value as exactly the type the field needs: a bool is a bool (or true/false text from
-    the command line), an integer is converted exactly (never through a float, which rounds
-    above 2**53), a float is finite, text is text."""
+    """value as exactly the type the field needs (engine.values), or None where the field
+    allows it; a UserError naming the field otherwise."""
     if value is None or (isinstance(value, str) and value.lower() == "none"
                          and "None" in type_name):
         if "None" not in type_name:
             raise UserError(f"invalid value for {key}: None (it needs a value)")
         return None
     try:
-        if type_name.startswith("bool"):
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in _BOOL_TEXT:
-                return _BOOL_TEXT[value.lower()]
-            raise ValueError(value)
-        if type_name.startswith("list[str]"):
-            items = value.split(",") if isinstance(value, str) else value
-            if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
-                raise ValueError(value)
-            return [v.strip() for v in items if v.strip()]
-        if type_name.startswith("list"):
-            items = value.split(",") if isinstance(value, str) else value
-            if not isinstance(items, (list, tuple)):
-                raise ValueError(value)
-            return [_whole(v) for v in items if str(v).strip()]
-        if type_name.startswith("int"):
-            return _whole(value)
-        if type_name.startswith("float"):
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise ValueError(value)
-            f = float(value)
-            if not math.isfinite(f):  # inf/nan pass every range check below, then diverge
-                raise ValueError(value)
-            return f
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return value
+        return convert(type_name, value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: int("inf"), float(10**400)
         if key in COUNT_OF:  # say what is allowed where a fraction is the likely mistake
             lo, hi = INT_BOUNDS[key]
@@ -306,30 +277,6 @@ def _convert(key: str, type_name: str, value: Any) -> Any:
 
 # Counts that other tools take as fractions (Keras' validation_split, scikit-learn's test_size)
 COUNT_OF = {"val_split": "training images"}
-
-
-_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
-
-
-def _whole(value: Any) -> int:
-    """An integer, exactly: 9007199254740993 stays itself (float() would give ...992). Text such
-    as "1e3" is read as the decimal it writes; a float only where it is exact (below 2**53)."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            exact = decimal.Decimal(value.strip())
-        except decimal.InvalidOperation:
-            raise ValueError(value) from None
-        # adjusted(): the exponent; "1e999999999" must not build a billion-digit int
-        if exact.is_finite() and exact.adjusted() <= 40 and exact == exact.to_integral_value():
-            return int(exact)
-        raise ValueError(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
-        return int(value)
-    raise ValueError(value)
 
 
 def recipe_names() -> list[str]:
