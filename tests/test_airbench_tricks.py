@@ -402,5 +402,6 @@ def test_a_gelu_run_records_its_activation_and_is_rebuilt_with_it(tmp_path, caps
                                 str(tmp_path / "g14.safetensors")]) == (
         "error: cannot grow resnet8 into resnet14: its activation is gelu, and an added block "
         "is the identity only where act(x) = x for x >= 0 (ReLU): zeroing its residual branch "
-        "would still apply the activation to x")
+        "would still apply the activation to x (train with --activation relu for a net that "
+        "grows; the fast recipe uses gelu)")
     assert not (tmp_path / "g14.safetensors").exists()

@@ -102,7 +102,8 @@ def check_growable(src: Arch, dst: Arch, options: dict, *, shortcut: str | None 
     if options["activation"] != "relu":
         raise UserError(f"{what}: its activation is {options['activation']}, and an added block "
                         "is the identity only where act(x) = x for x >= 0 (ReLU): zeroing its "
-                        "residual branch would still apply the activation to x")
+                        "residual branch would still apply the activation to x (train with "
+                        "--activation relu for a net that grows; the fast recipe uses gelu)")
     if options["shortcut"] == "C":
         raise UserError(f"{what}: with shortcut C every added block has a projection shortcut "
                         "(1x1 conv + BN) whose BN is the identity only with running statistics; "
