@@ -5,7 +5,6 @@ fine-tuning, --freeze-epochs, top-5 and 10-crop notes."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -34,7 +32,7 @@ TINY = {"model": "resnet8", "data": "synthetic:128x3x16x16:4", "batch_size": 16,
         "progressive_from": None}
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from make_shapes import CLASSES, make_folder  # noqa: E402
+from make_shapes import make_folder  # noqa: E402
 
 
 # --- recipe fields ---------------------------------------------------------------------------
