@@ -7,6 +7,7 @@ What the tensors are then loaded into is reslab.weights.layouts' job.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,12 @@ from ..io import (is_safetensors, load_safetensors, regular_file, torch_load_saf
 from ..limits import short_text
 from ..rundir_names import RunFiles
 from .pretrained import TORCHVISION, torchvision_weights
-from .record import MEAN_IMAGE_KEY, Record, is_reslab, parse_metadata
+from .record import FORMAT, MEAN_IMAGE_KEY, Record, invalid, short_json
 from .tensors import check_tensors
 
+# The first format of reslab's weights files: the record's fields flat in the metadata, no mean
+# image (read, never written).
+OLD_FORMAT = "reslab-1"
 # Where training scripts keep the weights inside a checkpoint dict, in order of preference.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "state_dict_ema", "model_ema")
 # DDP wraps the model as `module`, torch.compile as `_orig_mod`: neither is part of the network.
@@ -175,3 +179,47 @@ def resolve_ckpt_path(path: str | Path) -> Path:
         raise UserError(f"checkpoint not found: {path}")
     return regular_file(path, "checkpoint")
 
+
+# --- a reslab file's record ------------------------------------------------------------------
+
+def _from_old_format(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """A reslab-1 file's flat metadata as a reslab-2 record object."""
+    if meta.get("normalize") == "pixel":
+        raise InvalidRecord(
+            f"{where} was written by an older reslab (format {OLD_FORMAT}) for per-pixel-mean "
+            "input but does not hold the mean image that training subtracted, so its input "
+            "preparation cannot be reproduced; retrain it, or re-import it with per-channel "
+            "statistics you choose: reslab import FILE --model ARCH --mean M --std S --out NEW")
+    pre = {k: meta[k] for k in ("input_size", "mean", "std", "crop_fraction") if k in meta}
+    extra = {k: meta[k] for k in ("grown_from",) if k in meta}
+    return {"architecture": meta.get("architecture"), "kwargs": meta.get("kwargs"),
+            "class_names": meta.get("class_names"), "preprocess": {**pre, "normalize": "channel"},
+            "data": None, "extra": extra}
+
+
+def is_reslab(raw: dict[str, str]) -> bool:
+    """Whether raw safetensors metadata is reslab's (either format)."""
+    return raw.get("format") in (FORMAT, OLD_FORMAT) or "architecture" in raw or "record" in raw
+
+
+def parse_metadata(raw: dict[str, str], tensors: dict[str, torch.Tensor],
+                   where: str) -> Record:
+    """The Record of a reslab safetensors file's raw metadata (and its mean-image tensor)."""
+    fmt = raw.get("format", OLD_FORMAT)
+    if fmt == FORMAT:
+        try:
+            obj = json.loads(raw.get("record", ""))
+        except json.JSONDecodeError as e:
+            raise invalid(where, f"the record is not valid JSON ({e.msg})") from None
+    elif fmt == OLD_FORMAT:
+        meta = {}
+        for key, value in raw.items():
+            try:
+                meta[key] = json.loads(value)
+            except json.JSONDecodeError:
+                meta[key] = value
+        obj = _from_old_format(meta, where)
+    else:
+        raise InvalidRecord(f"{where} has format {short_json(fmt)}, which this reslab does not know "
+                            f"(it reads {FORMAT} and {OLD_FORMAT}); a newer reslab wrote it?")
+    return Record.from_json(obj, tensors.get(MEAN_IMAGE_KEY), where)

@@ -21,7 +21,8 @@ object (format "reslab-2"):
 `eval`, `predict`, `responses`, `export`, `grow` and the Python API read only this record, never a
 run's config.toml: a checkpoint copied anywhere behaves as it does in its run directory.
 Files of the first format (reslab-1: the same fields flat in the metadata, without the mean image)
-still load, except per-pixel-mean ones, whose input preparation they cannot reproduce.
+still load (weights.reading turns them into a record), except per-pixel-mean ones, whose input
+preparation they cannot reproduce.
 """
 from __future__ import annotations
 
@@ -47,8 +48,7 @@ from ..models import create_model, is_model
 from ..models.blocks import ACTIVATIONS, PAD_SIDES, SHORTCUTS, STRIDE_IN
 from .tensors import check_tensors
 
-FORMAT = "reslab-2"
-OLD_FORMAT = "reslab-1"
+FORMAT = "reslab-2"  # the record's format; weights.reading also reads the first, "reslab-1"
 MEAN_IMAGE_KEY = "reslab.mean_image"
 KWARGS = ("num_classes", "in_chans", "shortcut", "stride_in", "zero_init_residual", "pad_sides",
           "activation")
@@ -128,11 +128,11 @@ class TrainingData:
         if value is None:
             return None
         if not isinstance(value, dict) or not isinstance(value.get("spec"), str):
-            raise _fail(where, f"data must be null or an object with a spec, got "
-                        f"{_short(value)}")
+            raise invalid(where, f"data must be null or an object with a spec, got "
+                        f"{short_json(value)}")
         data_dir = value.get("data_dir")
         if data_dir is not None and not isinstance(data_dir, str):
-            raise _fail(where, f"data.data_dir must be a string, got {_short(data_dir)}")
+            raise invalid(where, f"data.data_dir must be a string, got {short_json(data_dir)}")
         try:
             val_split = check_int("data.val_split", value.get("val_split", 0), 0, 10**9)
             seed = check_int("data.seed", value.get("seed", 0), 0, MAX_SEED)
@@ -140,7 +140,7 @@ class TrainingData:
             if train_images is not None:
                 check_int("data.train_images", train_images, 1, 10**9)
         except UserError as e:
-            raise _fail(where, str(e)) from None
+            raise invalid(where, str(e)) from None
         return cls(value["spec"], data_dir, val_split, seed, train_images)
 
 
@@ -203,37 +203,40 @@ class Record:
 
 # --- validation -----------------------------------------------------------------------------
 
-def _fail(where: str, message: str) -> InvalidRecord:
+def invalid(where: str, message: str) -> InvalidRecord:
+    """The error of a record that fails a check: where it came from, then what is wrong."""
     return InvalidRecord(f"{where}: invalid checkpoint metadata: {message}")
+
 
 
 def _require(obj: Any, key: str, where: str) -> Any:
     if key not in obj:
-        raise _fail(where, f"'{key}' is missing")
+        raise invalid(where, f"'{key}' is missing")
     return obj[key]
 
 
 def _numbers(value: Any, n: int, name: str, where: str) -> tuple[float, ...]:
     if not isinstance(value, list) or len(value) != n:
-        raise _fail(where, f"{name} must be a list of {n} numbers (one per input channel), "
-                    f"got {_short(value)}")
+        raise invalid(where, f"{name} must be a list of {n} numbers (one per input channel), "
+                    f"got {short_json(value)}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                for v in value):
-        raise _fail(where, f"{name} must hold finite numbers, got {_short(value)}")
+        raise invalid(where, f"{name} must hold finite numbers, got {short_json(value)}")
     return tuple(float(v) for v in value)
 
 
-def _short(value: Any) -> str:
+def short_json(value: Any) -> str:
+    """value as JSON, cut to 60 characters, for error messages."""
     text = json.dumps(value) if not isinstance(value, torch.Tensor) else "a tensor"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _kwargs(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise _fail(where, f"kwargs must be an object, got {_short(value)}")
+        raise invalid(where, f"kwargs must be an object, got {short_json(value)}")
     unknown_keys = sorted(set(value) - set(KWARGS))
     if unknown_keys:
-        raise _fail(where, f"kwargs has unknown options "
+        raise invalid(where, f"kwargs has unknown options "
                     f"{', '.join(short_text(k, 60) for k in unknown_keys[:5])} "
                     f"(known: {', '.join(KWARGS)})")
     try:
@@ -243,67 +246,67 @@ def _kwargs(value: Any, where: str) -> dict[str, Any]:
     except InvalidRecord:
         raise
     except UserError as e:
-        raise _fail(where, str(e)) from None
+        raise invalid(where, str(e)) from None
     out: dict[str, Any] = {**value, "num_classes": num_classes, "in_chans": in_chans}
     for key, choices in (("shortcut", SHORTCUTS), ("stride_in", STRIDE_IN),
                          ("pad_sides", PAD_SIDES), ("activation", ACTIVATIONS)):
         if key in value and value[key] not in choices:
-            raise _fail(where, f"kwargs {key} {_short(value[key])} is not one of "
+            raise invalid(where, f"kwargs {key} {short_json(value[key])} is not one of "
                         f"{', '.join(choices)}")
     if not isinstance(value.get("zero_init_residual", False), bool):
-        raise _fail(where, "kwargs zero_init_residual must be true or false")
+        raise invalid(where, "kwargs zero_init_residual must be true or false")
     return out
 
 
 def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
                 where: str) -> Preprocess:
     if not isinstance(value, dict):
-        raise _fail(where, f"preprocess must be an object, got {_short(value)}")
+        raise invalid(where, f"preprocess must be an object, got {short_json(value)}")
     size = _require(value, "input_size", where)
     if (not isinstance(size, list) or len(size) != 3
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in size)):
-        raise _fail(where, f"input_size must be [C, H, W] whole numbers, got {_short(size)}")
+        raise invalid(where, f"input_size must be [C, H, W] whole numbers, got {short_json(size)}")
     if size[0] != in_chans:
-        raise _fail(where, f"input_size {size} has {size[0]} channels but the model takes "
+        raise invalid(where, f"input_size {size} has {size[0]} channels but the model takes "
                     f"{in_chans}")
     if not all(1 <= s <= MAX_IMAGE_SIDE for s in size[1:]):
-        raise _fail(where, f"input_size {size}: height and width must be between 1 and "
+        raise invalid(where, f"input_size {size}: height and width must be between 1 and "
                     f"{MAX_IMAGE_SIDE}")
     if size[0] * size[1] * size[2] > MAX_BATCH_VALUES:
-        raise _fail(where, f"input_size {size} is {size[0] * size[1] * size[2]:,} values per "
+        raise invalid(where, f"input_size {size} is {size[0] * size[1] * size[2]:,} values per "
                     f"image, more than the {MAX_BATCH_VALUES:,} limit")
     mean = _numbers(_require(value, "mean", where), in_chans, "mean", where)
     std = _numbers(_require(value, "std", where), in_chans, "std", where)
     if min(std) <= 0:
-        raise _fail(where, f"std must be positive, got {list(std)}")
+        raise invalid(where, f"std must be positive, got {list(std)}")
     try:
         check_stats(mean, std)
     except UserError as e:
-        raise _fail(where, str(e)) from None
+        raise invalid(where, str(e)) from None
     normalize = value.get("normalize", "channel")
     if normalize not in NORMALIZE:
-        raise _fail(where, f"normalize {_short(normalize)} is not one of {', '.join(NORMALIZE)}")
+        raise invalid(where, f"normalize {short_json(normalize)} is not one of {', '.join(NORMALIZE)}")
     crop = value.get("crop_fraction", default_crop_fraction(size))
     try:
         crop = check_float("crop_fraction", crop, 0.0, 1.0, lo_open=True)
     except UserError as e:
-        raise _fail(where, str(e)) from None
+        raise invalid(where, str(e)) from None
     flip, translate = (_flag(value, key, where) for key in ("tta_flip", "tta_translate"))
     resize = value.get("resize", "crop")  # absent: the crop every record before it used
     if resize not in RESIZES:
-        raise _fail(where, f"resize {_short(resize)} is not one of {', '.join(RESIZES)}")
+        raise invalid(where, f"resize {short_json(resize)} is not one of {', '.join(RESIZES)}")
     if normalize == "pixel":
         if mean_image is None:
-            raise _fail(where, f"normalize is \"pixel\" but the file has no {MEAN_IMAGE_KEY} "
+            raise invalid(where, f"normalize is \"pixel\" but the file has no {MEAN_IMAGE_KEY} "
                         "tensor (the per-pixel mean image)")
         if tuple(mean_image.shape) != tuple(size) or not mean_image.dtype.is_floating_point:
-            raise _fail(where, f"{MEAN_IMAGE_KEY} has shape {list(mean_image.shape)} "
+            raise invalid(where, f"{MEAN_IMAGE_KEY} has shape {list(mean_image.shape)} "
                         f"({mean_image.dtype}); expected float {size}")
         if not bool(torch.isfinite(mean_image).all()):
-            raise _fail(where, f"{MEAN_IMAGE_KEY} holds non-finite values")
+            raise invalid(where, f"{MEAN_IMAGE_KEY} holds non-finite values")
         largest = float(mean_image.abs().max())
         if largest > MAX_ABS_MEAN:  # the bound check_stats puts on a per-channel mean
-            raise _fail(where, f"{MEAN_IMAGE_KEY} holds values outside [-{MAX_ABS_MEAN:g}, "
+            raise invalid(where, f"{MEAN_IMAGE_KEY} holds values outside [-{MAX_ABS_MEAN:g}, "
                         f"{MAX_ABS_MEAN:g}] (largest {largest:.3g})")
         mean_image = mean_image.float()
     else:
@@ -316,46 +319,31 @@ def _flag(value: dict[str, Any], key: str, where: str) -> bool:
     """preprocess[key], a boolean that is false when absent (records written before it)."""
     flag = value.get(key, False)
     if not isinstance(flag, bool):
-        raise _fail(where, f"{key} must be true or false, got {_short(flag)}")
+        raise invalid(where, f"{key} must be true or false, got {short_json(flag)}")
     return flag
 
 
 def _parse(obj: Any, mean_image: torch.Tensor | None, where: str) -> Record:
     if not isinstance(obj, dict):
-        raise _fail(where, f"the record must be an object, got {_short(obj)}")
+        raise invalid(where, f"the record must be an object, got {short_json(obj)}")
     arch = _require(obj, "architecture", where)
     if not isinstance(arch, str) or not is_model(arch):
-        raise _fail(where, f"unknown architecture {_short(arch)}")
+        raise invalid(where, f"unknown architecture {short_json(arch)}")
     kwargs = _kwargs(_require(obj, "kwargs", where), where)
     names = _require(obj, "class_names", where)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise _fail(where, f"class_names must be a list of strings, got {_short(names)}")
+        raise invalid(where, f"class_names must be a list of strings, got {short_json(names)}")
     if len(names) != kwargs["num_classes"]:
-        raise _fail(where, f"class_names has {len(names)} names but the model has "
+        raise invalid(where, f"class_names has {len(names)} names but the model has "
                     f"{kwargs['num_classes']} classes")
     if any(len(n) > MAX_CLASS_NAME for n in names):
-        raise _fail(where, f"a class name is longer than {MAX_CLASS_NAME} characters")
+        raise invalid(where, f"a class name is longer than {MAX_CLASS_NAME} characters")
     pre = _preprocess(_require(obj, "preprocess", where), kwargs["in_chans"], mean_image, where)
     extra = obj.get("extra") or {}
     if not isinstance(extra, dict):
-        raise _fail(where, f"extra must be an object, got {_short(extra)}")
+        raise invalid(where, f"extra must be an object, got {short_json(extra)}")
     data = TrainingData.from_json(obj.get("data"), where)
     return Record(arch, kwargs, tuple(names), pre, data, extra)
-
-
-def _from_old_format(meta: dict[str, Any], where: str) -> dict[str, Any]:
-    """A reslab-1 file's flat metadata as a reslab-2 record object."""
-    if meta.get("normalize") == "pixel":
-        raise InvalidRecord(
-            f"{where} was written by an older reslab (format {OLD_FORMAT}) for per-pixel-mean "
-            "input but does not hold the mean image that training subtracted, so its input "
-            "preparation cannot be reproduced; retrain it, or re-import it with per-channel "
-            "statistics you choose: reslab import FILE --model ARCH --mean M --std S --out NEW")
-    pre = {k: meta[k] for k in ("input_size", "mean", "std", "crop_fraction") if k in meta}
-    extra = {k: meta[k] for k in ("grown_from",) if k in meta}
-    return {"architecture": meta.get("architecture"), "kwargs": meta.get("kwargs"),
-            "class_names": meta.get("class_names"), "preprocess": {**pre, "normalize": "channel"},
-            "data": None, "extra": extra}
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -371,31 +359,3 @@ def save_weights(path: str | Path, model: nn.Module, record: Record) -> None:
         tensors[MEAN_IMAGE_KEY] = record.preprocess.mean_image.float()
     metadata = {"format": FORMAT, "record": json.dumps(record.to_json())}
     save_safetensors(path, tensors, metadata, "checkpoint")
-
-
-def is_reslab(raw: dict[str, str]) -> bool:
-    """Whether raw safetensors metadata is reslab's (either format)."""
-    return raw.get("format") in (FORMAT, OLD_FORMAT) or "architecture" in raw or "record" in raw
-
-
-def parse_metadata(raw: dict[str, str], tensors: dict[str, torch.Tensor],
-                   where: str) -> Record:
-    """The Record of a reslab safetensors file's raw metadata (and its mean-image tensor)."""
-    fmt = raw.get("format", OLD_FORMAT)
-    if fmt == FORMAT:
-        try:
-            obj = json.loads(raw.get("record", ""))
-        except json.JSONDecodeError as e:
-            raise _fail(where, f"the record is not valid JSON ({e.msg})") from None
-    elif fmt == OLD_FORMAT:
-        meta = {}
-        for key, value in raw.items():
-            try:
-                meta[key] = json.loads(value)
-            except json.JSONDecodeError:
-                meta[key] = value
-        obj = _from_old_format(meta, where)
-    else:
-        raise InvalidRecord(f"{where} has format {_short(fmt)}, which this reslab does not know "
-                            f"(it reads {FORMAT} and {OLD_FORMAT}); a newer reslab wrote it?")
-    return _parse(obj, tensors.get(MEAN_IMAGE_KEY), where)
