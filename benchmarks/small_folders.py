@@ -123,7 +123,8 @@ def main() -> None:
                        ("train_eval_top1", "eval-mode train top1", ".3f"),
                        ("batch", "batch", "d"), ("iters", "iterations", "d"),
                        ("wall_s", "seconds", ".0f")])
-    save_results("first-contact-small-folders", vars(args) | {"out": None}, rows, out=args.out)
+    setup = {k: v for k, v in vars(args).items() if k != "out"}  # no path of this machine
+    save_results("first-contact-small-folders", setup, rows, out=args.out)
 
 
 if __name__ == "__main__":

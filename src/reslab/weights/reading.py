@@ -220,6 +220,6 @@ def parse_metadata(raw: dict[str, str], tensors: dict[str, torch.Tensor],
                 meta[key] = value
         obj = _from_old_format(meta, where)
     else:
-        raise InvalidRecord(f"{where} has format {short_json(fmt)}, which this reslab does not know "
-                            f"(it reads {FORMAT} and {OLD_FORMAT}); a newer reslab wrote it?")
+        raise InvalidRecord(f"{where} has format {short_json(fmt)}, which this reslab does not "
+                            f"know (it reads {FORMAT} and {OLD_FORMAT}); a newer reslab wrote it?")
     return Record.from_json(obj, tensors.get(MEAN_IMAGE_KEY), where)

@@ -129,7 +129,7 @@ class TrainingData:
             return None
         if not isinstance(value, dict) or not isinstance(value.get("spec"), str):
             raise invalid(where, f"data must be null or an object with a spec, got "
-                        f"{short_json(value)}")
+                          f"{short_json(value)}")
         data_dir = value.get("data_dir")
         if data_dir is not None and not isinstance(data_dir, str):
             raise invalid(where, f"data.data_dir must be a string, got {short_json(data_dir)}")
@@ -218,7 +218,7 @@ def _require(obj: Any, key: str, where: str) -> Any:
 def _numbers(value: Any, n: int, name: str, where: str) -> tuple[float, ...]:
     if not isinstance(value, list) or len(value) != n:
         raise invalid(where, f"{name} must be a list of {n} numbers (one per input channel), "
-                    f"got {short_json(value)}")
+                      f"got {short_json(value)}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                for v in value):
         raise invalid(where, f"{name} must hold finite numbers, got {short_json(value)}")
@@ -237,8 +237,8 @@ def _kwargs(value: Any, where: str) -> dict[str, Any]:
     unknown_keys = sorted(set(value) - set(KWARGS))
     if unknown_keys:
         raise invalid(where, f"kwargs has unknown options "
-                    f"{', '.join(short_text(k, 60) for k in unknown_keys[:5])} "
-                    f"(known: {', '.join(KWARGS)})")
+                      f"{', '.join(short_text(k, 60) for k in unknown_keys[:5])} "
+                      f"(known: {', '.join(KWARGS)})")
     try:
         num_classes = check_int("num_classes", _require(value, "num_classes", where), 1,
                                 MAX_CLASSES)
@@ -252,7 +252,7 @@ def _kwargs(value: Any, where: str) -> dict[str, Any]:
                          ("pad_sides", PAD_SIDES), ("activation", ACTIVATIONS)):
         if key in value and value[key] not in choices:
             raise invalid(where, f"kwargs {key} {short_json(value[key])} is not one of "
-                        f"{', '.join(choices)}")
+                          f"{', '.join(choices)}")
     if not isinstance(value.get("zero_init_residual", False), bool):
         raise invalid(where, "kwargs zero_init_residual must be true or false")
     return out
@@ -268,13 +268,13 @@ def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
         raise invalid(where, f"input_size must be [C, H, W] whole numbers, got {short_json(size)}")
     if size[0] != in_chans:
         raise invalid(where, f"input_size {size} has {size[0]} channels but the model takes "
-                    f"{in_chans}")
+                      f"{in_chans}")
     if not all(1 <= s <= MAX_IMAGE_SIDE for s in size[1:]):
         raise invalid(where, f"input_size {size}: height and width must be between 1 and "
-                    f"{MAX_IMAGE_SIDE}")
+                      f"{MAX_IMAGE_SIDE}")
     if size[0] * size[1] * size[2] > MAX_BATCH_VALUES:
         raise invalid(where, f"input_size {size} is {size[0] * size[1] * size[2]:,} values per "
-                    f"image, more than the {MAX_BATCH_VALUES:,} limit")
+                      f"image, more than the {MAX_BATCH_VALUES:,} limit")
     mean = _numbers(_require(value, "mean", where), in_chans, "mean", where)
     std = _numbers(_require(value, "std", where), in_chans, "std", where)
     if min(std) <= 0:
@@ -285,7 +285,8 @@ def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
         raise invalid(where, str(e)) from None
     normalize = value.get("normalize", "channel")
     if normalize not in NORMALIZE:
-        raise invalid(where, f"normalize {short_json(normalize)} is not one of {', '.join(NORMALIZE)}")
+        raise invalid(where, f"normalize {short_json(normalize)} is not one of "
+                      f"{', '.join(NORMALIZE)}")
     crop = value.get("crop_fraction", default_crop_fraction(size))
     try:
         crop = check_float("crop_fraction", crop, 0.0, 1.0, lo_open=True)
@@ -298,16 +299,16 @@ def _preprocess(value: Any, in_chans: int, mean_image: torch.Tensor | None,
     if normalize == "pixel":
         if mean_image is None:
             raise invalid(where, f"normalize is \"pixel\" but the file has no {MEAN_IMAGE_KEY} "
-                        "tensor (the per-pixel mean image)")
+                          "tensor (the per-pixel mean image)")
         if tuple(mean_image.shape) != tuple(size) or not mean_image.dtype.is_floating_point:
             raise invalid(where, f"{MEAN_IMAGE_KEY} has shape {list(mean_image.shape)} "
-                        f"({mean_image.dtype}); expected float {size}")
+                          f"({mean_image.dtype}); expected float {size}")
         if not bool(torch.isfinite(mean_image).all()):
             raise invalid(where, f"{MEAN_IMAGE_KEY} holds non-finite values")
         largest = float(mean_image.abs().max())
         if largest > MAX_ABS_MEAN:  # the bound check_stats puts on a per-channel mean
             raise invalid(where, f"{MEAN_IMAGE_KEY} holds values outside [-{MAX_ABS_MEAN:g}, "
-                        f"{MAX_ABS_MEAN:g}] (largest {largest:.3g})")
+                          f"{MAX_ABS_MEAN:g}] (largest {largest:.3g})")
         mean_image = mean_image.float()
     else:
         mean_image = None
@@ -335,7 +336,7 @@ def _parse(obj: Any, mean_image: torch.Tensor | None, where: str) -> Record:
         raise invalid(where, f"class_names must be a list of strings, got {short_json(names)}")
     if len(names) != kwargs["num_classes"]:
         raise invalid(where, f"class_names has {len(names)} names but the model has "
-                    f"{kwargs['num_classes']} classes")
+                      f"{kwargs['num_classes']} classes")
     if any(len(n) > MAX_CLASS_NAME for n in names):
         raise invalid(where, f"a class name is longer than {MAX_CLASS_NAME} characters")
     pre = _preprocess(_require(obj, "preprocess", where), kwargs["in_chans"], mean_image, where)
