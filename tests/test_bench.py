@@ -223,3 +223,24 @@ def test_small_folders_trains_each_folder_once_per_seed_with_the_given_flags(
     rows = json.loads((tmp_path / "r.json").read_text())["results"]
     assert [(r["name"], r["seed"], r["test_top1"]) for r in rows] == [("30-3c-8px", 0, 0.5),
                                                                         ("30-3c-8px", 2, 0.5)]
+
+
+def test_training_benchmark_gives_reslab_the_peers_model(monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    """benchmarks/training.py times the same work on both sides: reslab's default flags turn the
+    `fast` recipe into the peer's model (resnet20 with ReLU, native size, one view), whatever
+    the recipe's own net and activation are (the GELU recipe once made reslab's side slower)."""
+    import shlex
+    import sys
+
+    from reslab.cli import build_parser
+    from reslab.cli.train import resolve
+
+    training = _benchmark(monkeypatch, "training")
+    monkeypatch.setattr(sys, "argv", ["training.py"])
+    reslab_cmd = training.commands(training.parse_args(), tmp_path, 0)["reslab"]
+    argv = reslab_cmd[reslab_cmd.index("train"):]
+    r = resolve(build_parser(argv).parse_args(argv))
+    assert (r.model, r.activation, r.progressive_from, r.tta_flip, r.tta_translate) == (
+        "resnet20", "relu", 1.0, False, False)
+    assert "--iters" in shlex.join(reslab_cmd)

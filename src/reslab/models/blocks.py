@@ -61,7 +61,10 @@ class PadShortcut(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride != 1:
-            x = x[:, :, :: self.stride, :: self.stride]
+            # x[:, :, ::s, ::s] as a 1x1 average pool: the same values, but its backward keeps
+            # a channels-last gradient channels-last (slicing's returns NCHW, and every
+            # element-wise backward upstream then mixes layouts and runs several times slower)
+            x = F.avg_pool2d(x, 1, self.stride)
         extra = self.out_planes - self.in_planes
         front = extra // 2 if self.sides == "both" else 0
         # F.pad pads the last dims first: (W_left, W_right, H_top, H_bottom, C_front, C_back).
