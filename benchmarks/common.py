@@ -194,6 +194,16 @@ def prepare(args: argparse.Namespace) -> None:
               "timings will be noisy", file=sys.stderr, flush=True)
 
 
+def shown_command(argv: Sequence[str]) -> str:
+    """A benchmark's command line as a results file records it: without the interpreter, and
+    with paths inside the repository made relative to it (no path of the machine that ran it)."""
+    def shown(arg: str) -> str:
+        path = Path(arg)
+        return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) \
+            else arg
+    return " ".join(shown(a) for a in argv[1:])
+
+
 def save_results(name: str, setup: dict[str, Any], results: Any, *, out: Path | None = None,
                  **extra: Any) -> Path:
     """Writes docs/results/NAME.json (or `out`; docs/results/README.md says how results are

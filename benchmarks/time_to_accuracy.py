@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (PYTHON, RESULTS, ROOT, add_threads_option, prepare, print_table,
-                    run_timed, save_results)
+                    run_timed, save_results, shown_command)
 
 PEER = ROOT / "benchmarks" / "peer_airbench.py"
 # --tiny: both sides on the same small synthetic data, a few steps each
@@ -240,8 +240,7 @@ def peer_main(args: argparse.Namespace) -> None:
              f"thread each, {'bf16' if amp == 'bf16' else 'fp32'}")
     setup = {"recipe": args.recipe, "train_args": args.train_args, "peer_args": args.peer_args,
              "seeds": args.seeds, "tiny": args.tiny, "threads_each": 1, "precision": amp,
-             "commands": {k: " ".join(str(PEER.relative_to(ROOT)) if a == str(PEER) else a
-                                      for a in v[1:])
+             "commands": {k: shown_command(v)
                           for k, v in peer_commands(args, 0, Path("TMP"), amp).items()},
              "train_s": "reslab: the time_s of its last evaluation row (training seconds, "
                         "its evaluations included); peer: training, whitening and the final "

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (PYTHON, RESULTS, ROOT, add_threads_option, measure_peaks, median,
-                    prepare, print_table, run_timed, save_results)
+                    prepare, print_table, run_timed, save_results, shown_command)
 
 PEER = ROOT / "benchmarks" / "peer_torchvision_train.py"
 COLUMNS = (("runner", "runner", ""), ("runs", "runs", "d"), ("wall_s", "wall s (median)", ".1f"),
@@ -143,8 +143,8 @@ def main() -> None:
           f"{ratio:.2f}x, training loop alone {train_ratio:.2f}x")
     setup = {"model": "resnet20", "data": "fashion-mnist", "iters": args.iters,
              "batch_size": args.batch_size, "rounds": args.rounds,
-             "reslab": " ".join(commands(args, Path("TMP"), 0)["reslab"][1:]),
-             "peer": " ".join(commands(args, Path("TMP"), 0)["peer"][1:]),
+             **{name: shown_command(cmd)
+                for name, cmd in commands(args, Path("TMP"), 0).items()},
              "peer_model": "reslab.create_model('resnet20', in_chans=1): torchvision has no "
                            "CIFAR-style resnet20; eager fp32 NCHW",
              "peer_workers": args.peer_workers,

@@ -244,3 +244,6 @@ def test_training_benchmark_gives_reslab_the_peers_model(monkeypatch: pytest.Mon
     assert (r.model, r.activation, r.progressive_from, r.tta_flip, r.tta_translate) == (
         "resnet20", "relu", 1.0, False, False)
     assert "--iters" in shlex.join(reslab_cmd)
+    # the results file records the commands with no path of this machine
+    peer = training.shown_command(training.commands(training.parse_args(), tmp_path, 0)["peer"])
+    assert peer.startswith("benchmarks/peer_torchvision_train.py --iters 300 ")
