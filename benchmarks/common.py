@@ -194,14 +194,18 @@ def prepare(args: argparse.Namespace) -> None:
               "timings will be noisy", file=sys.stderr, flush=True)
 
 
+def shown_path(path: Path) -> str:
+    """A path as a results file records it, with nothing of the machine that ran it: relative
+    to the repository when inside it, else only its name (a temporary run directory)."""
+    if not path.is_absolute():
+        return str(path)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
 def shown_command(argv: Sequence[str]) -> str:
-    """A benchmark's command line as a results file records it: without the interpreter, and
-    with paths inside the repository made relative to it (no path of the machine that ran it)."""
-    def shown(arg: str) -> str:
-        path = Path(arg)
-        return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) \
-            else arg
-    return " ".join(shown(a) for a in argv[1:])
+    """A benchmark's command line as a results file records it: without the interpreter, each
+    absolute path as shown_path shows it."""
+    return " ".join(shown_path(Path(a)) if Path(a).is_absolute() else a for a in argv[1:])
 
 
 def save_results(name: str, setup: dict[str, Any], results: Any, *, out: Path | None = None,

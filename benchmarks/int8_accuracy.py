@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, add_threads_option, prepare, print_table, save_results  # noqa: E402
+from common import (RESULTS, add_threads_option, prepare, print_table,  # noqa: E402
+                    save_results, shown_path)
 
 from reslab.data import load_data  # noqa: E402
 from reslab.deploy import quantize_int8  # noqa: E402
@@ -86,7 +87,7 @@ def main() -> None:
     drop = 100 * (scores["fp32 eager"]["top1"] - scores["int8 PT2E (quantize_int8)"]["top1"])
     print(f"top-1 change (PT2E): {-drop:+.2f} points; PT2E vs FX speed: "
           f"{secs['int8 FX (deprecated)'] / secs['int8 PT2E (quantize_int8)']:.2f}x")
-    save_results("int8_accuracy", {"run": str(args.run), "architecture": record.architecture,
+    save_results("int8_accuracy", {"run": shown_path(Path(args.run)), "architecture": record.architecture,
                                    "data": trained.spec, "batch_size": args.batch_size,
                                    "calibration_batches": args.calibration_batches},
                  rows, out=args.out, top1_points_lost=round(drop, 3))

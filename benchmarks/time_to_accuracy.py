@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (PYTHON, RESULTS, ROOT, add_threads_option, prepare, print_table,
-                    run_timed, save_results, shown_command)
+                    run_timed, save_results, shown_command, shown_path)
 
 PEER = ROOT / "benchmarks" / "peer_airbench.py"
 # --tiny: both sides on the same small synthetic data, a few steps each
@@ -292,7 +292,7 @@ def main() -> None:
     print(f"best {result['split']} top1 {result['best_top1']} at {result['best_at_s']} s; "
           f"final test top1 {result['final_test_top1']}; training "
           f"{result['training_s']} s" + (f"; whole process {wall:.1f} s" if wall else ""))
-    setup = {"run": str(run_dir), "recipe": args.recipe if not args.from_run else None,
+    setup = {"run": shown_path(run_dir), "recipe": args.recipe if not args.from_run else None,
              "train_args": args.train_args, "quick": args.quick, "config": config,
              "time_s": "training seconds since the start of the loop (evaluations included; "
                        "start-up and data loading not)",

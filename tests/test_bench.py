@@ -247,3 +247,25 @@ def test_training_benchmark_gives_reslab_the_peers_model(monkeypatch: pytest.Mon
     # the results file records the commands with no path of this machine
     peer = training.shown_command(training.commands(training.parse_args(), tmp_path, 0)["peer"])
     assert peer.startswith("benchmarks/peer_torchvision_train.py --iters 300 ")
+
+
+def test_results_files_record_paths_without_the_machines(monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    """A path a benchmark records is relative to the repository inside it, and only its name
+    outside (a temporary run directory, a --keep folder elsewhere); command lines alike."""
+    common = _benchmark(monkeypatch, "common")
+    assert common.shown_path(common.ROOT / "docs" / "results") == "docs/results"
+    assert common.shown_path(tmp_path / "run") == "run"
+    assert common.shown_path(Path("runs/fast")) == "runs/fast"
+    assert common.shown_command(["python", "-m", "reslab", "train", "--out",
+                                 str(tmp_path / "run"), "--seed", "1"]) == \
+        "-m reslab train --out run --seed 1"
+    tta = _benchmark(monkeypatch, "time_to_accuracy")
+    monkeypatch.setattr(tta, "read_metrics", lambda run: [])
+    monkeypatch.setattr(tta, "run_config", lambda run: {})
+    out = tmp_path / "tta.json"
+    monkeypatch.setattr("sys.argv", ["time_to_accuracy.py", "--from-run", str(tmp_path / "r"),
+                                     "--out", str(out)])
+    tta.main()
+    assert json.loads(out.read_text())["setup"]["run"] == "r"
+    assert str(tmp_path) not in out.read_text()
