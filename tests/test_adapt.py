@@ -228,7 +228,8 @@ def test_a_recipe_file_with_a_given_of_the_wrong_type_is_one_clear_error(tmp_pat
     from reslab.errors import UserError
 
     (tmp_path / "r.toml").write_text("given = false\n")
-    with pytest.raises(UserError, match="^invalid value for given: False$"):
+    with pytest.raises(UserError,
+                       match=r"^invalid value for given: False \(names, comma-separated\)$"):
         load_recipe(str(tmp_path / "r.toml"))
     (tmp_path / "r.toml").write_text('given = ["epochs", "nope"]\n')
     with pytest.raises(UserError, match="unknown recipe field in given 'nope'"):

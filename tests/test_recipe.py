@@ -165,11 +165,11 @@ def test_overrides_are_coerced_from_cli_strings():
                         "1,000,000,000"),
     ({"momentum": 1.5}, "invalid momentum 1.5: must be in [0, 1)"),
     ({"model": "resnet21"}, "unknown model 'resnet21' (closest: resnet32, resnet20, resnet18)"),
-    ({"batch_size": "1.5"}, "invalid value for batch_size: '1.5'"),
+    ({"batch_size": "1.5"}, "invalid value for batch_size: '1.5' (a whole number)"),
     ({"schedule": "linear"}, "invalid schedule 'linear' (choices: step, cosine, onecycle, "
                              "plateau, constant)"),
     ({"lrr": 0.1}, "unknown recipe key 'lrr' (closest: lr)"),
-    ({"nesterov": "maybe"}, "invalid value for nesterov: 'maybe'"),
+    ({"nesterov": "maybe"}, "invalid value for nesterov: 'maybe' (true or false)"),
     # a count, often written as a fraction (Keras' validation_split): the message says so
     ({"val_split": "1.5"}, "invalid val_split '1.5': must be a whole number of training images "
                            "between 0 and 1,000,000,000 (a count, not a fraction)"),

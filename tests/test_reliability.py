@@ -504,7 +504,7 @@ BAD_INPUT: dict[str, tuple[Callable[[Path, dict, Path], list], str]] = {
     "negative epochs": (lambda t, f, r: train_argv(r, t / "o", "--epochs", "-2"),
                         r"invalid epochs -2\.0: must be in \(0, 100000\]"),
     "infinite lr": (lambda t, f, r: train_argv(r, t / "o", "--lr", "inf"),
-                    r"invalid value for lr: 'inf'"),
+                    r"invalid value for lr: 'inf' \(a finite number\)"),
     "imagefolder missing": (lambda t, f, r: train_argv(r, t / "o", "--data",
                                                        f"imagefolder:{t / 'nowhere'}"),
                             r"image folder '.*nowhere' not found"),

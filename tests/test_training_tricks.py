@@ -54,7 +54,7 @@ def test_the_new_fields_default_off_and_old_configs_load_unchanged():
     ({"auto_augment": "autoaugment"},
      "invalid auto_augment 'autoaugment' (choices: none, randaugment, trivialaugment)"),
     ({"mixup": -1}, "invalid mixup -1.0: must be in [0, 100]"),
-    ({"cutmix": "inf"}, "invalid value for cutmix: 'inf'"),
+    ({"cutmix": "inf"}, "invalid value for cutmix: 'inf' (a finite number)"),
     ({"accumulate": 0}, "invalid accumulate 0: must be between 1 and 1,024"),
     ({"clip_grad_norm": -0.5}, "invalid clip_grad_norm -0.5: must be in [0, 1e+09]"),
     ({"early_stopping": 3, "eval_every": 0},

@@ -272,7 +272,14 @@ def _convert(key: str, type_name: str, value: Any) -> Any:
             raise UserError(f"invalid {key} {short_text(repr(value))}: must be a whole number of "
                             f"{COUNT_OF[key]} between {lo} and {hi:,} (a count, not a "
                             "fraction)") from None
-        raise UserError(f"invalid value for {key}: {short_text(repr(value))}") from None
+        raise UserError(f"invalid value for {key}: {short_text(repr(value))} "
+                        f"({EXPECTED[type_name.split(' |')[0]]})") from None
+
+
+# What each field type takes, for the message a wrong value gets
+EXPECTED = {"bool": "true or false", "int": "a whole number", "float": "a finite number",
+            "list[int]": "whole numbers, comma-separated", "list[str]": "names, comma-separated",
+            "str": "a name"}
 
 
 # Counts that other tools take as fractions (Keras' validation_split, scikit-learn's test_size)
