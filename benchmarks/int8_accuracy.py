@@ -87,8 +87,9 @@ def main() -> None:
     drop = 100 * (scores["fp32 eager"]["top1"] - scores["int8 PT2E (quantize_int8)"]["top1"])
     print(f"top-1 change (PT2E): {-drop:+.2f} points; PT2E vs FX speed: "
           f"{secs['int8 FX (deprecated)'] / secs['int8 PT2E (quantize_int8)']:.2f}x")
-    save_results("int8_accuracy", {"run": shown_path(Path(args.run)), "architecture": record.architecture,
-                                   "data": trained.spec, "batch_size": args.batch_size,
+    save_results("int8_accuracy", {"run": shown_path(Path(args.run)),
+                                   "architecture": record.architecture, "data": trained.spec,
+                                   "batch_size": args.batch_size,
                                    "calibration_batches": args.calibration_batches},
                  rows, out=args.out, top1_points_lost=round(drop, 3))
 

@@ -272,8 +272,9 @@ def _convert(key: str, type_name: str, value: Any) -> Any:
             raise UserError(f"invalid {key} {short_text(repr(value))}: must be a whole number of "
                             f"{COUNT_OF[key]} between {lo} and {hi:,} (a count, not a "
                             "fraction)") from None
-        raise UserError(f"invalid value for {key}: {short_text(repr(value))} "
-                        f"({EXPECTED[type_name.split(' |')[0]]})") from None
+        expected = EXPECTED.get(type_name.split(" |")[0])
+        raise UserError(f"invalid value for {key}: {short_text(repr(value))}"
+                        + (f" ({expected})" if expected else "")) from None
 
 
 # What each field type takes, for the message a wrong value gets
