@@ -26,7 +26,7 @@ from .values import convert
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 CHOICES = {
-    "optimizer": ("sgd", "adamw"),
+    "optimizer": ("sgd", "adamw", "muon"),
     "schedule": ("step", "cosine", "onecycle", "plateau", "constant"),
     "augment": AUGMENTS,
     "auto_augment": AUTO_AUGMENTS,
@@ -73,6 +73,7 @@ FLOAT_BOUNDS = {"lr": (0.0, MAX_LR, True, False), "epochs": (0.0, MAX_EPOCHS, Tr
                 "mixup": (0.0, MAX_ALPHA, False, False), "cutmix": (0.0, MAX_ALPHA, False, False),
                 "clip_grad_norm": (0.0, 1e9, False, False),
                 "bn_bias_lr": (0.0, MAX_BN_BIAS_LR, True, False),
+                "muon_lr": (0.0, MAX_LR, True, False), "muon_momentum": (0.0, 1.0, False, True),
                 "bn_momentum": (0.0, 1.0, True, False)}
 
 
@@ -110,6 +111,8 @@ class Recipe:
     label_smoothing: float = 0.0
     clip_grad_norm: float = 0.0          # max global L2 norm of the gradients (0: off)
     bn_bias_lr: float = 1.0              # lr multiplier of the BN biases (airbench94: 64)
+    muon_lr: float = 0.07                # optimizer muon: the conv filters' peak lr ...
+    muon_momentum: float = 0.6           # ... and momentum (airbench94_muon's 0.6)
     bn_momentum: float = 0.1             # BN running-statistics momentum, torch's convention
     accumulate: int = 1                  # micro-batches of batch_size per optimizer step
     # schedule

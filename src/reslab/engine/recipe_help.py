@@ -38,7 +38,8 @@ FIELD_HELP = {
     "iters": "training length in iterations (optimizer steps)",
     "batch_size": "images per forward/backward pass: per optimizer step, unless accumulate "
                   "adds up several (clamped to the training set, with a note)",
-    "optimizer": "optimizer",
+    "optimizer": "optimizer: sgd, adamw, or muon (Muon's orthogonalised steps for the conv "
+                 "filters, SGD for the rest; airbench94_muon)",
     "lr": "peak learning rate",
     "momentum": "SGD momentum",
     "nesterov": "Nesterov momentum",
@@ -48,6 +49,11 @@ FIELD_HELP = {
                        "cutmix's mixed targets)",
     "bn_bias_lr": "learning-rate multiplier of the BN biases (airbench94: 64); with decay_all "
                   "their weight decay is divided by it, so lr x decay stays the same",
+    "muon_lr": "optimizer muon: the peak learning rate of the conv filters' orthogonalised "
+               "steps (the schedule scales it as it scales lr; each step turns a filter bank "
+               "by about this much)",
+    "muon_momentum": "optimizer muon: the conv filters' momentum (Nesterov when nesterov is "
+                     "set; airbench94_muon: 0.6)",
     "bn_momentum": "BN running-statistics momentum in torch's convention (the new batch's "
                    "weight; airbench94's 0.6 is 0.4 here)",
     "clip_grad_norm": "clip the gradients' global L2 norm to this before each optimizer step "

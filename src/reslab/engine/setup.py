@@ -13,6 +13,7 @@ from ..errors import UserError
 from ..models import create_model, get_arch
 from ..models.init import dirac_init_
 from ..weights.record import Record
+from .muon import MuonSGD
 from .recipe import Recipe
 
 
@@ -100,8 +101,11 @@ def build_optimizer(r: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     if r.bn_bias_lr != 1.0:  # airbench94's BN-bias group: a larger lr, the same lr x decay
         bn_biases = {id(m.bias) for m in model.modules()
                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    # muon: the conv filters (every weight of more than 2 dims) take Muon's step (engine/muon.py)
+    filters = [p for p in model.parameters() if p.ndim > 2] if r.optimizer == "muon" else []
+    special = bn_biases | {id(p) for p in filters}
     for name, p in model.named_parameters():
-        if id(p) not in bn_biases:
+        if id(p) not in special:
             params[(split and name.startswith("fc."), p.ndim > 1 or r.decay_all)].append(p)
     groups = [{"params": params[k], "weight_decay": r.weight_decay if k[1] else 0.0,
                "head": k[0]} for k in keys]
@@ -111,6 +115,12 @@ def build_optimizer(r: Recipe, model: nn.Module) -> torch.optim.Optimizer:
                        "head": False, "lr_scale": r.bn_bias_lr})
     if r.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=r.lr)
+    if r.optimizer == "muon":
+        groups.append({"params": filters, "orthogonalize": True, "head": False,
+                       "momentum": r.muon_momentum, "lr_scale": r.muon_lr / r.lr})
+        device = next(model.parameters()).device
+        return MuonSGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
+                       ns_dtype=torch.bfloat16 if bf16_supported(device) else torch.float32)
     return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov)
 
 

@@ -1,0 +1,83 @@
+"""Muon for the convolution filters, SGD for the rest: the optimizer of airbench94_muon
+(Keller Jordan, github.com/KellerJordan/cifar10-airbench, airbench94_muon.py; Muon:
+kellerjordan.github.io/posts/muon).
+
+Each filter bank W (out x in x k x k) is a matrix of `out` rows. Its step is Muon's: the
+Nesterov momentum of the gradient, orthogonalised by a few Newton-Schulz iterations (the
+nearest matrix with all singular values near 1, so every direction of the update moves as far
+as the largest one), after W is rescaled to norm sqrt(out). Every conv of reslab's nets is
+followed by a batch norm, which makes the net's function blind to W's scale: the rescaling
+fixes the scale so that the lr alone sets how far a step turns W, and weight decay, which only
+shrinks W, has nothing left to do there. Every other parameter (BN scales and biases, the
+classifier) takes torch's SGD step with the group's momentum, Nesterov and weight decay.
+
+torch.optim.Muon takes 2-D parameters only and always orthogonalises in bf16, which CPUs without
+native bf16 run slowly; here the iterations run in `ns_dtype` (bf16 where native, else fp32).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.optim.sgd import sgd
+
+# The quintic iteration's coefficients (Jordan's): they push small singular values up fast and
+# leave every singular value in about [0.7, 1.2] after a few steps, which trains as well as
+# exact orthogonalisation.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(g: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
+    """Newton-Schulz approximation of U V^T for g = U S V^T (g: a 2-D matrix)."""
+    a, b, c = NS_COEFFICIENTS
+    x = g.to(dtype)
+    wide = x.size(0) <= x.size(1)
+    x = x if wide else x.T  # iterate on the smaller Gram matrix
+    x = x / (x.norm() + 1e-7)  # the spectral norm <= the Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + torch.addmm(gram, gram, gram, beta=b, alpha=c) @ x
+    return (x if wide else x.T).to(g.dtype)
+
+
+class MuonSGD(torch.optim.Optimizer):
+    """One optimizer, two rules: groups with "orthogonalize" take Muon's step (momentum and
+    Nesterov of their own, no weight decay), the others torch's SGD."""
+
+    def __init__(self, params: Iterable[dict[str, Any]], lr: float, momentum: float,
+                 nesterov: bool, ns_steps: int = 3, ns_dtype: torch.dtype = torch.float32
+                 ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0,
+                        orthogonalize=False)
+        super().__init__(params, defaults)
+        self.ns_steps, self.ns_dtype = ns_steps, ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if group["orthogonalize"]:
+                self._muon(params, group)
+                continue
+            buffers = [self.state[p].get("momentum_buffer") for p in params]
+            sgd(params, [p.grad for p in params], buffers, weight_decay=group["weight_decay"],
+                momentum=group["momentum"], lr=group["lr"], dampening=0.0,
+                nesterov=group["nesterov"], maximize=False)
+            for p, buf in zip(params, buffers):
+                self.state[p]["momentum_buffer"] = buf
+
+    def _muon(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        momentum = group["momentum"]
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf = state["momentum_buffer"].mul_(momentum).add_(p.grad)
+            g = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+            rows = len(p)
+            p.mul_(rows ** 0.5 / p.norm().clamp_min(1e-12))
+            update = orthogonalize(g.reshape(rows, -1), self.ns_steps, self.ns_dtype)
+            p.add_(update.view_as(p), alpha=-group["lr"])

@@ -1,0 +1,110 @@
+"""optimizer = "muon" (engine/muon.py): Muon's orthogonalised steps for the conv filters,
+torch's SGD for every other parameter, in one optimizer that resumes bit for bit."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from reslab.engine.loop import fit
+from reslab.engine.muon import MuonSGD, orthogonalize
+from reslab.engine.recipe import coerce
+from reslab.engine.setup import base_lr, build_model, build_optimizer, set_lr
+from reslab.errors import UserError
+
+TINY = {"model": "resnet8", "data": "synthetic:64x1x12x12:4", "batch_size": 16, "lr": 0.05,
+        "schedule": "constant", "workers": 0, "device": "cpu", "deterministic": True,
+        "amp": "off", "optimizer": "muon", "nesterov": True}
+
+
+@pytest.mark.parametrize("shape", [(16, 72), (72, 16), (32, 96)])
+def test_orthogonalize_brings_every_singular_value_near_one_along_the_svds_directions(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    g[:, 0] *= 50  # one dominant direction, which plain SGD would follow almost alone
+    o = orthogonalize(g, steps=5, dtype=torch.float32)
+    assert o.shape == g.shape and o.dtype == g.dtype
+    s = torch.linalg.svdvals(o)
+    assert len(s) == min(shape) and 0.6 < float(s.min()) and float(s.max()) < 1.25
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    exact = u @ vh  # the polar factor U V^T that the iteration approximates
+    cosine = float((o * exact).sum() / (o.norm() * exact.norm()))
+    assert cosine > 0.97
+
+
+def test_a_filter_step_rescales_then_subtracts_the_orthogonalised_nesterov_momentum():
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(8, 4, 3, 3))
+    opt = MuonSGD([{"params": [w], "orthogonalize": True, "momentum": 0.6}], lr=0.1,
+                  momentum=0.9, nesterov=True, ns_steps=3)
+    grads = [torch.randn(8, 4, 3, 3) for _ in range(2)]
+    expected, buf = w.detach().clone(), torch.zeros(8, 4, 3, 3)
+    for g in grads:
+        buf = 0.6 * buf + g
+        step = orthogonalize((g + 0.6 * buf).reshape(8, -1), 3, torch.float32).view(8, 4, 3, 3)
+        expected = expected * (8 ** 0.5 / expected.norm()) - 0.1 * step
+        w.grad = g.clone()
+        opt.step()
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_every_other_parameter_takes_torchs_sgd_step_exactly():
+    torch.manual_seed(0)
+    a, b = nn.Linear(6, 3), nn.Linear(6, 3)
+    b.load_state_dict(a.state_dict())
+    ours = MuonSGD([{"params": a.parameters(), "weight_decay": 5e-4}], lr=0.2, momentum=0.9,
+                   nesterov=True)
+    torchs = torch.optim.SGD(b.parameters(), lr=0.2, momentum=0.9, nesterov=True,
+                             weight_decay=5e-4)
+    for _ in range(4):
+        x = torch.randn(5, 6)
+        for net, opt in ((a, ours), (b, torchs)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_build_optimizer_gives_the_conv_filters_to_muon_at_muon_lr():
+    r = coerce(TINY | {"muon_lr": 0.02, "muon_momentum": 0.5})
+    model = build_model(r, num_classes=4, in_chans=1)
+    opt = build_optimizer(r, model)
+    assert isinstance(opt, MuonSGD)
+    muon = [g for g in opt.param_groups if g["orthogonalize"]]
+    assert len(muon) == 1 and muon[0]["momentum"] == 0.5
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert {id(p) for p in muon[0]["params"]} == {id(p) for p in convs}
+    others = [p for g in opt.param_groups if not g["orthogonalize"] for p in g["params"]]
+    assert len(others) + len(convs) == len(list(model.parameters()))
+    assert model.fc.weight in others and all(p.ndim <= 2 for p in others)
+    set_lr(opt, 0.025)  # the schedule's lr: the filters' is scaled alike
+    assert muon[0]["lr"] == pytest.approx(0.01) and base_lr(opt) == pytest.approx(0.025)
+
+
+def test_muon_recipe_values_out_of_range_are_user_errors():
+    with pytest.raises(UserError, match=r"^invalid muon_lr 0.0: must be in \(0, "):
+        coerce({"muon_lr": 0})
+    with pytest.raises(UserError, match=r"^invalid muon_momentum 1.0: must be in \[0, 1\)"):
+        coerce({"muon_momentum": 1.0})
+    with pytest.raises(UserError, match="^invalid optimizer 'lion'"):
+        coerce({"optimizer": "lion"})
+
+
+def test_a_muon_run_learns_and_resumes_bit_identically(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from helpers import StopAfter
+    from reslab.engine import state as run_state
+
+    r = coerce(TINY | {"iters": 8})
+    fit(r, tmp_path / "whole", quiet=True)
+    monkeypatch.setattr(run_state, "StopSignal", lambda: StopAfter(3))
+    with pytest.raises(run_state.Interrupted):
+        fit(r, tmp_path / "cut", quiet=True)
+    monkeypatch.setattr(run_state, "StopSignal", lambda: StopAfter(10**9))
+    fit(None, tmp_path / "cut", resume=True, quiet=True)
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # every filter bank left at norm sqrt(out) by its last step's rescaling, less that step
+    w = a["layer1.0.conv1.weight"]
+    assert abs(float(w.norm()) - len(w) ** 0.5) < 0.05 * len(w) ** 0.5
