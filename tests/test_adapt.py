@@ -27,10 +27,10 @@ def test_fast_on_a_small_folder_gets_a_batch_length_and_no_resizing_that_fit() -
     assert (r.batch_size, r.lr, r.epochs, r.progressive_from) == (32, 0.05, 50.0, None)
     assert (r.augment, r.pad) == ("crop-flip", 2)  # 32 px: mirroring and 2 px shifts suit
     assert notes == [
-        "note: recipe fast adapted to the data: batch 32 (recipe 128) and lr 0.05 (recipe 0.2, "
+        "note: recipe fast adapted to the data: batch 32 (recipe 256) and lr 0.05 (recipe 0.4, "
         "scaled with the batch) for 270 training images",
-        "note: recipe fast adapted to the data: 50 epochs (recipe 17): 17 epochs of 8 steps "
-        "would be 136 optimizer steps, fewer than the 400 a net needs to train and its BN statistics "
+        "note: recipe fast adapted to the data: 50 epochs (recipe 15): 15 epochs of 8 steps "
+        "would be 120 optimizer steps, fewer than the 400 a net needs to train and its BN statistics "
         "to settle",
         "note: recipe fast adapted to the data: no progressive resizing: it pays on long runs, "
         "and 400 iterations are fewer than 1,500"]
@@ -101,7 +101,7 @@ def test_fields_the_user_gave_are_kept_and_recorded() -> None:
     r = load_recipe("fast", {"epochs": "20", "batch_size": "32", "augment": None})
     assert r.given == ["batch_size", "epochs"]
     adapted, notes = adapt(r, DataFacts(train_images=270, side=8))
-    assert (adapted.batch_size, adapted.epochs, adapted.lr) == (32, 20.0, 0.2)
+    assert (adapted.batch_size, adapted.epochs, adapted.lr) == (32, 20.0, 0.4)
     assert adapted.augment == "crop" and adapted.progressive_from is None  # not given: fitted
     assert adapted.given == ["batch_size", "epochs"]
     assert adapt(load_recipe("fast", {"augment": "crop-flip", "pad": 4}),
@@ -133,11 +133,12 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_eval_mode_collapse_is_caught_and_bn_recalibrate_fixes_it(
         shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """The fast recipe as it was (no adaptation): 9 steps of batch 32 on 32 images; train-mode
+    """The fast recipe as it was (no adaptation, ReLU, SGD at lr 0.2): 9 steps of batch 32 on 32 images; train-mode
     accuracy 87.5%, eval mode near chance. The check says so; recalibrating BN recovers it."""
     argv = ["train", "--model", "resnet8", "--data", f"imagefolder:{shapes}", "--image-size",
             "16", "--workers", "0", "--device", "cpu", "--adapt", "false", "--epochs", "9",
-            "--label-smoothing", "0.1", "--activation", "relu", "--json", "--out"]
+            "--label-smoothing", "0.1", "--activation", "relu", "--optimizer", "sgd", "--lr", "0.2",
+            "--json", "--out"]
     rc, err = run_cli(capsys, [*argv, tmp_path / "a"])
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert rc == 0 and summary["steps"] == 9

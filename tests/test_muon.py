@@ -47,6 +47,18 @@ def test_a_filter_step_rescales_then_subtracts_the_orthogonalised_nesterov_momen
     torch.testing.assert_close(w.detach(), expected, rtol=1e-6, atol=1e-6)
 
 
+def test_a_filter_group_at_lr_zero_is_left_exactly_as_it_is():
+    """freeze_epochs sets the body's lr to 0: its filters must not move, rescaling included
+    (the frozen body's BN runs in eval mode, where a filter's scale changes the output)."""
+    w = nn.Parameter(torch.randn(8, 4, 3, 3) * 3)
+    before = w.detach().clone()
+    opt = MuonSGD([{"params": [w], "orthogonalize": True}], lr=0.0, momentum=0.6,
+                  nesterov=True)
+    w.grad = torch.randn_like(w)
+    opt.step()
+    assert torch.equal(w.detach(), before)
+
+
 def test_every_other_parameter_takes_torchs_sgd_step_exactly():
     torch.manual_seed(0)
     a, b = nn.Linear(6, 3), nn.Linear(6, 3)

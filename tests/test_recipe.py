@@ -22,8 +22,10 @@ def test_fast_recipes_are_the_measured_ones():
     fast = load_recipe("fast")
     assert (fast.model, fast.activation, fast.epochs, fast.progressive_from,
             fast.progressive_until, fast.eval_every, fast.tta_flip, fast.tta_translate,
-            fast.label_smoothing, fast.erase) == ("resnet9p", "gelu", 17, 0.43, 0.6, 0, True,
+            fast.label_smoothing, fast.erase) == ("resnet9p", "gelu", 15, 0.43, 0.6, 0, True,
                                                   True, 0.2, 0)
+    assert (fast.optimizer, fast.lr, fast.muon_lr, fast.muon_momentum, fast.batch_size) == \
+        ("muon", 0.4, 0.1, 0.6, 256)
     long = load_recipe("fast-long")
     assert (long.model, long.epochs, long.erase, long.progressive_from,
             long.eval_every) == ("resnet32", 30, 0.5, 0.43, 0)

@@ -9,7 +9,8 @@ The rule, step by step:
   split, image size, augmentation with any auto_augment policy and erasing, as training
   augments it); the model (fresh, whitened by whiten_stem, or --weights); the batch adapted to
   the data as reslab.engine.adapt says and clamped to the training set; then the optimizer
-  (`build_optimizer`: SGD or AdamW, momentum, nesterov, weight-decay groups), label smoothing,
+  (`build_optimizer`: SGD, AdamW or muon, momentum, nesterov, weight-decay groups; muon's
+  filter lr follows the swept lr in the recipe's ratio muon_lr / lr), label smoothing,
   amp and channels_last. The recipe's schedule is replaced by the sweep, whose plain steps
   leave out what a step of training adds: accumulation, gradient clipping, mixup/cutmix, the
   class-balanced sampler, EMA; torch.compile and torchrun are not used (a few hundred steps).

@@ -60,7 +60,8 @@ class MuonSGD(torch.optim.Optimizer):
             if not params:
                 continue
             if group["orthogonalize"]:
-                self._muon(params, group)
+                if group["lr"] > 0:  # lr 0 (freeze_epochs' frozen body): not even the rescaling
+                    self._muon(params, group)
                 continue
             buffers = [self.state[p].get("momentum_buffer") for p in params]
             sgd(params, [p.grad for p in params], buffers, weight_decay=group["weight_decay"],
