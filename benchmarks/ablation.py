@@ -46,7 +46,9 @@ VARIANTS = {
     "cosine-schedule": "--schedule cosine",
     "no-channels-last": "--channels-last false",
     "fp32": "--amp off",
-    "batch-256": "--batch-size 256",
+    "batch-128": "--batch-size 128 --lr 0.2",     # twice the steps: muon's costs per image double
+    # the recipe before Muon: SGD for the filters too, at batch 128 for 17 epochs
+    "sgd": "--optimizer sgd --batch-size 128 --lr 0.2 --epochs 17",
 }
 # airbench94's techniques, each added alone, then all together (its values where they carry
 # over: BN biases at 64x the lr, lookahead every 5 steps with decay 0.95 and BN momentum 0.6 in

@@ -21,8 +21,9 @@ setting's precision (common.measure_peaks: the best of the fp32 GEMMs and a larg
 convolution; bf16 too where it runs natively). The work counted: forward 2 x the model's
 conv/fc MACs (reslab.analysis.macs), backward twice the forward (the input and the weight
 gradients; BN, ReLU and additions not counted, as the paper counts), the optimizer 8 flops per
-parameter (weight decay, momentum, Nesterov, update); data and bookkeeping count none: their
-time is all overhead measured against the peak.
+parameter (weight decay, momentum, Nesterov, update) and, under muon, the Newton-Schulz
+products of each filter bank (engine.muon.orthogonalize_flops); data and bookkeeping count
+none: their time is all overhead measured against the peak.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from common import (RESULTS, Peak, add_threads_option, measure_peaks,  # noqa: E
 from reslab.analysis.macs import count_macs  # noqa: E402
 from reslab.data import load_data  # noqa: E402
 from reslab.engine.evaluate import Tally, evaluate  # noqa: E402
+from reslab.engine.muon import orthogonalize_flops  # noqa: E402
 from reslab.engine.recipe import Recipe, load_recipe  # noqa: E402
 from reslab.engine.schedule import ScheduleState, lr_at  # noqa: E402
 from reslab.engine.setup import (build_model, build_optimizer, resolve_amp,  # noqa: E402
@@ -81,8 +83,12 @@ def phase_gflop(r: Recipe, data, batch: int) -> dict[str, float]:
     model = build_model(r, len(data.class_names), data.in_chans)
     forward = 2 * count_macs(model, (batch, *data.input_size)) / 1e9
     params = sum(p.numel() for p in model.parameters())
+    optimizer = OPTIMIZER_FLOPS_PER_PARAM * params
+    if r.optimizer == "muon":  # + the Newton-Schulz products of each filter bank
+        optimizer += sum(orthogonalize_flops(len(p), p[0].numel())
+                         for p in model.parameters() if p.ndim > 2)
     work = {"data": 0.0, "forward": forward, "backward": 2 * forward,
-            "optimizer": OPTIMIZER_FLOPS_PER_PARAM * params / 1e9, "bookkeeping": 0.0}
+            "optimizer": optimizer / 1e9, "bookkeeping": 0.0}
     return work | {"total": sum(work.values())}
 
 
@@ -101,7 +107,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=30, help="timed iterations per setting")
     p.add_argument("--warmup", type=int, default=5, help="untimed first iterations")
     p.add_argument("--profile-iters", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, help="default: the fast recipe's")
     p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation pass")
     add_threads_option(p)
     p.add_argument("--out", type=Path, default=RESULTS / "training-speed-profile.json")
@@ -249,7 +255,9 @@ def main() -> None:
     args = parse_args()
     prepare(args)
     device = select_device("cpu")
-    base = load_recipe("fast", {"batch_size": args.batch_size, "model": args.model})
+    base = load_recipe("fast", {"model": args.model} | (
+        {"batch_size": args.batch_size} if args.batch_size else {}))
+    args.batch_size = base.batch_size
     imports_s = time.perf_counter() - T_START
     t = time.perf_counter()
     data = load_data(base.data, data_dir=base.data_dir, seed=base.seed, normalize=base.normalize,
@@ -297,11 +305,11 @@ def main() -> None:
     print(f"\n{fast_name} vs {fp32_name}: {fp32 / fast:.2f}x per iteration (medians)")
     setup = {"model": base.model, "data": base.data, "batch_size": args.batch_size,
              "iters": args.iters, "warmup": args.warmup, "profile_iters": args.profile_iters,
-             "recipe": "fast (lr schedule, nesterov SGD, label smoothing, crop-flip pad 2)",
+             "recipe": f"fast (lr schedule, {base.optimizer}, label smoothing, crop-flip pad 2)",
              "settings": changes, "device": "cpu",
              "work": "forward 2 x conv/fc MACs, backward 2 x forward, optimizer "
-                     f"{OPTIMIZER_FLOPS_PER_PARAM} flops per parameter; data and "
-                     "bookkeeping none"}
+                     f"{OPTIMIZER_FLOPS_PER_PARAM} flops per parameter (muon: + the "
+                     "Newton-Schulz products of each filter bank); data and bookkeeping none"}
     save_results("profile_train", setup, results, out=args.out,
                  peaks={k: p.__dict__ for k, p in peaks.items()},
                  startup={"imports_s": round(imports_s, 2), "load_data_s": round(load_s, 2)},

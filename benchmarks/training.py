@@ -9,12 +9,13 @@ alike; the medians of whole-process wall time (start-up, data loading, training,
 writing results) are compared and their ratio reported, next to the training-only seconds each
 process reports. Prints a table and writes docs/results/training-speed-vs-torchvision.json.
 
-reslab runs `python -m reslab train --recipe fast --iters N --model resnet20 --activation relu
---progressive-from 1 --tta-flip false --tta-translate false --out TMP --quiet --json`: the fast
-recipe's machinery (channels-last + bf16, batched augmentation on in-memory tensors) on exactly
-the peer's work: its model (resnet20 with ReLU, not the recipe's resnet9p with GELU),
-native-size images throughout (no progressive resizing) and one pass over the test set (no
-test-time views). Its start-up and that one evaluation are part of its
+reslab runs `python -m reslab train --recipe fast --iters N --batch-size 128 --model resnet20
+--activation relu --optimizer sgd --lr 0.2 --progressive-from 1 --tta-flip false --tta-translate
+false --out TMP --quiet --json`: the fast recipe's machinery (channels-last + bf16, batched
+augmentation on in-memory tensors) on exactly the peer's work: its model (resnet20 with ReLU,
+not the recipe's resnet9p with GELU), its optimizer (SGD at lr 0.2 and batch 128, not the
+recipe's muon at batch 256), native-size images throughout (no progressive resizing) and one
+pass over the test set (no test-time views). Its start-up and that one evaluation are part of its
 whole-process time.
 
 Against the hardware: each runner's training loop achieves (iterations x batch x 3 x 2 x the
@@ -50,8 +51,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--recipe", default="fast")
     p.add_argument("--reslab-args",
-                   default="--model resnet20 --activation relu --progressive-from 1 "
-                           "--tta-flip false --tta-translate false",
+                   default="--model resnet20 --activation relu --optimizer sgd --lr 0.2 "
+                           "--progressive-from 1 --tta-flip false --tta-translate false",
                    help="extra `reslab train` flags, as --reslab-args='...' (default: %(default)s)")
     p.add_argument("--peer-workers", type=int, default=0,
                    help="the peer's DataLoader processes (default 0, its fastest on a 2-core "

@@ -173,6 +173,29 @@ def test_time_to_accuracy_peer_runs_both_side_by_side_end_to_end(tmp_path: Path)
     assert f"--amp {precision}" in cmds["reslab"] and f"--amp {precision}" in cmds["peer"]
 
 
+def test_each_removal_variant_changes_the_fast_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A removal whose flags are already the recipe's values measures nothing (batch-256 became
+    one when `fast` moved to batch 256): each must resolve to another recipe than `whole`."""
+    import dataclasses
+    import shlex
+
+    from reslab.cli import build_parser
+    from reslab.cli.train import resolve
+
+    abl = _benchmark(monkeypatch, "ablation")
+
+    def learnt(flags: str) -> dict:
+        argv = ["train", "--recipe", "fast", "--quiet", *shlex.split(flags)]
+        r = dataclasses.asdict(resolve(build_parser(argv).parse_args(argv)))
+        return {k: v for k, v in r.items() if k != "given"}
+
+    whole = learnt("")
+    for name in abl.GROUPS["removals"]:
+        if name != "whole":
+            assert learnt(abl.VARIANTS[name]) != whole, name
+    assert learnt(abl.VARIANTS["sgd"])["optimizer"] == "sgd"
+
+
 def test_each_airbench_ablation_variant_sets_its_recipe_fields(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """benchmarks/ablation.py: every +X variant's flags parse to the `fast` recipe with X's
@@ -228,8 +251,9 @@ def test_small_folders_trains_each_folder_once_per_seed_with_the_given_flags(
 def test_training_benchmark_gives_reslab_the_peers_model(monkeypatch: pytest.MonkeyPatch,
                                                          tmp_path: Path) -> None:
     """benchmarks/training.py times the same work on both sides: reslab's default flags turn the
-    `fast` recipe into the peer's model (resnet20 with ReLU, native size, one view), whatever
-    the recipe's own net and activation are (the GELU recipe once made reslab's side slower)."""
+    `fast` recipe into the peer's model (resnet20 with ReLU, native size, one view) and
+    optimizer, whatever the recipe's own net, activation and optimizer are (the GELU recipe once
+    made reslab's side slower)."""
     import shlex
     import sys
 
@@ -243,6 +267,8 @@ def test_training_benchmark_gives_reslab_the_peers_model(monkeypatch: pytest.Mon
     r = resolve(build_parser(argv).parse_args(argv))
     assert (r.model, r.activation, r.progressive_from, r.tta_flip, r.tta_translate) == (
         "resnet20", "relu", 1.0, False, False)
+    # and the peer's optimizer: SGD at its lr and batch (the recipe's is muon at 0.4, batch 256)
+    assert (r.optimizer, r.lr, r.batch_size, r.nesterov) == ("sgd", 0.2, 128, True)
     assert "--iters" in shlex.join(reslab_cmd)
     # the results file records the commands with no path of this machine
     peer = training.shown_command(training.commands(training.parse_args(), tmp_path, 0)["peer"])

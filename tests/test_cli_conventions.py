@@ -69,7 +69,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def test_help_shows_the_default_of_the_recipe_in_use(capsys, monkeypatch):
     text = _help(capsys, monkeypatch, ["train", "--recipe", "fast", "--help"])
-    assert _flag_line(text, "--epochs").endswith("(default 17 from recipe fast)")
+    assert _flag_line(text, "--epochs").endswith("(default 15 from recipe fast)")
     assert _flag_line(text, "--model").endswith("(default resnet9p from recipe fast)")
     # a field the recipe file leaves alone: the built-in default
     assert _flag_line(text, "--seed").endswith("(default 0, built in)")
@@ -77,7 +77,7 @@ def test_help_shows_the_default_of_the_recipe_in_use(capsys, monkeypatch):
     demo = _help(capsys, monkeypatch, ["train", "--help"])
     assert _flag_line(demo, "--epochs").endswith("(default 15 from recipe demo)")
     fast = _help(capsys, monkeypatch, ["train", "--data", "digits", "--help"])
-    assert _flag_line(fast, "--epochs").endswith("(default 17 from recipe fast)")
+    assert _flag_line(fast, "--epochs").endswith("(default 15 from recipe fast)")
     # --help before the flags it depends on, and the = form
     late = _help(capsys, monkeypatch, ["train", "--help", "--recipe=paper-cifar"])
     assert _flag_line(late, "--iters").endswith("(default 64000 from recipe paper-cifar)")

@@ -367,7 +367,7 @@ def test_a_coarse_time_bounded_sweep_still_finds_the_descent():
 
 
 def test_the_sweep_uses_the_batch_training_would_adapt_to(monkeypatch, capsys):
-    """250 images: training's fast recipe halves batch 128 to 16 (8 steps an epoch); the lr
+    """250 images: training's fast recipe halves batch 256 to 16 (8 steps an epoch); the lr
     range test measures that batch, and says so."""
     _scripted(monkeypatch, [2.0 - 0.001 * i for i in range(200)])
     recipe = load_recipe("fast", {"model": "resnet20", "data": "synthetic:250x3x16x16:4",
@@ -376,7 +376,7 @@ def test_the_sweep_uses_the_batch_training_would_adapt_to(monkeypatch, capsys):
     result = lrf.lr_find(recipe, iters=10, max_seconds=0, quiet=False)
     assert result["batch_size"] == 16
     err = capsys.readouterr().err
-    assert "note: recipe fast adapted to the data: batch 16 (recipe 128) for 250 training " \
+    assert "note: recipe fast adapted to the data: batch 16 (recipe 256) for 250 training " \
            "images" in err and "epochs" not in err
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from reslab.engine.loop import fit
-from reslab.engine.muon import MuonSGD, orthogonalize
+from reslab.engine.muon import MuonSGD, orthogonalize, orthogonalize_flops
 from reslab.engine.recipe import coerce
 from reslab.engine.setup import base_lr, build_model, build_optimizer, set_lr
 from reslab.errors import UserError
@@ -29,6 +29,16 @@ def test_orthogonalize_brings_every_singular_value_near_one_along_the_svds_direc
     exact = u @ vh  # the polar factor U V^T that the iteration approximates
     cosine = float((o * exact).sum() / (o.norm() * exact.norm()))
     assert cosine > 0.97
+
+
+@pytest.mark.parametrize("shape", [(128, 1152), (1152, 128), (16, 9)])
+def test_the_counted_orthogonalisation_work_is_what_torch_counts(shape):
+    """benchmarks/profile_train.py counts muon's optimizer work with orthogonalize_flops."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        orthogonalize(torch.randn(*shape), steps=3, dtype=torch.float32)
+    assert counter.get_total_flops() == orthogonalize_flops(*shape, steps=3)
 
 
 def test_a_filter_step_rescales_then_subtracts_the_orthogonalised_nesterov_momentum():

@@ -84,8 +84,8 @@ def test_train_predict_on_a_folder_without_val(folder: Path, tmp_path: Path,
                             ), start
     assert f"-> {out}" in start and ("bf16" if bf16_supported("cpu") else "fp32") in start
     # --epochs was given, so only the batch (and with it the lr) fit the 32 images
-    assert ("note: recipe fast adapted to the data: batch 8 (recipe 128) and lr 0.0125 (recipe "
-            "0.2, scaled with the batch) for 32 training images") in err
+    assert ("note: recipe fast adapted to the data: batch 8 (recipe 256) and lr 0.0125 (recipe "
+            "0.4, scaled with the batch) for 32 training images") in err
     _, record = load_checkpoint(out)
     assert record.data.to_json() == {"spec": f"imagefolder:{folder}", "data_dir": None,
                                      "val_split": 4, "seed": 0}
@@ -243,7 +243,9 @@ def test_version_and_help_with_choices_ranges_and_defaults(capsys: pytest.Captur
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     text = " ".join(text.split())
     # the defaults of the recipe `reslab train` runs without flags: the demo
-    assert "optimizer; choices: sgd, adamw (default sgd from recipe demo)" in text
+    assert ("optimizer (muon: Muon's orthogonalised steps for the conv filters, SGD for the "
+            "rest, as airbench94_muon); choices: sgd, adamw, muon (default sgd from recipe "
+            "demo)") in text
     assert "images per forward/backward pass: per optimizer step, unless accumulate adds up " \
            "several (clamped to the training set, with a note); range 1..65,536 (default 64 " \
            "from recipe demo)" in text

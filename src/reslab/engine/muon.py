@@ -26,6 +26,14 @@ from torch.optim.sgd import sgd
 # leave every singular value in about [0.7, 1.2] after a few steps, which trains as well as
 # exact orthogonalisation.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 3  # airbench94_muon's
+
+
+def orthogonalize_flops(rows: int, cols: int, steps: int = NS_STEPS) -> int:
+    """The multiply-add work of orthogonalize on a rows x cols matrix, in flops: per step the
+    Gram matrix (s x s from s x l, s <= l), its square, and the product with x."""
+    s, l = sorted((rows, cols))
+    return steps * 2 * (2 * s * s * l + s ** 3)
 
 
 def orthogonalize(g: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
@@ -46,7 +54,7 @@ class MuonSGD(torch.optim.Optimizer):
     Nesterov of their own, no weight decay), the others torch's SGD."""
 
     def __init__(self, params: Iterable[dict[str, Any]], lr: float, momentum: float,
-                 nesterov: bool, ns_steps: int = 3, ns_dtype: torch.dtype = torch.float32
+                 nesterov: bool, ns_steps: int = NS_STEPS, ns_dtype: torch.dtype = torch.float32
                  ) -> None:
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0,
                         orthogonalize=False)

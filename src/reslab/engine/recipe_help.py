@@ -38,8 +38,8 @@ FIELD_HELP = {
     "iters": "training length in iterations (optimizer steps)",
     "batch_size": "images per forward/backward pass: per optimizer step, unless accumulate "
                   "adds up several (clamped to the training set, with a note)",
-    "optimizer": "optimizer: sgd, adamw, or muon (Muon's orthogonalised steps for the conv "
-                 "filters, SGD for the rest; airbench94_muon)",
+    "optimizer": "optimizer (muon: Muon's orthogonalised steps for the conv filters, SGD for "
+                 "the rest, as airbench94_muon)",
     "lr": "peak learning rate",
     "momentum": "SGD momentum",
     "nesterov": "Nesterov momentum",
