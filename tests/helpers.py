@@ -29,3 +29,26 @@ class StopAfter:
 
     def restore(self) -> None:
         pass
+
+
+def whole_and_resumed(r, tmp_path, monkeypatch, stop_at: int = 3) -> tuple[dict, dict]:
+    """The final weights of recipe `r` trained in one go (tmp_path/whole) and stopped after
+    `stop_at` steps, as by SIGTERM, then resumed (tmp_path/cut): bit-identical when resume is
+    exact."""
+    from safetensors.torch import load_file
+
+    from reslab.engine import state as run_state
+    from reslab.engine.loop import fit
+
+    fit(r, tmp_path / "whole", quiet=True)
+    monkeypatch.setattr(run_state, "StopSignal", lambda: StopAfter(stop_at))
+    try:
+        fit(r, tmp_path / "cut", quiet=True)
+    except run_state.Interrupted:
+        pass
+    else:
+        raise AssertionError(f"the run was not stopped after {stop_at} steps")
+    monkeypatch.setattr(run_state, "StopSignal", lambda: StopAfter(10**9))
+    fit(None, tmp_path / "cut", resume=True, quiet=True)
+    whole, cut = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "cut"))
+    return whole, cut

@@ -347,22 +347,13 @@ def test_the_data_pipeline_shows_each_image_mirrored_in_the_next_epoch():
 
 
 def test_resume_with_every_airbench_technique_is_bit_identical(tmp_path, monkeypatch):
-    from safetensors.torch import load_file
-
-    from helpers import StopAfter
-    from reslab.engine import state as run_state
+    from helpers import whole_and_resumed
 
     r = coerce(TINY | {"iters": 8, "dirac_init": True, "whiten_stem": True, "bn_bias_lr": 64.0,
                        "ema": 0.9, "ema_every": 2, "lookahead": True, "bn_momentum": 0.4,
                        "tta_translate": True, "tta_flip": True, "flip_alternate": True,
                        "augment": "crop-flip", "pad": 2})
-    fit(r, tmp_path / "whole", quiet=True)
-    monkeypatch.setattr(run_state, "StopSignal", lambda: StopAfter(3))
-    with pytest.raises(run_state.Interrupted):
-        fit(r, tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(run_state, "StopSignal", lambda: StopAfter(10**9))
-    fit(None, tmp_path / "cut", resume=True, quiet=True)
-    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "cut"))
+    a, b = whole_and_resumed(r, tmp_path, monkeypatch)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from reslab.engine.loop import fit
 from reslab.engine.muon import MuonSGD, orthogonalize, orthogonalize_flops
 from reslab.engine.recipe import coerce
 from reslab.engine.setup import base_lr, build_model, build_optimizer, set_lr
@@ -113,19 +112,9 @@ def test_muon_recipe_values_out_of_range_are_user_errors():
 
 
 def test_a_muon_run_learns_and_resumes_bit_identically(tmp_path, monkeypatch):
-    from safetensors.torch import load_file
+    from helpers import whole_and_resumed
 
-    from helpers import StopAfter
-    from reslab.engine import state as run_state
-
-    r = coerce(TINY | {"iters": 8})
-    fit(r, tmp_path / "whole", quiet=True)
-    monkeypatch.setattr(run_state, "StopSignal", lambda: StopAfter(3))
-    with pytest.raises(run_state.Interrupted):
-        fit(r, tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(run_state, "StopSignal", lambda: StopAfter(10**9))
-    fit(None, tmp_path / "cut", resume=True, quiet=True)
-    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "cut"))
+    a, b = whole_and_resumed(coerce(TINY | {"iters": 8}), tmp_path, monkeypatch)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # every filter bank left at norm sqrt(out) by its last step's rescaling, less that step
     w = a["layer1.0.conv1.weight"]
