@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from reslab.engine.muon import MuonSGD, orthogonalize, orthogonalize_flops
+from reslab.engine.muon import (LOW_PRECISION_MIN_SIDE, NS_COEFFICIENTS, MuonSGD, orthogonalize,
+                               orthogonalize_flops)
 from reslab.engine.recipe import coerce
 from reslab.engine.setup import base_lr, build_model, build_optimizer, set_lr
 from reslab.errors import UserError
@@ -28,6 +29,40 @@ def test_orthogonalize_brings_every_singular_value_near_one_along_the_svds_direc
     exact = u @ vh  # the polar factor U V^T that the iteration approximates
     cosine = float((o * exact).sum() / (o.norm() * exact.norm()))
     assert cosine > 0.97
+
+
+@pytest.mark.parametrize("shape", [(32, 288), (288, 32), (16, 16)])
+def test_the_gram_iteration_is_the_textbook_newton_schulz_loop(shape):
+    """orthogonalize iterates on the s x s Gram matrix; in float64 it must give what the
+    textbook loop x <- a x + (b G + c G^2) x gives, step for step."""
+    a, b, c = NS_COEFFICIENTS
+    g = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for steps in (1, 2, 3, 5):
+        x = g if shape[0] <= shape[1] else g.T
+        x = x / (x.norm() + 1e-7)
+        for _ in range(steps):
+            gram = x @ x.T
+            x = a * x + (b * gram + c * gram @ gram) @ x
+        textbook = x if shape[0] <= shape[1] else x.T
+        torch.testing.assert_close(orthogonalize(g, steps, torch.float64), textbook,
+                                   rtol=0, atol=1e-12)
+
+
+def test_small_filter_banks_iterate_in_fp32_even_where_bf16_is_native():
+    """bf16 pays only for products at least LOW_PRECISION_MIN_SIDE on a side: a smaller bank's
+    step is exactly the fp32 one, a larger bank's the ns_dtype one."""
+    def step(rows: int, ns_dtype: torch.dtype) -> torch.Tensor:
+        torch.manual_seed(0)
+        w = nn.Parameter(torch.randn(rows, 160, 1, 1))
+        opt = MuonSGD([{"params": [w], "orthogonalize": True}], lr=0.1, momentum=0.6,
+                      nesterov=False, ns_dtype=ns_dtype)
+        w.grad = torch.randn_like(w)
+        opt.step()
+        return w.detach()
+
+    small, large = LOW_PRECISION_MIN_SIDE // 2, LOW_PRECISION_MIN_SIDE
+    assert torch.equal(step(small, torch.bfloat16), step(small, torch.float32))
+    assert not torch.equal(step(large, torch.bfloat16), step(large, torch.float32))
 
 
 @pytest.mark.parametrize("shape", [(128, 1152), (1152, 128), (16, 9)])
