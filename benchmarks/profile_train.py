@@ -52,7 +52,6 @@ from reslab.engine.recipe import Recipe, load_recipe  # noqa: E402
 from reslab.engine.schedule import ScheduleState, lr_at  # noqa: E402
 from reslab.engine.setup import (build_model, build_optimizer, resolve_amp,  # noqa: E402
                                  select_device, set_lr)
-from reslab.memory import keep_freed_memory  # noqa: E402
 
 PHASES = ("data", "forward", "backward", "optimizer", "bookkeeping")
 OPTIMIZER_FLOPS_PER_PARAM = 8  # SGD: + wd * p, momentum buffer, Nesterov look-ahead, update
@@ -255,7 +254,6 @@ def summarize(times: dict[str, list[float]], batch: int) -> list[dict[str, objec
 def main() -> None:
     args = parse_args()
     prepare(args)
-    keep_freed_memory()  # as `reslab train` does
     device = select_device("cpu")
     base = load_recipe("fast", {"model": args.model} | (
         {"batch_size": args.batch_size} if args.batch_size else {}))

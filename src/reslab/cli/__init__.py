@@ -131,9 +131,6 @@ def main(argv: list[str] | None = None) -> int:
 
     debug = "--debug" in argv or os.environ.get("RESLAB_DEBUG") == "1"
     _ignore_file_size_signal()
-    from ..memory import keep_freed_memory
-
-    keep_freed_memory()
     restore_signals = clean_up_on_signals()
     try:
         args = build_parser(argv).parse_args(argv)

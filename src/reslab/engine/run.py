@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..memory import keep_freed_memory
 from ..weights.record import Preprocess, Record, TrainingData
 from ..text import plural
 from ..threads import ThreadGovernor
@@ -31,7 +30,6 @@ class Run:
     progress (engine.state.RunProgress: what a resume restores)."""
 
     def __init__(self, r: Recipe, out: Path | None, quiet: bool, resume: bool = False) -> None:
-        keep_freed_memory()  # the steps reuse each other's blocks (reslab/memory.py)
         self.quiet, self.messages = quiet, []
         self.threads = ThreadGovernor(r.threads, deterministic=r.deterministic)
         probe = select_device(r.device)
