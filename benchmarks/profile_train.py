@@ -1,6 +1,6 @@
 """Where the time goes in `reslab train` on the CPU: the `fast` recipe's model (resnet9p since
-2026-12-07, resnet14 in the committed profiles; any with --model) on Fashion-MNIST at its
-native 28 px, batch 128, the recipe's settings
+2026-12-07, resnet14 in the earliest committed profiles; any with --model) on Fashion-MNIST at its
+native 28 px, the recipe's batch (256) and settings
 (channels-last, and the precision its `amp = "auto"` picks here: bf16 on CPUs that run it
 natively, else fp32) against fp32 NCHW.
 
